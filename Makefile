@@ -1,0 +1,54 @@
+# distill: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The torch build to install; the default matches the wheels on the reference machine.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+SEEDS ?= 0,1,2
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: help setup run teacher test test-slow lint bench table clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install distill with its dev extra (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+teacher: setup ## pretrain the digits teacher (reused from the cache when present)
+	$(PY) -m distill.pretrain dataset=digits
+
+run: teacher ## the main job: digits teacher -> progressive distillation -> table and sample grid
+	$(PY) -m distill.train hydra.run.dir=outputs/main
+	@echo "results: outputs/main/results.json   sample grids: outputs/main/samples/"
+
+test: setup ## run the fast test suite
+	$(PY) -m pytest -q
+
+test-slow: setup ## run the slow tests too
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check distill tests experiments
+
+bench: setup teacher ## throughput benchmark -> experiments/results/bench.md
+	$(PY) experiments/bench.py --out experiments/results/bench.md
+
+table: setup teacher ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
+	rm -rf experiments/runs/benchmark
+	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=progressive seed=$(SEEDS) \
+		hydra.sweep.dir=experiments/runs/benchmark
+	$(PY) -m distill.table experiments/runs/benchmark --out experiments/results
+
+clean: ## remove run outputs and caches (not the venv, not the teacher cache)
+	rm -rf outputs multirun experiments/runs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

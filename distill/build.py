@@ -1,0 +1,129 @@
+"""Turn a composed config into objects. Plain functions, so tests reach them without ``@hydra.main``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from distill.core.gmm import ring_mixture
+from distill.data import DataModule
+from distill.errors import ConfigError
+from distill.evaluation.runner import EvalSpec
+from distill.evaluation.scorer import Scorer, metric_for
+from distill.methods.base import Method
+from distill.nets.denoiser import VelocityModel
+from distill.nets.factory import build_net
+from distill.students.flow_map import student_from_teacher
+from distill.teachers import GMMTeacher, Teacher, load_teacher
+
+NON_DATA_KEYS = ("teacher_net",)
+
+
+def as_dict(cfg: DictConfig | dict) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def build_datamodule(cfg: DictConfig) -> DataModule:
+    kwargs = {k: v for k, v in as_dict(cfg.dataset).items() if k not in NON_DATA_KEYS}
+    dm = DataModule(**kwargs, batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed)
+    dm.setup()
+    return dm
+
+
+def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
+    """The frozen teacher named by ``cfg.teacher``, checked against the dataset's shape."""
+    kind = cfg.teacher.kind
+    if kind == "gmm_exact":
+        if dm.name != "gmm":
+            raise ConfigError(f"teacher=gmm_exact is the exact field of dataset=gmm, not dataset={dm.name}")
+        teacher: Teacher = GMMTeacher(ring_mixture(**as_dict(cfg.teacher.mixture)))
+    elif kind == "checkpoint":
+        teacher = load_teacher(cfg.teacher.path)
+    else:
+        raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint or gmm_exact")
+    if tuple(teacher.data_shape) != tuple(dm.data_shape):
+        raise ConfigError(
+            f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(teacher.data_shape)} but "
+            f"dataset={dm.name} has shape {tuple(dm.data_shape)}: pick the matching teacher or set "
+            "dataset.resolution/channels to the teacher's"
+        )
+    return teacher
+
+
+def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:
+    """A copy of the teacher's network (``init: teacher``) or a fresh one (``init: random``)."""
+    if cfg.student.init == "teacher":
+        if not isinstance(teacher.model, VelocityModel):
+            raise ConfigError(f"teacher {teacher.meta.get('kind')} has no network to copy: use student=mlp")
+        return student_from_teacher(teacher.model)
+    if cfg.student.init == "random":
+        net = build_net(as_dict(cfg.student.net), teacher.data_shape)
+        return VelocityModel(net, cfg.student.scheme)
+    raise ConfigError(f"student.init={cfg.student.init!r} is unknown; choose teacher or random")
+
+
+def build_method(cfg: DictConfig) -> Method:
+    return instantiate(cfg.method.objective, _convert_="all")
+
+
+def build_optimizer(cfg: DictConfig):
+    return instantiate(cfg.method.optimizer, _convert_="all")
+
+
+def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:
+    metric = cfg.eval.metric or metric_for(dm.kind, dm.name)
+    reference = None if cfg.eval.reference_stats else dm.reference_samples(cfg.eval.num_reference, seed=12345)
+    return Scorer(metric, reference, Path(cfg.paths.cache), cfg.eval.inception_weights, cfg.eval.reference_stats,
+                  progress=progress)
+
+
+def build_eval_spec(cfg: DictConfig) -> EvalSpec:
+    keys = ("num_samples", "batch_size", "seed", "teacher_samplers", "teacher_nfes", "teacher_grid", "student_nfes")
+    return EvalSpec(**{k: as_dict(cfg.eval)[k] for k in keys}, progress=cfg.progress)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    kind = cfg.logger.kind
+    name = cfg.run_name
+    if kind == "wandb":
+        if cfg.logger.offline:
+            os.environ.setdefault("WANDB_MODE", "offline")
+        logger: Logger = WandbLogger(
+            project=cfg.logger.project, name=name, save_dir=str(run_dir), offline=cfg.logger.offline,
+            entity=cfg.logger.get("entity"), tags=list(cfg.logger.get("tags") or []),
+        )
+        # The resolved config, minus anything secret-looking, so runs compare in the dashboard.
+        logger.log_hyperparams(as_dict(cfg))
+        return [logger]
+    if kind == "csv":
+        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if kind == "tensorboard":
+        return [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")]
+    raise ConfigError(f"logger.kind={kind!r} is unknown; choose wandb, csv or tensorboard")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], max_steps: int) -> L.Trainer:
+    return L.Trainer(
+        accelerator=cfg.hardware.accelerator,
+        devices=cfg.hardware.devices,
+        strategy=cfg.hardware.strategy,
+        precision=cfg.hardware.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        default_root_dir=str(run_dir),
+        logger=build_loggers(cfg, run_dir),
+        callbacks=callbacks,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        fast_dev_run=cfg.train.fast_dev_run,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )

@@ -1,0 +1,86 @@
+"""Evaluate teacher and student during training with the same code as ``distill-eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
+
+from distill.evaluation.plots import save_samples_png
+from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
+from distill.evaluation.runner import EvalSpec, evaluate_student, evaluate_teacher
+from distill.evaluation.scorer import Scorer
+
+
+def log_rows(pl_module: L.LightningModule, rows: list[ResultRow], step: int) -> None:
+    metrics = {f"eval/{r.model}/{r.sampler}/nfe{r.nfe}/{r.metric}": r.value for r in rows}
+    for logger in pl_module.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def log_image(pl_module: L.LightningModule, key: str, path: Path, step: int) -> None:
+    for logger in pl_module.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            import numpy as np
+            from PIL import Image
+
+            logger.experiment.add_image(key, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+
+
+class EvaluationCallback(L.Callback):
+    """Teacher rows once at fit start; student rows every ``every_n_steps`` and at the end.
+
+    Rows go to ``<run_dir>/results.json``, metrics and PNG grids to the loggers and ``samples/``.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        spec: EvalSpec,
+        shape: tuple[int, ...],
+        run_dir: str | Path,
+        evaluate_teacher: bool = True,
+        every_n_steps: int = 0,
+    ):
+        self.scorer, self.spec, self.shape = scorer, spec, tuple(shape)
+        self.run_dir = Path(run_dir)
+        self.evaluate_teacher, self.every_n_steps = evaluate_teacher, every_n_steps
+        self.rows: list[ResultRow] = []
+
+    def _record(self, pl_module, rows: list[ResultRow], samples: dict[str, Tensor], step: int, tag: str) -> None:
+        append_results(self.run_dir / RESULTS_NAME, rows)
+        self.rows.extend(rows)
+        log_rows(pl_module, rows, step)
+        for name, x in samples.items():
+            sampler, nfe = name.split("@")
+            path = save_samples_png(
+                x, self.run_dir / "samples" / f"{tag}_{sampler}_nfe{nfe}_step{step}.png", f"{tag} {sampler} NFE={nfe}"
+            )
+            log_image(pl_module, f"samples/{tag}/{sampler}/nfe{nfe}", path, step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.evaluate_teacher and trainer.is_global_zero:
+            rows, samples = evaluate_teacher(pl_module.teacher, self.shape, self.scorer, self.spec, 0, pl_module.device)
+            keep = {k: v for k, v in samples.items() if int(k.split("@")[1]) in self.spec.student_nfes}
+            self._record(pl_module, rows, keep, 0, "teacher")
+
+    def _evaluate_student(self, trainer: L.Trainer, pl_module) -> None:
+        step = int(pl_module.step_count)
+        if not trainer.is_global_zero or any(r.model == "student" and r.step == step for r in self.rows):
+            return
+        rows, samples = evaluate_student(
+            pl_module.method, pl_module.sampling_student(), self.shape, self.scorer, self.spec, step, pl_module.device
+        )
+        self._record(pl_module, rows, samples, step, "student")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = int(pl_module.step_count)
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self._evaluate_student(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._evaluate_student(trainer, pl_module)

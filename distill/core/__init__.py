@@ -1,0 +1,1 @@
+"""Layer 1: processes, conversions, time grids, samplers, losses and EMA math. Plain PyTorch."""

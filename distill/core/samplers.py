@@ -1,0 +1,178 @@
+"""ODE samplers in FM coordinates, k-diffusion style.
+
+Every sampler is ``sample_<name>(model, x, grid, *, progress=False, callback=None) -> x_end``:
+``model(x, s) -> v`` is a canonical velocity model, ``x`` (B, ...) is the state at ``grid[0]``
+and ``grid`` a decreasing 1-D tensor of FM times (usually ending at 0, see ``distill.core.grids``).
+``callback(i, x, s)`` is called after step i with the new state and its time ``grid[i + 1]``.
+Time tensors given to the model are (B,) in x's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import Tensor
+from tqdm.auto import trange
+
+from distill.core.prediction import VelocityModel
+from distill.core.tensors import batch_time
+
+FlowMap = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""Student ``flow_map(x, s, s_next) -> state at s_next``, times of shape (B,)."""
+Callback = Callable[[int, Tensor, Tensor], None]
+
+
+def prior_state(noise: Tensor, s0: float | Tensor = 1.0) -> Tensor:
+    """Start state ``s0 * noise`` at FM time s0: EDM's ``x = sigma_max z`` mapped to FM (exact at s0 = 1)."""
+    return s0 * noise
+
+
+def sample_euler(
+    model: VelocityModel,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Euler in FM time (methods.md 1.6); identical to DDIM in every parameterization."""
+    grid = grid.to(x.device, x.dtype)
+    for i in trange(len(grid) - 1, disable=not progress):
+        s, s_next = grid[i], grid[i + 1]
+        x = x + (s_next - s) * model(x, batch_time(s, x))
+        if callback is not None:
+            callback(i, x, s_next)
+    return x
+
+
+def sample_heun(
+    model: VelocityModel,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Deterministic Heun, EDM Alg. 1 (Karras et al. 2022) in FM time; Euler on a step ending at s = 0."""
+    grid = grid.to(x.device, x.dtype)
+    for i in trange(len(grid) - 1, disable=not progress):
+        s, s_next = grid[i], grid[i + 1]
+        d = model(x, batch_time(s, x))
+        x_euler = x + (s_next - s) * d
+        if s_next == 0:
+            x = x_euler
+        else:
+            d_next = model(x_euler, batch_time(s_next, x))
+            x = x + (s_next - s) * 0.5 * (d + d_next)
+        if callback is not None:
+            callback(i, x, s_next)
+    return x
+
+
+def _lambda(s: float) -> float:
+    """``log(alpha / sigma) = log((1 - s) / s)``, +-inf at the ends."""
+    if s <= 0.0:
+        return math.inf
+    if s >= 1.0:
+        return -math.inf
+    return math.log1p(-s) - math.log(s)
+
+
+def sample_dpmpp_2m(
+    model: VelocityModel,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), data prediction (Lu et al. 2022), with alpha = 1 - s, sigma = s (methods.md 1.6)."""
+    times = [float(v) for v in grid]
+    x0_prev: Tensor | None = None
+    h_prev = math.inf
+    for i in trange(len(times) - 1, disable=not progress):
+        s, s_next = times[i], times[i + 1]
+        x0 = x - s * model(x, batch_time(s, x))
+        h = _lambda(s_next) - _lambda(s)
+        # x_next = (sigma'/sigma) x + alpha' (1 - e^{-h}) D, written without lambda so s = 1 and
+        # s_next = 0 stay finite: alpha' (1 - e^{-h}) = alpha' - (sigma'/sigma) alpha.
+        ratio = s_next / s
+        coef = (1 - s_next) - ratio * (1 - s)
+        # First order on the first step, after an infinite step (from s = 1) and on the last step.
+        if x0_prev is None or s_next == 0 or not math.isfinite(h_prev):
+            d = x0
+        else:
+            r = h_prev / h
+            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        x = ratio * x + coef * d
+        x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i, x, grid[i + 1].to(x))
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
+
+
+def _check_sampler(name: str) -> None:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid names: {sorted(SAMPLERS)}")
+
+
+def sampler_nfe(name: str, steps: int) -> int:
+    """Model evaluations of ``steps`` steps of sampler ``name`` on a grid ending at 0."""
+    _check_sampler(name)
+    return 2 * steps - 1 if name == "heun" else steps
+
+
+def steps_for_nfe(name: str, nfe: int) -> int | None:
+    """Steps that spend exactly ``nfe`` evaluations, or None if no step count does (heun: even nfe)."""
+    _check_sampler(name)
+    if nfe < 1:
+        return None
+    if name == "heun":
+        return (nfe + 1) // 2 if nfe % 2 == 1 else None
+    return nfe
+
+
+def sample_flow_map(
+    flow_map: FlowMap,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    renoise_fn: Callable[[int], Tensor] | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Few-step student sampling: chained jumps, or multistep consistency sampling (Song et al. 2023).
+
+    Args:
+        flow_map: ``flow_map(x, s, s_next)`` -> state at s_next.
+        x: (B, ...) state at ``grid[0]``.
+        grid: decreasing FM times.
+        renoise_fn: None chains ``x = flow_map(x, s, s_next)``. Otherwise each step jumps to data,
+            ``x0 = flow_map(x, s, 0)``, and re-noises to the next time with fresh noise
+            ``renoise_fn(i)``: ``x = (1 - s_next) x0 + s_next noise`` (no noise when s_next = 0).
+        progress: show a tqdm bar.
+        callback: ``callback(i, x, s_next)`` after each step.
+
+    Returns:
+        (B, ...) state at ``grid[-1]``.
+    """
+    grid = grid.to(x.device, x.dtype)
+    zero = batch_time(0.0, x)
+    for i in trange(len(grid) - 1, disable=not progress):
+        s, s_next = grid[i], grid[i + 1]
+        if renoise_fn is None:
+            x = flow_map(x, batch_time(s, x), batch_time(s_next, x))
+        else:
+            x0 = flow_map(x, batch_time(s, x), zero)
+            x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * renoise_fn(i)
+        if callback is not None:
+            callback(i, x, s_next)
+    return x

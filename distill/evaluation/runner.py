@@ -1,0 +1,93 @@
+"""Generate with fixed seeds at every NFE, score, and turn the scores into result rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.core.grids import make_grid
+from distill.core.samplers import SAMPLERS, prior_state, sampler_nfe
+from distill.evaluation.noise import sample_seeds, seeded_noise
+from distill.evaluation.results import ResultRow
+from distill.evaluation.scorer import Scorer
+
+
+@dataclass
+class EvalSpec:
+    """What one evaluation generates. Mirrors ``conf/eval``."""
+
+    num_samples: int = 1000
+    batch_size: int = 1000
+    seed: int = 0
+    teacher_samplers: Sequence[str] = ("euler", "heun")
+    teacher_nfes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)
+    teacher_grid: str = "cosine"
+    student_nfes: Sequence[int] = (1, 2, 4)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
+    """(steps, actual NFE) for each budget: the most steps whose NFE fits it, duplicates dropped."""
+    out: dict[int, int] = {}
+    for budget in nfes:
+        steps = max((k for k in range(1, budget + 1) if sampler_nfe(sampler, k) <= budget), default=1)
+        out[sampler_nfe(sampler, steps)] = steps
+    return [(steps, nfe) for nfe, steps in sorted(out.items())]
+
+
+@torch.no_grad()
+def generate(
+    sample_fn: Callable[[Tensor], Tensor],
+    shape: Sequence[int],
+    spec: EvalSpec,
+    device: torch.device | str = "cpu",
+    desc: str = "sampling",
+) -> Tensor:
+    """Run ``sample_fn(noise)`` over the spec's seeds in batches; returns samples on CPU."""
+    seeds = sample_seeds(spec.num_samples, spec.seed)
+    chunks = range(0, len(seeds), spec.batch_size)
+    out = []
+    for start in tqdm(chunks, desc=desc, disable=not spec.progress, leave=False):
+        noise = seeded_noise(seeds[start : start + spec.batch_size], shape).to(device)
+        out.append(sample_fn(noise).float().cpu())
+    return torch.cat(out)
+
+
+def teacher_sample_fn(teacher: nn.Module, sampler: str, steps: int, grid_name: str) -> Callable[[Tensor], Tensor]:
+    def run(noise: Tensor) -> Tensor:
+        grid = make_grid(grid_name, steps).to(noise)
+        return SAMPLERS[sampler](teacher, prior_state(noise, grid[0]), grid)
+
+    return run
+
+
+def evaluate_teacher(
+    teacher: nn.Module, shape: Sequence[int], scorer: Scorer, spec: EvalSpec, step: int = 0, device="cpu"
+) -> tuple[list[ResultRow], dict[str, Tensor]]:
+    """Teacher rows for every sampler x NFE; also returns the samples, keyed ``sampler@nfe``."""
+    rows, samples = [], {}
+    for sampler in spec.teacher_samplers:
+        for steps, nfe in reachable_steps(sampler, spec.teacher_nfes):
+            x = generate(teacher_sample_fn(teacher, sampler, steps, spec.teacher_grid), shape, spec, device,
+                         desc=f"teacher {sampler} nfe={nfe}")
+            samples[f"{sampler}@{nfe}"] = x
+            rows.append(ResultRow("teacher", sampler, nfe, scorer.metric, scorer(x), spec.num_samples, step))
+    return rows, samples
+
+
+def evaluate_student(
+    method, student: nn.Module, shape: Sequence[int], scorer: Scorer, spec: EvalSpec, step: int, device="cpu"
+) -> tuple[list[ResultRow], dict[str, Tensor]]:
+    """Student rows at every NFE the method supports, sampled with the method's own sampler."""
+    rows, samples = [], {}
+    for nfe in method.supported_nfes(spec.student_nfes):
+        x = generate(lambda z, n=nfe: method.sample(student, z, n), shape, spec, device,
+                     desc=f"student nfe={nfe}")
+        samples[f"{method.name}@{nfe}"] = x
+        rows.append(ResultRow("student", method.name, nfe, scorer.metric, scorer(x), spec.num_samples, step))
+    return rows, samples

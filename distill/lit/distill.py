@@ -1,0 +1,114 @@
+"""``DistillModule``: the one LightningModule every distillation method runs in.
+
+It owns the frozen teacher (excluded from checkpoints), the student, the student-only EMA and
+the method (with whatever auxiliary networks the method owns). Optimization is manual so that
+methods with several optimizers (generator, fake score, discriminator) alternate by the rule in
+``method.phases``; gradient clipping is therefore done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from distill.lit.ema import EMAStack
+from distill.methods.base import Method
+
+TEACHER_PREFIX = "teacher."
+
+
+class DistillModule(L.LightningModule):
+    """Args:
+    teacher: frozen velocity model.
+    student: trainable velocity model (or generator).
+    method: the objective.
+    optimizer: ``params -> torch.optim.Optimizer`` (a Hydra partial).
+    ema_decays: student EMA decays; empty keeps no EMA.
+    grad_clip: max global grad norm per optimizer step (0 disables).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        method: Method,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        ema_decays: Sequence[float] = (),
+        grad_clip: float = 1.0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.teacher = teacher
+        self.student = student
+        self.method = method
+        self.ema = EMAStack(student, ema_decays)
+        self.optimizer_factory = optimizer
+        self.grad_clip = grad_clip
+        self.base_lrs: dict[str, list[float]] = {}
+        # One count per training batch, whatever the number of optimizer steps in it; checkpointed.
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
+
+    # --- checkpoints never carry the teacher ---------------------------------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith(TEACHER_PREFIX)}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        missing_teacher = {k for k in super().state_dict() if k.startswith(TEACHER_PREFIX)}
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            missing = set(result.missing_keys) - missing_teacher
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"checkpoint does not match this method/student: missing {sorted(missing)[:5]}, "
+                    f"unexpected {sorted(result.unexpected_keys)[:5]}"
+                )
+        return result
+
+    # --- optimization ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        opts = []
+        for name in self.method.optimizer_names:
+            opt = self.optimizer_factory(list(self.method.trainable_parameters(name, self.student)))
+            self.base_lrs[name] = [g["lr"] for g in opt.param_groups]
+            opts.append(opt)
+        return opts
+
+    def _optimizers_by_name(self) -> dict[str, torch.optim.Optimizer]:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return dict(zip(self.method.optimizer_names, opts, strict=True))
+
+    def training_step(self, batch, batch_idx: int):
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        step = int(self.step_count)
+        opts = self._optimizers_by_name()
+        logs: dict[str, torch.Tensor] = {}
+        for phase in self.method.phases(step):
+            opt = opts[phase]
+            scale = self.method.lr_scale(phase, step)
+            for group, base in zip(opt.param_groups, self.base_lrs[phase], strict=True):
+                group["lr"] = base * scale
+            terms = self.method.loss(phase, x0, self.teacher, self.student, step)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(terms["loss"])
+            if self.grad_clip > 0:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                logs[f"{phase}/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            logs.update({f"{phase}/{k}": v.detach() for k, v in terms.items()})
+            logs[f"{phase}/lr"] = torch.tensor(opt.param_groups[0]["lr"])
+        self.ema.update(self.student)
+        self.step_count += 1
+        for name in self.method.on_step_end(step, self.student):
+            opts[name].state.clear()
+        self.log_dict(logs, prog_bar=False, on_step=True)
+        self.log("loss", logs[f"{self.method.phases(step)[0]}/loss"], prog_bar=True, on_step=True)
+
+    def sampling_student(self) -> nn.Module:
+        """The network evaluations should use: the slowest EMA, else the raw student."""
+        return self.ema.best(self.student)

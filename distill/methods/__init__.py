@@ -1,0 +1,6 @@
+"""Layer 2: distillation objectives. A method's loss is callable on an MLP teacher on CPU."""
+
+from distill.methods.base import Method
+from distill.methods.progressive import ProgressiveDistillation
+
+__all__ = ["Method", "ProgressiveDistillation"]

@@ -1,0 +1,49 @@
+"""The contract between a distillation objective and the Lightning layer that runs it.
+
+A method never owns the teacher or the student: ``DistillModule`` does, and passes them in. It
+owns only what is its own (auxiliary networks, round snapshots, counters), so that what it holds
+lands in checkpoints exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from torch import Tensor, nn
+
+
+class Method(nn.Module):
+    """Base class: one optimizer named ``student``, stepped every step, constant learning rate."""
+
+    name: str = "method"
+    optimizer_names: tuple[str, ...] = ("student",)
+
+    @property
+    def num_steps(self) -> int | None:
+        """Training length the method itself dictates (e.g. PD's rounds), or None."""
+        return None
+
+    def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
+        return (p for p in student.parameters() if p.requires_grad)
+
+    def phases(self, step: int) -> Sequence[str]:
+        """Which optimizers step at ``step``, in order (multi-optimizer methods alternate here)."""
+        return self.optimizer_names
+
+    def lr_scale(self, optimizer: str, step: int) -> float:
+        return 1.0
+
+    def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
+        """Scalar terms for one phase; ``"loss"`` is what gets back-propagated."""
+        raise NotImplementedError
+
+    def on_step_end(self, step: int, student: nn.Module) -> list[str]:
+        """Update method state after a step; return the optimizers whose state must be reset."""
+        return []
+
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int) -> Tensor:
+        """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations."""
+        raise NotImplementedError
+
+    def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
+        return list(nfes)

@@ -1,0 +1,1 @@
+"""Layer 1: networks (plain PyTorch). Every net takes ``(x, c_noise)`` and returns x's shape."""

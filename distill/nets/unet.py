@@ -1,0 +1,49 @@
+"""A diffusers ``UNet2DModel`` behind the ``(x, c_noise)`` contract, kept whole for export."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+from torch import Tensor, nn
+
+
+class UNet(nn.Module):
+    """Wraps ``UNet2DModel``; ``c_noise`` is fed as the diffusers timestep (any real value).
+
+    Args:
+        sample_size: image side length.
+        channels: image channels (input and output).
+        block_out_channels: channels per resolution level.
+        layers_per_block: residual blocks per level.
+        attention: add self-attention at the lowest resolution and in the middle block.
+        norm_num_groups: GroupNorm groups (must divide every channel count).
+    """
+
+    def __init__(
+        self,
+        sample_size: int,
+        channels: int = 3,
+        block_out_channels: tuple[int, ...] = (32, 64),
+        layers_per_block: int = 1,
+        attention: bool = False,
+        norm_num_groups: int = 8,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        down = ["DownBlock2D"] * levels
+        up = ["UpBlock2D"] * levels
+        if attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        self.model = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            add_attention=attention,
+            norm_num_groups=norm_num_groups,
+        )
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        return self.model(x, c_noise).sample

@@ -1,0 +1,29 @@
+"""Flow maps: how a student moves a state from time s to an earlier time s_next in one call.
+
+Every few-step sampler walks a grid with one of these (``distill.core.samplers.sample_flow_map``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+from distill.core.tensors import append_dims
+
+
+class EulerFlowMap(nn.Module):
+    """One DDIM (= flow-matching Euler) step of a velocity model: the map PD students learn."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+        return x + append_dims(s_next - s, x.ndim) * self.model(x, s)
+
+
+def student_from_teacher(teacher_model: nn.Module) -> nn.Module:
+    """A trainable deep copy of the teacher's velocity model (the usual initialisation)."""
+    student = copy.deepcopy(teacher_model)
+    return student.train().requires_grad_(True)

@@ -1,0 +1,152 @@
+"""``distill-table``: the comparison table (markdown, JSON, plot) from runs' ``results.json``.
+
+    distill-table outputs/ multirun/ --out experiments/results
+
+Every row comes from ``results.json`` files and each run's ``.hydra/config.yaml``; nothing is
+scraped from logs. Seeds are aggregated as mean +- standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from distill.evaluation.results import RESULTS_NAME, ResultRow, load_results
+
+
+def format_rows(rows: Iterable[ResultRow], title: str = "") -> str:
+    """A plain markdown table of one run's rows (what ``distill-train`` prints at the end)."""
+    lines = [f"\n{title}", "", "| model | sampler | NFE | metric | value |", "|---|---|---:|---|---:|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.sampler} | {r.nfe} | {r.metric} | {r.value:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def collect_runs(roots: Iterable[str | Path]) -> list[dict]:
+    """Every ``results.json`` row under ``roots``, tagged with the run's method, dataset and seed."""
+    out = []
+    for root in roots:
+        for results in sorted(Path(root).rglob(RESULTS_NAME)):
+            run = results.parent
+            cfg_path = run / ".hydra" / "config.yaml"
+            cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create({})
+            method = OmegaConf.select(cfg, "method.name", default="unknown")
+            dataset = OmegaConf.select(cfg, "dataset.name", default="unknown")
+            seed = OmegaConf.select(cfg, "seed", default=0)
+            steps = OmegaConf.select(cfg, "budget_steps", default=None)
+            for row in load_results(results):
+                tagged = dict(row, dataset=dataset, seed=seed, run=str(run))
+                tagged["method"] = "teacher" if row["model"] == "teacher" else method
+                if steps is not None and row["model"] == "student":
+                    tagged["budget_steps"] = steps
+                out.append(tagged)
+    return out
+
+
+def final_rows(rows: list[dict]) -> list[dict]:
+    """Keep each run's last evaluation of every (model, sampler, nfe, metric)."""
+    last: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["run"], r["model"], r["sampler"], r["nfe"], r["metric"])
+        if key not in last or r["step"] >= last[key]["step"]:
+            last[key] = r
+    return list(last.values())
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (dataset, method, sampler, nfe, metric)."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    seen: dict[tuple, set] = defaultdict(set)
+    for r in rows:
+        key = (r["dataset"], r["method"], r["sampler"], r["nfe"], r["metric"])
+        if r["seed"] in seen[key]:
+            continue  # one teacher evaluation per seed, however many methods shared it
+        seen[key].add(r["seed"])
+        groups[key].append(r["value"])
+    out = []
+    for (dataset, method, sampler, nfe, metric), values in sorted(groups.items()):
+        out.append({
+            "dataset": dataset, "method": method, "sampler": sampler, "nfe": nfe, "metric": metric,
+            "mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "seeds": len(values),
+        })
+    return out
+
+
+def markdown_table(agg: list[dict]) -> str:
+    lines = []
+    for dataset in sorted({a["dataset"] for a in agg}):
+        rows = [a for a in agg if a["dataset"] == dataset]
+        metric = rows[0]["metric"]
+        lines += [f"### {dataset} ({metric}, lower is better)", "",
+                  "| model | sampler | NFE | " + metric + " | seeds |", "|---|---|---:|---:|---:|"]
+        for a in sorted(rows, key=lambda a: (a["method"] != "teacher", a["method"], a["sampler"], a["nfe"])):
+            lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {a['mean']:.4f} ± {a['std']:.4f} | {a['seeds']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
+    """One panel per dataset: metric against NFE (log2), a line per teacher sampler and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({a["dataset"] for a in agg})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        rows = [a for a in agg if a["dataset"] == dataset]
+        for label in sorted({(a["method"], a["sampler"]) for a in rows}):
+            pts = sorted((a["nfe"], a["mean"], a["std"]) for a in rows if (a["method"], a["sampler"]) == label)
+            name = f"teacher ({label[1]})" if label[0] == "teacher" else label[0]
+            style = "--o" if label[0] == "teacher" else "-s"
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, label=name,
+                        capsize=2, markersize=4)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(rows[0]["metric"])
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[dict]:
+    """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = final_rows(collect_runs(roots))
+    if not rows:
+        raise SystemExit(f"no {RESULTS_NAME} found under {list(map(str, roots))}: run `make table` or distill-train first")
+    public = [{k: v for k, v in r.items() if k != "run"} for r in rows]
+    (out_dir / "benchmark.json").write_text(json.dumps(public, indent=1) + "\n")
+    agg = aggregate(rows)
+    (out_dir / "benchmark.md").write_text(markdown_table(agg))
+    plot_quality_vs_nfe(agg, out_dir / "benchmark.png")
+    return agg
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run or sweep directories to search for results.json")
+    parser.add_argument("--out", default="experiments/results", help="output directory")
+    args = parser.parse_args(argv)
+    agg = write_benchmark(args.runs, args.out)
+    print(markdown_table(agg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""``distill-train``: distil a teacher into a few-step student, then evaluate both.
+
+    distill-train                                   # digits teacher, progressive distillation
+    distill-train -m method=progressive seed=0,1,2  # a sweep
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from distill.errors import friendly_errors
+
+from distill.build import (
+    build_datamodule,
+    build_eval_spec,
+    build_method,
+    build_optimizer,
+    build_scorer,
+    build_student,
+    build_teacher,
+    build_trainer,
+)
+from distill.callbacks import EvaluationCallback
+from distill.evaluation.results import ResultRow
+from distill.lit.distill import DistillModule
+from distill.table import format_rows
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir) if cfg.paths.get("output_dir") else Path(HydraConfig.get().runtime.output_dir)
+
+
+def train(cfg: DictConfig) -> list[ResultRow]:
+    """Distil, evaluate, and return the result rows written to ``<run_dir>/results.json``."""
+    run_dir = run_dir_of(cfg)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_datamodule(cfg)
+    teacher = build_teacher(cfg, dm)
+    method = build_method(cfg)
+    module = DistillModule(
+        teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
+        ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
+    )
+    evaluation = EvaluationCallback(
+        build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), dm.data_shape, run_dir,
+        evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
+    )
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
+    max_steps = method.num_steps or cfg.train.max_steps
+    trainer = build_trainer(cfg, run_dir, [evaluation, checkpoints], max_steps)
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        wandb.finish()  # multirun jobs must not share one W&B run
+    if trainer.is_global_zero and evaluation.rows:
+        print(format_rows(evaluation.rows, title=f"{cfg.method.name} on {dm.name} (run dir: {run_dir})"))
+    return evaluation.rows
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Shared fixtures: a private cache with tiny pretrained teachers, and in-process config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from distill.data import DataModule
+from distill.nets.denoiser import VelocityModel
+from distill.nets.factory import build_net
+from distill.teachers import save_teacher
+from distill.teachers.pretraining import denoising_loss
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+TINY_UNET = {"type": "unet", "block_out_channels": [8, 16], "layers_per_block": 1, "attention": False, "norm_num_groups": 4}
+TINY_MLP = {"type": "mlp", "width": 64, "depth": 2}
+
+
+def train_tiny_teacher(directory: Path, x: torch.Tensor, net_spec: dict, steps: int, scheme: str = "fm") -> Path:
+    """A quick teacher on ``x``: good enough to exercise every code path, not to score well."""
+    torch.manual_seed(0)
+    model = VelocityModel(build_net(net_spec, tuple(x.shape[1:])), scheme)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = x[torch.randint(0, len(x), (64,))]
+        loss = denoising_loss(model, batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_teacher(directory, model.eval(), net_spec, tuple(x.shape[1:]), {"dataset": "test"})
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A private DISTILL_CACHE holding tiny teachers for every built-in dataset."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["DISTILL_CACHE"] = str(cache)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    for name in ("digits", "moons", "rings", "checkerboard", "gmm"):
+        dm = DataModule(name=name, batch_size=64, num_train=2000)
+        dm.setup()
+        spec = TINY_UNET if name == "digits" else TINY_MLP
+        train_tiny_teacher(cache / "teachers" / name, dm.train_tensor(), spec, steps=150)
+    return cache
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose like the CLI would, with ``${hydra:...}`` usable (style.md trap 5)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def compose_train(cache_dir, tmp_path):
+    def _compose(*overrides: str) -> DictConfig:
+        return compose_config("train", ["logger=csv", "progress=false", *overrides], tmp_path / "run")
+
+    return _compose

@@ -1,0 +1,74 @@
+"""DistillModule: the teacher stays frozen and out of checkpoints; students train."""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill.core.gmm import ring_mixture
+from distill.lit.distill import DistillModule
+from distill.methods.progressive import ProgressiveDistillation
+from distill.nets.denoiser import VelocityModel
+from distill.nets.mlp import TimeMLP
+from distill.students.flow_map import student_from_teacher
+from distill.teachers import Teacher
+
+
+def make_module(steps_per_round: int = 2) -> DistillModule:
+    torch.manual_seed(0)
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=32, depth=1)), (2,))
+    method = ProgressiveDistillation(start_steps=4, final_steps=1, steps_per_round=steps_per_round)
+    return DistillModule(teacher, student_from_teacher(teacher.model), method,
+                         lambda p: torch.optim.Adam(p, lr=1e-2), ema_decays=[0.9])
+
+
+def fit(module: DistillModule, steps: int, tmp_path) -> L.Trainer:
+    data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        enable_checkpointing=False)
+    trainer.fit(module, DataLoader(TensorDataset(data), batch_size=64, shuffle=True))
+    return trainer
+
+
+def test_teacher_absent_from_checkpoint_and_unchanged_after_loading(tmp_path):
+    module = make_module()
+    teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    trainer = fit(module, 6, tmp_path)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False, map_location="cpu")
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert any(k.startswith("student.") for k in ckpt["state_dict"])
+    assert any(k.startswith("method.snapshots.") for k in ckpt["state_dict"])  # PD rounds are method state
+    for k, v in module.teacher.state_dict().items():
+        torch.testing.assert_close(v, teacher_before[k], rtol=0, atol=0)
+
+    fresh = make_module()
+    fresh.method.snapshots.update({k: v for k, v in module.method.snapshots.items()})  # round structure
+    teacher_fresh = {k: v.clone() for k, v in fresh.teacher.state_dict().items()}
+    fresh.load_state_dict(ckpt["state_dict"])
+    for k, v in fresh.teacher.state_dict().items():
+        torch.testing.assert_close(v, teacher_fresh[k], rtol=0, atol=0)
+    for a, b in zip(fresh.student.parameters(), module.student.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_student_and_ema_move_teacher_does_not(tmp_path):
+    module = make_module(steps_per_round=100)
+    before = [p.clone() for p in module.student.parameters()]
+    fit(module, 5, tmp_path)
+    assert int(module.step_count) == 5
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.student.parameters(), strict=True))
+    ema = module.sampling_student()
+    assert ema is not module.student
+    assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), module.student.parameters(), strict=True))
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+
+
+def test_checkpoint_from_another_method_is_refused(tmp_path):
+    import pytest
+
+    module = make_module()
+    state = module.state_dict()
+    state["method.unknown_buffer"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="does not match this method"):
+        make_module().load_state_dict(state)
