@@ -30,6 +30,21 @@ def as_dict(cfg: DictConfig | dict) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config for the dashboard: no Hydra internals, nothing secret-looking."""
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: scrub(v) for k, v in node.items() if not any(w in str(k).lower() for w in SECRET_WORDS)}
+        return [scrub(v) for v in node] if isinstance(node, list) else node
+
+    plain = {k: cfg[k] for k in cfg if k != "hydra"}
+    return scrub(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+
+
 def build_datamodule(cfg: DictConfig) -> DataModule:
     kwargs = {k: v for k, v in as_dict(cfg.dataset).items() if k not in NON_DATA_KEYS}
     dm = DataModule(**kwargs, batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed)
@@ -99,8 +114,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
             project=cfg.logger.project, name=name, save_dir=str(run_dir), offline=cfg.logger.offline,
             entity=cfg.logger.get("entity"), tags=list(cfg.logger.get("tags") or []),
         )
-        # The resolved config, minus anything secret-looking, so runs compare in the dashboard.
-        logger.log_hyperparams(as_dict(cfg))
+        logger.log_hyperparams(loggable_config(cfg))
         return [logger]
     if kind == "csv":
         return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]

@@ -14,11 +14,10 @@ import torch
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from distill.errors import friendly_errors
-
 from distill.build import as_dict, build_datamodule
 from distill.core.grids import make_grid
 from distill.core.samplers import prior_state, sample_heun
+from distill.errors import friendly_errors
 from distill.evaluation.plots import save_samples_png
 from distill.lit.pretrain import PretrainModule
 from distill.nets.denoiser import VelocityModel

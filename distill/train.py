@@ -15,8 +15,6 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from distill.errors import friendly_errors
-
 from distill.build import (
     build_datamodule,
     build_eval_spec,
@@ -28,6 +26,7 @@ from distill.build import (
     build_trainer,
 )
 from distill.callbacks import EvaluationCallback
+from distill.errors import friendly_errors
 from distill.evaluation.results import ResultRow
 from distill.lit.distill import DistillModule
 from distill.table import format_rows

@@ -48,7 +48,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             "folder and download it again (dataset.download=true)"
         ) from err
     if len(data) != len(labels):
-        raise DatasetError(f"{path} holds {len(data)} images but {len(labels)} labels; re-download it")
+        raise DatasetError(
+            f"{path} holds {len(data)} images but {len(labels)} labels; re-download it"
+        )
     return data, labels
 
 

@@ -107,16 +107,23 @@ class DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if name not in DATASET_NAMES:
-            raise DatasetError(f"dataset.name={name!r} is unknown; choose one of {', '.join(DATASET_NAMES)}")
+            raise DatasetError(
+                f"dataset.name={name!r} is unknown; choose one of {', '.join(DATASET_NAMES)}"
+            )
         if batch_size < 1:
             raise DatasetError(f"batch_size={batch_size}; use a positive batch size")
         if name == "image_folder" and (path is None or resolution is None):
-            raise DatasetError("dataset image_folder needs dataset.path=<folder> and dataset.resolution=<int>")
+            raise DatasetError(
+                "dataset image_folder needs dataset.path=<folder> and dataset.resolution=<int>"
+            )
         if name == "cifar10" and root is None:
-            raise DatasetError("dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>")
+            raise DatasetError(
+                "dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>"
+            )
         self.save_hyperparameters()
-        self.name, self.batch_size, self.num_workers, self.seed = name, batch_size, num_workers, seed
-        self.num_train, self.download, self.channels = num_train, download, channels
+        self.name, self.batch_size, self.seed = name, batch_size, seed
+        self.num_workers, self.num_train = num_workers, num_train
+        self.download, self.channels = download, channels
         self.path = None if path is None else Path(path)
         self.root = None if root is None else Path(root)
         self.resolution = resolution

@@ -44,7 +44,7 @@ def load_digits_split(
     if split not in ("train", "heldout"):
         raise ValueError(f"split={split!r}; choose 'train' or 'heldout'")
     bunch = load_digits()
-    pixels = bunch.images.astype(np.float32)                    # (1797, 8, 8), values 0..16
+    pixels = bunch.images.astype(np.float32)  # (1797, 8, 8), values 0..16
     idx_train, idx_heldout = train_test_split(
         np.arange(len(pixels)),
         test_size=heldout_fraction,

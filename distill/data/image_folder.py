@@ -17,7 +17,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 
 def find_images(root: Path) -> list[Path]:
     """All image files under ``root`` (recursive, extension case-insensitive), sorted."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
 
 
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
@@ -106,7 +108,9 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
             except Exception as err:  # PIL raises many types for corrupt files
                 bad.append(f"{file} ({type(err).__name__}: {err})")
         if bad:
-            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+            shown = "\n  ".join(bad[:20]) + (
+                f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            )
             raise DatasetError(
                 f"{len(bad)} of {len(self.files)} images under {self.root} are unreadable:\n  "
                 f"{shown}\ndelete or replace them"

@@ -2,7 +2,8 @@
 
 - digits: ``fd_digits``, the Frechet distance in the features of a small digits classifier,
   against the held-out split that no model trains on.
-- 2-D sets: ``sw``, the sliced Wasserstein distance to fresh samples of the true distribution.
+- 2-D sets: ``sw``, the sliced Wasserstein distance to fresh samples of the true distribution
+  (also usable on flattened pixels, e.g. where no Inception weights are at hand).
 - other images: ``fid`` with Inception features loaded from a local weights path, against the
   reference images or an EDM/ADM-style ``.npz`` of ``mu`` and ``sigma``.
 """
@@ -65,7 +66,7 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, samples: Tensor) -> float:
         if self.metric == "sw":
-            return sliced_wasserstein(samples.float(), self.reference.float())
+            return sliced_wasserstein(samples.flatten(1), self.reference.flatten(1))  # pixels for images
         mu, sigma = gaussian_stats(self._features(samples))
         return frechet_distance(mu, sigma, *self.ref_stats)
 

@@ -48,9 +48,13 @@ def class_histogram(logits_or_labels: Tensor, num_classes: int) -> Tensor:
             raise ValueError(f"logits have {x.shape[1]} columns but num_classes={num_classes}")
         x = x.argmax(1)
     elif x.ndim != 1 or x.is_floating_point():
-        raise ValueError(f"expected (N, K) logits or (N,) integer labels, got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(
+            f"expected (N, K) logits or (N,) integer labels, got {x.dtype} {tuple(x.shape)}"
+        )
     if len(x) and (x.min() < 0 or x.max() >= num_classes):
-        raise ValueError(f"labels span {int(x.min())}..{int(x.max())}, outside 0..{num_classes - 1}")
+        raise ValueError(
+            f"labels span {int(x.min())}..{int(x.max())}, outside 0..{num_classes - 1}"
+        )
     return torch.bincount(x.long(), minlength=num_classes)
 
 
@@ -84,8 +88,8 @@ def mode_coverage_digits(
 
 def classifier_score(logits: Tensor) -> float:
     """Inception-Score analogue ``exp(E_x KL(p(y|x) || p(y)))`` from (N, K) logits; in [1, K]."""
-    log_p = torch.log_softmax(logits.detach().cpu().double(), dim=1)       # log p(y|x)
-    log_marginal = torch.logsumexp(log_p, dim=0) - math.log(len(log_p))   # log p(y)
+    log_p = torch.log_softmax(logits.detach().cpu().double(), dim=1)  # log p(y|x)
+    log_marginal = torch.logsumexp(log_p, dim=0) - math.log(len(log_p))  # log p(y)
     kl = (log_p.exp() * (log_p - log_marginal)).sum(1)
     return float(kl.mean().exp())
 
@@ -107,7 +111,7 @@ def mode_coverage_gmm(
     """
     x = samples.detach().cpu().double()
     means, stds = mixture.means.double(), mixture.stds.double()
-    dist = torch.cdist(x, means)                                   # (N, K)
+    dist = torch.cdist(x, means)  # (N, K)
     nearest, mode = dist.min(dim=1)
     quality = float((nearest <= num_std * stds[mode]).double().mean())
     histogram = torch.bincount(mode, minlength=len(means))

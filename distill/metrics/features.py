@@ -43,7 +43,9 @@ class DigitsFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"DigitsFeatures expects (N, 1, 8, 8) digits, got {tuple(images.shape)}")
+            raise ValueError(
+                f"DigitsFeatures expects (N, 1, 8, 8) digits, got {tuple(images.shape)}"
+            )
         device = next(self.classifier.parameters()).device
         return self.classifier.features(images.to(device, torch.float32)).float()
 
@@ -79,7 +81,9 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"InceptionFeatures expects (N, 1|3, H, W) images, got {tuple(images.shape)}")
+            raise ValueError(
+                f"InceptionFeatures expects (N, 1|3, H, W) images, got {tuple(images.shape)}"
+            )
         x = to_uint8(images)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -105,7 +109,9 @@ def extract_features(
         raise ValueError(f"batch_size={batch_size}; use a positive batch size")
     chunks = [
         extractor(images[i : i + batch_size]).detach().cpu()
-        for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False)
+        for i in tqdm(
+            range(0, len(images), batch_size), desc="features", disable=not progress, leave=False
+        )
     ]
     if not chunks:
         raise ValueError("images is empty; pass at least one image")

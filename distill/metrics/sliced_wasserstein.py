@@ -43,7 +43,9 @@ def sliced_wasserstein(
         SW_p as a Python float, computed in float64.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (N, D) and (M, D) with one D, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must be (N, D) and (M, D) with one D, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
     if min(len(x), len(y)) == 0:
         raise ValueError("x and y must each hold at least one point")
     if p < 1:
@@ -55,5 +57,5 @@ def sliced_wasserstein(
     # (L, n) layout: sorting contiguous rows is ~5x faster than sorting along dim 0.
     proj_x = (theta.T @ x.T).sort(dim=1).values
     proj_y = (theta.T @ y.T).sort(dim=1).values
-    wp_p = (proj_x - proj_y).abs().pow(p).mean(dim=1)       # (L,) per-slice W_p^p
+    wp_p = (proj_x - proj_y).abs().pow(p).mean(dim=1)  # (L,) per-slice W_p^p
     return float(wp_p.mean() ** (1.0 / p))

@@ -13,30 +13,46 @@ import torch
 from PIL import Image
 
 from distill.build import build_datamodule, build_eval_spec, build_scorer, build_teacher
+from distill.data import DatasetError
+from distill.errors import ConfigError
 from distill.evaluation.runner import evaluate_teacher
+from distill.teachers import TeacherCheckpointError
 from distill.train import train
+from tests.conftest import TINY_UNET, compose_config, train_tiny_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 FAST = ["debug=fast"]
 
 
-def dataset_overrides(name: str, tmp_path: Path) -> list[str]:
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    for i in range(6):
+        Image.new("RGB", (12, 10), (40 * i, 90, 200 - 30 * i)).save(folder / f"{i}.png")
+    return folder
+
+
+def dataset_overrides(name: str, tmp_path: Path, request) -> list[str]:
+    """Overrides that give ``name`` a teacher; image sets get a tiny one trained here."""
     if name == "gmm":
         return ["dataset=gmm", "teacher=gmm_exact", "student=mlp"]
-    if name == "image_folder":
-        folder = tmp_path / "images"
-        folder.mkdir()
-        for i in range(6):
-            Image.new("RGB", (12, 10), (40 * i, 90, 200 - 30 * i)).save(folder / f"{i}.png")
-        return ["dataset=image_folder", f"dataset.path={folder}", "dataset.resolution=8", "teacher=gmm_exact"]
+    if name in ("image_folder", "cifar10"):
+        if name == "image_folder":
+            data = [f"dataset.path={image_folder(tmp_path)}", "dataset.resolution=8"]
+        else:
+            data = [f"dataset.root={request.getfixturevalue('fake_cifar_root')}"]
+        dm = build_datamodule(compose_config("train", [f"dataset={name}", *data], tmp_path / "probe"))
+        train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), TINY_UNET, steps=2)
+        # No Inception weights here: score pixels with sliced Wasserstein instead of FID.
+        return [f"dataset={name}", *data, f"teacher.path={tmp_path / 'teacher'}", "eval.metric=sw"]
     return [f"dataset={name}"]
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dataset", ["digits", "gmm", "moons", "rings", "checkerboard"])
-def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, method, dataset):
-    cfg = compose_train(f"method={method}", *FAST, *dataset_overrides(dataset, tmp_path))
+@pytest.mark.parametrize("dataset", ["digits", "gmm", "moons", "rings", "checkerboard", "image_folder", "cifar10"])
+def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, request, method, dataset):
+    cfg = compose_train(f"method={method}", *FAST, *dataset_overrides(dataset, tmp_path, request))
     rows = train(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert {r["model"] for r in results} == {"teacher", "student"}
@@ -47,10 +63,18 @@ def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, met
 
 
 def test_resolution_mismatch_is_refused_before_training(compose_train, tmp_path):
-    cfg = compose_train(*FAST, *dataset_overrides("image_folder", tmp_path), "teacher=pretrained",
-                        "teacher.path=${paths.cache}/teachers/digits")
-    with pytest.raises(ValueError, match="shape"):
+    cfg = compose_train(*FAST, "dataset=image_folder", f"dataset.path={image_folder(tmp_path)}",
+                        "dataset.resolution=8", "eval.metric=sw", "teacher.path=${paths.cache}/teachers/digits")
+    with pytest.raises(ConfigError, match=r"shape \(1, 8, 8\) but dataset=image_folder has shape \(3, 8, 8\)"):
         train(cfg)
+
+
+def test_missing_dataset_folder_and_teacher_fail_in_process(compose_train, tmp_path):
+    with pytest.raises(DatasetError, match="dataset.path"):
+        train(compose_train(*FAST, "dataset=image_folder", f"dataset.path={tmp_path}/missing"))
+    with pytest.raises(TeacherCheckpointError, match="distill-pretrain"):
+        train(compose_train(*FAST, f"teacher.path={tmp_path}/no_teacher"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing a later resume could trip on
 
 
 def test_evaluation_is_reproducible(compose_train):
@@ -90,9 +114,7 @@ def test_multirun_sweep_from_the_command_line(cache_dir, tmp_path):
     ("args", "needle"),
     [
         (["no_such_key=1"], "+no_such_key"),
-        (["dataset=image_folder", "dataset.path=/does/not/exist"], "dataset.path"),
         (["teacher.path=/no/teacher/here"], "distill-pretrain"),
-        (["method=not_a_method"], "method"),
     ],
 )
 def test_bad_input_gives_one_clear_error(cache_dir, tmp_path, args, needle):
@@ -103,8 +125,6 @@ def test_bad_input_gives_one_clear_error(cache_dir, tmp_path, args, needle):
 
 
 def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path):
-    from tests.conftest import compose_config
-
     from distill.pretrain import pretrain
     from distill.teachers import load_teacher
 

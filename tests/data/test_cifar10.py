@@ -20,7 +20,7 @@ def test_loads_train_and_test_in_torchvision_layout(fake_cifar_root: Path) -> No
     x, y = load_cifar10(fake_cifar_root, train=True)
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert y.tolist() == [1, 6, 2, 7, 3, 8, 4, 9, 5, 0]
-    raw = _raw(fake_cifar_root, "data_batch_2")["data"]          # rows are R plane, G plane, B plane
+    raw = _raw(fake_cifar_root, "data_batch_2")["data"]  # rows are R plane, G plane, B plane
     expected = torch.from_numpy(raw[1].reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1
     assert torch.allclose(x[3], expected)
     assert x.min() >= -1 and x.max() <= 1

@@ -30,7 +30,9 @@ def test_2d_module_describes_itself_and_batches() -> None:
 
 
 def test_shuffle_order_is_seeded() -> None:
-    first = lambda seed: next(iter(DataModule("gmm", 64, num_train=500, seed=seed).train_dataloader()))[0]  # noqa: E731
+    def first(seed: int) -> torch.Tensor:
+        return next(iter(DataModule("gmm", 64, num_train=500, seed=seed).train_dataloader()))[0]
+
     assert torch.equal(first(0), first(0))
     assert not torch.equal(first(0), first(1))
 
@@ -79,8 +81,14 @@ def test_cifar10_module_uses_test_split_as_reference(fake_cifar_root: Path) -> N
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "mnist", "batch_size": 8}, "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, image_folder, cifar10"),
-        ({"name": "image_folder", "batch_size": 8}, "needs dataset.path=<folder> and dataset.resolution"),
+        (
+            {"name": "mnist", "batch_size": 8},
+            "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, image_folder, cifar10",
+        ),
+        (
+            {"name": "image_folder", "batch_size": 8},
+            "needs dataset.path=<folder> and dataset.resolution",
+        ),
         ({"name": "cifar10", "batch_size": 8}, "needs dataset.root="),
         ({"name": "gmm", "batch_size": 0}, "batch_size=0"),
     ],
@@ -91,7 +99,9 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 
 
 def test_empty_training_set_raises() -> None:
-    with pytest.raises(DatasetError, match="training set of dataset 'rings' is empty; set dataset.num_train > 0"):
+    with pytest.raises(
+        DatasetError, match="training set of dataset 'rings' is empty; set dataset.num_train > 0"
+    ):
         DataModule("rings", batch_size=8, num_train=0).setup()
 
 
@@ -124,7 +134,9 @@ class _Tiny(L.LightningModule):
         self.net = nn.Linear(2, 2)
         self.seen: list[tuple[int, ...]] = []
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         self.seen.append(tuple(x.shape))
         return ((self.net(x) - x) ** 2).mean()
@@ -136,8 +148,14 @@ class _Tiny(L.LightningModule):
 def test_lightning_fit_consumes_the_module(tmp_path: Path) -> None:
     model = _Tiny()
     trainer = L.Trainer(
-        max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=DataModule("checkerboard", batch_size=16, num_train=100))
     assert model.seen == [(16, 2)] * 3

@@ -31,8 +31,12 @@ def test_splits_partition_the_dataset_and_are_stratified() -> None:
     x_tr, y_tr = load_digits_split("train")
     x_ho, y_ho = load_digits_split("heldout")
     full = load_digits()
-    assert _pixel_rows(x_tr) + _pixel_rows(x_ho) == Counter(r.tobytes() for r in full.images.astype(np.uint8).reshape(-1, 64))
-    share = torch.bincount(y_ho, minlength=10) / (torch.bincount(y_tr, minlength=10) + torch.bincount(y_ho, minlength=10))
+    assert _pixel_rows(x_tr) + _pixel_rows(x_ho) == Counter(
+        r.tobytes() for r in full.images.astype(np.uint8).reshape(-1, 64)
+    )
+    share = torch.bincount(y_ho, minlength=10) / (
+        torch.bincount(y_tr, minlength=10) + torch.bincount(y_ho, minlength=10)
+    )
     assert torch.allclose(share.double(), torch.full((10,), 0.3, dtype=torch.float64), atol=0.02)
 
 

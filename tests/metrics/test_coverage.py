@@ -51,7 +51,9 @@ def test_classifier_score_bounds() -> None:
     confident = torch.nn.functional.one_hot(torch.arange(100) % 10, 10).float() * 50
     assert classifier_score(confident) == pytest.approx(10.0, rel=1e-6)
     assert classifier_score(confident[:10]) == pytest.approx(10.0, rel=1e-6)
-    assert classifier_score(torch.nn.functional.one_hot(torch.zeros(20, dtype=torch.long), 10).float() * 50) == pytest.approx(1.0)
+    assert classifier_score(
+        torch.nn.functional.one_hot(torch.zeros(20, dtype=torch.long), 10).float() * 50
+    ) == pytest.approx(1.0)
 
 
 def test_gmm_coverage_and_quality() -> None:

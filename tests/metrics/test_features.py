@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from distill.data.image_folder import pil_to_tensor
 from distill.metrics.digits_classifier import DigitsClassifier
@@ -28,7 +29,7 @@ def test_inception_without_weights_names_the_fix(path: str | None) -> None:
 
 def test_uint8_quantisation_inverts_the_loader_mapping() -> None:
     levels = torch.arange(256, dtype=torch.uint8)
-    as_float = pil_to_tensor(__import__("PIL.Image").Image.fromarray(levels.reshape(16, 16).numpy()))
+    as_float = pil_to_tensor(Image.fromarray(levels.reshape(16, 16).numpy()))
     assert torch.equal(to_uint8(as_float).flatten(), levels)
     assert to_uint8(torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == [0, 0, 128, 255, 255]
 
@@ -53,12 +54,16 @@ def test_extract_features_batches_equal_one_call(digits_classifier: DigitsClassi
 
 
 @pytest.mark.slow
-def test_inception_forward_with_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inception_forward_with_random_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Builds torch-fidelity's network with random weights (never downloads) to check our
     # conversion: grayscale and odd sizes in, (N, 2048) out.
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    monkeypatch.setattr(
+        FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None
+    )
     monkeypatch.setattr(
         "torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {}
     )
