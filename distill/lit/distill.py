@@ -58,6 +58,8 @@ class DistillModule(L.LightningModule):
         return {k: v for k, v in state.items() if not k.startswith(TEACHER_PREFIX)}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        method_state = {k.removeprefix("method."): v for k, v in state_dict.items() if k.startswith("method.")}
+        self.method.prepare_to_load(method_state, self.student)
         missing_teacher = {k for k in super().state_dict() if k.startswith(TEACHER_PREFIX)}
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         if strict:

@@ -41,6 +41,9 @@ class Method(nn.Module):
         """Update method state after a step; return the optimizers whose state must be reset."""
         return []
 
+    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
+        """Create the submodules a checkpoint's ``method.*`` keys need before it is loaded."""
+
     def sample(self, student: nn.Module, noise: Tensor, nfe: int) -> Tensor:
         """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations."""
         raise NotImplementedError

@@ -124,6 +124,13 @@ class ProgressiveDistillation(Method):
         # A fresh round starts from fresh Adam moments (paper: no optimizer state across rounds).
         return list(self.optimizer_names)
 
+    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
+        for key in state_dict:
+            if key.startswith("snapshots."):
+                steps = key.split(".")[1]
+                if steps not in self.snapshots:
+                    self.snapshots[steps] = copy.deepcopy(student).eval().requires_grad_(False)
+
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if self.final_steps <= n <= self.start_steps]
 

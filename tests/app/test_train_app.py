@@ -135,3 +135,20 @@ def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path):
     assert teacher.data_shape == (2,)
     assert (out / "samples.png").is_file()
     assert torch.isfinite(teacher(torch.randn(3, 2), torch.rand(3))).all()
+
+
+def test_evaluate_reloads_a_run_and_reproduces_its_student_rows(compose_train, tmp_path):
+    from distill.evaluate import evaluate
+
+    cfg = compose_train("dataset=gmm", "teacher=gmm_exact", "student=mlp", "eval=fast", "eval.teacher=false",
+                        "method.objective.steps_per_round=2", "method.objective.start_steps=4")
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    from omegaconf import OmegaConf
+
+    OmegaConf.save({k: cfg[k] for k in cfg if k != "hydra"}, run_dir / ".hydra" / "config.yaml", resolve=True)
+    trained = {r.nfe: r.value for r in train(cfg)}
+    eval_cfg = compose_config("evaluate", ["dataset=gmm", "teacher=gmm_exact", "eval=fast", "progress=false",
+                                           f"run_dir={run_dir}"], tmp_path / "eval")
+    rows = evaluate(eval_cfg)
+    assert {r.nfe: r.value for r in rows if r.model == "student"} == trained

@@ -1,0 +1,71 @@
+"""``distill-eval``: evaluate a teacher, and a trained student run, into ``results.json``.
+
+    distill-eval                                         # the digits teacher, every sampler x NFE
+    distill-eval run_dir=outputs/main                    # + that run's last student checkpoint
+    distill-eval dataset=gmm teacher=gmm_exact eval.num_samples=5000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from distill.build import (
+    build_datamodule,
+    build_eval_spec,
+    build_method,
+    build_optimizer,
+    build_scorer,
+    build_student,
+    build_teacher,
+)
+from distill.errors import ConfigError, friendly_errors
+from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
+from distill.evaluation.runner import evaluate_student, evaluate_teacher
+from distill.lit.distill import DistillModule
+from distill.table import format_rows
+from distill.train import run_dir_of
+
+
+def load_run_module(run_dir: Path, cache: str) -> tuple[DistillModule, DictConfig]:
+    """Rebuild a finished run's module from its saved config and load its last checkpoint."""
+    cfg_path, ckpt = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise ConfigError(f"run_dir={run_dir} needs .hydra/config.yaml and checkpoints/last.ckpt (a distill-train run dir)")
+    cfg = OmegaConf.load(cfg_path)
+    cfg.paths.cache = cache
+    dm = build_datamodule(cfg)
+    teacher = build_teacher(cfg, dm)
+    module = DistillModule(teacher, build_student(cfg, teacher), build_method(cfg), build_optimizer(cfg),
+                           ema_decays=cfg.method.ema_decays)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    return module, cfg
+
+
+def evaluate(cfg: DictConfig) -> list[ResultRow]:
+    out = run_dir_of(cfg)
+    dm = build_datamodule(cfg)
+    scorer, spec = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg)
+    rows, _ = evaluate_teacher(build_teacher(cfg, dm), dm.data_shape, scorer, spec)
+    if cfg.run_dir:
+        module, _ = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
+        student_rows, _ = evaluate_student(module.method, module.sampling_student(), dm.data_shape, scorer, spec,
+                                           int(module.step_count))
+        rows += student_rows
+    append_results(out / RESULTS_NAME, rows)
+    print(format_rows(rows, title=f"evaluation on {dm.name} -> {out / RESULTS_NAME}"))
+    return rows
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
