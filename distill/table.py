@@ -62,6 +62,7 @@ def final_rows(rows: list[dict]) -> list[dict]:
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean and std over seeds per (dataset, method, sampler, nfe, metric)."""
     groups: dict[tuple, list[float]] = defaultdict(list)
+    steps: dict[tuple, int] = {}
     seen: dict[tuple, set] = defaultdict(set)
     for r in rows:
         key = (r["dataset"], r["method"], r["sampler"], r["nfe"], r["metric"])
@@ -69,12 +70,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
             continue  # one teacher evaluation per seed, however many methods shared it
         seen[key].add(r["seed"])
         groups[key].append(r["value"])
+        steps[key] = r["step"]
     out = []
     for (dataset, method, sampler, nfe, metric), values in sorted(groups.items()):
         out.append({
             "dataset": dataset, "method": method, "sampler": sampler, "nfe": nfe, "metric": metric,
             "mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "seeds": len(values),
+            "seeds": len(values), "train_steps": steps[(dataset, method, sampler, nfe, metric)],
         })
     return out
 
@@ -85,9 +87,12 @@ def markdown_table(agg: list[dict]) -> str:
         rows = [a for a in agg if a["dataset"] == dataset]
         metric = rows[0]["metric"]
         lines += [f"### {dataset} ({metric}, lower is better)", "",
-                  "| model | sampler | NFE | " + metric + " | seeds |", "|---|---|---:|---:|---:|"]
+                  f"| model | sampler | NFE | {metric} (mean ± std) | seeds | train steps |",
+                  "|---|---|---:|---:|---:|---:|"]
         for a in sorted(rows, key=lambda a: (a["method"] != "teacher", a["method"], a["sampler"], a["nfe"])):
-            lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {a['mean']:.4f} ± {a['std']:.4f} | {a['seeds']} |")
+            steps = "-" if a["method"] == "teacher" else a["train_steps"]
+            lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {a['mean']:.4f} ± {a['std']:.4f} "
+                         f"| {a['seeds']} | {steps} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -36,6 +36,8 @@ def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
     out: dict[int, int] = {}
     for budget in nfes:
         steps = max((k for k in range(1, budget + 1) if sampler_nfe(sampler, k) <= budget), default=1)
+        if steps == 1 and sampler != "euler":
+            continue  # a one-step multistep/second-order solver is plain Euler: not a row of its own
         out[sampler_nfe(sampler, steps)] = steps
     return [(steps, nfe) for nfe, steps in sorted(out.items())]
 
