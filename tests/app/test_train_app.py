@@ -45,7 +45,7 @@ def dataset_overrides(name: str, tmp_path: Path, request) -> list[str]:
         dm = build_datamodule(compose_config("train", [f"dataset={name}", *data], tmp_path / "probe"))
         train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), TINY_UNET, steps=2)
         # No Inception weights here: score pixels with sliced Wasserstein instead of FID.
-        return [f"dataset={name}", *data, f"teacher.path={tmp_path / 'teacher'}", "eval.metric=sw"]
+        return [f"dataset={name}", *data, f"teacher.path={tmp_path / 'teacher'}", "eval.metric=sw", "train.batch_size=4"]
     return [f"dataset={name}"]
 
 
