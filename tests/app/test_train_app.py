@@ -124,15 +124,16 @@ def test_bad_input_gives_one_clear_error(cache_dir, tmp_path, args, needle):
     assert "Traceback" not in proc.stderr  # one message, not a stack trace
 
 
-def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path):
+@pytest.mark.parametrize("scheme", ["fm", "edm"])
+def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path, scheme):
     from distill.pretrain import pretrain
     from distill.teachers import load_teacher
 
-    cfg = compose_config("pretrain", ["dataset=moons", "net=mlp", "train.max_steps=20", "progress=false",
+    cfg = compose_config("pretrain", ["dataset=moons", "net=mlp", "train.max_steps=20", "progress=false", f"scheme={scheme}",
                                       f"out={tmp_path}/teacher"], tmp_path / "run")
     out = pretrain(cfg)
     teacher = load_teacher(out)
-    assert teacher.data_shape == (2,)
+    assert teacher.data_shape == (2,) and teacher.meta["scheme"] == scheme
     assert (out / "samples.png").is_file()
     assert torch.isfinite(teacher(torch.randn(3, 2), torch.rand(3))).all()
 
