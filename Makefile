@@ -28,8 +28,8 @@ teacher: setup ## pretrain the digits teacher (reused from the cache when presen
 	$(PY) -m distill.pretrain dataset=digits
 
 run: teacher ## the main job: digits teacher -> progressive distillation -> table and sample grid
-	$(PY) -m distill.train hydra.run.dir=outputs/main
-	@echo "results: outputs/main/results.json   sample grids: outputs/main/samples/"
+	$(PY) -m distill.train
+	@echo "results.json and samples/ are in the run dir named above (outputs/<run>/<time>/)"
 
 test: setup ## run the fast test suite
 	$(PY) -m pytest -q
