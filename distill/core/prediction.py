@@ -94,6 +94,12 @@ def from_x0_eps(
     return a * eps - s * x0 / sigma_data**2
 
 
+def fm_noise(x0: Tensor, eps: Tensor, s: Tensor) -> Tensor:
+    """The FM state ``x_s = (1 - s) x0 + s eps``. x0, eps: (B, ...); s: (B,)."""
+    s = append_dims(s, x0.ndim)
+    return (1 - s) * x0 + s * eps
+
+
 def velocity_to_x0(x: Tensor, s: Tensor, v: Tensor) -> Tensor:
     """FM data estimate ``x0 = x - s v``. x, v: (B, ...); s: (B,)."""
     return x - append_dims(s, x.ndim) * v

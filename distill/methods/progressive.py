@@ -16,17 +16,13 @@ from torch import Tensor, nn
 
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
+from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.methods.base import Method
-from distill.students.flow_map import EulerFlowMap
+from distill.students.flow_map import EulerFlowMap, ddim_step
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
-
-
-def ddim_step(model: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-    """One DDIM step of a velocity model from ``s`` to ``s_next`` (both (B,))."""
-    return x + append_dims(s_next - s, x.ndim) * model(x, s)
 
 
 def pd_target_x0(z_t: Tensor, z_s: Tensor, s_t: Tensor, s_s: Tensor) -> Tensor:
@@ -106,7 +102,7 @@ class ProgressiveDistillation(Method):
         i = torch.randint(0, n, (x0.shape[0],), device=x0.device)
         s_t, s_mid, s_s = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
         eps = torch.randn_like(x0)
-        z_t = (1 - append_dims(s_t, x0.ndim)) * x0 + append_dims(s_t, x0.ndim) * eps
+        z_t = fm_noise(x0, eps, s_t)
         with torch.no_grad():
             z_mid = ddim_step(round_teacher, z_t, s_t, s_mid)
             z_s = ddim_step(round_teacher, z_mid, s_mid, s_s)

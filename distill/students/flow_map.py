@@ -12,15 +12,20 @@ from torch import Tensor, nn
 from distill.core.tensors import append_dims
 
 
+def ddim_step(model: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+    """One DDIM (= flow-matching Euler) step of a velocity model from ``s`` to ``s_next`` (both (B,))."""
+    return x + append_dims(s_next - s, x.ndim) * model(x, s)
+
+
 class EulerFlowMap(nn.Module):
-    """One DDIM (= flow-matching Euler) step of a velocity model: the map PD students learn."""
+    """``ddim_step`` as a flow map: the map PD students learn."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-        return x + append_dims(s_next - s, x.ndim) * self.model(x, s)
+        return ddim_step(self.model, x, s, s_next)
 
 
 def student_from_teacher(teacher_model: nn.Module) -> nn.Module:

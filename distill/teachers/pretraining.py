@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from distill.core.losses import edm_loss_weight, per_sample_mse
+from distill.core.prediction import fm_noise
 from distill.core.tensors import append_dims
 from distill.core.time_sampling import sample_edm_sigma, sample_logit_normal
 from distill.nets.denoiser import VelocityModel
@@ -15,7 +16,7 @@ def flow_matching_loss(model: VelocityModel, x0: Tensor, mean: float = 0.0, std:
     """``||v(x_s, s) - (eps - x0)||^2`` with logit-normal s (Esser et al. 2024)."""
     s = sample_logit_normal(x0.shape[0], mean=mean, std=std, dtype=x0.dtype).to(x0.device)
     eps = torch.randn_like(x0)
-    x_s = (1 - append_dims(s, x0.ndim)) * x0 + append_dims(s, x0.ndim) * eps
+    x_s = fm_noise(x0, eps, s)
     return per_sample_mse(model.native(x_s, s), eps - x0)
 
 
