@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 # The torch build to install; the default matches the wheels on the reference machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SEEDS ?= 0,1,2
+METHODS ?= progressive,consistency
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
@@ -45,7 +46,7 @@ bench: setup teacher ## throughput benchmark -> experiments/results/bench.md
 
 table: setup teacher ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
 	rm -rf experiments/runs/benchmark
-	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=progressive seed=$(SEEDS) \
+	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=$(METHODS) seed=$(SEEDS) \
 		hydra.sweep.dir=experiments/runs/benchmark
 	$(PY) -m distill.table experiments/runs/benchmark --out experiments/results
 

@@ -39,7 +39,9 @@ def load_run_module(run_dir: Path, cache: str) -> tuple[DistillModule, DictConfi
     cfg.paths.cache = cache
     dm = build_datamodule(cfg)
     teacher = build_teacher(cfg, dm)
-    module = DistillModule(teacher, build_student(cfg, teacher), build_method(cfg), build_optimizer(cfg),
+    method = build_method(cfg)
+    method.set_budget(cfg.train.max_steps)
+    module = DistillModule(teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
                            ema_decays=cfg.method.ema_decays)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)

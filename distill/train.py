@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     dm = build_datamodule(cfg)
     teacher = build_teacher(cfg, dm)
     method = build_method(cfg)
+    method.set_budget(cfg.train.max_steps)
     module = DistillModule(
         teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,

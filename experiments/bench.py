@@ -65,7 +65,7 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     x, _ = load_digits_split("train")
     batches = [x[torch.randint(0, len(x), (128,))] for _ in range(args.steps)]
-    method = ProgressiveDistillation(start_steps=32, steps_per_round=10**9)
+    method = ProgressiveDistillation(start_steps=32, steps_per_round=10**9)  # one round: steady-state steps
     plain_loop(teacher, method, batches[:5])  # warm-up
     plain = plain_loop(teacher, method, batches)
     lit = lightning_loop(teacher, method, batches)

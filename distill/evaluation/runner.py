@@ -44,24 +44,32 @@ def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def generate(
-    sample_fn: Callable[[Tensor], Tensor],
+    sample_fn: Callable[[Tensor, Callable[[int], Tensor]], Tensor],
     shape: Sequence[int],
     spec: EvalSpec,
     device: torch.device | str = "cpu",
     desc: str = "sampling",
 ) -> Tensor:
-    """Run ``sample_fn(noise)`` over the spec's seeds in batches; returns samples on CPU."""
+    """Run ``sample_fn(noise, renoise)`` over the spec's seeds in batches; returns samples on CPU.
+
+    ``renoise(i)`` gives the batch's fresh noise for stochastic step i, seeded per sample too.
+    """
     seeds = sample_seeds(spec.num_samples, spec.seed)
     chunks = range(0, len(seeds), spec.batch_size)
     out = []
     for start in tqdm(chunks, desc=desc, disable=not spec.progress, leave=False):
-        noise = seeded_noise(seeds[start : start + spec.batch_size], shape).to(device)
-        out.append(sample_fn(noise).float().cpu())
+        batch_seeds = seeds[start : start + spec.batch_size]
+        noise = seeded_noise(batch_seeds, shape).to(device)
+
+        def renoise(i: int, batch_seeds=batch_seeds) -> Tensor:
+            return seeded_noise(batch_seeds, shape, stream=i + 1).to(device)
+
+        out.append(sample_fn(noise, renoise).float().cpu())
     return torch.cat(out)
 
 
-def teacher_sample_fn(teacher: nn.Module, sampler: str, steps: int, grid_name: str) -> Callable[[Tensor], Tensor]:
-    def run(noise: Tensor) -> Tensor:
+def teacher_sample_fn(teacher: nn.Module, sampler: str, steps: int, grid_name: str):
+    def run(noise: Tensor, renoise=None) -> Tensor:  # ODE samplers are deterministic
         grid = make_grid(grid_name, steps).to(noise)
         return SAMPLERS[sampler](teacher, prior_state(noise, grid[0]), grid)
 
@@ -88,7 +96,7 @@ def evaluate_student(
     """Student rows at every NFE the method supports, sampled with the method's own sampler."""
     rows, samples = [], {}
     for nfe in method.supported_nfes(spec.student_nfes):
-        x = generate(lambda z, n=nfe: method.sample(student, z, n), shape, spec, device,
+        x = generate(lambda z, renoise, n=nfe: method.sample(student, z, n, renoise), shape, spec, device,
                      desc=f"student nfe={nfe}")
         samples[f"{method.name}@{nfe}"] = x
         rows.append(ResultRow("student", method.name, nfe, scorer.metric, scorer(x), spec.num_samples, step))

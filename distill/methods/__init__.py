@@ -1,6 +1,7 @@
 """Layer 2: distillation objectives. A method's loss is callable on an MLP teacher on CPU."""
 
 from distill.methods.base import Method
+from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.progressive import ProgressiveDistillation
 
-__all__ = ["Method", "ProgressiveDistillation"]
+__all__ = ["Method", "ConsistencyDistillation", "ProgressiveDistillation"]

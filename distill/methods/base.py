@@ -7,9 +7,12 @@ lands in checkpoints exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor, nn
+
+Renoise = Callable[[int], Tensor]
+"""Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
 
 
 class Method(nn.Module):
@@ -22,6 +25,9 @@ class Method(nn.Module):
     def num_steps(self) -> int | None:
         """Training length the method itself dictates (e.g. PD's rounds), or None."""
         return None
+
+    def set_budget(self, max_steps: int) -> None:
+        """Fit the method's own schedule into the run's training length (default: nothing to fit)."""
 
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         return (p for p in student.parameters() if p.requires_grad)
@@ -44,8 +50,11 @@ class Method(nn.Module):
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
         """Create the submodules a checkpoint's ``method.*`` keys need before it is loaded."""
 
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int) -> Tensor:
-        """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations."""
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
+        """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations.
+
+        Stochastic samplers draw step i's fresh noise from ``renoise(i)`` (else the global RNG).
+        """
         raise NotImplementedError
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:

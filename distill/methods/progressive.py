@@ -19,7 +19,7 @@ from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
-from distill.methods.base import Method
+from distill.methods.base import Method, Renoise
 from distill.students.flow_map import EulerFlowMap, ddim_step
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
@@ -49,7 +49,8 @@ class ProgressiveDistillation(Method):
     Args:
         start_steps: the base teacher's DDIM step count (a power-of-two multiple of final_steps).
         final_steps: the last student's step count.
-        steps_per_round: optimizer steps per halving round.
+        steps_per_round: optimizer steps per halving round; None splits the run's
+            ``train.max_steps`` evenly over the rounds.
         grid: time grid family (``distill.core.grids``); round grids are nested halvings.
         weighting: ``snr_trunc`` (paper default) or ``snr_plus_one``.
     """
@@ -60,7 +61,7 @@ class ProgressiveDistillation(Method):
         self,
         start_steps: int = 32,
         final_steps: int = 1,
-        steps_per_round: int = 300,
+        steps_per_round: int | None = None,
         grid: str = "cosine",
         weighting: str = "snr_trunc",
     ):
@@ -79,9 +80,13 @@ class ProgressiveDistillation(Method):
         self.snapshots = nn.ModuleDict()
         self.register_buffer("round", torch.zeros((), dtype=torch.long))
 
+    def set_budget(self, max_steps: int) -> None:
+        if self.steps_per_round is None:
+            self.steps_per_round = max(1, max_steps // self.rounds)
+
     @property
-    def num_steps(self) -> int:
-        return self.rounds * self.steps_per_round
+    def num_steps(self) -> int | None:
+        return None if self.steps_per_round is None else self.rounds * self.steps_per_round
 
     def student_steps(self, round_index: int | None = None) -> int:
         r = int(self.round) if round_index is None else round_index
@@ -131,7 +136,7 @@ class ProgressiveDistillation(Method):
         return [n for n in nfes if self.final_steps <= n <= self.start_steps]
 
     @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int) -> Tensor:
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """DDIM with the round's student that was trained for exactly ``nfe`` steps, if any."""
         model = self.snapshots[str(nfe)] if str(nfe) in self.snapshots else student
         grid = self.round_grid(nfe)[::2].to(noise)

@@ -44,6 +44,15 @@ def test_rounds_halve_steps_snapshot_and_reset_optimizer():
     assert method.lr_scale("student", 0) == 1.0 and abs(method.lr_scale("student", 2) - 1 / 3) < 1e-12
 
 
+def test_budget_is_split_over_rounds_unless_given():
+    method = ProgressiveDistillation(start_steps=32, final_steps=1)
+    method.set_budget(1500)
+    assert method.steps_per_round == 300 and method.num_steps == 1500
+    fixed = ProgressiveDistillation(start_steps=32, steps_per_round=7)
+    fixed.set_budget(1500)
+    assert fixed.num_steps == 35
+
+
 def test_one_round_learns_the_two_step_teacher():
     """Training the student on the 2-step teacher target brings its 1-step DDIM closer to it."""
     torch.manual_seed(0)
