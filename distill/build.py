@@ -17,6 +17,7 @@ from distill.data import DataModule
 from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
+from distill.lit.distill import DistillModule
 from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
@@ -92,6 +93,16 @@ def build_optimizer(cfg: DictConfig):
     return instantiate(cfg.method.optimizer, _convert_="all")
 
 
+def build_module(cfg: DictConfig, teacher: Teacher) -> DistillModule:
+    """Student, method (fitted to the run's budget) and optimizer around ``teacher``."""
+    method = build_method(cfg)
+    method.set_budget(cfg.train.max_steps)
+    return DistillModule(
+        teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
+        ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
+    )
+
+
 def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:
     metric = cfg.eval.metric or metric_for(dm.kind, dm.name)
     reference = None if cfg.eval.reference_stats else dm.reference_samples(cfg.eval.num_reference, seed=12345)
@@ -101,7 +112,8 @@ def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scor
 
 def build_eval_spec(cfg: DictConfig) -> EvalSpec:
     keys = ("num_samples", "batch_size", "seed", "teacher_samplers", "teacher_nfes", "teacher_grid", "student_nfes")
-    return EvalSpec(**{k: as_dict(cfg.eval)[k] for k in keys}, progress=cfg.progress)
+    eval_cfg = as_dict(cfg.eval)
+    return EvalSpec(**{k: eval_cfg[k] for k in keys}, progress=cfg.progress)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:

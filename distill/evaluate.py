@@ -16,10 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from distill.build import (
     build_datamodule,
     build_eval_spec,
-    build_method,
-    build_optimizer,
+    build_module,
     build_scorer,
-    build_student,
     build_teacher,
 )
 from distill.errors import ConfigError, friendly_errors
@@ -30,7 +28,7 @@ from distill.table import format_rows
 from distill.train import run_dir_of
 
 
-def load_run_module(run_dir: Path, cache: str) -> tuple[DistillModule, DictConfig]:
+def load_run_module(run_dir: Path, cache: str) -> DistillModule:
     """Rebuild a finished run's module from its saved config and load its last checkpoint."""
     cfg_path, ckpt = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not cfg_path.is_file() or not ckpt.is_file():
@@ -38,14 +36,9 @@ def load_run_module(run_dir: Path, cache: str) -> tuple[DistillModule, DictConfi
     cfg = OmegaConf.load(cfg_path)
     cfg.paths.cache = cache
     dm = build_datamodule(cfg)
-    teacher = build_teacher(cfg, dm)
-    method = build_method(cfg)
-    method.set_budget(cfg.train.max_steps)
-    module = DistillModule(teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
-                           ema_decays=cfg.method.ema_decays)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    return module, cfg
+    module = build_module(cfg, build_teacher(cfg, dm))
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    return module
 
 
 def evaluate(cfg: DictConfig) -> list[ResultRow]:
@@ -54,7 +47,7 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     scorer, spec = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg)
     rows, _ = evaluate_teacher(build_teacher(cfg, dm), dm.data_shape, scorer, spec)
     if cfg.run_dir:
-        module, _ = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
+        module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
         student_rows, _ = evaluate_student(module.method, module.sampling_student(), dm.data_shape, scorer, spec,
                                            int(module.step_count))
         rows += student_rows

@@ -18,17 +18,14 @@ from omegaconf import DictConfig
 from distill.build import (
     build_datamodule,
     build_eval_spec,
-    build_method,
-    build_optimizer,
+    build_module,
     build_scorer,
-    build_student,
     build_teacher,
     build_trainer,
 )
 from distill.callbacks import EvaluationCallback
 from distill.errors import friendly_errors
 from distill.evaluation.results import ResultRow
-from distill.lit.distill import DistillModule
 from distill.table import format_rows
 
 
@@ -42,18 +39,13 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     teacher = build_teacher(cfg, dm)
-    method = build_method(cfg)
-    method.set_budget(cfg.train.max_steps)
-    module = DistillModule(
-        teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
-        ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
-    )
+    module = build_module(cfg, teacher)
     evaluation = EvaluationCallback(
         build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), dm.data_shape, run_dir,
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    max_steps = method.num_steps or cfg.train.max_steps
+    max_steps = module.method.num_steps or cfg.train.max_steps
     trainer = build_trainer(cfg, run_dir, [evaluation, checkpoints], max_steps)
     try:
         trainer.fit(module, datamodule=dm)
