@@ -98,7 +98,7 @@ def build_module(cfg: DictConfig, teacher: Teacher) -> DistillModule:
     method = build_method(cfg)
     method.set_budget(cfg.train.max_steps)
     return DistillModule(
-        teacher, build_student(cfg, teacher), method, build_optimizer(cfg),
+        teacher, method.prepare_student(build_student(cfg, teacher)), method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
     )
 

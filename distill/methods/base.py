@@ -29,6 +29,10 @@ class Method(nn.Module):
     def set_budget(self, max_steps: int) -> None:
         """Fit the method's own schedule into the run's training length (default: nothing to fit)."""
 
+    def prepare_student(self, student: nn.Module) -> nn.Module:
+        """Give the freshly built student the parameterization this method trains (default: as is)."""
+        return student
+
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         return (p for p in student.parameters() if p.requires_grad)
 
