@@ -45,8 +45,8 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    max_steps = module.method.num_steps or cfg.train.max_steps
-    trainer = build_trainer(cfg, run_dir, [evaluation, checkpoints], max_steps)
+    module.max_batches = module.method.num_steps or cfg.train.max_steps
+    trainer = build_trainer(cfg, run_dir, [evaluation, checkpoints], module.optimizer_steps_bound(module.max_batches))
     try:
         trainer.fit(module, datamodule=dm)
     finally:

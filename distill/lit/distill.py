@@ -29,6 +29,8 @@ class DistillModule(L.LightningModule):
     optimizer: ``params -> torch.optim.Optimizer`` (a Hydra partial).
     ema_decays: student EMA decays; empty keeps no EMA.
     grad_clip: max global grad norm per optimizer step (0 disables).
+    max_batches: training length in batches (Lightning's ``max_steps`` counts optimizer steps,
+        which multi-optimizer methods take several of per batch); None leaves it to the Trainer.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class DistillModule(L.LightningModule):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         ema_decays: Sequence[float] = (),
         grad_clip: float = 1.0,
+        max_batches: int | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -49,6 +52,7 @@ class DistillModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.grad_clip = grad_clip
         self.base_lrs: dict[str, list[float]] = {}
+        self.max_batches = max_batches
         # One count per training batch, whatever the number of optimizer steps in it; checkpointed.
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
 
@@ -110,6 +114,12 @@ class DistillModule(L.LightningModule):
             opts[name].state.clear()
         self.log_dict(logs, prog_bar=False, on_step=True)
         self.log("loss", logs[f"{self.method.phases(step)[0]}/loss"], prog_bar=True, on_step=True)
+        if self.max_batches is not None and int(self.step_count) >= self.max_batches:
+            self.trainer.should_stop = True
+
+    def optimizer_steps_bound(self, batches: int) -> int:
+        """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch."""
+        return batches * len(self.method.optimizer_names)
 
     def sampling_student(self) -> nn.Module:
         """The network evaluations should use: the slowest EMA, else the raw student."""
