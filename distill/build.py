@@ -27,6 +27,10 @@ from distill.teachers import GMMTeacher, Teacher, load_teacher
 NON_DATA_KEYS = ("teacher_net",)
 
 
+# Absolute, so console scripts (whose calling module Hydra cannot map to a path) find it too.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
 def as_dict(cfg: DictConfig | dict) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from distill.build import (
+    CONF_DIR,
     build_datamodule,
     build_eval_spec,
     build_module,
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     return rows
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from distill.build import as_dict, build_datamodule
+from distill.build import CONF_DIR, as_dict, build_datamodule
 from distill.core.grids import make_grid
 from distill.core.samplers import prior_state, sample_heun
 from distill.errors import friendly_errors
@@ -54,7 +54,7 @@ def pretrain(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="pretrain", version_base="1.3")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     pretrain(cfg)

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from distill.evaluation.results import RESULTS_NAME, ResultRow, load_results
+from distill.evaluation.runner import FLOW_MAP_METRIC
 
 
 def format_rows(rows: Iterable[ResultRow], title: str = "") -> str:
@@ -83,9 +84,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def markdown_table(agg: list[dict]) -> str:
     lines = []
-    for dataset in sorted({a["dataset"] for a in agg}):
-        rows = [a for a in agg if a["dataset"] == dataset]
-        metric = rows[0]["metric"]
+    for dataset, metric in sorted({(a["dataset"], a["metric"]) for a in agg}):
+        rows = [a for a in agg if (a["dataset"], a["metric"]) == (dataset, metric)]
         lines += [f"### {dataset} ({metric}, lower is better)", "",
                   f"| model | sampler | NFE | {metric} (mean ± std) | seeds | train steps |",
                   "|---|---|---:|---:|---:|---:|"]
@@ -104,6 +104,7 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    agg = [a for a in agg if a["metric"] != FLOW_MAP_METRIC]  # one NFE only: plotted against steps instead
     datasets = sorted({a["dataset"] for a in agg})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
@@ -129,11 +130,43 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
     return path
 
 
+def plot_flow_map_error(rows: list[dict], path: str | Path) -> Path | None:
+    """Flow-map error against training step, one line per (dataset, method), mean over seeds."""
+    rows = [r for r in rows if r["metric"] == FLOW_MAP_METRIC]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for dataset, method in sorted({(r["dataset"], r["method"]) for r in rows}):
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for r in rows:
+            if (r["dataset"], r["method"]) == (dataset, method):
+                by_step[r["step"]].append(r["value"])
+        steps = sorted(by_step)
+        ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], "-o", markersize=3, label=f"{method} ({dataset})")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{FLOW_MAP_METRIC} (1 NFE vs teacher ODE)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[dict]:
-    """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``out_dir``."""
+    """Write ``benchmark.json``, ``benchmark.md``, ``benchmark.png`` and ``flow_map_error.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = final_rows(collect_runs(roots))
+    every_row = collect_runs(roots)
+    rows = final_rows(every_row)
     if not rows:
         raise SystemExit(f"no {RESULTS_NAME} found under {list(map(str, roots))}: run `make table` or distill-train first")
     public = [{k: v for k, v in r.items() if k != "run"} for r in rows]
@@ -141,6 +174,7 @@ def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[di
     agg = aggregate(rows)
     (out_dir / "benchmark.md").write_text(markdown_table(agg))
     plot_quality_vs_nfe(agg, out_dir / "benchmark.png")
+    plot_flow_map_error(every_row, out_dir / "flow_map_error.png")
     return agg
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from distill.build import (
+    CONF_DIR,
     build_datamodule,
     build_eval_spec,
     build_module,
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     evaluation = EvaluationCallback(
         build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), dm.data_shape, run_dir,
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
+        flow_map_error=cfg.eval.flow_map_error,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
     module.max_batches = module.method.num_steps or cfg.train.max_steps
@@ -56,7 +58,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     return evaluation.rows
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     train(cfg)

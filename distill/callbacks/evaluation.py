@@ -10,7 +10,13 @@ from torch import Tensor
 
 from distill.evaluation.plots import save_samples_png
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
-from distill.evaluation.runner import EvalSpec, evaluate_student, evaluate_teacher
+from distill.evaluation.runner import (
+    EvalSpec,
+    evaluate_flow_map,
+    evaluate_student,
+    evaluate_teacher,
+    teacher_ode_endpoints,
+)
 from distill.evaluation.scorer import Scorer
 
 
@@ -35,6 +41,8 @@ class EvaluationCallback(L.Callback):
     """Teacher rows once at fit start; student rows every ``every_n_steps`` and at the end.
 
     Rows go to ``<run_dir>/results.json``, metrics and PNG grids to the loggers and ``samples/``.
+    With ``flow_map_error``, each student evaluation also scores its one-step map against the
+    teacher's ODE endpoints from the same noise (exact for the analytic GMM teacher).
     """
 
     def __init__(
@@ -45,10 +53,13 @@ class EvaluationCallback(L.Callback):
         run_dir: str | Path,
         evaluate_teacher: bool = True,
         every_n_steps: int = 0,
+        flow_map_error: bool = False,
     ):
         self.scorer, self.spec, self.shape = scorer, spec, tuple(shape)
         self.run_dir = Path(run_dir)
         self.evaluate_teacher, self.every_n_steps = evaluate_teacher, every_n_steps
+        self.flow_map_error = flow_map_error
+        self.endpoints: Tensor | None = None
         self.rows: list[ResultRow] = []
 
     def _record(self, pl_module, rows: list[ResultRow], samples: dict[str, Tensor], step: int, tag: str) -> None:
@@ -72,9 +83,13 @@ class EvaluationCallback(L.Callback):
         step = int(pl_module.step_count)
         if not trainer.is_global_zero or any(r.model == "student" and r.step == step for r in self.rows):
             return
-        rows, samples = evaluate_student(
-            pl_module.method, pl_module.sampling_student(), self.shape, self.scorer, self.spec, step, pl_module.device
-        )
+        student = pl_module.sampling_student()
+        rows, samples = evaluate_student(pl_module.method, student, self.shape, self.scorer, self.spec, step, pl_module.device)
+        if self.flow_map_error:
+            if self.endpoints is None:
+                self.endpoints = teacher_ode_endpoints(pl_module.teacher, self.shape, self.spec, device=pl_module.device)
+            rows.append(evaluate_flow_map(pl_module.method, student, self.endpoints, self.shape, self.spec, step,
+                                          pl_module.device))
         self._record(pl_module, rows, samples, step, "student")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:

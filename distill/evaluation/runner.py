@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.core.grids import make_grid
-from distill.core.samplers import SAMPLERS, prior_state, sampler_nfe
+from distill.core.samplers import SAMPLERS, prior_state, sample_heun, sampler_nfe
 from distill.evaluation.noise import sample_seeds, seeded_noise
 from distill.evaluation.results import ResultRow
 from distill.evaluation.scorer import Scorer
@@ -101,3 +101,22 @@ def evaluate_student(
         samples[f"{method.name}@{nfe}"] = x
         rows.append(ResultRow("student", method.name, nfe, scorer.metric, scorer(x), spec.num_samples, step))
     return rows, samples
+
+
+FLOW_MAP_METRIC = "flow_map_mse"
+
+
+def teacher_ode_endpoints(teacher: nn.Module, shape: Sequence[int], spec: EvalSpec, steps: int = 128, device="cpu") -> Tensor:
+    """Where the teacher's ODE carries each evaluation noise (fine Heun from s = 1): the exact flow map
+    for an analytic teacher, the reference every one-step student is trying to learn."""
+    grid = make_grid("cosine", steps)
+    return generate(lambda z, renoise: sample_heun(teacher, z, grid.to(z)), shape, spec, device, desc="teacher ODE")
+
+
+def evaluate_flow_map(
+    method, student: nn.Module, endpoints: Tensor, shape: Sequence[int], spec: EvalSpec, step: int, device="cpu"
+) -> ResultRow:
+    """Mean squared distance (summed over dims) of the student's 1-NFE samples to the teacher's ODE endpoints."""
+    x = generate(lambda z, renoise: method.sample(student, z, 1, renoise), shape, spec, device, desc="student flow map")
+    error = (x.double() - endpoints.double()).pow(2).flatten(1).sum(1).mean().item()
+    return ResultRow("student", method.name, 1, FLOW_MAP_METRIC, error, spec.num_samples, step)

@@ -2,6 +2,7 @@
 
 from distill.methods.base import Method
 from distill.methods.consistency import ConsistencyDistillation
+from distill.methods.consistency_training import ConsistencyTraining
 from distill.methods.progressive import ProgressiveDistillation
 
-__all__ = ["Method", "ConsistencyDistillation", "ProgressiveDistillation"]
+__all__ = ["Method", "ConsistencyDistillation", "ConsistencyTraining", "ProgressiveDistillation"]

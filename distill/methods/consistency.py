@@ -10,7 +10,6 @@ later, at ``s_n``, on the Karras grid.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +48,21 @@ class ConsistencyFlowMap(nn.Module):
 
     def forward(self, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
         return consistency_fn(self.model, x, s)
+
+
+def consistency_sampling_times(start: float | Tensor, nfe: int, grid: str = "cosine") -> Tensor:
+    """``[start, re-noising times..., 0]``: the interior points of an ``nfe``-step ``grid``."""
+    interior = make_grid(grid, nfe)[1:-1]
+    start = torch.as_tensor(start, dtype=interior.dtype).reshape(1)
+    return torch.cat([start, interior, torch.zeros(1, dtype=interior.dtype)])
+
+
+@torch.no_grad()
+def multistep_consistency_sample(student: nn.Module, noise: Tensor, times: Tensor, renoise: Renoise | None) -> Tensor:
+    """Multistep consistency sampling (methods.md 3.6): jump to data, re-noise to the next time, repeat."""
+    times = times.to(noise)
+    renoise = renoise or (lambda i: torch.randn_like(noise))
+    return sample_flow_map(ConsistencyFlowMap(student), prior_state(noise, times[0]), times, renoise_fn=renoise)
 
 
 class ConsistencyDistillation(Method):
@@ -99,15 +113,7 @@ class ConsistencyDistillation(Method):
 
     def sample_times(self, nfe: int) -> Tensor:
         """Start at the largest trained time, re-noise at the sampling grid's interior points."""
-        interior = make_grid(self.sampling_grid, nfe)[1:-1]
-        return torch.cat([self.grid[:1], interior, torch.zeros(1, dtype=interior.dtype)])
+        return consistency_sampling_times(self.grid[0], nfe, self.sampling_grid)
 
-    def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
-        return list(nfes)
-
-    @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        """Multistep consistency sampling (methods.md 3.6): jump to data, re-noise, repeat."""
-        times = self.sample_times(nfe).to(noise)
-        renoise = renoise or (lambda i: torch.randn_like(noise))
-        return sample_flow_map(ConsistencyFlowMap(student), prior_state(noise, times[0]), times, renoise_fn=renoise)
+        return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)

@@ -1,0 +1,151 @@
+"""Consistency training without a teacher: iCT's discrete curriculum and ECT's continuous one.
+
+CT (methods.md 3.3-3.5) replaces CD's teacher ODE step by the same-noise pair: ``x_t`` and
+``x_r`` share one eps, and the target is the student's own (stop-gradient) consistency function
+at the smaller time. The two schedules differ only in how ``(t, r)`` pairs are drawn and weighted:
+
+- ``ict`` (Song & Dhariwal 2023): Karras grid whose size doubles on a fixed curriculum, index
+  drawn from a discretised lognormal, weight ``1 / (sigma_{n+1} - sigma_n)``, pseudo-Huber.
+- ``ect`` (Geng et al. 2024): ``t`` lognormal, ``r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t)))``
+  with ``stage`` growing during training, so ``t - r`` shrinks geometrically; the student is
+  initialised from the diffusion teacher (the ``t -> r`` limit), which is what makes it cheap.
+
+Times are EDM sigmas in this module (that is how both papers state them) and are mapped to FM
+time ``s = sigma / (1 + sigma)`` on the way in; the same eps makes the pair exact in either frame.
+The teacher is never called: ``loss`` ignores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.grids import karras_grid
+from distill.core.losses import pseudo_huber
+from distill.core.prediction import fm_noise
+from distill.core.rng import capture_rng, restore_rng
+from distill.methods.base import Method, Renoise
+from distill.methods.consistency import (
+    consistency_fn,
+    consistency_sampling_times,
+    multistep_consistency_sample,
+)
+
+SCHEDULES = ("ict", "ect")
+WEIGHTINGS = ("inverse_gap", "snr_plus_k")
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+
+
+def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
+    """iCT's exponential curriculum ``N(k) = min(s0 2^floor(k / K'), s1) + 1`` (grid points)."""
+    k_prime = max(1, math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1)))
+    return min(s0 * 2 ** (step // k_prime), s1) + 1
+
+
+def karras_sigmas(num_points: int) -> Tensor:
+    """The ``num_points`` Karras sigmas in increasing order, sigma_min to sigma_max."""
+    sigma = karras_grid(num_points, SIGMA_MIN, SIGMA_MAX)[:-1]  # FM times, decreasing, 0 dropped
+    return (sigma / (1 - sigma)).flip(0)
+
+
+def lognormal_index_probs(sigmas: Tensor, p_mean: float, p_std: float) -> Tensor:
+    """iCT's discretised lognormal over the intervals ``[sigma_n, sigma_{n+1}]`` (sums to 1)."""
+    cdf = torch.erf((sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
+    probs = (cdf[1:] - cdf[:-1]).clamp_min(0)
+    return probs / probs.sum()
+
+
+def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
+    """ECT's ``r(t)``: a gap shrinking by q each stage, relatively larger at small t; r >= 0."""
+    ratio = 1 - q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * t))
+    return (t * ratio).clamp_min(0)
+
+
+def sigma_to_fm_time(sigma: Tensor) -> Tensor:
+    return sigma / (1 + sigma)
+
+
+class ConsistencyTraining(Method):
+    """Args:
+    schedule: ``ict`` (discrete curriculum) or ``ect`` (continuous, shrinking ``t - r``).
+    p_mean, p_std: lognormal proposal of sigma (both papers: -1.1, 2.0).
+    s0, s1: iCT's initial and final number of grid intervals.
+    q, k, b: ECT's gap decay per stage and its sigmoid adjustment; ``num_stages`` stages
+        split the training budget evenly.
+    huber_c: pseudo-Huber c in units of ``sqrt(dim)`` (iCT: 0.00054; 0 gives ECT's plain L2 norm).
+    weighting: ``inverse_gap`` ``1 / (t - r)`` (iCT, ECT's CIFAR code) or ``snr_plus_k``
+        ``1 / t^2 + 1 / sigma_data^2`` (ECT's EDM2 code).
+    sampling_grid: grid whose interior points are the multistep re-noising times.
+    """
+
+    name = "ct"
+
+    def __init__(
+        self,
+        schedule: str = "ect",
+        p_mean: float = -1.1,
+        p_std: float = 2.0,
+        s0: int = 10,
+        s1: int = 1280,
+        q: float = 2.0,
+        k: float = 8.0,
+        b: float = 1.0,
+        num_stages: int = 8,
+        huber_c: float = 0.00054,
+        weighting: str = "inverse_gap",
+        sigma_data: float = 0.5,
+        sampling_grid: str = "cosine",
+        name: str | None = None,
+    ):
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"method.schedule={schedule!r}; choose one of {SCHEDULES}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"method.weighting={weighting!r}; choose one of {WEIGHTINGS}")
+        self.schedule, self.weighting = schedule, weighting
+        self.p_mean, self.p_std, self.s0, self.s1 = p_mean, p_std, s0, s1
+        self.q, self.k, self.b, self.num_stages = q, k, b, num_stages
+        self.huber_c, self.sigma_data, self.sampling_grid = huber_c, sigma_data, sampling_grid
+        self.name = name or schedule
+        self.total_steps = 1
+
+    def set_budget(self, max_steps: int) -> None:
+        self.total_steps = max(1, max_steps)
+
+    def stage(self, step: int) -> int:
+        return min(self.num_stages - 1, step * self.num_stages // self.total_steps)
+
+    def sigma_pairs(self, batch: int, step: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(t, r)`` sigmas of shape (B,), ``t > r >= 0``, for this step of the curriculum."""
+        if self.schedule == "ict":
+            sigmas = karras_sigmas(ict_num_scales(step, self.total_steps, self.s0, self.s1))
+            n = torch.multinomial(lognormal_index_probs(sigmas, self.p_mean, self.p_std), batch, replacement=True)
+            return sigmas[n + 1].to(device), sigmas[n].to(device)
+        t = (torch.randn(batch, dtype=torch.float64) * self.p_std + self.p_mean).exp().clamp(SIGMA_MIN, SIGMA_MAX)
+        return t.to(device), ect_r(t, self.stage(step), self.q, self.k, self.b).to(device)
+
+    def weight(self, t: Tensor, r: Tensor) -> Tensor:
+        if self.weighting == "inverse_gap":
+            return 1 / (t - r)
+        return 1 / t**2 + 1 / self.sigma_data**2
+
+    def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
+        t, r = self.sigma_pairs(x0.shape[0], step, x0.device)
+        s_t, s_r = sigma_to_fm_time(t).to(x0.dtype), sigma_to_fm_time(r).to(x0.dtype)
+        eps = torch.randn_like(x0)  # one eps for both points: the pair lies on one noising path
+        rng = capture_rng(x0.device)
+        pred = consistency_fn(student, fm_noise(x0, eps, s_t), s_t)
+        with torch.no_grad():
+            restore_rng(rng, x0.device)  # the same dropout masks in both branches (ECT)
+            target = consistency_fn(student, fm_noise(x0, eps, s_r), s_r)
+        distance = pseudo_huber(pred, target, self.huber_c * x0[0].numel() ** 0.5)
+        weight = self.weight(t, r).to(distance)
+        return {"loss": (weight * distance).mean(), "distance": distance.mean().detach(), "gap": (t - r).mean().float()}
+
+    def sample_times(self, nfe: int) -> Tensor:
+        return consistency_sampling_times(sigma_to_fm_time(torch.tensor(SIGMA_MAX)), nfe, self.sampling_grid)
+
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
+        return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
