@@ -15,6 +15,13 @@ Renoise = Callable[[int], Tensor]
 """Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
 
 
+def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
+    """Refuse a config value outside ``choices``, naming the ``method.<option>`` key and its options."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"method.{option}={value!r}; choose one of {choices}")
+
+
 class Method(nn.Module):
     """Base class: one optimizer named ``student``, stepped every step, constant learning rate."""
 

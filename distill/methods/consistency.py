@@ -20,7 +20,7 @@ from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise
+from distill.methods.base import Method, Renoise, check_choice
 
 LOSSES = ("l2", "pseudo_huber")
 
@@ -77,8 +77,7 @@ class ConsistencyDistillation(Method):
 
     def __init__(self, num_scales: int = 18, ema_target: float = 0.95, loss: str = "l2", sampling_grid: str = "cosine"):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"method.loss={loss!r}; choose one of {LOSSES}")
+        check_choice("loss", loss, LOSSES)
         self.grid = make_grid("karras", num_scales)[:-1]  # drop the final 0: pairs live on sigma >= sigma_min
         self.ema_target, self.loss_kind, self.sampling_grid = ema_target, loss, sampling_grid
         self.target: nn.Module | None = None

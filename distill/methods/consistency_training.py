@@ -26,7 +26,7 @@ from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.prediction import fm_noise
 from distill.core.rng import capture_rng, restore_rng
-from distill.methods.base import Method, Renoise
+from distill.methods.base import Method, Renoise, check_choice
 from distill.methods.consistency import (
     consistency_fn,
     consistency_sampling_times,
@@ -100,10 +100,8 @@ class ConsistencyTraining(Method):
         name: str | None = None,
     ):
         super().__init__()
-        if schedule not in SCHEDULES:
-            raise ValueError(f"method.schedule={schedule!r}; choose one of {SCHEDULES}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"method.weighting={weighting!r}; choose one of {WEIGHTINGS}")
+        check_choice("schedule", schedule, SCHEDULES)
+        check_choice("weighting", weighting, WEIGHTINGS)
         self.schedule, self.weighting = schedule, weighting
         self.p_mean, self.p_std, self.s0, self.s1 = p_mean, p_std, s0, s1
         self.q, self.k, self.b, self.num_stages = q, k, b, num_stages

@@ -19,7 +19,7 @@ from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise
+from distill.methods.base import Method, Renoise, check_choice
 from distill.students.flow_map import EulerFlowMap, ddim_step
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
@@ -71,8 +71,7 @@ class ProgressiveDistillation(Method):
             raise ValueError(
                 f"method.start_steps={start_steps} must be final_steps={final_steps} times a power of two >= 2"
             )
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"method.weighting={weighting!r}; choose one of {WEIGHTINGS}")
+        check_choice("weighting", weighting, WEIGHTINGS)
         self.start_steps, self.final_steps = start_steps, final_steps
         self.rounds, self.steps_per_round = int(rounds), steps_per_round
         self.grid, self.weighting = grid, weighting

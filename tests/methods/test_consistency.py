@@ -3,13 +3,19 @@
 import torch
 
 from distill.core.gmm import ring_mixture
-from distill.core.grids import make_grid
 from distill.core.samplers import sample_heun
 from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.consistency import ConsistencyDistillation, consistency_fn, heun_step
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.teachers import GMMTeacher
+from tests.methods.learning import (
+    evaluation_noise,
+    exact_endpoints,
+    ring_teacher_and_data,
+    sample_error,
+    train_method,
+)
 
 
 def test_boundary_condition_holds_for_any_network():
@@ -28,27 +34,14 @@ def test_teacher_step_is_one_heun_step():
 
 def test_learned_flow_map_error_against_the_exact_flow_shrinks():
     """One-step samples approach the exact teacher's ODE endpoints (analytic GMM teacher)."""
-    torch.manual_seed(0)
-    teacher = GMMTeacher(ring_mixture())
-    data = teacher.sample_data(8192)
+    teacher, data = ring_teacher_and_data()
     student = VelocityModel(TimeMLP((2,), width=128, depth=3))
     method = ConsistencyDistillation(num_scales=18, ema_target=0.9)
-    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
-    noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
-    start = method.sample_times(1)[0]
-    exact = sample_heun(teacher, start * noise.double(), make_grid("karras", 64)[1:].clamp(max=float(start)).double())
-
-    def flow_map_error() -> float:
-        return (method.sample(student, noise, 1).double() - exact).pow(2).sum(1).mean().item()
-
-    before = flow_map_error()
-    for step in range(400):
-        loss = method.loss("student", data[torch.randint(0, 8192, (256,))], teacher, student, step)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        method.on_step_end(step, student)
-    after = flow_map_error()
+    noise = evaluation_noise()
+    exact = exact_endpoints(teacher, noise, start=float(method.sample_times(1)[0]))
+    before = sample_error(method, student, noise, exact, nfe=1)
+    train_method(method, teacher, student, data, steps=400, lr=2e-3)
+    after = sample_error(method, student, noise, exact, nfe=1)
     assert after < 0.25 * before, (before, after)
 
 

@@ -5,9 +5,6 @@ import math
 import pytest
 import torch
 
-from distill.core.gmm import ring_mixture
-from distill.core.grids import make_grid
-from distill.core.samplers import sample_heun
 from distill.methods.consistency_training import (
     ConsistencyTraining,
     ect_r,
@@ -17,7 +14,14 @@ from distill.methods.consistency_training import (
 )
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
-from distill.teachers import GMMTeacher
+from tests.methods.learning import (
+    evaluation_noise,
+    exact_endpoints,
+    regress_velocity,
+    ring_teacher_and_data,
+    sample_error,
+    train_method,
+)
 
 
 def test_ict_curriculum_doubles_from_s0_to_s1():
@@ -91,35 +95,16 @@ def test_target_at_r_zero_is_the_clean_data():
 
 def test_ect_from_a_rough_teacher_copy_moves_one_step_samples_to_the_exact_flow():
     """ECT on 2-D data: the 1-step error against the exact ODE endpoint shrinks (no teacher calls)."""
-    torch.manual_seed(0)
-    teacher = GMMTeacher(ring_mixture())
-    data = teacher.sample_data(8192)
+    teacher, data = ring_teacher_and_data()
     student = VelocityModel(TimeMLP((2,), width=128, depth=3))
-    pre = torch.optim.Adam(student.parameters(), lr=2e-3)
-    for _ in range(200):  # a rough diffusion model: ECT's starting point
-        x0 = data[torch.randint(0, 8192, (256,))]
-        eps, s = torch.randn_like(x0), torch.rand(256, 1)
-        loss = (student((1 - s) * x0 + s * eps, s[:, 0]) - (eps - x0)).pow(2).mean()
-        pre.zero_grad()
-        loss.backward()
-        pre.step()
+    regress_velocity(student, student.parameters(), teacher, data, steps=200)  # ECT's starting point
     method = ConsistencyTraining(schedule="ect", num_stages=4)
     method.set_budget(400)
-    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
-    noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
-    start = method.sample_times(1)[0]
-    exact = sample_heun(teacher, start * noise.double(), make_grid("karras", 64)[1:].clamp(max=float(start)).double())
-
-    def flow_map_error() -> float:
-        return (method.sample(student, noise, 1).double() - exact).pow(2).sum(1).mean().item()
-
-    before = flow_map_error()
-    for step in range(400):
-        loss = method.loss("student", data[torch.randint(0, 8192, (256,))], None, student, step)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = flow_map_error()
+    noise = evaluation_noise()
+    exact = exact_endpoints(teacher, noise, start=float(method.sample_times(1)[0]))
+    before = sample_error(method, student, noise, exact, nfe=1)
+    train_method(method, None, student, data, steps=400, lr=1e-3)
+    after = sample_error(method, student, noise, exact, nfe=1)
     assert after < 0.5 * before, (before, after)
 
 

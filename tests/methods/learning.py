@@ -1,0 +1,68 @@
+"""Shared pieces of the methods' learning tests: train on the analytic ring mixture, then compare
+few-step samples with the exact teacher's ODE endpoints from the same noise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.gmm import ring_mixture
+from distill.core.grids import make_grid
+from distill.core.samplers import sample_heun
+from distill.methods.base import Method
+from distill.teachers import GMMTeacher
+
+
+def ring_teacher_and_data(n: int = 8192) -> tuple[GMMTeacher, Tensor]:
+    """The exact ring-mixture teacher and ``n`` of its samples (seeded)."""
+    torch.manual_seed(0)
+    teacher = GMMTeacher(ring_mixture())
+    return teacher, teacher.sample_data(n)
+
+
+def evaluation_noise(n: int = 1000) -> Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
+
+
+def exact_endpoints(teacher: GMMTeacher, noise: Tensor, start: float = 1.0, grid: str = "karras") -> Tensor:
+    """Where the teacher's ODE takes ``prior_state(noise, start)`` (64 Heun steps, float64)."""
+    times = make_grid(grid, 64)
+    if start < 1.0:
+        times = times[1:].clamp(max=start)
+    return sample_heun(teacher, start * noise.double(), times.double())
+
+
+def sample_error(method: Method, student: nn.Module, noise: Tensor, exact: Tensor, nfe: int) -> float:
+    """Mean squared distance of the student's ``nfe``-step samples to the exact endpoints."""
+    return (method.sample(student, noise, nfe).double() - exact).pow(2).sum(1).mean().item()
+
+
+def regress_velocity(
+    velocity: Callable[[Tensor, Tensor], Tensor], params: Iterable[nn.Parameter], teacher: GMMTeacher, data: Tensor,
+    steps: int,
+) -> None:
+    """A rough diffusion model, the starting point of tuning methods: regress the exact velocity."""
+    opt = torch.optim.Adam(params, lr=2e-3)
+    for _ in range(steps):
+        x0, s = data[torch.randint(0, len(data), (256,))], torch.rand(256)
+        x_s = (1 - s[:, None]) * x0 + s[:, None] * torch.randn_like(x0)
+        loss = (velocity(x_s, s) - teacher(x_s, s)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def train_method(
+    method: Method, teacher: GMMTeacher | None, student: nn.Module, data: Tensor, steps: int, lr: float,
+    batch_size: int = 256,
+) -> None:
+    """Plain single-optimizer training: the method's loss, Adam, and its per-step hook."""
+    opt = torch.optim.Adam(list(method.trainable_parameters("student", student)), lr=lr)
+    for step in range(steps):
+        loss = method.loss("student", data[torch.randint(0, len(data), (batch_size,))], teacher, student, step)
+        opt.zero_grad()
+        loss["loss"].backward()
+        opt.step()
+        method.on_step_end(step, student)
