@@ -23,6 +23,14 @@ class ResidualBlock(nn.Module):
         return h + self.fc2(self.act(y))
 
 
+def zero_init_embedding(embed_dim: int) -> nn.Sequential:
+    """Embedding of a second time input whose last layer is zero: it adds exactly 0 until trained."""
+    last = nn.Linear(embed_dim, embed_dim)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU(), last)
+
+
 class TimeMLP(nn.Module):
     """MLP over the flattened input, with the noise level injected into every block.
 
@@ -31,21 +39,41 @@ class TimeMLP(nn.Module):
         width: hidden width.
         depth: number of residual blocks.
         embed_dim: size of the sinusoidal time embedding.
+        extra_time: take a second time input ``c_extra`` (MeanFlow's ``t - r``), embedded like
+            ``c_noise`` and added to its embedding; zero-initialised, so the net starts as without it.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 4, embed_dim: int = 64):
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        width: int = 256,
+        depth: int = 4,
+        embed_dim: int = 64,
+        extra_time: bool = False,
+    ):
         super().__init__()
         self.data_shape = tuple(data_shape)
+        self.config = {"data_shape": self.data_shape, "width": width, "depth": depth, "embed_dim": embed_dim,
+                       "extra_time": extra_time}
+        self.extra_time = extra_time
         dim = math.prod(self.data_shape)
         self.time_embed = nn.Sequential(
             SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU()
         )
+        # Only present with extra_time, so existing checkpoints keep their exact keys.
+        self.extra_embed = zero_init_embedding(embed_dim) if extra_time else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, embed_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, c_extra: Tensor | None = None) -> Tensor:
         emb = self.time_embed(c_noise)
+        if self.extra_embed is not None:
+            if c_extra is None:
+                raise ValueError("this TimeMLP was built with extra_time=True: pass c_extra")
+            emb = emb + self.extra_embed(c_extra)
+        elif c_extra is not None:
+            raise ValueError("c_extra given to a TimeMLP built without extra_time")
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)

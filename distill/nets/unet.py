@@ -16,6 +16,8 @@ class UNet(nn.Module):
         layers_per_block: residual blocks per level.
         attention: add self-attention at the lowest resolution and in the middle block.
         norm_num_groups: GroupNorm groups (must divide every channel count).
+        extra_time: take a second time input ``c_extra`` (MeanFlow's ``t - r``) through diffusers'
+            ``class_embed_type="timestep"``; its last linear is zero, so the net starts as without it.
     """
 
     def __init__(
@@ -26,8 +28,15 @@ class UNet(nn.Module):
         layers_per_block: int = 1,
         attention: bool = False,
         norm_num_groups: int = 8,
+        extra_time: bool = False,
     ):
         super().__init__()
+        self.config = {
+            "sample_size": sample_size, "channels": channels, "block_out_channels": tuple(block_out_channels),
+            "layers_per_block": layers_per_block, "attention": attention, "norm_num_groups": norm_num_groups,
+            "extra_time": extra_time,
+        }
+        self.extra_time = extra_time
         levels = len(block_out_channels)
         down = ["DownBlock2D"] * levels
         up = ["UpBlock2D"] * levels
@@ -43,7 +52,14 @@ class UNet(nn.Module):
             up_block_types=tuple(up),
             add_attention=attention,
             norm_num_groups=norm_num_groups,
+            class_embed_type="timestep" if extra_time else None,
         )
+        if extra_time:
+            last = self.model.class_embedding.linear_2
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        return self.model(x, c_noise).sample
+    def forward(self, x: Tensor, c_noise: Tensor, c_extra: Tensor | None = None) -> Tensor:
+        if self.extra_time and c_extra is None:
+            raise ValueError("this UNet was built with extra_time=True: pass c_extra")
+        return self.model(x, c_noise, class_labels=c_extra).sample

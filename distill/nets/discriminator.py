@@ -1,0 +1,127 @@
+"""Small, standalone time-conditioned discriminators ``D(x_s, s) -> logits`` for our data sizes.
+
+Images get a few strided convolutions (GroupNorm, SiLU) and per-location ("patch") logits, or
+one pooled logit; flat and 2-D data get an MLP. The noise level enters as a sinusoidal
+embedding of ``c_noise = 1000 s`` (the student's own convention), added to every block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from distill.nets.embedding import SinusoidalEmbedding
+
+
+def _time_embedding(embed_dim: int) -> nn.Module:
+    return nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU())
+
+
+def _groups(channels: int, groups: int) -> int:
+    return math.gcd(channels, groups)
+
+
+class DownBlock(nn.Module):
+    """GroupNorm -> SiLU -> 3x3 conv with stride 2, then the time embedding as a per-channel bias."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(c_in, groups), c_in)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.emb = nn.Linear(embed_dim, c_out)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        return self.conv(self.act(self.norm(h))) + self.emb(emb)[:, :, None, None]
+
+
+class ConvDiscriminator(nn.Module):
+    """Strided-conv discriminator for (C, H, W) images.
+
+    Args:
+        channels: image channels.
+        width: channels after the input conv; doubled by every strided block.
+        depth: number of stride-2 blocks (8x8 digits: 2 gives 2x2 logits).
+        embed_dim: size of the time embedding.
+        groups: GroupNorm groups (reduced to a divisor of each channel count).
+        pooled: one logit per sample (spatial mean) instead of per-location logits.
+    """
+
+    def __init__(
+        self, channels: int, width: int = 32, depth: int = 2, embed_dim: int = 64, groups: int = 8, pooled: bool = False
+    ):
+        super().__init__()
+        self.time_embed = _time_embedding(embed_dim)
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.blocks = nn.ModuleList(DownBlock(a, b, embed_dim, groups) for a, b in zip(widths, widths[1:], strict=False))
+        self.head = nn.Sequential(nn.GroupNorm(_groups(widths[-1], groups), widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 1, 1))
+        self.pooled = pooled
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        """x: (B, C, H, W); s: (B,) FM time. Returns (B, H', W') logits, or (B,) if pooled."""
+        emb = self.time_embed(1000 * s)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        logits = self.head(h).squeeze(1)
+        return logits.mean(dim=(1, 2)) if self.pooled else logits
+
+
+class MLPDiscriminator(nn.Module):
+    """MLP discriminator over flattened samples: ``depth`` SiLU layers, each given the time embedding.
+
+    Args:
+        dim: number of features of one (flattened) sample.
+        width: hidden width.
+        depth: hidden layers.
+        embed_dim: size of the time embedding.
+    """
+
+    def __init__(self, dim: int, width: int = 128, depth: int = 2, embed_dim: int = 64):
+        super().__init__()
+        self.time_embed = _time_embedding(embed_dim)
+        self.layers = nn.ModuleList(nn.Linear(dim if i == 0 else width, width) for i in range(depth))
+        self.embs = nn.ModuleList(nn.Linear(embed_dim, width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+        self.act = nn.SiLU()
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        """x: (B, ...); s: (B,) FM time. Returns (B,) logits."""
+        emb = self.time_embed(1000 * s)
+        h = x.flatten(1)
+        for layer, proj in zip(self.layers, self.embs, strict=True):
+            h = self.act(layer(h) + proj(emb))
+        return self.out(h).squeeze(1)
+
+
+def build_discriminator(
+    data_shape: Sequence[int], width: int | None = None, depth: int = 2, embed_dim: int = 64, pooled: bool = False
+) -> nn.Module:
+    """A conv discriminator for (C, H, W) data, else an MLP (``pooled`` applies to images only).
+
+    ``width`` defaults to 32 base channels for images and 128 hidden units for the MLP.
+    """
+    data_shape = tuple(int(d) for d in data_shape)
+    if len(data_shape) == 3:
+        return ConvDiscriminator(data_shape[0], width or 32, depth, embed_dim, pooled=pooled)
+    return MLPDiscriminator(math.prod(data_shape), width or 128, depth, embed_dim)
+
+
+def data_shape_of(model: nn.Module) -> tuple[int, ...]:
+    """The sample shape a ``VelocityModel`` over our nets (``TimeMLP``, ``UNet``) works on.
+
+    Methods that own a discriminator build it before they see data; this reads the shape from
+    the student instead. Raises ValueError for a network it does not know.
+    """
+    net = getattr(model, "net", model)
+    if hasattr(net, "data_shape"):
+        return tuple(net.data_shape)
+    config = getattr(getattr(net, "model", None), "config", None)
+    if config is not None and hasattr(config, "sample_size"):
+        size = config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(config.in_channels), int(h), int(w))
+    raise ValueError(f"cannot read the data shape from a {type(net).__name__}: pass data_shape explicitly")
