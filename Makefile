@@ -41,8 +41,9 @@ test-slow: setup ## run the slow tests too
 lint: setup ## ruff
 	$(VENV)/bin/ruff check distill tests experiments
 
-bench: setup teacher ## throughput benchmark -> experiments/results/bench.md
+bench: setup teacher ## throughput and sCM JVP step-time benchmarks -> experiments/results/{bench,jvp}.md
 	$(PY) experiments/bench.py --out experiments/results/bench.md
+	$(PY) experiments/bench_jvp.py --out experiments/results/jvp.md
 
 table: setup teacher ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
 	rm -rf experiments/runs/benchmark
