@@ -48,7 +48,8 @@ def test_extract_features_batches_equal_one_call(digits_classifier: DigitsClassi
     extractor = DigitsFeatures(digits_classifier)
     batched = extract_features(extractor, x, batch_size=5, progress=True)
     assert batched.shape == (23, 64)
-    assert torch.allclose(batched, extractor(x), atol=1e-6)
+    # float32 matmuls may round differently per batch size (features are ~10): relative 1e-5
+    torch.testing.assert_close(batched, extractor(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="images is empty"):
         extract_features(extractor, x[:0])
 
