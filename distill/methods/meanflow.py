@@ -22,7 +22,7 @@ from distill.core.jvp import JVP_MODES, jvp
 from distill.core.prediction import fm_noise
 from distill.core.samplers import sample_flow_map
 from distill.core.tensors import append_dims
-from distill.core.time_sampling import sample_logit_normal, sample_uniform
+from distill.core.time_sampling import sample_logit_normal, sample_uniform, shift_time
 from distill.methods.base import Method, Renoise, check_choice
 from distill.students.average_velocity import (
     AverageVelocityFlowMap,
@@ -97,6 +97,7 @@ class MeanFlow(Method):
         sinusoidal features turn once per unit of 1000 t).
     adaptive_power, adaptive_eps: p and c of the adaptive weight (paper: 1.0, 1e-3).
     sampling_grid: grid whose points are the jump times of n-step sampling.
+    sampling_shift: SD3 time shift k of those jump times (k < 1 moves them towards data; 1 keeps them).
     """
 
     name = "meanflow"
@@ -113,6 +114,7 @@ class MeanFlow(Method):
         adaptive_power: float = 1.0,
         adaptive_eps: float = 1e-3,
         sampling_grid: str = "uniform",
+        sampling_shift: float = 1.0,
     ):
         super().__init__()
         check_choice("velocity", velocity, VELOCITIES)
@@ -123,7 +125,10 @@ class MeanFlow(Method):
             raise ValueError(f"method.equal_ratio={equal_ratio} must lie in [0, 1]")
         self.time_dist, self.p_mean, self.p_std, self.equal_ratio = time_dist, p_mean, p_std, equal_ratio
         self.velocity, self.jvp_mode, self.fd_step, self.sampling_grid = velocity, jvp, fd_step, sampling_grid
+        if sampling_shift <= 0:
+            raise ValueError(f"method.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps
+        self.sampling_shift = sampling_shift
 
     def prepare_student(self, student: nn.Module) -> nn.Module:
         """The student as ``u(z, r, t)``; an already converted one (checkpoint reload) is kept."""
@@ -148,8 +153,8 @@ class MeanFlow(Method):
         return {"loss": weighted.mean(), "mse": err.detach().mean() / x0[0].numel()}
 
     def sample_times(self, nfe: int) -> Tensor:
-        """The jump times: ``nfe + 1`` points of the sampling grid, from 1 down to 0."""
-        return make_grid(self.sampling_grid, nfe)
+        """The jump times: ``nfe + 1`` points of the (shifted) sampling grid, from 1 down to 0."""
+        return shift_time(make_grid(self.sampling_grid, nfe), self.sampling_shift)
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if n >= 1]
