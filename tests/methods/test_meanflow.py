@@ -213,7 +213,6 @@ def test_sampling_shift_moves_the_jump_times_towards_data_and_keeps_the_ends():
         MeanFlow(sampling_shift=0.0)
 
 
-@pytest.mark.slow  # a training run: make test-slow
 def test_learned_flow_map_error_against_the_exact_flow_shrinks():
     """One-step samples approach the exact teacher's ODE endpoints (analytic GMM teacher), with the
     benchmark's settings: a wide finite-difference derivative and a quarter of the batch at r = t."""

@@ -266,7 +266,6 @@ def test_target_and_discriminator_round_trip_through_method_state():
         torch.testing.assert_close(value, state[key])
 
 
-@pytest.mark.slow  # a training run: make test-slow
 def test_learned_phased_sampler_approaches_the_exact_teacher_flow():
     """M-NFE samples approach the exact teacher's ODE endpoints (analytic GMM teacher, MLP student)."""
     teacher, data = ring_teacher_and_data()

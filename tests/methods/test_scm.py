@@ -179,7 +179,6 @@ class SlowTime(nn.Module):
         return self.net(x, c_noise / 1000)
 
 
-@pytest.mark.slow  # a training run: make test-slow
 def test_scd_flow_map_error_against_the_exact_flow_shrinks():
     """One-step sCD samples approach the exact teacher's ODE endpoints (analytic GMM teacher)."""
     teacher, data = ring_teacher_and_data()
