@@ -97,13 +97,29 @@ def markdown_table(agg: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
-    """One panel per dataset: metric against NFE (log2), a line per teacher sampler and method."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: plotting is optional work)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
+    """One panel per dataset: metric against NFE (log2), a line per teacher sampler and method."""
+    plt = pyplot()
     agg = [a for a in agg if a["metric"] != FLOW_MAP_METRIC]  # one NFE only: plotted against steps instead
     datasets = sorted({a["dataset"] for a in agg})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
@@ -122,12 +138,7 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_flow_map_error(rows: list[dict], path: str | Path) -> Path | None:
@@ -135,11 +146,7 @@ def plot_flow_map_error(rows: list[dict], path: str | Path) -> Path | None:
     rows = [r for r in rows if r["metric"] == FLOW_MAP_METRIC]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for dataset, method in sorted({(r["dataset"], r["method"]) for r in rows}):
         by_step: dict[int, list[float]] = defaultdict(list)
@@ -153,12 +160,7 @@ def plot_flow_map_error(rows: list[dict], path: str | Path) -> Path | None:
     ax.set_ylabel(f"{FLOW_MAP_METRIC} (1 NFE vs teacher ODE)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[dict]:
