@@ -1,5 +1,6 @@
-"""Shared pieces of the methods' learning tests: train on the analytic ring mixture, then compare
-few-step samples with the exact teacher's ODE endpoints from the same noise."""
+"""Shared pieces of the methods' tests: per-sample reproducible sampling, and learning tests that
+train on the analytic ring mixture, then compare few-step samples with the exact teacher's ODE
+endpoints from the same noise."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from torch import Tensor, nn
 from distill.core.gmm import ring_mixture
 from distill.core.grids import make_grid
 from distill.core.samplers import sample_heun
+from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.base import Method
 from distill.teachers import GMMTeacher
+
+
+def assert_sampling_reproducible_per_sample(method: Method, student: nn.Module, nfe: int) -> None:
+    """``nfe``-step samples of 2-D noise (re-noising included) do not depend on the batching."""
+    spec = EvalSpec(num_samples=6, batch_size=6, progress=False)
+    first = generate(lambda z, renoise: method.sample(student, z, nfe, renoise), (2,), spec)
+    spec.batch_size = 4  # another batching, same per-sample seeds
+    second = generate(lambda z, renoise: method.sample(student, z, nfe, renoise), (2,), spec)
+    torch.testing.assert_close(first, second)
 
 
 def ring_teacher_and_data(n: int = 8192) -> tuple[GMMTeacher, Tensor]:

@@ -4,12 +4,12 @@ import torch
 
 from distill.core.gmm import ring_mixture
 from distill.core.samplers import sample_heun
-from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.consistency import ConsistencyDistillation, consistency_fn, heun_step
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.teachers import GMMTeacher
 from tests.methods.learning import (
+    assert_sampling_reproducible_per_sample,
     evaluation_noise,
     exact_endpoints,
     ring_teacher_and_data,
@@ -48,8 +48,4 @@ def test_learned_flow_map_error_against_the_exact_flow_shrinks():
 def test_multistep_sampling_is_reproducible_per_sample():
     method = ConsistencyDistillation()
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
-    spec = EvalSpec(num_samples=6, batch_size=6, progress=False)
-    first = generate(lambda z, r: method.sample(student, z, 3, r), (2,), spec)
-    spec.batch_size = 4  # another batching, same per-sample seeds
-    second = generate(lambda z, r: method.sample(student, z, 3, r), (2,), spec)
-    torch.testing.assert_close(first, second)
+    assert_sampling_reproducible_per_sample(method, student, nfe=3)

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from distill.core.gmm import ring_mixture
-from distill.evaluation.runner import EvalSpec, generate
 from distill.lit.distill import DistillModule
 from distill.methods.meanflow import (
     MeanFlow,
@@ -21,6 +20,7 @@ from distill.students.average_velocity import AverageVelocityModel, average_velo
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import GMMTeacher
 from tests.methods.learning import (
+    assert_sampling_reproducible_per_sample,
     evaluation_noise,
     exact_endpoints,
     regress_velocity,
@@ -198,11 +198,7 @@ def test_one_step_sample_is_eps_minus_u_and_multistep_is_reproducible_per_sample
     ones, zeros = torch.ones(5), torch.zeros(5)
     torch.testing.assert_close(method.sample(student, eps, 1), eps - student(eps, zeros, ones))
     torch.testing.assert_close(method.sample(student, eps, 1), flow_map(student, eps, ones, zeros))
-    spec = EvalSpec(num_samples=6, batch_size=6, progress=False)
-    first = generate(lambda z, rn: method.sample(student, z, 3, rn), (2,), spec)
-    spec.batch_size = 4  # another batching, same per-sample seeds
-    second = generate(lambda z, rn: method.sample(student, z, 3, rn), (2,), spec)
-    torch.testing.assert_close(first, second)
+    assert_sampling_reproducible_per_sample(method, student, nfe=3)
 
 
 def test_sampling_shift_moves_the_jump_times_towards_data_and_keeps_the_ends():

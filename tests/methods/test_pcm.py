@@ -6,7 +6,6 @@ from torch import nn
 
 from distill.core.gmm import ring_mixture
 from distill.core.samplers import sample_euler
-from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.pcm import (
     PhasedConsistency,
     per_sample_huber,
@@ -19,6 +18,7 @@ from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.teachers import GMMTeacher
 from tests.methods.learning import (
+    assert_sampling_reproducible_per_sample,
     evaluation_noise,
     exact_endpoints,
     ring_teacher_and_data,
@@ -184,11 +184,7 @@ def test_sampling_stops_nest_and_extra_nfe_renoises_inside_the_last_phase():
 def test_sampling_is_reproducible_per_sample():
     method = PhasedConsistency(phases=2)
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
-    spec = EvalSpec(num_samples=6, batch_size=6, progress=False)
-    first = generate(lambda z, r: method.sample(student, z, 4, r), (2,), spec)
-    spec.batch_size = 4  # another batching, same per-sample seeds
-    second = generate(lambda z, r: method.sample(student, z, 4, r), (2,), spec)
-    torch.testing.assert_close(first, second)
+    assert_sampling_reproducible_per_sample(method, student, nfe=4)
 
 
 def test_renoising_within_the_phase_and_the_huber_distance():

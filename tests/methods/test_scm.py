@@ -12,13 +12,13 @@ from torch import nn
 import distill.methods.scm as scm_module
 from distill.core.gmm import ring_mixture
 from distill.core.trigflow import trig_consistency_fn
-from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.scm import SCM, normalize_tangent, scm_tangent
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 from tests.methods.learning import (
+    assert_sampling_reproducible_per_sample,
     evaluation_noise,
     exact_endpoints,
     regress_velocity,
@@ -151,11 +151,7 @@ def test_sampling_times_and_reproducibility_per_sample():
     assert method.trig_sample_times(4)[1:-1].tolist() == [1.3, 1.0, 0.6]
     assert method.supported_nfes([1, 2, 4, 8]) == [1, 2, 4]
     _, student = tiny_pair()
-    spec = EvalSpec(num_samples=6, batch_size=6, progress=False)
-    first = generate(lambda z, r: method.sample(student, z, 4, r), (2,), spec)
-    spec.batch_size = 4  # another batching, same per-sample seeds
-    second = generate(lambda z, r: method.sample(student, z, 4, r), (2,), spec)
-    torch.testing.assert_close(first, second)
+    assert_sampling_reproducible_per_sample(method, student, nfe=4)
     # One step is the consistency function at t_max from x = sigma_d sin(t_max) z.
     z = torch.randn(5, 2)
     t_max = torch.full((5,), math.atan(160.0), dtype=torch.float64)
