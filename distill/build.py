@@ -18,6 +18,7 @@ from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
 from distill.lit.distill import DistillModule
+from distill.lit.init_from import load_student_init
 from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
@@ -97,12 +98,26 @@ def build_optimizer(cfg: DictConfig):
     return instantiate(cfg.method.optimizer, _convert_="all")
 
 
-def build_module(cfg: DictConfig, teacher: Teacher) -> DistillModule:
-    """Student, method (fitted to the run's budget) and optimizer around ``teacher``."""
+def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> DistillModule:
+    """Student, method (fitted to the run's budget) and optimizer around ``teacher``.
+
+    With ``init`` and ``cfg.init_from`` set, the student (and so its EMA copies) starts from that
+    run's student weights; reloading a finished run passes ``init=False``, its checkpoint wins.
+    """
+    if init and cfg.get("after") and not cfg.get("init_from"):
+        raise ConfigError(f"this experiment continues experiment={cfg.after}: run that first, then pass "
+                          "init_from=<its run dir>")
     method = build_method(cfg)
     method.set_budget(cfg.train.max_steps)
+    student = build_student(cfg, teacher)
+    if init and cfg.get("init_from"):
+        this_run = f"this run (method={cfg.method.name}, dataset={cfg.dataset.name})"
+        student = load_student_init(student, cfg.init_from, cfg.get("init_from_ema", True), method.prepare_student,
+                                    this_run)
+    else:
+        student = method.prepare_student(student)
     return DistillModule(
-        teacher, method.prepare_student(build_student(cfg, teacher)), method, build_optimizer(cfg),
+        teacher, student, method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
     )
 

@@ -37,7 +37,7 @@ def load_run_module(run_dir: Path, cache: str) -> DistillModule:
     cfg = OmegaConf.load(cfg_path)
     cfg.paths.cache = cache
     dm = build_datamodule(cfg)
-    module = build_module(cfg, build_teacher(cfg, dm))
+    module = build_module(cfg, build_teacher(cfg, dm), init=False)  # the checkpoint replaces init_from weights
     module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
     return module
 

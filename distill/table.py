@@ -3,7 +3,9 @@
     distill-table outputs/ multirun/ --out experiments/results
 
 Every row comes from ``results.json`` files and each run's ``.hydra/config.yaml``; nothing is
-scraped from logs. Seeds are aggregated as mean +- standard deviation.
+scraped from logs. Seeds are aggregated as mean +- standard deviation. The quality table and plot
+show each dataset's main metric; collapse metrics (class histogram, recall) and training memory
+get sections of their own.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from distill.evaluation.results import RESULTS_NAME, ResultRow, load_results
+from distill.evaluation.results import MEMORY_METRICS, RESULTS_NAME, ResultRow, load_results
 from distill.evaluation.runner import FLOW_MAP_METRIC
+from distill.evaluation.scorer import COLLAPSE_METRICS
 
 
 def format_rows(rows: Iterable[ResultRow], title: str = "") -> str:
@@ -82,19 +85,77 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown_table(agg: list[dict]) -> str:
+def is_quality(metric: str) -> bool:
+    """Whether rows of ``metric`` belong in the quality table and plot (the main metric, flow-map error)."""
+    return metric not in COLLAPSE_METRICS and metric not in MEMORY_METRICS
+
+
+def mean_std(a: dict, digits: int = 4) -> str:
+    return f"{a['mean']:.{digits}f} ± {a['std']:.{digits}f}"
+
+
+def model_order(key: tuple) -> tuple:
+    """Teacher rows first, then methods by name; ``key`` starts with (method, sampler, nfe)."""
+    return (key[0] != "teacher", *key)
+
+
+def quality_table(agg: list[dict]) -> str:
+    """One section per (dataset, main metric): every teacher sampler and method at every NFE."""
+    agg = [a for a in agg if is_quality(a["metric"])]
     lines = []
     for dataset, metric in sorted({(a["dataset"], a["metric"]) for a in agg}):
         rows = [a for a in agg if (a["dataset"], a["metric"]) == (dataset, metric)]
         lines += [f"### {dataset} ({metric}, lower is better)", "",
                   f"| model | sampler | NFE | {metric} (mean ± std) | seeds | train steps |",
                   "|---|---|---:|---:|---:|---:|"]
-        for a in sorted(rows, key=lambda a: (a["method"] != "teacher", a["method"], a["sampler"], a["nfe"])):
+        for a in sorted(rows, key=lambda a: model_order((a["method"], a["sampler"], a["nfe"]))):
             steps = "-" if a["method"] == "teacher" else a["train_steps"]
-            lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {a['mean']:.4f} ± {a['std']:.4f} "
-                         f"| {a['seeds']} | {steps} |")
+            lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {mean_std(a)} | {a['seeds']} | {steps} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def coverage_table(agg: list[dict]) -> str:
+    """"Mode coverage": the collapse metrics present, one column each, per dataset x method x NFE."""
+    agg = [a for a in agg if a["metric"] in COLLAPSE_METRICS]
+    if not agg:
+        return ""
+    lines = ["## Mode coverage", "",
+             "class_tv: total variation of the class histogram to uniform (0 is balanced); classes_covered: "
+             "fraction of classes with >= 1 % of the samples; recall, precision: k-NN manifolds (k = 3).", ""]
+    for dataset in sorted({a["dataset"] for a in agg}):
+        cells = {(a["method"], a["sampler"], a["nfe"], a["metric"]): a for a in agg if a["dataset"] == dataset}
+        metrics = [m for m in COLLAPSE_METRICS if any(key[3] == m for key in cells)]
+        lines += [f"### {dataset}", "", f"| model | sampler | NFE | {' | '.join(metrics)} | seeds |",
+                  "|---|---|---:|" + "---:|" * (len(metrics) + 1)]
+        for key in sorted({key[:3] for key in cells}, key=model_order):
+            found = [cells.get((*key, m)) for m in metrics]
+            seeds = max(a["seeds"] for a in found if a)
+            values = " | ".join(mean_std(a) if a else "-" for a in found)
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {values} | {seeds} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def memory_table(agg: list[dict]) -> str:
+    """"Memory": training memory per dataset x method (rows at NFE 0, not about samples)."""
+    agg = [a for a in agg if a["metric"] in MEMORY_METRICS]
+    if not agg:
+        return ""
+    cells = {(a["dataset"], a["method"], a["metric"]): a for a in agg}
+    lines = ["## Memory", "", f"| dataset | method | {' | '.join(MEMORY_METRICS)} | seeds |",
+             "|---|---|" + "---:|" * (len(MEMORY_METRICS) + 1)]
+    for dataset, method in sorted({key[:2] for key in cells}):
+        found = [cells.get((dataset, method, m)) for m in MEMORY_METRICS]
+        values = " | ".join(mean_std(a, 1) if a else "-" for a in found)
+        lines.append(f"| {dataset} | {method} | {values} | {max(a['seeds'] for a in found if a)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_table(agg: list[dict]) -> str:
+    """``benchmark.md``: the quality tables, then the mode-coverage and memory sections where rows exist."""
+    return "\n".join(part for part in (quality_table(agg), coverage_table(agg), memory_table(agg)) if part)
 
 
 def pyplot():
@@ -117,10 +178,13 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path:
-    """One panel per dataset: metric against NFE (log2), a line per teacher sampler and method."""
+def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path | None:
+    """One panel per dataset: main metric against NFE (log2), a line per teacher sampler and method."""
+    # The flow-map error has one NFE only: plotted against steps instead.
+    agg = [a for a in agg if is_quality(a["metric"]) and a["metric"] != FLOW_MAP_METRIC]
+    if not agg:
+        return None
     plt = pyplot()
-    agg = [a for a in agg if a["metric"] != FLOW_MAP_METRIC]  # one NFE only: plotted against steps instead
     datasets = sorted({a["dataset"] for a in agg})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import seed_everything
@@ -26,12 +27,28 @@ from distill.build import (
 )
 from distill.callbacks import EvaluationCallback
 from distill.errors import friendly_errors
-from distill.evaluation.results import ResultRow
+from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
+from distill.lit.distill import DistillModule
+from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
 from distill.table import format_rows
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) if cfg.paths.get("output_dir") else Path(HydraConfig.get().runtime.output_dir)
+
+
+def memory_rows(module: DistillModule, device: torch.device, method: str) -> list[ResultRow]:
+    """``model_memory_mb`` (teacher, student, EMA copies and the method's nets, shared tensors once) and
+    ``peak_memory_mb`` (CUDA: peak allocated this fit; CPU: peak RSS, Python runtime and data included), in MiB."""
+    figures = {"model_memory_mb": module_memory_bytes(module), "peak_memory_mb": peak_memory_bytes(device)}
+    step = int(module.step_count)
+    return [ResultRow("student", method, 0, metric, value / MIB, 0, step) for metric, value in figures.items()]
+
+
+def format_memory(rows: list[ResultRow], device: torch.device) -> str:
+    figures = {r.metric: r.value for r in rows}
+    peak = "peak allocated" if device.type == "cuda" else "peak RSS of the process"
+    return f"memory: model {figures['model_memory_mb']:.1f} MiB, {peak} {figures['peak_memory_mb']:.1f} MiB"
 
 
 def train(cfg: DictConfig) -> list[ResultRow]:
@@ -53,9 +70,15 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         trainer.fit(module, datamodule=dm)
     finally:
         wandb.finish()  # multirun jobs must not share one W&B run
-    if trainer.is_global_zero and evaluation.rows:
+    if not trainer.is_global_zero:
+        return evaluation.rows
+    device = trainer.strategy.root_device  # the module itself is back on the CPU after fit
+    memory = memory_rows(module, device, cfg.method.name)
+    append_results(run_dir / RESULTS_NAME, memory)
+    if evaluation.rows:
         print(format_rows(evaluation.rows, title=f"{cfg.method.name} on {dm.name} (run dir: {run_dir})"))
-    return evaluation.rows
+    print(format_memory(memory, device))
+    return evaluation.rows + memory
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

@@ -40,7 +40,9 @@ def log_image(pl_module: L.LightningModule, key: str, path: Path, step: int) -> 
 class EvaluationCallback(L.Callback):
     """Teacher rows once at fit start; student rows every ``every_n_steps`` and at the end.
 
-    Rows go to ``<run_dir>/results.json``, metrics and PNG grids to the loggers and ``samples/``.
+    Rows go to ``<run_dir>/results.json``, metrics and PNG grids to the loggers and ``samples/``;
+    each sample set logs its main metric and the scorer's collapse metrics (class_tv, recall, ...)
+    side by side, so a collapsing student shows before its main metric moves.
     With ``flow_map_error``, each student evaluation also scores its one-step map against the
     teacher's ODE endpoints from the same noise (exact for the analytic GMM teacher).
     """

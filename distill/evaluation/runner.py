@@ -76,30 +76,40 @@ def teacher_sample_fn(teacher: nn.Module, sampler: str, steps: int, grid_name: s
     return run
 
 
+def score_rows(
+    scorer: Scorer, samples: Tensor, model: str, sampler: str, nfe: int, num_samples: int, step: int
+) -> list[ResultRow]:
+    """One row per metric of ``scorer.score_all``: the main metric first, then the collapse metrics."""
+    return [ResultRow(model, sampler, nfe, metric, value, num_samples, step)
+            for metric, value in scorer.score_all(samples).items()]
+
+
 def evaluate_teacher(
     teacher: nn.Module, shape: Sequence[int], scorer: Scorer, spec: EvalSpec, step: int = 0, device="cpu"
 ) -> tuple[list[ResultRow], dict[str, Tensor]]:
-    """Teacher rows for every sampler x NFE; also returns the samples, keyed ``sampler@nfe``."""
+    """Teacher rows (main and collapse metrics) for every sampler x NFE; also returns the samples,
+    keyed ``sampler@nfe``."""
     rows, samples = [], {}
     for sampler in spec.teacher_samplers:
         for steps, nfe in reachable_steps(sampler, spec.teacher_nfes):
             x = generate(teacher_sample_fn(teacher, sampler, steps, spec.teacher_grid), shape, spec, device,
                          desc=f"teacher {sampler} nfe={nfe}")
             samples[f"{sampler}@{nfe}"] = x
-            rows.append(ResultRow("teacher", sampler, nfe, scorer.metric, scorer(x), spec.num_samples, step))
+            rows += score_rows(scorer, x, "teacher", sampler, nfe, spec.num_samples, step)
     return rows, samples
 
 
 def evaluate_student(
     method, student: nn.Module, shape: Sequence[int], scorer: Scorer, spec: EvalSpec, step: int, device="cpu"
 ) -> tuple[list[ResultRow], dict[str, Tensor]]:
-    """Student rows at every NFE the method supports, sampled with the method's own sampler."""
+    """Student rows (main and collapse metrics) at every NFE the method supports, sampled with the
+    method's own sampler."""
     rows, samples = [], {}
     for nfe in method.supported_nfes(spec.student_nfes):
         x = generate(lambda z, renoise, n=nfe: method.sample(student, z, n, renoise), shape, spec, device,
                      desc=f"student nfe={nfe}")
         samples[f"{method.name}@{nfe}"] = x
-        rows.append(ResultRow("student", method.name, nfe, scorer.metric, scorer(x), spec.num_samples, step))
+        rows += score_rows(scorer, x, "student", method.name, nfe, spec.num_samples, step)
     return rows, samples
 
 

@@ -6,23 +6,38 @@
   (also usable on flattened pixels, e.g. where no Inception weights are at hand).
 - other images: ``fid`` with Inception features loaded from a local weights path, against the
   reference images or an EDM/ADM-style ``.npz`` of ``mu`` and ``sigma``.
+
+Next to it, collapse metrics (class histogram, precision/recall) from the same features, so a
+collapsing student shows in the dashboard before its Fréchet distance moves (methods.md §12.2, §12.4).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from distill.metrics.coverage import class_histogram, coverage_from_histogram
 from distill.metrics.digits_classifier import load_or_train_digits_classifier
 from distill.metrics.features import DigitsFeatures, InceptionFeatures, extract_features
 from distill.metrics.frechet import frechet_distance, gaussian_stats, load_npz_stats
+from distill.metrics.precision_recall import knn_radii, precision_recall
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
+
+# Rows logged next to the main metric, so mode collapse shows before the main metric moves.
+COLLAPSE_METRICS = ("class_tv", "classes_covered", "recall", "precision")
 
 
 class Scorer:
-    """One metric, with the reference side computed once.
+    """One main metric plus collapse metrics, with the reference side computed once.
+
+    Collapse metrics (``collapse``): digits get ``class_tv`` and ``classes_covered`` from the
+    classifier's class histogram; every metric whose reference is held as features (digits and
+    Inception features, 2-D points) gets ``recall`` and ``precision`` (k-NN manifolds, k = ``k``).
+    Sets with at most ``k`` points, pixels under ``sw`` and Inception stats without reference
+    images get none.
 
     Args:
         metric: ``fd_digits``, ``sw`` or ``fid``.
@@ -30,6 +45,7 @@ class Scorer:
         cache_dir: where the digits classifier is cached.
         inception_weights: local path of torch-fidelity's Inception weights (``fid`` only).
         reference_stats: optional ``.npz`` with precomputed ``mu``/``sigma`` (``fid`` only).
+        k: neighbour rank of precision/recall.
     """
 
     def __init__(
@@ -40,12 +56,17 @@ class Scorer:
         inception_weights: str | None = None,
         reference_stats: str | None = None,
         progress: bool = False,
+        k: int = 3,
     ):
         self.metric = metric
         self.progress = progress
         self.reference = reference
+        self.k = k
+        self.ref_features: Tensor | None = None  # what precision/recall compares against
         if metric == "sw":
             self.extractor = None
+            if reference is not None and reference.ndim == 2:  # points are their own features
+                self.ref_features = reference.double()
         elif metric == "fd_digits":
             self.extractor = DigitsFeatures(load_or_train_digits_classifier(Path(cache_dir)))
         elif metric == "fid":
@@ -53,22 +74,58 @@ class Scorer:
         else:
             raise ValueError(f"eval metric {metric!r} is unknown; choose fd_digits, sw or fid")
         if self.extractor is not None:
+            if reference is not None:
+                self.ref_features = self._features(reference)
             if reference_stats:
                 self.ref_stats = load_npz_stats(reference_stats)
-            elif reference is not None:
-                self.ref_stats = gaussian_stats(self._features(reference))
+            elif self.ref_features is not None:
+                self.ref_stats = gaussian_stats(self.ref_features)
             else:
                 raise ValueError("Frechet metrics need reference images or eval.reference_stats=<npz>")
 
-    def _features(self, images: Tensor) -> Tensor:
-        return extract_features(self.extractor, images, progress=self.progress)
+    @cached_property
+    def ref_radii(self) -> Tensor:
+        """k-NN radii of the reference features: computed on first use, then reused."""
+        return knn_radii(self.ref_features, self.k)
+
+    def _features(self, samples: Tensor) -> Tensor:
+        """What the metrics see: extractor features, or flattened samples for ``sw``."""
+        if self.extractor is None:
+            return samples.flatten(1)
+        return extract_features(self.extractor, samples, progress=self.progress)
+
+    def _main(self, features: Tensor) -> float:
+        if self.metric == "sw":
+            return sliced_wasserstein(features, self.reference.flatten(1))  # pixels for images
+        return frechet_distance(*gaussian_stats(features), *self.ref_stats)
+
+    def _collapse(self, features: Tensor) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if isinstance(self.extractor, DigitsFeatures):
+            logits = self.extractor.logits(features)
+            coverage = coverage_from_histogram(class_histogram(logits, logits.shape[1]))
+            out.update(class_tv=coverage.tv_to_uniform, classes_covered=coverage.covered)
+        ref = self.ref_features
+        if ref is not None and min(len(ref), len(features)) > self.k:
+            precision, recall = precision_recall(ref, features, self.k, real_radii=self.ref_radii)
+            out.update(recall=recall, precision=precision)
+        return out
+
+    @torch.no_grad()
+    def score_all(self, samples: Tensor) -> dict[str, float]:
+        """The main metric first (keyed by ``self.metric``), then ``collapse``'s; features extracted once."""
+        features = self._features(samples)
+        return {self.metric: self._main(features), **self._collapse(features)}
+
+    @torch.no_grad()
+    def collapse(self, samples: Tensor) -> dict[str, float]:
+        """Collapse metrics only (names from ``COLLAPSE_METRICS``; see the class docstring)."""
+        return self._collapse(self._features(samples))
 
     @torch.no_grad()
     def __call__(self, samples: Tensor) -> float:
-        if self.metric == "sw":
-            return sliced_wasserstein(samples.flatten(1), self.reference.flatten(1))  # pixels for images
-        mu, sigma = gaussian_stats(self._features(samples))
-        return frechet_distance(mu, sigma, *self.ref_stats)
+        """The main metric only."""
+        return self._main(self._features(samples))
 
 
 def metric_for(kind: str, name: str) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill.lit.ema import EMAStack
+from distill.lit.memory import reset_peak_memory
 from distill.methods.base import Method
 
 TEACHER_PREFIX = "teacher."
@@ -48,6 +49,7 @@ class DistillModule(L.LightningModule):
         self.teacher = teacher
         self.student = student
         self.method = method
+        method.attach(teacher, student)  # auxiliary nets exist before configure_optimizers
         self.ema = EMAStack(student, ema_decays)
         self.optimizer_factory = optimizer
         self.grad_clip = grad_clip
@@ -76,6 +78,9 @@ class DistillModule(L.LightningModule):
         return result
 
     # --- optimization ---------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        reset_peak_memory(self.device)  # the peak reported after training is this fit's, not an earlier one's
+
     def configure_optimizers(self):
         opts = []
         for name in self.method.optimizer_names:

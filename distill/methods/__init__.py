@@ -1,8 +1,11 @@
 """Layer 2: distillation objectives. A method's loss is callable on an MLP teacher on CPU."""
 
 from distill.methods.base import Method
+from distill.methods.composite import WeightedSum
 from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.consistency_training import ConsistencyTraining
+from distill.methods.dmd import DMD2
+from distill.methods.gdd import GDD
 from distill.methods.meanflow import MeanFlow
 from distill.methods.pcm import PhasedConsistency
 from distill.methods.progressive import ProgressiveDistillation
@@ -12,8 +15,11 @@ __all__ = [
     "Method",
     "ConsistencyDistillation",
     "ConsistencyTraining",
+    "DMD2",
+    "GDD",
     "MeanFlow",
     "PhasedConsistency",
     "ProgressiveDistillation",
     "SCM",
+    "WeightedSum",
 ]

@@ -40,6 +40,10 @@ class Method(nn.Module):
         """Give the freshly built student the parameterization this method trains (default: as is)."""
         return student
 
+    def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Build the auxiliary networks that start from the teacher (a fake-score net), or that read
+        the student's shape, before any optimizer asks for their parameters (default: none)."""
+
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         return (p for p in student.parameters() if p.requires_grad)
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics: Fréchet distance, sliced Wasserstein, feature extractors, mode coverage.
+"""Evaluation metrics: Fréchet distance, sliced Wasserstein, feature extractors, mode coverage,
+precision/recall.
 
 Metrics are pure functions of features or samples; extractors map images in [-1, 1] to features.
 """
@@ -24,6 +25,7 @@ from distill.metrics.frechet import (
     load_npz_stats,
     save_npz_stats,
 )
+from distill.metrics.precision_recall import knn_radii, precision_recall
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
 
 __all__ = [
@@ -38,10 +40,12 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "gaussian_stats",
+    "knn_radii",
     "load_npz_stats",
     "load_or_train_digits_classifier",
     "mode_coverage_digits",
     "mode_coverage_gmm",
+    "precision_recall",
     "save_npz_stats",
     "sliced_wasserstein",
     "train_digits_classifier",

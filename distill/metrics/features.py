@@ -49,6 +49,16 @@ class DigitsFeatures(nn.Module):
         device = next(self.classifier.parameters()).device
         return self.classifier.features(images.to(device, torch.float32)).float()
 
+    @torch.no_grad()
+    def logits(self, features: Tensor) -> Tensor:
+        """(N, 64) features from ``forward`` -> (N, 10) class logits on the CPU.
+
+        Only the classifier's last layer: one feature pass serves both the Fréchet distance and
+        the class histogram.
+        """
+        head = self.classifier.fc2
+        return head(features.to(head.weight.device, torch.float32)).cpu()
+
 
 class InceptionFeatures(nn.Module):
     """2048-d pool3 features of torch-fidelity's TF-compatible Inception-v3 (FID's backbone).

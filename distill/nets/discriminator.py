@@ -125,3 +125,74 @@ def data_shape_of(model: nn.Module) -> tuple[int, ...]:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (int(config.in_channels), int(h), int(w))
     raise ValueError(f"cannot read the data shape from a {type(net).__name__}: pass data_shape explicitly")
+
+
+# --- heads on another network's features (DMD2, GDD: the backbone is not the discriminator's own) ---
+
+
+class ConvHead(nn.Module):
+    """DMD2's ``cls_pred_branch``: strided 4x4 convs (GroupNorm, SiLU), then a 1x1 conv to logits.
+
+    Args:
+        channels: feature channels.
+        num_downsamples: stride-2 convs (the head of a 4x4 bottleneck needs one, 2x2 none).
+        groups: GroupNorm groups (reduced to a divisor of ``channels``).
+    """
+
+    def __init__(self, channels: int, num_downsamples: int, groups: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(num_downsamples):
+            layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+                       nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU()]
+        self.body = nn.Sequential(*layers, nn.Conv2d(channels, 1, 1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, C, H, W) features -> (B, H', W') logits."""
+        return self.body(h).squeeze(1)
+
+
+class VectorHead(nn.Module):
+    """Features whose last axis is channels ((B, D) vectors or (B, N, D) tokens) -> per-row logits.
+
+    Wide features (a residual stream) are layer-normalised first; a handful of raw coordinates
+    (an analytic teacher's "features" are the 2-D points themselves) are not, as that would erase
+    their scale.
+    """
+
+    def __init__(self, dim: int, width: int = 128, normalize: bool = True):
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(dim) if normalize else nn.Identity(), nn.Linear(dim, width), nn.SiLU(),
+                                  nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, ..., D) -> (B, ...) logits."""
+        return self.body(h).squeeze(-1)
+
+
+def head_for(shape: Sequence[int], width: int = 128, groups: int = 32) -> nn.Module:
+    """The head for per-sample features of ``shape``: conv for (C, H, W) maps (downsampled to about
+    2x2, at most 3 times), a vector head for (D,) vectors and (N, D) tokens."""
+    shape = tuple(shape)
+    if len(shape) == 3:
+        side = min(shape[1:])
+        return ConvHead(shape[0], min(3, max(0, side.bit_length() - 2)), groups)
+    if len(shape) in (1, 2):
+        return VectorHead(shape[-1], width, normalize=shape[-1] >= 16)
+    raise ValueError(f"no discriminator head for features of per-sample shape {shape}")
+
+
+class FeatureHeads(nn.Module):
+    """One head per tapped layer: the trainable part of a discriminator on a borrowed backbone.
+
+    Logits come back as a list (one entry per head), the multi-head form ``distill.core.gan`` averages.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], width: int = 128, groups: int = 32):
+        super().__init__()
+        self.heads = nn.ModuleList(head_for(s, width, groups) for s in shapes)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        if len(features) != len(self.heads):
+            raise ValueError(f"{len(features)} feature maps for {len(self.heads)} heads")
+        return [head(f.float()) for head, f in zip(self.heads, features, strict=True)]

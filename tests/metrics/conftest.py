@@ -11,7 +11,8 @@ from distill.metrics.digits_classifier import DigitsClassifier, load_or_train_di
 
 @pytest.fixture(scope="session")
 def classifier_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("digits_cache")
+    # A fixed folder of the session's temp root, so conftests importing this fixture load, not retrain.
+    cache = tmp_path_factory.getbasetemp() / "digits_cache"
     load_or_train_digits_classifier(cache, progress=False)
     return cache
 

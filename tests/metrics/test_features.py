@@ -43,6 +43,14 @@ def test_digits_features_contract(digits_classifier: DigitsClassifier) -> None:
         DigitsFeatures(digits_classifier)(torch.zeros(5, 3, 8, 8))
 
 
+def test_digits_logits_from_features_equal_the_classifier(digits_classifier: DigitsClassifier) -> None:
+    x = torch.rand(7, 1, 8, 8) * 2 - 1
+    extractor = DigitsFeatures(digits_classifier)
+    logits = extractor.logits(extractor(x))
+    assert logits.shape == (7, 10)
+    torch.testing.assert_close(logits, digits_classifier(x))
+
+
 def test_extract_features_batches_equal_one_call(digits_classifier: DigitsClassifier) -> None:
     x = torch.rand(23, 1, 8, 8) * 2 - 1
     extractor = DigitsFeatures(digits_classifier)

@@ -1,0 +1,49 @@
+"""Memory a method costs: the weights it holds, and the peak the process reached while training.
+
+Methods differ mostly in how many network copies they keep (DMD2: teacher, student, fake-score
+net and a discriminator, plus EMA copies), which ``module_memory_bytes`` counts exactly; the
+peak adds activations and optimizer state.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+from torch import nn
+
+MIB = 2**20
+
+
+def module_memory_bytes(*modules: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``modules``, each storage once (tied or shared weights count once).
+
+    Tensors kept as plain attributes (not parameters or buffers) and optimizer state are not counted.
+    """
+    storages: dict[tuple[torch.device, int], int] = {}
+    for module in modules:
+        tensors = [*module.parameters(), *module.buffers()]
+        for t in tensors:
+            storage = t.untyped_storage()
+            key = (t.device, storage.data_ptr())
+            storages[key] = max(storages.get(key, 0), storage.nbytes())
+    return sum(storages.values())
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh CUDA peak (CPU peak RSS cannot be reset: it covers the whole process)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak bytes allocated by tensors since the last reset. CPU: the process's peak RSS.
+
+    The CPU figure includes the Python runtime, libraries and the dataset, so compare it only
+    between runs on the same data and machine.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -1,0 +1,291 @@
+"""DMD2 (Yin et al. 2024b) and DMD (2024a): distribution matching distillation (methods.md 5).
+
+The student is a K-step generator (``distill.students.generator``): at each of its times it reads
+its velocity as a data estimate ``x - s v``. Three networks take part:
+
+- the frozen teacher: the *real* score;
+- a *fake-score* network, initialised from the teacher and trained online (flow-matching loss) on
+  the generator's detached samples, so it tracks the generator's current distribution;
+- the generator, pushed along ``mu_fake - mu_real`` on noised copies of its samples: the
+  gradient of KL(p_fake || p_real), normalised per sample (``distill.core.dmd``).
+
+Two time scales (TTUR): the fake score (and the GAN head) steps on every batch, the generator on
+every ``fake_updates_per_generator``-th; too few fake updates lets the generator exploit a stale
+fake score and collapse.
+
+DMD2's GAN term (``gan_weight > 0``): a small conv head on the fake-score net's bottleneck
+features classifies noised real data against noised generator samples, with non-saturating
+losses. The head and the fake net learn the D loss in the fake phase; in the generator phase
+the fake net is frozen and the G loss reaches the generator through it. The GAN's "real" side can
+mix in teacher samples (``teacher_sample_fraction``, the turbo recipe), and it can read a frozen
+network's features instead (``gan_backbone: teacher``).
+
+Plain DMD (``regression_weight > 0``, usually with ``fake_updates_per_generator: 1`` and no GAN)
+adds its regression term: the generator's one-step output on fixed noises is pulled to the
+teacher's ODE endpoints from the same noises (a mean squared error here; DMD used LPIPS, whose
+weights cannot be downloaded here).
+
+Multi-step generators train by backward simulation: each generator step picks one of the K times
+(at random) and reaches it by running the current generator from fresh noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
+from distill.core.gan import ns_d_loss, ns_g_loss
+from distill.core.grids import make_grid
+from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.samplers import sample_heun
+from distill.core.time_sampling import shift_time
+from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.consistency import multistep_consistency_sample
+from distill.nets.discriminator import FeatureHeads, data_shape_of
+from distill.nets.features import FeatureTap, bottleneck_layer, has_parameters
+from distill.students.generator import (
+    check_generator_times,
+    generator_x0,
+    sampling_times,
+    training_sample,
+)
+
+log = logging.getLogger(__name__)
+
+GAN_BACKBONES = ("fake_score", "teacher")
+
+
+def frozen(module: nn.Module):
+    """Context: ``module``'s parameters take no gradient inside (gradients still flow through it)."""
+
+    class _Frozen:
+        def __enter__(self):
+            self.flags = [p.requires_grad for p in module.parameters()]
+            module.requires_grad_(False)
+
+        def __exit__(self, *exc):
+            for p, flag in zip(module.parameters(), self.flags, strict=True):
+                p.requires_grad_(flag)
+
+    return _Frozen()
+
+
+def network_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
+    """A trainable copy of the teacher's network, or of the student's when the teacher is analytic
+    (no parameters, e.g. the exact Gaussian-mixture field)."""
+    source = getattr(teacher, "model", teacher)
+    if not any(True for _ in source.parameters()):
+        log.warning("the teacher has no network to copy: the fake-score net starts as a copy of the student")
+        source = student
+    return copy.deepcopy(source).train().requires_grad_(True)
+
+
+class DMD2(Method):
+    """Args:
+    generator_times: the generator's FM times, decreasing from 1 (DMD2 4-step: 1, .75, .5, .25).
+    min_time, max_time: range of the DM noise level s ~ U (DMD2: 0.02, 0.98 of T).
+    time_shift: SD3 shift of that draw (rCM: 5, which favours high noise); 1 leaves it uniform.
+    fake_updates_per_generator: TTUR ratio (DMD2: 5; DMD: 1).
+    fake_lr_ratio: fake-score (and GAN head) lr / generator lr.
+    gan_weight: weight of the generator's GAN loss (DMD2 ImageNet: 3e-3); 0 disables the GAN.
+    gan_d_weight: weight of the D loss added to the fake-score loss (DMD2: 1e-2).
+    gan_max_time: GAN inputs are noised to s ~ U(0, gan_max_time) (DMD2: all of [0, 1)).
+    gan_backbone: ``fake_score`` (DMD2: heads on the trainable fake net's bottleneck) or
+        ``teacher`` (heads on the frozen teacher's bottleneck: no gradient into any backbone).
+    gan_layers: layers the heads read; None picks the backbone's bottleneck.
+    gan_head_width: hidden width of vector heads (MLP nets).
+    teacher_sample_fraction: share of the GAN's real batch replaced by teacher samples (0: data only).
+    teacher_sample_steps: Heun steps for those teacher samples.
+    regression_weight: DMD's regression on teacher ODE pairs (0: DMD2, no regression).
+    regression_pairs, regression_steps: size of the fixed pair set and the teacher's Heun steps.
+    name: the sampler name on result rows.
+    """
+
+    name = "dmd2"
+    optimizer_names = ("fake_score", "student")
+
+    def __init__(
+        self,
+        generator_times: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+        min_time: float = 0.02,
+        max_time: float = 0.98,
+        time_shift: float = 1.0,
+        fake_updates_per_generator: int = 5,
+        fake_lr_ratio: float = 1.0,
+        gan_weight: float = 0.0,
+        gan_d_weight: float = 1e-2,
+        gan_max_time: float = 1.0,
+        gan_backbone: str = "fake_score",
+        gan_layers: Sequence[str] | None = None,
+        gan_head_width: int = 128,
+        teacher_sample_fraction: float = 0.0,
+        teacher_sample_steps: int = 8,
+        regression_weight: float = 0.0,
+        regression_pairs: int = 1024,
+        regression_steps: int = 32,
+        name: str = "dmd2",
+    ):
+        super().__init__()
+        check_choice("gan_backbone", gan_backbone, GAN_BACKBONES)
+        if fake_updates_per_generator < 1:
+            raise ValueError(f"method.fake_updates_per_generator={fake_updates_per_generator} must be >= 1")
+        if not 0 <= min_time < max_time <= 1:
+            raise ValueError(f"method.min_time={min_time}, max_time={max_time}: need 0 <= min < max <= 1")
+        if not 0 <= teacher_sample_fraction <= 1:
+            raise ValueError(f"method.teacher_sample_fraction={teacher_sample_fraction} must be in [0, 1]")
+        self.name = name
+        self.times = check_generator_times(generator_times)
+        self.min_time, self.max_time, self.time_shift = min_time, max_time, time_shift
+        self.ratio, self.fake_lr_ratio = fake_updates_per_generator, fake_lr_ratio
+        self.gan_weight, self.gan_d_weight, self.gan_max_time = gan_weight, gan_d_weight, gan_max_time
+        self.gan_backbone, self.gan_layers, self.gan_head_width = gan_backbone, gan_layers, gan_head_width
+        self.teacher_sample_fraction, self.teacher_sample_steps = teacher_sample_fraction, teacher_sample_steps
+        self.regression_weight, self.regression_pairs, self.regression_steps = (
+            regression_weight, regression_pairs, regression_steps)
+        self.fake_score: nn.Module | None = None
+        self.gan_heads: nn.Module | None = None
+        self.register_buffer("pair_noise", torch.empty(0), persistent=False)
+        self.register_buffer("pair_target", torch.empty(0), persistent=False)
+
+    # --- networks -------------------------------------------------------------------------
+    def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        if self.fake_score is None:
+            self.fake_score = network_copy(teacher, student)
+        if self.gan_weight > 0 and self.gan_heads is None:
+            self.gan_heads = self._build_heads(teacher, student)
+
+    def _gan_root(self, teacher: nn.Module) -> nn.Module:
+        return self.fake_score if self.gan_backbone == "fake_score" else getattr(teacher, "model", teacher)
+
+    def _layers(self, root: nn.Module) -> list[str]:
+        return list(self.gan_layers) if self.gan_layers else [bottleneck_layer(root)]
+
+    def _build_heads(self, teacher: nn.Module, student: nn.Module) -> nn.Module:
+        device = next(student.parameters()).device
+        x, s = torch.zeros(2, *data_shape_of(student), device=device), torch.full((2,), 0.5, device=device)
+        with torch.no_grad():
+            shapes = [tuple(f.shape[1:]) for f in self.gan_features(x, s, teacher)]
+        return FeatureHeads(shapes, width=self.gan_head_width).to(device)
+
+    def gan_features(self, x_s: Tensor, s: Tensor, teacher: nn.Module) -> list[Tensor]:
+        """The backbone's features at the GAN layers (an analytic teacher's: the state itself)."""
+        root = self._gan_root(teacher)
+        if not has_parameters(root):
+            return [x_s]
+        return FeatureTap(root, self._layers(root), stop_after_last=True).run(lambda: root(x_s, s))
+
+    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
+        # attach() already built every network a checkpoint of this config holds.
+        if self.fake_score is None and any(k.startswith("fake_score.") for k in state_dict):
+            raise RuntimeError("load a DMD2 checkpoint into a DistillModule (it attaches the fake-score net)")
+
+    def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
+        if optimizer == "student":
+            return super().trainable_parameters(optimizer, student)
+        params = list(self.fake_score.parameters())
+        return params + (list(self.gan_heads.parameters()) if self.gan_heads is not None else [])
+
+    def phases(self, step: int) -> Sequence[str]:
+        return ("fake_score", "student") if step % self.ratio == 0 else ("fake_score",)
+
+    def lr_scale(self, optimizer: str, step: int) -> float:
+        return self.fake_lr_ratio if optimizer == "fake_score" else 1.0
+
+    # --- the generator ----------------------------------------------------------------------
+    def _dm_times(self, n: int, like: Tensor) -> Tensor:
+        u = self.min_time + (self.max_time - self.min_time) * torch.rand(n, device=like.device, dtype=like.dtype)
+        return shift_time(u, self.time_shift) if self.time_shift != 1 else u
+
+    def dm_term(self, x_hat: Tensor, teacher: nn.Module) -> Tensor:
+        """The distribution-matching loss of generator samples x_hat (grad flows into x_hat only)."""
+        with torch.no_grad():
+            s = self._dm_times(x_hat.shape[0], x_hat)
+            x_s = fm_noise(x_hat.detach(), torch.randn_like(x_hat), s)
+            mu_real = velocity_to_x0(x_s, s, teacher(x_s, s))
+            mu_fake = generator_x0(self.fake_score, x_s, s)
+            grad = dm_gradient(x_hat.detach(), mu_real, mu_fake)
+        return dm_loss(x_hat, grad)
+
+    # --- the GAN --------------------------------------------------------------------------
+    def _gan_times(self, n: int, like: Tensor) -> Tensor:
+        return self.gan_max_time * torch.rand(n, device=like.device, dtype=like.dtype)
+
+    def gan_logits(self, x: Tensor, teacher: nn.Module) -> list[Tensor]:
+        """Heads' logits on x noised to a random GAN time, through the backbone's tapped features."""
+        s = self._gan_times(x.shape[0], x)
+        return self.gan_heads(self.gan_features(fm_noise(x, torch.randn_like(x), s), s, teacher))
+
+    @torch.no_grad()
+    def teacher_samples(self, teacher: nn.Module, n: int, like: Tensor) -> Tensor:
+        grid = make_grid("cosine", self.teacher_sample_steps).to(like)
+        return sample_heun(teacher, torch.randn(n, *like.shape[1:], device=like.device, dtype=like.dtype), grid)
+
+    def gan_real(self, x0: Tensor, teacher: nn.Module) -> Tensor:
+        """The GAN's real batch: data, with a fixed share swapped for teacher samples (turbo recipe)."""
+        n_teacher = round(self.teacher_sample_fraction * x0.shape[0])
+        if n_teacher == 0:
+            return x0
+        return torch.cat([x0[: x0.shape[0] - n_teacher], self.teacher_samples(teacher, n_teacher, x0)])
+
+    # --- DMD's regression term ----------------------------------------------------------------
+    def regression_term(self, student: nn.Module, teacher: nn.Module, like: Tensor) -> Tensor:
+        """MSE of the one-step generator on fixed noises to the teacher's ODE endpoints from them."""
+        if self.pair_noise.numel() == 0:
+            gen = torch.Generator().manual_seed(1234)
+            noise = torch.randn(self.regression_pairs, *like.shape[1:], generator=gen).to(like)
+            grid = make_grid("cosine", self.regression_steps).to(like)
+            with torch.no_grad():
+                self.pair_noise, self.pair_target = noise, sample_heun(teacher, noise, grid)
+        idx = torch.randint(len(self.pair_noise), (like.shape[0],), device=like.device)
+        noise = self.pair_noise[idx]
+        pred = generator_x0(student, noise, torch.ones(len(noise), device=like.device, dtype=like.dtype))
+        return (pred - self.pair_target[idx]).pow(2).mean()
+
+    # --- losses ---------------------------------------------------------------------------
+    def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
+        if phase == "fake_score":
+            return self.fake_score_loss(x0, teacher, student)
+        return self.generator_loss(x0, teacher, student)
+
+    def fake_score_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
+        with torch.no_grad():
+            x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
+        s, eps = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype), torch.randn_like(x0)
+        score = flow_score_loss(self.fake_score(fm_noise(x_hat, eps, s), s), x_hat, eps)
+        if self.gan_heads is None:
+            return {"loss": score, "score": score.detach()}
+        real_logits = self.gan_logits(self.gan_real(x0, teacher), teacher)
+        fake_logits = self.gan_logits(x_hat, teacher)
+        d_loss = ns_d_loss(real_logits, fake_logits)
+        return {
+            "loss": score + self.gan_d_weight * d_loss, "score": score.detach(), "gan_d": d_loss.detach(),
+            # DMD2 logs these: D winning outright (1 and 0) means its lr or weight is too high.
+            "p_real": torch.stack([torch.sigmoid(r).mean() for r in real_logits]).mean().detach(),
+            "p_fake": torch.stack([torch.sigmoid(f).mean() for f in fake_logits]).mean().detach(),
+        }
+
+    def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
+        x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
+        dm = self.dm_term(x_hat, teacher)
+        terms: dict[str, Tensor] = {"dm": dm.detach()}
+        total = dm
+        if self.gan_heads is not None:
+            with frozen(self.fake_score), frozen(self.gan_heads):
+                g_loss = ns_g_loss(self.gan_logits(x_hat, teacher))
+            total = total + self.gan_weight * g_loss
+            terms["gan_g"] = g_loss.detach()
+        if self.regression_weight > 0:
+            reg = self.regression_term(student, teacher, x0)
+            total = total + self.regression_weight * reg
+            terms["regression"] = reg.detach()
+        return {"loss": total, **terms}
+
+    # --- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
+        return multistep_consistency_sample(student, noise, sampling_times(self.times, nfe), renoise)

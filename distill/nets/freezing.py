@@ -1,0 +1,50 @@
+"""Which of a network's parameters stay frozen (GDD-I, methods.md 7), as plain name sets.
+
+GDD-I fine-tunes a teacher into a one-step generator while its convolutions stay exactly as
+pretrained: the claim is that the teacher's layers already hold the generator, and only norms,
+embeddings and attention need to move.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+RULES = ("none", "conv", "gdd")
+
+
+def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[str]:
+    """Names of the parameters ``rule`` freezes.
+
+    Args:
+        rule: ``none``; ``conv`` (every convolution's weight and bias); ``gdd`` (the GDD code's
+            rule: the name holds "block" or "in", and "conv" or "proj"); or a list of fnmatch
+            patterns over parameter names, e.g. ``["*down_blocks*conv*"]``.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    if isinstance(rule, str):
+        if rule == "none":
+            return set()
+        if rule == "conv":
+            return {f"{module_name}.{p}".lstrip(".") for module_name, module in model.named_modules()
+                    if isinstance(module, CONV_TYPES) for p, _ in module.named_parameters(recurse=False)}
+        if rule == "gdd":
+            return {n for n in names if ("block" in n or "in" in n) and ("conv" in n or "proj" in n)}
+        raise ValueError(f"method.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
+    return {n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in rule)}
+
+
+def freeze_(model: nn.Module, names: set[str]) -> None:
+    """In place: ``requires_grad=False`` for the named parameters (optimizers then never see them)."""
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
+
+
+def trainable_fraction(model: nn.Module) -> float:
+    """Share of the parameter count that still trains."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) / max(total, 1)

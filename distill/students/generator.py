@@ -1,0 +1,69 @@
+"""Few-step generators (DMD2, GDD, rCM's DMD term): a velocity model read as an x0 predictor at a
+fixed set of times, sampled by jumping to data and re-noising to the next time.
+
+A K-step generator is trained at its times ``s_0 = 1 > s_1 > ... > s_{K-1}`` only. Its training
+input at ``s_k`` comes from *backward simulation* (methods.md 5.4): run the current generator
+from pure noise through the first k steps, re-noising with fresh noise each time, so training
+sees exactly the states sampling will produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.tensors import batch_time
+
+
+def check_generator_times(times: Sequence[float]) -> Tensor:
+    """The training times as a float64 tensor; refuse anything but a decreasing list in (0, 1]."""
+    t = torch.tensor([float(s) for s in times], dtype=torch.float64)
+    if len(t) == 0 or not bool(((t > 0) & (t <= 1)).all()) or not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"method.generator_times={list(times)} must be a decreasing list of FM times in (0, 1]")
+    return t
+
+
+def sampling_times(times: Tensor, nfe: int) -> Tensor:
+    """``nfe`` sampling times, then 0.
+
+    Up to K NFE: the trained times, evenly picked from the first. Beyond K: all K, then evenly
+    spaced times below the last one, where the generator never trained (it is still the teacher's
+    denoiser there, so extra steps refine rather than break, but expect less than from trained ones).
+    """
+    k = len(times)
+    if nfe < 1:
+        raise ValueError(f"nfe={nfe} must be >= 1")
+    if nfe <= k:
+        picks = times[[(i * k) // nfe for i in range(nfe)]]
+    else:
+        extra = torch.linspace(float(times[-1]), 0.0, nfe - k + 2, dtype=times.dtype)[1:-1]
+        picks = torch.cat([times, extra])
+    return torch.cat([picks, times.new_zeros(1)])
+
+
+def generator_x0(student: nn.Module, x: Tensor, s: Tensor) -> Tensor:
+    """The generator's sample from state x at FM time s (B,): the data estimate ``x - s v``."""
+    return velocity_to_x0(x, s, student(x, s))
+
+
+@torch.no_grad()
+def backward_simulate(student: nn.Module, noise: Tensor, times: Tensor, k: int) -> Tensor:
+    """The state at ``times[k]`` that k sampling steps of the current generator reach from ``noise``."""
+    x = times[0].to(noise) * noise
+    for i in range(k):
+        x0 = generator_x0(student, x, batch_time(times[i], x))
+        x = fm_noise(x0, torch.randn_like(x0), batch_time(times[i + 1], x))
+    return x
+
+
+def training_sample(student: nn.Module, noise: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
+    """A generator sample with gradient from one random generator time, reached by backward
+    simulation (no grad) and finished by one step with grad. Returns (x_hat, its (B,) time)."""
+    times = times.to(noise)
+    k = int(torch.randint(len(times), ()))
+    x = backward_simulate(student, noise, times, k)
+    s = times[k].expand(noise.shape[0])
+    return generator_x0(student, x, s), s

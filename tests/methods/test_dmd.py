@@ -1,0 +1,184 @@
+"""DMD2 / DMD: the distribution-matching gradient, the update alternation, the GAN head on the
+fake-score features, backward simulation, and learning the ring mixture in one step."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
+from distill.methods import DMD2
+from distill.nets.denoiser import VelocityModel
+from distill.nets.mlp import TimeMLP
+from distill.students.generator import backward_simulate, sampling_times
+from distill.teachers import Teacher
+from tests.methods.learning import (
+    assert_sampling_reproducible_per_sample,
+    has_gradients,
+    one_step_ring_quality_before_after,
+    ring_teacher_and_data,
+    tiny_unet_teacher,
+    train_phases,
+)
+
+
+def mlp(width: int = 32, depth: int = 2) -> nn.Module:
+    return VelocityModel(TimeMLP((2,), width=width, depth=depth))
+
+
+
+# --- the gradient -------------------------------------------------------------------------------
+def test_dm_gradient_is_the_normalised_score_difference():
+    x = torch.tensor([[1.0, 3.0], [0.0, 2.0]])
+    real = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    fake = torch.tensor([[2.0, 1.0], [1.0, 5.0]])
+    # mean |x - real| per sample: (1 + 2) / 2 = 1.5 and (1 + 1) / 2 = 1
+    expected = torch.tensor([[2 / 1.5, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    torch.testing.assert_close(dm_gradient(x, real, fake), expected)
+
+
+def test_dm_gradient_zeroes_non_finite_entries():
+    x = torch.zeros(1, 2)
+    grad = dm_gradient(x, torch.zeros(1, 2), torch.tensor([[1.0, float("nan")]]))  # scale 0: inf and nan
+    assert torch.isfinite(grad).all() and grad.abs().sum() == 0
+
+
+def test_dm_loss_gradient_is_grad_over_numel():
+    x = torch.randn(3, 4, requires_grad=True)
+    grad = torch.randn(3, 4, dtype=torch.float64)
+    dm_loss(x, grad).backward()
+    torch.testing.assert_close(x.grad, (grad / x.numel()).float())
+
+
+def test_flow_score_loss_is_zero_for_the_exact_velocity():
+    x0, eps = torch.randn(5, 2), torch.randn(5, 2)
+    assert flow_score_loss(eps - x0, x0, eps) == 0
+    assert flow_score_loss(torch.zeros(5, 2), x0, eps) > 0
+
+
+def test_dm_term_gives_zero_generator_gradient_when_fake_equals_real():
+    """methods.md 12.4 (c): same network for both scores -> no distribution-matching push."""
+    torch.manual_seed(0)
+    teacher = Teacher(mlp(), (2,))
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    method = DMD2(generator_times=[1.0])
+    method.attach(teacher, student)  # the fake score starts as a copy of the teacher's network
+    x_hat = student(torch.randn(64, 2), torch.ones(64))
+    method.dm_term(x_hat, teacher).backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(g.abs().max() == 0 for g in grads)
+
+
+# --- the update alternation ----------------------------------------------------------------------
+
+def test_ttur_steps_the_generator_every_ratio_batches():
+    method = DMD2(fake_updates_per_generator=3)
+    assert [tuple(method.phases(s)) for s in range(4)] == [
+        ("fake_score", "student"), ("fake_score",), ("fake_score",), ("fake_score", "student")]
+
+
+def test_each_phase_reaches_only_its_own_networks():
+    teacher = tiny_unet_teacher()
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    method = DMD2(gan_weight=1e-2)
+    method.attach(teacher, student)
+    x0 = torch.randn(4, 1, 8, 8)
+    nets = {"student": student, "fake_score": method.fake_score, "heads": method.gan_heads, "teacher": teacher}
+    expected = {"fake_score": {"fake_score", "heads"}, "student": {"student"}}
+    for phase, owners in expected.items():
+        for net in nets.values():
+            net.zero_grad(set_to_none=True)
+        method.loss(phase, x0, teacher, student, 0)["loss"].backward()
+        assert {name for name, net in nets.items() if has_gradients(net)} == owners, phase
+    assert all(p.requires_grad for p in method.fake_score.parameters())  # unfrozen after the G step
+
+
+def test_gan_head_reads_the_fake_score_bottleneck():
+    teacher = tiny_unet_teacher()
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    method = DMD2(gan_weight=1e-2)
+    method.attach(teacher, student)
+    x = torch.randn(4, 1, 8, 8)
+    torch.manual_seed(1)
+    before = method.gan_logits(x, teacher)[0]
+    with torch.no_grad():  # change only the fake net's middle block: the logits must follow
+        for p in method.fake_score.net.model.mid_block.parameters():
+            p.add_(0.5)
+    torch.manual_seed(1)
+    after = method.gan_logits(x, teacher)[0]
+    assert not torch.allclose(before, after)
+    method.fake_score.zero_grad(set_to_none=True)
+    after.sum().backward()  # the forward stops at the bottleneck: the decoder takes no part
+    model = method.fake_score.net.model
+    assert has_gradients(model.down_blocks) and has_gradients(model.mid_block)
+    assert not has_gradients(model.up_blocks) and not has_gradients(model.conv_out)
+
+
+def test_gan_real_batch_mixes_teacher_samples_in_a_fixed_share():
+    teacher = Teacher(mlp(), (2,))
+    method = DMD2(teacher_sample_fraction=0.25)
+    x0 = torch.full((8, 2), 100.0)  # far from anything the teacher samples
+    real = method.gan_real(x0, teacher)
+    assert real.shape == x0.shape
+    assert (real[:6] == 100).all() and (real[6:] != 100).all()
+
+
+# --- the generator ---------------------------------------------------------------------------------
+def test_sampling_times_use_trained_times_then_fill_below_them():
+    times = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
+    assert sampling_times(times, 1).tolist() == [1.0, 0.0]
+    assert sampling_times(times, 2).tolist() == [1.0, 0.5, 0.0]
+    assert sampling_times(times, 4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    torch.testing.assert_close(sampling_times(torch.tensor([1.0], dtype=torch.float64), 3),
+                               torch.tensor([1.0, 2 / 3, 1 / 3, 0.0], dtype=torch.float64))
+
+
+def test_backward_simulation_reaches_the_state_sampling_visits():
+    """k simulated steps from noise = the sampler's state at times[k] (same fresh noise)."""
+    student = mlp()
+    times = torch.tensor([1.0, 0.6, 0.3])
+    noise = torch.randn(16, 2)
+    torch.manual_seed(5)
+    state = backward_simulate(student, noise, times, 2)
+    torch.manual_seed(5)
+    x = noise.clone()
+    for s, s_next in ((1.0, 0.6), (0.6, 0.3)):
+        x0 = x - s * student(x, torch.full((16,), s))
+        x = (1 - s_next) * x0 + s_next * torch.randn_like(x0)
+    torch.testing.assert_close(state, x)
+
+
+def test_generator_times_and_options_are_validated():
+    with pytest.raises(ValueError, match="generator_times"):
+        DMD2(generator_times=[0.5, 1.0])
+    with pytest.raises(ValueError, match="fake_updates_per_generator"):
+        DMD2(fake_updates_per_generator=0)
+    with pytest.raises(ValueError, match="gan_backbone"):
+        DMD2(gan_backbone="dino")
+
+
+def test_sampling_is_reproducible_per_sample():
+    assert_sampling_reproducible_per_sample(DMD2(), mlp(), 4)
+
+
+# --- learning ----------------------------------------------------------------------------------------
+def test_dmd_regression_variant_pulls_one_step_samples_to_teacher_pairs():
+    teacher, data = ring_teacher_and_data(2048)
+    student = mlp()
+    method = DMD2(generator_times=[1.0], fake_updates_per_generator=1, regression_weight=1.0, regression_pairs=64,
+                  regression_steps=8)
+    method.attach(teacher, student)
+    first = method.regression_term(student, teacher, data[:64]).item()
+    torch.manual_seed(0)
+    train_phases(method, teacher, student, data, 60, 1e-3)
+    assert method.pair_target.shape == (64, 2)
+    assert method.regression_term(student, teacher, data[:64]).item() < 0.5 * first
+
+
+def test_dmd2_learns_the_ring_mixture_in_one_step():
+    """A rough diffusion model's one-step sample is the blurred mean; DMD2 makes it the ring."""
+    (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(DMD2(generator_times=[1.0]))
+    assert sw_after < 0.25 * sw_before
+    assert covered == 1.0  # every mode kept: no collapse
+    assert near_after > near_before + 0.3
