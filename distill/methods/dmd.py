@@ -103,6 +103,7 @@ class DMD2(Method):
     teacher_sample_steps: Heun steps for those teacher samples.
     regression_weight: DMD's regression on teacher ODE pairs (0: DMD2, no regression).
     regression_pairs, regression_steps: size of the fixed pair set and the teacher's Heun steps.
+    pairs_per_step: pairs added to the set per generator step until it is full.
     name: the sampler name on result rows.
     """
 
@@ -128,6 +129,7 @@ class DMD2(Method):
         regression_weight: float = 0.0,
         regression_pairs: int = 1024,
         regression_steps: int = 32,
+        pairs_per_step: int = 16,
         name: str = "dmd2",
     ):
         super().__init__()
@@ -147,6 +149,7 @@ class DMD2(Method):
         self.teacher_sample_fraction, self.teacher_sample_steps = teacher_sample_fraction, teacher_sample_steps
         self.regression_weight, self.regression_pairs, self.regression_steps = (
             regression_weight, regression_pairs, regression_steps)
+        self.pairs_per_step = pairs_per_step
         self.fake_score: nn.Module | None = None
         self.gan_heads: nn.Module | None = None
         self.register_buffer("pair_noise", torch.empty(0), persistent=False)
@@ -233,14 +236,26 @@ class DMD2(Method):
         return torch.cat([x0[: x0.shape[0] - n_teacher], self.teacher_samples(teacher, n_teacher, x0)])
 
     # --- DMD's regression term ----------------------------------------------------------------
+    @torch.no_grad()
+    def grow_pairs(self, teacher: nn.Module, like: Tensor) -> None:
+        """Add ``pairs_per_step`` teacher ODE pairs to the fixed set until it holds ``regression_pairs``.
+
+        Built a few pairs per step instead of all at once, so no step stalls on thousands of ODE
+        solves; the noises come from a fixed seed, so the set is the same in every run.
+        """
+        have = len(self.pair_noise)
+        if have >= self.regression_pairs:
+            return
+        n = min(self.pairs_per_step, self.regression_pairs - have)
+        gen = torch.Generator().manual_seed(1234 + have)
+        noise = torch.randn(n, *like.shape[1:], generator=gen).to(like)
+        target = sample_heun(teacher, noise, make_grid("cosine", self.regression_steps).to(like))
+        self.pair_noise = torch.cat([self.pair_noise.to(like), noise]) if have else noise
+        self.pair_target = torch.cat([self.pair_target.to(like), target]) if have else target
+
     def regression_term(self, student: nn.Module, teacher: nn.Module, like: Tensor) -> Tensor:
-        """MSE of the one-step generator on fixed noises to the teacher's ODE endpoints from them."""
-        if self.pair_noise.numel() == 0:
-            gen = torch.Generator().manual_seed(1234)
-            noise = torch.randn(self.regression_pairs, *like.shape[1:], generator=gen).to(like)
-            grid = make_grid("cosine", self.regression_steps).to(like)
-            with torch.no_grad():
-                self.pair_noise, self.pair_target = noise, sample_heun(teacher, noise, grid)
+        """MSE of the one-step generator on the fixed noises to the teacher's ODE endpoints from them."""
+        self.grow_pairs(teacher, like)
         idx = torch.randint(len(self.pair_noise), (like.shape[0],), device=like.device)
         noise = self.pair_noise[idx]
         pred = generator_x0(student, noise, torch.ones(len(noise), device=like.device, dtype=like.dtype))

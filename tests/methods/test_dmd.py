@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
+from distill.core.grids import make_grid
+from distill.core.samplers import sample_heun
 from distill.methods import DMD2
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
@@ -163,11 +165,27 @@ def test_sampling_is_reproducible_per_sample():
 
 
 # --- learning ----------------------------------------------------------------------------------------
+def test_regression_pairs_grow_a_few_per_step_into_one_fixed_set():
+    teacher = Teacher(mlp(), (2,))
+    like = torch.zeros(3, 2)
+    method, again = (DMD2(regression_weight=1.0, regression_pairs=5, pairs_per_step=2, regression_steps=4)
+                     for _ in range(2))
+    sizes = []
+    for _ in range(4):
+        method.grow_pairs(teacher, like)
+        again.grow_pairs(teacher, like)
+        sizes.append(len(method.pair_noise))
+    assert sizes == [2, 4, 5, 5]
+    assert torch.equal(method.pair_noise, again.pair_noise)  # the same set in every run
+    grid = make_grid("cosine", 4)
+    torch.testing.assert_close(method.pair_target, sample_heun(teacher, method.pair_noise, grid))
+
+
 def test_dmd_regression_variant_pulls_one_step_samples_to_teacher_pairs():
     teacher, data = ring_teacher_and_data(2048)
     student = mlp()
     method = DMD2(generator_times=[1.0], fake_updates_per_generator=1, regression_weight=1.0, regression_pairs=64,
-                  regression_steps=8)
+                  regression_steps=8, pairs_per_step=64)
     method.attach(teacher, student)
     first = method.regression_term(student, teacher, data[:64]).item()
     torch.manual_seed(0)
