@@ -2,6 +2,7 @@
 update alternation, an external feature network from a local file, and learning the ring mixture."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from distill.methods import GDD
 from distill.nets.feature_network import FrozenFeatureNetwork
 from distill.nets.freezing import frozen_parameter_names
+from distill.teachers import load_teacher
+from distill.train import train
 from tests.methods.learning import (
     has_gradients,
     one_step_ring_quality_before_after,
@@ -103,3 +106,16 @@ def test_gdd_learns_the_ring_mixture_in_one_step_from_real_data_only():
     assert sw_after < 0.25 * sw_before
     assert covered == 1.0  # every mode kept: no collapse
     assert near_after > near_before + 0.3
+
+
+def test_a_gdd_i_run_keeps_the_teachers_convolutions_bit_identical(compose_train):
+    """End to end (Lightning, gradient clipping, EMA, checkpoint): frozen layers never move."""
+    cfg = compose_train("method=gdd_i", "train.max_steps=3", "eval=fast", "eval.teacher=false", "eval.student_nfes=[1]")
+    train(cfg)
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    teacher_model = load_teacher(Path(cfg.paths.cache) / "teachers" / "digits").model
+    teacher, frozen = teacher_model.state_dict(), frozen_parameter_names(teacher_model, "conv")
+    for prefix in ("student.", "ema.copies.0."):
+        assert all(torch.equal(state[prefix + n], teacher[n]) for n in frozen)
+        assert any(not torch.equal(state[prefix + n], teacher[n]) for n in teacher if n not in frozen)
