@@ -15,11 +15,11 @@ FAST = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "ev
 
 def test_stage_two_starts_from_stage_one_and_mixes_teacher_samples(cache_dir, tmp_path):
     stage1 = compose_config("train", ["experiment=turbo_digits_stage1", *FAST], tmp_path / "stage1")
-    assert stage1.method.name == "pcm" and stage1.method.objective.phases == 2
+    assert stage1.method.name == "turbo_pcm" and stage1.method.objective.phases == 2
     train(stage1)
     cfg = compose_config("train", ["experiment=turbo_digits_stage2", *FAST, f"init_from={tmp_path / 'stage1'}"],
                             tmp_path / "stage2")
-    assert cfg.method.name == "dmd2"
+    assert cfg.method.name == "turbo_dmd2"
     assert cfg.method.objective.teacher_sample_fraction == 0.5 and cfg.method.objective.gan_backbone == "teacher"
     dm = build_datamodule(cfg)
     module = build_module(cfg, build_teacher(cfg, dm))
