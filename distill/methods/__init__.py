@@ -9,6 +9,7 @@ from distill.methods.gdd import GDD
 from distill.methods.meanflow import MeanFlow
 from distill.methods.pcm import PhasedConsistency
 from distill.methods.progressive import ProgressiveDistillation
+from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MeanFlow",
     "PhasedConsistency",
     "ProgressiveDistillation",
+    "Reflow",
     "SCM",
     "WeightedSum",
 ]

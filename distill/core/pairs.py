@@ -1,0 +1,106 @@
+"""A sharded on-disk cache of (noise, endpoint) couplings, the training set of a reflow round.
+
+Shard i holds ``size`` pairs whose noise comes from a seed fixed by ``(seed, i)``, so a shard is
+made at most once: a resumed or repeated run reads it back instead of re-solving the ODE, and
+gets the very same pairs. Shards are written atomically; a half-written file never appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.io import load_weights, save_weights
+
+
+class PairCacheError(RuntimeError):
+    """A cached shard cannot be used; the message names the file and the fix."""
+
+
+def _seed_of(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # manual_seed takes < 2**63 safely
+
+
+def shard_noise(seed: int | tuple[int, ...], index: int, size: int, shape: tuple[int, ...]) -> Tensor:
+    """The unit noise of shard ``index``: (size, *shape) float32 on the CPU, whatever the device."""
+    generator = torch.Generator().manual_seed(_seed_of(seed, index))
+    return torch.randn(size, *shape, generator=generator)
+
+
+def fingerprint(model: nn.Module, shape: tuple[int, ...], *settings: object) -> str:
+    """A short hash of a model's weights, the sample shape and the pair settings: the cache's
+    directory name, so pairs of another model (a later round's flow) or settings are never reused.
+
+    A model without tensors (the analytic teacher) is hashed by its output on a fixed probe.
+    """
+    h = hashlib.sha256(f"{type(model).__name__}{tuple(shape)}{settings!r}".encode())
+    state = model.state_dict()
+    for key, value in sorted(state.items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if not state:
+        probe = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        with torch.no_grad():
+            h.update(model(probe, torch.full((4,), 0.5, dtype=torch.float64)).double().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class PairShards:
+    """Shard ``i`` of the pairs ``(noise, endpoint(noise))``, made on first use, else read back.
+
+    Args:
+        directory: where shards live; None keeps them in memory only.
+        size: pairs per shard.
+        shape: shape of one sample.
+        seed: base seed (int or tuple of ints); shard i's noise is ``shard_noise(seed, i, size, shape)``.
+        endpoint: ``noise -> endpoint`` (e.g. ``ode_pairs`` of the round's flow), CPU in, CPU out.
+        keep: shards held in memory (least recently used go first).
+    """
+
+    def __init__(
+        self, directory: str | Path | None, size: int, shape: tuple[int, ...], seed: int | tuple[int, ...],
+        endpoint: Callable[[Tensor], Tensor], keep: int = 64,
+    ):
+        self.directory = None if directory is None else Path(directory)
+        self.size, self.shape, self.seed = size, tuple(shape), seed
+        self.endpoint, self.keep = endpoint, keep
+        self.loaded: OrderedDict[int, tuple[Tensor, Tensor]] = OrderedDict()
+
+    def path(self, index: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"shard_{index:05d}.safetensors"
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if index in self.loaded:
+            self.loaded.move_to_end(index)
+            return self.loaded[index]
+        noise = shard_noise(self.seed, index, self.size, self.shape)
+        if self.directory is not None and self.path(index).exists():
+            pair = noise, self._read(index, noise)
+        else:
+            pair = noise, self.endpoint(noise).float().cpu()
+            if self.directory is not None:
+                save_weights(self.path(index), {"noise": noise, "endpoint": pair[1]})
+        self.loaded[index] = pair
+        while len(self.loaded) > self.keep:
+            self.loaded.popitem(last=False)
+        return pair
+
+    def _read(self, index: int, noise: Tensor) -> Tensor:
+        path = self.path(index)
+        fix = f"delete it (or all of {self.directory}) and it is made again"
+        try:
+            tensors = load_weights(path)
+        except Exception as err:  # safetensors raises its own error types for bad headers/sizes
+            raise PairCacheError(f"pair shard {path} is unreadable ({err}); {fix}") from err
+        if set(tensors) != {"noise", "endpoint"} or tensors["endpoint"].shape != noise.shape:
+            raise PairCacheError(f"pair shard {path} does not hold {self.size} pairs of shape {self.shape}; {fix}")
+        if not torch.equal(tensors["noise"], noise):
+            raise PairCacheError(f"pair shard {path} was made from other noise (seed or size changed); {fix}")
+        return tensors["endpoint"]

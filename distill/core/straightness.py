@@ -1,0 +1,53 @@
+"""Straightness of a flow and its noise-to-data couplings (Liu et al. 2022; methods.md 10.1).
+
+Reflow retrains a flow on the pairs ``(eps, ODE(eps))`` of the previous flow; the straightness
+metric says how far the simulated trajectory bends away from its chord (0: a straight line, which
+one Euler step integrates exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from distill.core.grids import make_grid
+from distill.core.prediction import VelocityModel
+from distill.core.samplers import SAMPLERS, prior_state
+
+
+def path_straightness(states: Sequence[Tensor], grid: Tensor) -> Tensor:
+    """``S = sum_i (s_i - s_{i+1}) E||(x_1 - x_0) - dx/ds||^2`` of a piecewise-linear path.
+
+    Args:
+        states: (B, ...) states at the times of ``grid``, first at s = 1 (noise), last at s = 0.
+        grid: decreasing FM times, ``len(states)`` of them.
+
+    Returns:
+        A scalar: squared norm summed over the non-batch dims, mean over samples. dx/ds on
+        interval i is the secant ``(x_i - x_{i+1}) / (s_i - s_{i+1})``: the exact velocity for Euler,
+        Heun's averaged velocity for Heun.
+    """
+    chord = (states[0] - states[-1]).flatten(1)
+    total = chord.new_zeros(())
+    for i in range(len(states) - 1):
+        ds = grid[i] - grid[i + 1]
+        slope = (states[i] - states[i + 1]).flatten(1) / ds
+        total = total + ds * (chord - slope).pow(2).sum(1).mean()
+    return total
+
+
+@torch.no_grad()
+def straightness(model: VelocityModel, noise: Tensor, grid: Tensor, sampler: str = "euler") -> Tensor:
+    """Straightness of ``model``'s ODE path from ``noise`` (at s = grid[0] = 1) along ``grid``."""
+    grid = grid.to(noise.device, noise.dtype)
+    states = [prior_state(noise, grid[0])]
+    SAMPLERS[sampler](model, states[0], grid, callback=lambda i, x, s: states.append(x))
+    return path_straightness(states, grid)
+
+
+@torch.no_grad()
+def ode_pairs(model: VelocityModel, noise: Tensor, steps: int, sampler: str = "euler", grid: str = "uniform") -> Tensor:
+    """The coupled endpoints ``x_hat = ODE(noise)`` reflow trains on (``steps`` steps of ``sampler``)."""
+    return SAMPLERS[sampler](model, prior_state(noise), make_grid(grid, steps).to(noise))

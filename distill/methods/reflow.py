@@ -1,0 +1,188 @@
+"""Reflow and InstaFlow-style one-step distillation (Liu et al. 2022, 2023; methods.md 10.1-10.2).
+
+Round r solves the current flow's ODE from fresh noise (round 0: the teacher's) and retrains the
+student with the flow-matching loss on those deterministic couplings ``(eps, x_hat)``, which
+straightens its paths. An optional last stage distils the final flow into one step,
+``eps - v(eps, 1) ~ x_hat``, on pairs of that flow. Pairs are made lazily, one cached shard at
+a time, so the first step does not wait for the whole pair set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.grids import make_grid
+from distill.core.losses import per_sample_mse
+from distill.core.pairs import PairShards, fingerprint
+from distill.core.prediction import fm_noise
+from distill.core.samplers import prior_state, sample_euler
+from distill.core.straightness import ode_pairs, straightness
+from distill.core.tensors import batch_time
+from distill.methods.base import Method, Renoise, check_choice
+
+SAMPLERS = ("euler", "heun")
+
+
+class Reflow(Method):
+    """``rounds`` reflow rounds (the student becomes the (rounds+1)-rectified flow), then distil.
+
+    Args:
+        rounds: reflow rounds k; 0 with ``distill`` is plain one-step distillation of the teacher.
+        steps_per_round: optimizer steps per round; None: an equal share of ``train.max_steps``.
+        distill: end with the one-step distillation stage (InstaFlow).
+        distill_steps: its optimizer steps; None: an equal share of ``train.max_steps``.
+        pairs_per_round: size of each stage's pair set (rounded up to whole shards).
+        shard_size: pairs per cached shard (made when a step first draws from it).
+        ode_steps, ode_sampler, ode_grid: the ODE solve that makes pairs and measures straightness.
+        pair_dir: cache directory (a subdirectory per model and settings); None: memory only.
+        seed: base seed of the pairs' noise (each stage gets its own).
+        straightness_samples: noise samples of the per-round straightness metric.
+    """
+
+    name = "reflow"
+
+    def __init__(
+        self,
+        rounds: int = 1,
+        steps_per_round: int | None = None,
+        distill: bool = True,
+        distill_steps: int | None = None,
+        pairs_per_round: int = 16384,
+        shard_size: int = 256,
+        ode_steps: int = 16,
+        ode_sampler: str = "heun",
+        ode_grid: str = "cosine",
+        pair_dir: str | None = None,
+        seed: int = 0,
+        straightness_samples: int = 128,
+    ):
+        super().__init__()
+        for key, value in (("pairs_per_round", pairs_per_round), ("shard_size", shard_size),
+                           ("ode_steps", ode_steps), ("straightness_samples", straightness_samples)):
+            if value < 1:
+                raise ValueError(f"method.{key}={value} must be >= 1")
+        if rounds < 0 or (rounds == 0 and not distill):
+            raise ValueError(f"method.rounds={rounds} must be >= 1, or >= 0 with method.distill=true")
+        check_choice("ode_sampler", ode_sampler, SAMPLERS)
+        make_grid(ode_grid, 1)  # unknown grid names fail here, not at the first step
+        self.rounds, self.steps_per_round = rounds, steps_per_round
+        self.distill, self.distill_steps = distill, distill_steps
+        self.num_shards = math.ceil(pairs_per_round / shard_size)
+        self.shard_size, self.seed = shard_size, seed
+        self.ode_steps, self.ode_sampler, self.ode_grid = ode_steps, ode_sampler, ode_grid
+        self.pair_dir = None if pair_dir is None else Path(pair_dir)
+        self.straightness_samples = straightness_samples
+        # The flow that makes the pairs of the current stage after round 0 (the last round's student).
+        self.snapshots = nn.ModuleDict()
+        self.register_buffer("stage", torch.zeros((), dtype=torch.long))
+        # Straightness of the 1-RF (teacher), 2-RF, ..., (rounds+1)-RF; NaN until measured.
+        self.register_buffer("straightness", torch.full((rounds + 1,), math.nan))
+        self._shards: PairShards | None = None
+        self._shards_stage = -1
+        self._like: Tensor | None = None  # (1, *sample shape) on the training device and dtype
+
+    # --- schedule ---------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return self.rounds + int(self.distill)
+
+    def set_budget(self, max_steps: int) -> None:
+        share = max(1, max_steps // self.num_stages)
+        if self.steps_per_round is None:
+            self.steps_per_round = share
+        if self.distill_steps is None:
+            self.distill_steps = share if self.distill else 0
+
+    @property
+    def num_steps(self) -> int | None:
+        if self.steps_per_round is None or (self.distill and self.distill_steps is None):
+            return None
+        return self.rounds * self.steps_per_round + (self.distill_steps if self.distill else 0)
+
+    def stage_end(self, stage: int) -> int:
+        """The step count at which ``stage`` is over."""
+        return min(stage + 1, self.rounds) * self.steps_per_round + (self.distill_steps if stage >= self.rounds else 0)
+
+    @property
+    def distilling(self) -> bool:
+        return int(self.stage) >= self.rounds
+
+    # --- pairs --------------------------------------------------------------------------------
+    def pair_source(self, teacher: nn.Module) -> nn.Module:
+        return self.snapshots["flow"] if "flow" in self.snapshots else teacher
+
+    def _start_stage(self, teacher: nn.Module, like: Tensor) -> None:
+        """Open the stage's pair shards; measure the straightness of the flow that makes them."""
+        stage, source, shape = int(self.stage), self.pair_source(teacher), tuple(like.shape[1:])
+        settings = (self.seed, stage, self.shard_size, self.ode_steps, self.ode_sampler, self.ode_grid)
+        directory = None if self.pair_dir is None else self.pair_dir / fingerprint(source, shape, *settings)
+
+        def endpoint(noise: Tensor) -> Tensor:
+            return ode_pairs(source, noise.to(like), self.ode_steps, self.ode_sampler, self.ode_grid)
+
+        self._shards = PairShards(directory, self.shard_size, shape, (self.seed, stage), endpoint)
+        self._shards_stage = stage
+        index = min(stage, self.rounds)  # the distill stage reads the final flow, index `rounds`
+        if math.isnan(float(self.straightness[index])):
+            self.straightness[index] = self.measure_straightness(source, like)
+
+    def measure_straightness(self, flow: nn.Module, like: Tensor) -> Tensor:
+        noise = torch.randn(self.straightness_samples, *like.shape[1:],
+                            generator=torch.Generator().manual_seed(self.seed + 12345)).to(like)
+        return straightness(flow, noise, make_grid(self.ode_grid, self.ode_steps), self.ode_sampler).float()
+
+    def batch_pairs(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``batch_size`` pairs from one random shard of the stage (made now if it is new)."""
+        assert self._shards is not None
+        noise, x_hat = self._shards[int(torch.randint(self.num_shards, ()))]
+        idx = torch.randint(noise.shape[0], (batch_size,))
+        return noise[idx].to(like), x_hat[idx].to(like)
+
+    # --- training -----------------------------------------------------------------------------
+    def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
+        self._like = x0[:1].detach()
+        if self._shards is None or self._shards_stage != int(self.stage):
+            self._start_stage(teacher, x0)
+        eps, x_hat = self.batch_pairs(x0.shape[0], x0)
+        if self.distilling:  # InstaFlow: the one Euler step from s = 1 lands on the coupled endpoint
+            x_pred = eps - student(eps, batch_time(1.0, eps))
+            per_sample = per_sample_mse(x_pred, x_hat)
+        else:  # flow matching on the coupling: x_s = (1 - s) x_hat + s eps, v = eps - x_hat
+            s = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
+            per_sample = per_sample_mse(student(fm_noise(x_hat, eps, s), s), eps - x_hat)
+        # Every step reports the straightness of the stage's pair source (the logger keeps only
+        # every n-th step): a step curve falling round by round.
+        source_straightness = self.straightness[min(int(self.stage), self.rounds)].clone()
+        return {"loss": per_sample.mean(), "reflow_stage": self.stage.float(), "straightness": source_straightness}
+
+    def on_step_end(self, step: int, student: nn.Module) -> list[str]:
+        stage = int(self.stage)
+        if stage >= self.num_stages or step + 1 != self.stage_end(stage):
+            return []
+        if stage < self.rounds:
+            self.snapshots["flow"] = copy.deepcopy(student).eval().requires_grad_(False)
+            if stage + 1 == self.rounds and not self.distill and self._like is not None:
+                # No later stage opens with the final flow, so measure it here (buffer only, not logged).
+                self.straightness[-1] = self.measure_straightness(self.snapshots["flow"], self._like)
+        self.stage += 1
+        # A new stage trains on a new pair set: fresh Adam moments.
+        return list(self.optimizer_names)
+
+    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
+        if any(k.startswith("snapshots.flow.") for k in state_dict) and "flow" not in self.snapshots:
+            self.snapshots["flow"] = copy.deepcopy(student).eval().requires_grad_(False)
+
+    # --- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
+        """Euler with ``nfe`` uniform steps; after distillation the student is the 1-step map and
+        the reflowed flow (its snapshot) takes the multi-step rows."""
+        reflowed = self.distill and self.distilling and "flow" in self.snapshots
+        model = self.snapshots["flow"] if nfe > 1 and reflowed else student
+        grid = make_grid("uniform", nfe).to(noise)
+        return sample_euler(model, prior_state(noise), grid)

@@ -1,0 +1,78 @@
+"""Straightness metric on analytic fields, and the sharded (noise, endpoint) pair cache."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.core.grids import uniform_grid
+from distill.core.pairs import PairCacheError, PairShards, fingerprint, shard_noise
+from distill.core.straightness import ode_pairs, straightness
+
+
+def test_constant_velocity_is_perfectly_straight():
+    u = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    noise = torch.randn(16, 2, dtype=torch.float64)
+    for sampler in ("euler", "heun"):
+        assert straightness(lambda x, s: u.expand_as(x), noise, uniform_grid(8), sampler).abs() < 1e-20
+
+
+def test_curved_path_matches_the_analytic_value():
+    """v = 2 s u gives x_s = x_1 - u (1 - s^2): chord u, S = |u|^2 int_0^1 (1 - 2s)^2 ds = |u|^2 / 3."""
+    u = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    field = lambda x, s: 2 * s[:, None] * u  # noqa: E731
+    value = straightness(field, noise, uniform_grid(200), "heun")
+    assert value.item() == pytest.approx(5 / 3, rel=1e-3)
+    assert straightness(field, noise, uniform_grid(200), "euler").item() == pytest.approx(5 / 3, rel=1e-2)
+
+
+def test_ode_pairs_are_the_sampler_endpoints():
+    u = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    noise = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(ode_pairs(lambda x, s: u.expand_as(x), noise, 4), noise - u)
+
+
+def counting_endpoint():
+    calls = []
+
+    def endpoint(noise):
+        calls.append(len(noise))
+        return 2 * noise + 1
+
+    return endpoint, calls
+
+
+def test_pair_cache_round_trip_and_resume_without_regeneration(tmp_path: Path):
+    endpoint, calls = counting_endpoint()
+    shards = PairShards(tmp_path, 8, (3,), 7, endpoint)
+    noise, x_hat = shards[2]
+    torch.testing.assert_close(noise, shard_noise(7, 2, 8, (3,)))
+    torch.testing.assert_close(x_hat, 2 * noise + 1)
+    shards[2]
+    assert calls == [8] and (tmp_path / "shard_00002.safetensors").is_file()
+    # A resumed run (a new cache on the same directory) reads the shard back, identical.
+    resumed, resumed_calls = counting_endpoint()
+    again = PairShards(tmp_path, 8, (3,), 7, resumed)[2]
+    assert resumed_calls == []
+    torch.testing.assert_close(again[1], x_hat)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    assert not torch.equal(shard_noise(7, 3, 8, (3,)), noise)  # each shard has its own noise
+
+
+def test_corrupt_or_foreign_shard_names_the_file_and_the_fix(tmp_path: Path):
+    endpoint, _ = counting_endpoint()
+    PairShards(tmp_path, 8, (3,), 7, endpoint)[0]
+    path = tmp_path / "shard_00000.safetensors"
+    with pytest.raises(PairCacheError, match="other noise.*delete it"):
+        PairShards(tmp_path, 8, (3,), 8, endpoint)[0]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(PairCacheError, match=r"shard_00000\.safetensors is unreadable.*delete it"):
+        PairShards(tmp_path, 8, (3,), 7, endpoint)[0]
+
+
+def test_fingerprint_tells_models_apart():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert fingerprint(a, (2,), 0) == fingerprint(a, (2,), 0)
+    assert fingerprint(a, (2,), 0) != fingerprint(b, (2,), 0)
+    assert fingerprint(a, (2,), 0) != fingerprint(a, (2,), 1)
