@@ -74,6 +74,12 @@ def r1_penalty(real_x: Tensor, real_logits: Logits, gamma: float) -> Tensor:
     return 0.5 * gamma * grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
 
 
+def mean_probability(logits: Logits) -> Tensor:
+    """Mean ``sigmoid(logit)`` over every logit, averaged over heads, detached: the D(real) / D(fake)
+    that DMD2 logs (near 1 and 0 means D wins outright: its lr or weight is too high)."""
+    return torch.stack([torch.sigmoid(h).mean() for h in _heads(logits)]).mean().detach()
+
+
 D_LOSSES: dict[str, Callable[[Logits, Logits], Tensor]] = {"ns": ns_d_loss, "hinge": hinge_d_loss}
 G_LOSSES: dict[str, Callable[[Logits], Tensor]] = {
     "ns": ns_g_loss,

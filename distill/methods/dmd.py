@@ -31,7 +31,6 @@ Multi-step generators train by backward simulation: each generator step picks on
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -39,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
-from distill.core.gan import ns_d_loss, ns_g_loss
+from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import sample_heun
@@ -47,7 +46,9 @@ from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
-from distill.nets.features import FeatureTap, bottleneck_layer, has_parameters
+from distill.nets.features import bottleneck_layer, has_parameters, read_features
+from distill.nets.freezing import frozen
+from distill.students.flow_map import student_from_teacher
 from distill.students.generator import (
     check_generator_times,
     generator_x0,
@@ -60,29 +61,14 @@ log = logging.getLogger(__name__)
 GAN_BACKBONES = ("fake_score", "teacher")
 
 
-def frozen(module: nn.Module):
-    """Context: ``module``'s parameters take no gradient inside (gradients still flow through it)."""
-
-    class _Frozen:
-        def __enter__(self):
-            self.flags = [p.requires_grad for p in module.parameters()]
-            module.requires_grad_(False)
-
-        def __exit__(self, *exc):
-            for p, flag in zip(module.parameters(), self.flags, strict=True):
-                p.requires_grad_(flag)
-
-    return _Frozen()
-
-
 def network_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
     """A trainable copy of the teacher's network, or of the student's when the teacher is analytic
     (no parameters, e.g. the exact Gaussian-mixture field)."""
     source = getattr(teacher, "model", teacher)
-    if not any(True for _ in source.parameters()):
+    if not has_parameters(source):
         log.warning("the teacher has no network to copy: the fake-score net starts as a copy of the student")
         source = student
-    return copy.deepcopy(source).train().requires_grad_(True)
+    return student_from_teacher(source)
 
 
 class DMD2(Method):
@@ -178,9 +164,7 @@ class DMD2(Method):
     def gan_features(self, x_s: Tensor, s: Tensor, teacher: nn.Module) -> list[Tensor]:
         """The backbone's features at the GAN layers (an analytic teacher's: the state itself)."""
         root = self._gan_root(teacher)
-        if not has_parameters(root):
-            return [x_s]
-        return FeatureTap(root, self._layers(root), stop_after_last=True).run(lambda: root(x_s, s))
+        return read_features(root, self._layers, x_s, s)
 
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
         # attach() already built every network a checkpoint of this config holds.
@@ -279,9 +263,7 @@ class DMD2(Method):
         d_loss = ns_d_loss(real_logits, fake_logits)
         return {
             "loss": score + self.gan_d_weight * d_loss, "score": score.detach(), "gan_d": d_loss.detach(),
-            # DMD2 logs these: D winning outright (1 and 0) means its lr or weight is too high.
-            "p_real": torch.stack([torch.sigmoid(r).mean() for r in real_logits]).mean().detach(),
-            "p_fake": torch.stack([torch.sigmoid(f).mean() for f in fake_logits]).mean().detach(),
+            "p_real": mean_probability(real_logits), "p_fake": mean_probability(fake_logits),
         }
 
     def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:

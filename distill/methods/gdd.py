@@ -23,13 +23,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.core.gan import D_LOSSES, G_LOSSES, r1_penalty
+from distill.core.gan import D_LOSSES, G_LOSSES, mean_probability, r1_penalty
 from distill.core.prediction import fm_noise
 from distill.methods.base import Method, Renoise, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
-from distill.nets.features import FeatureTap, encoder_layers, has_parameters
-from distill.nets.freezing import freeze_, frozen_parameter_names, trainable_fraction
+from distill.nets.features import encoder_layers, read_features
+from distill.nets.freezing import freeze_, frozen, frozen_parameter_names, trainable_fraction
 from distill.students.generator import (
     check_generator_times,
     sampling_times,
@@ -92,7 +92,6 @@ class GDD(Method):
         self.frozen_names: set[str] = set()
         self.fraction = 1.0
         self.heads: nn.Module | None = None
-        self.d_steps = 0
 
     # --- networks ---------------------------------------------------------------------------
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
@@ -127,9 +126,7 @@ class GDD(Method):
         root = getattr(teacher, "model", teacher)
         s = torch.full((x.shape[0],), self.feature_time, device=x.device, dtype=x.dtype)
         x_s = fm_noise(x, torch.randn_like(x), s) if self.feature_time > 0 else x
-        if not has_parameters(root):
-            return [x_s]
-        return FeatureTap(root, self._teacher_layers(root), stop_after_last=True).run(lambda: root(x_s, s))
+        return read_features(root, self._teacher_layers, x_s, s)
 
     def discriminate(self, x: Tensor, teacher: nn.Module) -> list[Tensor]:
         return self.heads(self.features(x, teacher))
@@ -145,26 +142,21 @@ class GDD(Method):
     # --- losses ---------------------------------------------------------------------------
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         if phase == "discriminator":
-            return self.discriminator_loss(x0, teacher, student)
+            return self.discriminator_loss(x0, teacher, student, step)
         x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
-        self.heads.requires_grad_(False)  # G's step: gradients reach the generator only
-        try:
+        with frozen(self.heads):  # G's step: gradients reach the generator only
             g_loss = self.g_loss(self.discriminate(x_hat, teacher))
-        finally:
-            self.heads.requires_grad_(True)
         return {"loss": g_loss, "trainable_fraction": torch.tensor(self.fraction)}
 
-    def discriminator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
+    def discriminator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         with torch.no_grad():
             x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
-        self.d_steps += 1
-        use_r1 = self.r1_gamma > 0 and self.d_steps % self.r1_every == 0
+        use_r1 = self.r1_gamma > 0 and (step + 1) % self.r1_every == 0  # lazy R1: every r1_every-th D step
         real = x0.detach().requires_grad_(use_r1)
         real_logits, fake_logits = self.discriminate(real, teacher), self.discriminate(x_hat, teacher)
         d_loss = self.d_loss(real_logits, fake_logits)
-        terms = {"gan_d": d_loss.detach(),
-                 "p_real": torch.stack([torch.sigmoid(r).mean() for r in real_logits]).mean().detach(),
-                 "p_fake": torch.stack([torch.sigmoid(f).mean() for f in fake_logits]).mean().detach()}
+        terms = {"gan_d": d_loss.detach(), "p_real": mean_probability(real_logits),
+                 "p_fake": mean_probability(fake_logits)}
         if use_r1:
             r1 = self.r1_every * r1_penalty(real, real_logits, self.r1_gamma)
             d_loss = d_loss + r1

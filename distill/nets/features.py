@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -103,7 +102,13 @@ def encoder_layers(model: nn.Module) -> list[str]:
     return [bottleneck_layer(model)]
 
 
-@torch.no_grad()
-def probe_shapes(root: nn.Module, layers: Sequence[str], forward: Callable[[], object]) -> list[tuple[int, ...]]:
-    """Per-sample feature shapes of ``layers`` (run ``forward`` once, e.g. on a zero batch)."""
-    return [tuple(f.shape[1:]) for f in FeatureTap(root, layers, stop_after_last=True).run(forward)]
+def read_features(
+    root: nn.Module, layers_of: Callable[[nn.Module], Sequence[str]], x: Tensor, s: Tensor
+) -> list[Tensor]:
+    """``root(x, s)``'s outputs at the layers ``layers_of(root)`` names, the forward cut after the deepest.
+
+    An analytic model (no parameters, no layers) has nothing to read: its "features" are x itself.
+    """
+    if not has_parameters(root):
+        return [x]
+    return FeatureTap(root, layers_of(root), stop_after_last=True).run(lambda: root(x, s))

@@ -8,7 +8,8 @@ embeddings and attention need to move.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -48,3 +49,16 @@ def trainable_fraction(model: nn.Module) -> float:
     """Share of the parameter count that still trains."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad) / max(total, 1)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Inside: ``module``'s parameters take no gradient (gradients still flow through it to its
+    inputs); afterwards each parameter's ``requires_grad`` is what it was."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)

@@ -12,6 +12,7 @@ from distill.core.gan import (
     hinge_d_loss,
     hinge_g_loss,
     hinge_g_loss_pcm,
+    mean_probability,
     ns_d_loss,
     ns_g_loss,
     r1_penalty,
@@ -80,3 +81,9 @@ def test_r1_penalty_of_a_quadratic_discriminator_is_per_sample():
 def test_registries_name_every_loss():
     assert set(D_LOSSES) == {"ns", "hinge"}
     assert set(G_LOSSES) == {"ns", "hinge", "hinge_pcm"}
+
+
+def test_mean_probability_averages_every_logit_then_the_heads():
+    heads = [torch.zeros(2, 3), torch.tensor([math.log(3.0)])]  # sigmoid: 0.5 everywhere, and 0.75
+    torch.testing.assert_close(mean_probability(heads), torch.tensor(0.625))
+    assert not mean_probability([torch.zeros(2, requires_grad=True)]).requires_grad

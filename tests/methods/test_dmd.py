@@ -200,3 +200,12 @@ def test_dmd2_learns_the_ring_mixture_in_one_step():
     assert sw_after < 0.25 * sw_before
     assert covered == 1.0  # every mode kept: no collapse
     assert near_after > near_before + 0.3
+
+
+def test_gan_on_an_analytic_teacher_reads_the_samples_themselves():
+    teacher, _ = ring_teacher_and_data(64)
+    student = mlp()
+    method = DMD2(gan_weight=1e-2, gan_backbone="teacher")
+    method.attach(teacher, student)
+    logits = method.gan_logits(torch.randn(5, 2), teacher)
+    assert [tuple(lg.shape) for lg in logits] == [(5,)]

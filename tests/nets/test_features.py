@@ -6,7 +6,14 @@ from torch import nn
 
 from distill.nets.denoiser import VelocityModel
 from distill.nets.discriminator import ConvHead, FeatureHeads, VectorHead, head_for
-from distill.nets.features import FeatureTap, bottleneck_layer, encoder_layers, has_parameters
+from distill.nets.features import (
+    FeatureTap,
+    bottleneck_layer,
+    encoder_layers,
+    has_parameters,
+    read_features,
+)
+from distill.nets.freezing import frozen
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
 
@@ -64,3 +71,22 @@ def test_feature_heads_give_one_logit_map_per_layer():
     assert [tuple(lg.shape) for lg in logits] == [(2, 2, 2), (2,)]
     with pytest.raises(ValueError, match="2 heads"):
         heads([torch.randn(2, 32)])
+
+
+def test_read_features_cuts_the_forward_and_passes_analytic_models_through():
+    model = VelocityModel(TimeMLP((2,), width=16, depth=3))
+    x, s = torch.randn(4, 2), torch.rand(4)
+    (h,) = read_features(model, lambda root: [bottleneck_layer(root)], x, s)
+    assert h.shape == (4, 16)
+    analytic = nn.Identity()  # no parameters, no layers: the picker is never asked
+    assert read_features(analytic, lambda root: pytest.fail("no layers to pick"), x, s)[0] is x
+
+
+def test_frozen_blocks_parameter_gradients_but_not_input_gradients_and_restores_flags():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    net[1].bias.requires_grad_(False)
+    x = torch.randn(3, 2, requires_grad=True)
+    with frozen(net):
+        net(x).sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in net.parameters())
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, False]
