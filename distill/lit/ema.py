@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from torch import nn
 
 from distill.core.ema import ema_update_
+from distill.students.flow_map import frozen_copy
 
 
 class EMAStack(nn.Module):
@@ -16,7 +16,7 @@ class EMAStack(nn.Module):
     def __init__(self, model: nn.Module, decays: Sequence[float]):
         super().__init__()
         self.decays = [float(d) for d in decays]
-        self.copies = nn.ModuleList(copy.deepcopy(model).eval().requires_grad_(False) for _ in self.decays)
+        self.copies = nn.ModuleList(frozen_copy(model) for _ in self.decays)
 
     def update(self, model: nn.Module) -> None:
         for decay, ema in zip(self.decays, self.copies, strict=True):

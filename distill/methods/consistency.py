@@ -9,8 +9,6 @@ later, at ``s_n``, on the Karras grid.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +19,7 @@ from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.methods.base import Method, Renoise, check_choice
+from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "pseudo_huber")
 
@@ -84,7 +83,7 @@ class ConsistencyDistillation(Method):
 
     def _ensure_target(self, student: nn.Module) -> nn.Module:
         if self.target is None:
-            self.target = copy.deepcopy(student).eval().requires_grad_(False)
+            self.target = frozen_copy(student)
         return self.target
 
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:

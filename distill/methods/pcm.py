@@ -31,7 +31,6 @@ counts batches); ``alternate=True`` is PCM's every-other-batch rule.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +48,7 @@ from distill.core.tensors import append_dims
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, check_choice
 from distill.nets.discriminator import build_discriminator, data_shape_of
-from distill.students.flow_map import EulerFlowMap, ddim_step
+from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
 
 LOSSES = ("l2", "huber")
 TARGETS = ("ema", "online")
@@ -157,7 +156,7 @@ class PhasedConsistency(Method):
         if self.target_kind == "online":
             return student
         if self.target_net is None:
-            self.target_net = copy.deepcopy(student).eval().requires_grad_(False)
+            self.target_net = frozen_copy(student)
         return self.target_net
 
     def _discriminator(self, student: nn.Module) -> nn.Module:

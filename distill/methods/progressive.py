@@ -7,7 +7,6 @@ update in every parameterization, so the rounds run in the canonical flow-matchi
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
@@ -20,7 +19,7 @@ from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.methods.base import Method, Renoise, check_choice
-from distill.students.flow_map import EulerFlowMap, ddim_step
+from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
 
@@ -119,7 +118,7 @@ class ProgressiveDistillation(Method):
         if (step + 1) % self.steps_per_round or int(self.round) >= self.rounds:
             return []
         n = self.student_steps()
-        self.snapshots[str(n)] = copy.deepcopy(student).eval().requires_grad_(False)
+        self.snapshots[str(n)] = frozen_copy(student)
         self.round += 1
         # A fresh round starts from fresh Adam moments (paper: no optimizer state across rounds).
         return list(self.optimizer_names)
@@ -129,7 +128,7 @@ class ProgressiveDistillation(Method):
             if key.startswith("snapshots."):
                 steps = key.split(".")[1]
                 if steps not in self.snapshots:
-                    self.snapshots[steps] = copy.deepcopy(student).eval().requires_grad_(False)
+                    self.snapshots[steps] = frozen_copy(student)
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if self.final_steps <= n <= self.start_steps]

@@ -9,7 +9,6 @@ a time, so the first step does not wait for the whole pair set.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from distill.core.samplers import prior_state, sample_euler
 from distill.core.straightness import ode_pairs, straightness
 from distill.core.tensors import batch_time
 from distill.methods.base import Method, Renoise, check_choice
+from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
 
@@ -165,7 +165,7 @@ class Reflow(Method):
         if stage >= self.num_stages or step + 1 != self.stage_end(stage):
             return []
         if stage < self.rounds:
-            self.snapshots["flow"] = copy.deepcopy(student).eval().requires_grad_(False)
+            self.snapshots["flow"] = frozen_copy(student)
             if stage + 1 == self.rounds and not self.distill and self._like is not None:
                 # No later stage opens with the final flow, so measure it here (buffer only, not logged).
                 self.straightness[-1] = self.measure_straightness(self.snapshots["flow"], self._like)
@@ -175,7 +175,7 @@ class Reflow(Method):
 
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
         if any(k.startswith("snapshots.flow.") for k in state_dict) and "flow" not in self.snapshots:
-            self.snapshots["flow"] = copy.deepcopy(student).eval().requires_grad_(False)
+            self.snapshots["flow"] = frozen_copy(student)
 
     # --- sampling -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -32,3 +32,8 @@ def student_from_teacher(teacher_model: nn.Module) -> nn.Module:
     """A trainable deep copy of the teacher's velocity model (the usual initialisation)."""
     student = copy.deepcopy(teacher_model)
     return student.train().requires_grad_(True)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
