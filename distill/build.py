@@ -23,6 +23,7 @@ from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
 from distill.students.flow_map import student_from_teacher
+from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 
 NON_DATA_KEYS = ("teacher_net",)
@@ -90,6 +91,22 @@ def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:
     raise ConfigError(f"student.init={cfg.student.init!r} is unknown; choose teacher or random")
 
 
+def with_lora(cfg: DictConfig, student: nn.Module, method: Method, teacher: Teacher) -> nn.Module:
+    """``student.lora`` set: freeze the student's body, add LoRA adapters, train the method's new
+    parameters fully, and share the frozen weights with the teacher's (one copy in memory)."""
+    lora = cfg.student.get("lora")
+    if not lora:
+        return student
+    try:
+        add_lora(student, lora.rank, lora.alpha, lora.targets, lora.dropout,
+                 [*lora.get("train_fully", []), *method.fresh_parameters])
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if lora.get("share_with_teacher", True) and cfg.student.init == "teacher":
+        share_frozen_weights(student, teacher.model)
+    return student
+
+
 def build_method(cfg: DictConfig) -> Method:
     return instantiate(cfg.method.objective, _convert_="all")
 
@@ -116,6 +133,7 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
                                     this_run)
     else:
         student = method.prepare_student(student)
+    student = with_lora(cfg, student, method, teacher)
     return DistillModule(
         teacher, student, method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,

@@ -1,5 +1,6 @@
 """Layer 2: distillation objectives. A method's loss is callable on an MLP teacher on CPU."""
 
+from distill.methods.arcflow import ArcFlow
 from distill.methods.base import Method
 from distill.methods.composite import WeightedSum
 from distill.methods.consistency import ConsistencyDistillation
@@ -14,6 +15,7 @@ from distill.methods.scm import SCM
 
 __all__ = [
     "Method",
+    "ArcFlow",
     "ConsistencyDistillation",
     "ConsistencyTraining",
     "DMD2",

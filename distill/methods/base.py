@@ -27,6 +27,9 @@ class Method(nn.Module):
 
     name: str = "method"
     optimizer_names: tuple[str, ...] = ("student",)
+    # Student parameters prepare_student creates (new heads, new inputs): a LoRA student trains
+    # them fully instead of freezing them with the body (fnmatch patterns over parameter names).
+    fresh_parameters: tuple[str, ...] = ()
 
     @property
     def num_steps(self) -> int | None:

@@ -101,6 +101,7 @@ class MeanFlow(Method):
     """
 
     name = "meanflow"
+    fresh_parameters = ("*extra_embed.*", "*class_embedding.*")  # the second time input
 
     def __init__(
         self,

@@ -1,0 +1,114 @@
+"""ArcFlow students: a teacher copy whose output layer becomes K momentum components (methods.md 8).
+
+The network body is untouched. The features that fed its output layer feed three new heads:
+component means (the output layer replicated K times, plus a little bias noise to break the
+symmetry), mixture logits (zero, so weights start uniform) and rates of components 2..K (zero
+weights, biases ``ln(geomspace(0.2, 4))`` as in the ArcFlow code). So the student starts as "the
+teacher's velocity", and each step's field integrates in closed form (``distill.core.momentum``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from distill.core.momentum import Momentum, velocity_at
+from distill.nets.denoiser import VelocityModel
+
+OUTPUT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def output_layer(net: nn.Module) -> tuple[str, nn.Module]:
+    """The last registered Conv2d / Linear: the layer that writes the network's output."""
+    layers = [(name, m) for name, m in net.named_modules() if isinstance(m, OUTPUT_TYPES)]
+    if not layers:
+        raise ValueError(f"{type(net).__name__} has no Conv2d or Linear output layer for momentum heads")
+    return layers[-1]
+
+
+def _replicate(layer: nn.Module, copies: int, bias_noise: float) -> nn.Module:
+    """``layer`` with its output units repeated ``copies`` times (component-major), noisy biases."""
+    wide = _like(layer, layer.weight.shape[0] * copies)
+    with torch.no_grad():
+        wide.weight.copy_(layer.weight.repeat(copies, *[1] * (layer.weight.ndim - 1)))
+        bias = layer.bias.repeat(copies) if layer.bias is not None else torch.zeros_like(wide.bias)
+        wide.bias.copy_(bias + bias_noise * torch.randn_like(bias))
+    return wide
+
+
+def _like(layer: nn.Module, out_units: int, pointwise: bool = False) -> nn.Module:
+    """A layer of ``layer``'s kind and input size with ``out_units`` outputs (1x1 when ``pointwise``)."""
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, out_units)
+    if pointwise:
+        return nn.Conv2d(layer.in_channels, out_units, 1)
+    return nn.Conv2d(layer.in_channels, out_units, layer.kernel_size, layer.stride, layer.padding)
+
+
+class MomentumStudent(nn.Module):
+    """``mixture(x, s) -> Momentum`` from one call of a flow-matching velocity model.
+
+    Args:
+        model: the teacher copy (a ``VelocityModel`` with scheme ``fm``: its output is a velocity).
+        components: K.
+        bias_noise: std of the noise added to the replicated output biases.
+        rate_range: the initial rates of components 2..K are log-spaced over this range.
+    """
+
+    def __init__(self, model: VelocityModel, components: int = 8, bias_noise: float = 0.05,
+                 rate_range: tuple[float, float] = (0.2, 4.0)):
+        super().__init__()
+        if getattr(model, "scheme", None) != "fm":
+            raise ValueError("ArcFlow's components are velocities: the student must be an fm-scheme "
+                             f"VelocityModel, got {type(model).__name__} scheme={getattr(model, 'scheme', None)}")
+        if components < 1:
+            raise ValueError(f"method.components={components} must be >= 1")
+        self.model, self.components = model, components
+        self.out_name, out = output_layer(model.net)
+        self.per_element = isinstance(out, nn.Linear)  # a flat MLP output: one mixture per element
+        units = out.weight.shape[0]
+        gates = units if self.per_element else 1  # conv outputs: one mixture per pixel, shared by channels
+        self.means = _replicate(out, components, bias_noise)
+        self.logits = _like(out, gates * components, pointwise=True)
+        self.rates = _like(out, gates * max(components - 1, 1), pointwise=True)
+        nn.init.zeros_(self.logits.weight)
+        nn.init.zeros_(self.logits.bias)
+        nn.init.zeros_(self.rates.weight)
+        with torch.no_grad():
+            lo, hi = rate_range
+            initial = torch.logspace(math.log10(lo), math.log10(hi), max(components - 1, 1)).log()
+            self.rates.bias.copy_(initial.repeat_interleave(gates) if self.per_element else initial)
+
+    def features(self, x: Tensor, s: Tensor) -> Tensor:
+        """The input of the body's output layer for ``model(x, s)`` (the body's last features)."""
+        captured: list[Tensor] = []
+        layer = dict(self.model.net.named_modules())[self.out_name]
+        handle = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            self.model(x, s)
+        finally:
+            handle.remove()
+        return captured[-1]
+
+    def mixture(self, x: Tensor, s: Tensor) -> Momentum:
+        h = self.features(x, s)
+        b, k = x.shape[0], self.components
+        gate_shape = (b, k, *x.shape[1:]) if self.per_element else (b, k, 1, *x.shape[2:])
+        means = self.means(h).view(b, k, *x.shape[1:])
+        weights = torch.softmax(self.logits(h).view(gate_shape), dim=1)
+        rates = self.rates(h).view(b, -1, *gate_shape[2:])[:, : k - 1]
+        rates = torch.cat([torch.zeros_like(weights[:, :1]), rates], dim=1)  # component 1: constant velocity
+        return Momentum(means, weights, rates)
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        """The instantaneous velocity at the step's start (the framework's ``model(x, s)`` contract)."""
+        return velocity_at(self.mixture(x, s), torch.zeros_like(s))
+
+
+def momentum_student_from(student: nn.Module, components: int, **kwargs) -> MomentumStudent:
+    """Wrap a velocity-model student; an already wrapped one (a checkpoint reload) is kept."""
+    if isinstance(student, MomentumStudent):
+        return student
+    return MomentumStudent(student, components, **kwargs)
