@@ -39,7 +39,6 @@ class VelocityModel(nn.Module):
         self.sigma_data = sigma_data
         self.process: NoiseProcess = FlowMatching() if scheme == "fm" else EDM(sigma_data=sigma_data)
         self.prediction = "flow" if scheme == "fm" else "x0"
-        self._velocity = to_velocity_model(self.native, self.process, self.prediction)
 
     def native(self, x: Tensor, t: Tensor) -> Tensor:
         """The prediction in the scheme's own process: FM velocity, or EDM's denoised x0."""
@@ -53,4 +52,6 @@ class VelocityModel(nn.Module):
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         if self.scheme == "fm":
             return self.native(x, s)  # already canonical: skip the conversion
-        return self._velocity(x, s)
+        # Built per call: a stored closure would hold *this* object's native, and a deep copy
+        # (every student, EMA and target net) would keep calling the original's weights.
+        return to_velocity_model(self.native, self.process, self.prediction)(x, s)
