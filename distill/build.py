@@ -22,9 +22,11 @@ from distill.lit.init_from import load_student_init
 from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
+from distill.nets.features import has_parameters
 from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
+from distill.teachers.diffusers_dir import load_diffusers_teacher
 
 NON_DATA_KEYS = ("teacher_net",)
 
@@ -68,8 +70,10 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         teacher: Teacher = GMMTeacher(ring_mixture(**as_dict(cfg.teacher.mixture)))
     elif kind == "checkpoint":
         teacher = load_teacher(cfg.teacher.path)
+    elif kind == "diffusers":
+        teacher = load_diffusers_teacher(cfg.teacher.path)
     else:
-        raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint or gmm_exact")
+        raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers or gmm_exact")
     if tuple(teacher.data_shape) != tuple(dm.data_shape):
         raise ConfigError(
             f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(teacher.data_shape)} but "
@@ -82,7 +86,7 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
 def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:
     """A copy of the teacher's network (``init: teacher``) or a fresh one (``init: random``)."""
     if cfg.student.init == "teacher":
-        if not isinstance(teacher.model, VelocityModel):
+        if not has_parameters(teacher.model):
             raise ConfigError(f"teacher {teacher.meta.get('kind')} has no network to copy: use student=mlp")
         return student_from_teacher(teacher.model)
     if cfg.student.init == "random":

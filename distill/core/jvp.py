@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from distill.core.attention import twice_differentiable_attention
 
 JVP_MODES = ("exact", "finite_difference")
 _warned_fallback = False
@@ -36,7 +37,7 @@ def finite_difference_jvp(
 
 def exact_jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """``torch.func.jvp`` with attention pinned to the math kernel (the one with forward AD)."""
-    with sdpa_kernel(SDPBackend.MATH):
+    with twice_differentiable_attention():
         return torch.func.jvp(fn, tuple(primals), tuple(tangents))
 
 

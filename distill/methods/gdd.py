@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
+from distill.core.attention import twice_differentiable_attention
 from distill.core.gan import D_LOSSES, G_LOSSES, mean_probability, r1_penalty
 from distill.core.prediction import fm_noise
 from distill.methods.base import Method, Renoise, check_choice
@@ -153,7 +155,9 @@ class GDD(Method):
             x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
         use_r1 = self.r1_gamma > 0 and (step + 1) % self.r1_every == 0  # lazy R1: every r1_every-th D step
         real = x0.detach().requires_grad_(use_r1)
-        real_logits, fake_logits = self.discriminate(real, teacher), self.discriminate(x_hat, teacher)
+        with twice_differentiable_attention() if use_r1 else nullcontext():  # R1 differentiates a gradient
+            real_logits = self.discriminate(real, teacher)
+        fake_logits = self.discriminate(x_hat, teacher)
         d_loss = self.d_loss(real_logits, fake_logits)
         terms = {"gan_d": d_loss.detach(), "p_real": mean_probability(real_logits),
                  "p_fake": mean_probability(fake_logits)}

@@ -111,7 +111,7 @@ def build_discriminator(
 
 
 def data_shape_of(model: nn.Module) -> tuple[int, ...]:
-    """The sample shape a ``VelocityModel`` over our nets (``TimeMLP``, ``UNet``) works on.
+    """The sample shape a ``VelocityModel`` over our nets (``TimeMLP``, ``UNet``) or a diffusers model works on.
 
     Methods that own a discriminator build it before they see data; this reads the shape from
     the student instead. Raises ValueError for a network it does not know.
@@ -119,7 +119,8 @@ def data_shape_of(model: nn.Module) -> tuple[int, ...]:
     net = getattr(model, "net", model)
     if hasattr(net, "data_shape"):
         return tuple(net.data_shape)
-    config = getattr(getattr(net, "model", None), "config", None)
+    # our UNet wraps a diffusers model as ``.model``; a diffusers teacher's ``net`` is one itself
+    config = getattr(getattr(net, "model", None), "config", None) or getattr(net, "config", None)
     if config is not None and hasattr(config, "sample_size"):
         size = config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)

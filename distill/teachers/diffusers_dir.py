@@ -1,0 +1,133 @@
+"""Teachers from a local diffusers directory: ``from_pretrained`` on disk, nothing downloaded.
+
+k-diffusion's ``external.py`` idea: whatever the model predicts (epsilon, v, x0 on a DDPM schedule,
+or a flow-matching velocity), one wrapper turns it into the framework's velocity contract
+``model(x_s, s) -> eps - x0``. The parameterization comes from the scheduler config saved beside
+the model, so a teacher directory needs no extra description.
+
+Accepted layouts: a pipeline directory (``model_index.json``, the network in ``unet/`` or
+``transformer/``, ``scheduler/scheduler_config.json``), or a bare model directory (``config.json``
+and weights) with a ``scheduler_config.json`` beside or in a ``scheduler/`` subfolder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import diffusers
+from torch import Tensor, nn
+
+from distill.core.adapt import to_velocity_model
+from distill.core.process import FlowMatching, NoiseProcess, VPDiscrete
+from distill.teachers.base import Teacher
+from distill.teachers.checkpoint import TeacherCheckpointError
+
+NETWORK_FOLDERS = ("unet", "transformer")
+# diffusers' prediction_type -> our prediction kind (distill.core.prediction)
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+VP_CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+FLOW_TIME_SCALE = 1000.0  # diffusers' flow models take timestep = 1000 sigma
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """``(model_dir, scheduler_config)`` of a pipeline or bare model directory."""
+    path = Path(path)
+    hint = ("point teacher.path at a diffusers pipeline directory (model_index.json, unet/ or transformer/, "
+            "scheduler/) or a model directory (config.json + weights) with its scheduler_config.json")
+    if not path.is_dir():
+        raise TeacherCheckpointError(f"teacher.path={path} does not exist: {hint}")
+    if (path / "model_index.json").is_file():
+        folders = [path / f for f in NETWORK_FOLDERS if (path / f / "config.json").is_file()]
+        if not folders:
+            raise TeacherCheckpointError(f"{path} is a pipeline without a unet/ or transformer/ folder: {hint}")
+        model_dir = folders[0]
+    elif (path / "config.json").is_file():
+        model_dir = path
+    else:
+        raise TeacherCheckpointError(f"{path} holds neither model_index.json nor config.json: {hint}")
+    candidates = [model_dir.parent / "scheduler" / "scheduler_config.json", model_dir / "scheduler_config.json",
+                  model_dir / "scheduler" / "scheduler_config.json"]
+    scheduler = next((c for c in candidates if c.is_file()), None)
+    if scheduler is None:
+        raise TeacherCheckpointError(f"no scheduler_config.json found for {model_dir} (looked in "
+                                     f"{[str(c) for c in candidates]}): the teacher's parameterization is read from it")
+    return model_dir, scheduler
+
+
+def parameterization(scheduler_config: dict[str, Any]) -> tuple[NoiseProcess, str, float]:
+    """``(process, prediction kind, sampling shift)`` from a diffusers scheduler config."""
+    name = scheduler_config.get("_class_name", "")
+    if name.startswith("FlowMatch"):
+        return FlowMatching(), "flow", float(scheduler_config.get("shift", 1.0))
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise TeacherCheckpointError(f"scheduler {name} has prediction_type={prediction!r}; supported: "
+                                     f"{sorted(PREDICTION_TYPES)} or a FlowMatch* scheduler")
+    if scheduler_config.get("trained_betas") is not None:
+        raise TeacherCheckpointError(f"scheduler {name} uses trained_betas, which are not supported yet")
+    process = VPDiscrete(**{k: scheduler_config[k] for k in VP_CONFIG_KEYS if k in scheduler_config})
+    return process, PREDICTION_TYPES[prediction], 1.0
+
+
+def load_network(model_dir: Path) -> nn.Module:
+    """The diffusers model class named in ``config.json``, weights from safetensors only."""
+    config = json.loads((model_dir / "config.json").read_text())
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise TeacherCheckpointError(f"{model_dir}/config.json names _class_name={config.get('_class_name')!r}, "
+                                     "not a diffusers model class")
+    try:
+        return cls.from_pretrained(model_dir, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise TeacherCheckpointError(f"cannot load {cls.__name__} weights from {model_dir} ({err}): it needs "
+                                     "diffusion_pytorch_model.safetensors (convert .bin weights with diffusers first)") from err
+
+
+class DiffusersVelocity(nn.Module):
+    """A diffusers network behind ``model(x_s, s) -> v`` in FM coordinates.
+
+    ``net`` is the diffusers model itself, so features, LoRA targets and export read its own
+    module names; ``scheme`` is ``fm`` for flow-matching networks (their output is a velocity).
+    """
+
+    def __init__(self, net: nn.Module, process: NoiseProcess, prediction: str):
+        super().__init__()
+        self.net, self.process, self.prediction = net, process, prediction
+        self.scheme = "fm" if prediction == "flow" else "diffusers"
+        if "encoder_hidden_states" in _required_inputs(net):
+            raise TeacherCheckpointError(f"{type(net).__name__} needs encoder_hidden_states (a text-conditional "
+                                         "teacher): conditioning is not supported yet, use an unconditional model")
+
+    def native(self, x: Tensor, t: Tensor) -> Tensor:
+        timestep = FLOW_TIME_SCALE * t if self.prediction == "flow" else t
+        return self.net(x, timestep).sample
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        if self.prediction == "flow":  # already canonical (FM time, velocity eps - x0)
+            return self.native(x, s)
+        return to_velocity_model(self.native, self.process, self.prediction)(x, s)  # per call: deepcopy-safe
+
+
+def _required_inputs(net: nn.Module) -> set[str]:
+    params = inspect.signature(net.forward).parameters.values()
+    return {p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD}
+
+
+def load_diffusers_teacher(path: str | Path) -> Teacher:
+    """A frozen teacher from a local diffusers directory (see the module docstring for layouts)."""
+    model_dir, scheduler_path = locate(path)
+    scheduler_config = json.loads(scheduler_path.read_text())
+    process, prediction, shift = parameterization(scheduler_config)
+    net = load_network(model_dir)
+    config = net.config
+    channels, size = config.get("in_channels"), config.get("sample_size")
+    if channels is None or size is None:
+        raise TeacherCheckpointError(f"{model_dir}/config.json lacks in_channels / sample_size: the sample shape "
+                                     "cannot be read from it")
+    side = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": prediction,
+            "scheduler": scheduler_config.get("_class_name"), "shift": shift}
+    return Teacher(DiffusersVelocity(net, process, prediction), (int(channels), *map(int, side)), meta)

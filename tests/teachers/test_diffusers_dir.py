@@ -1,0 +1,108 @@
+"""Teachers from local diffusers directories: the parameterization read from the scheduler config,
+checked against the raw network through diffusers' own schedule tables; every bad layout named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (
+    DDPMPipeline,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+
+from distill.teachers import TeacherCheckpointError
+from distill.teachers.diffusers_dir import load_diffusers_teacher
+
+TINY = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": (8, 16),
+        "layers_per_block": 1, "norm_num_groups": 4, "down_block_types": ("DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D")}
+
+
+def tiny_unet() -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(**TINY)
+
+
+def save_pipeline(directory: Path, prediction: str = "epsilon") -> UNet2DModel:
+    """A DDPM pipeline directory (model_index.json, unet/, scheduler/), as diffusers writes it."""
+    unet = tiny_unet()
+    DDPMPipeline(unet, DDPMScheduler(prediction_type=prediction)).save_pretrained(directory)
+    return unet
+
+
+def save_flow_model(directory: Path) -> UNet2DModel:
+    """A bare model directory with a flow-matching scheduler config beside it."""
+    unet = tiny_unet()
+    unet.save_pretrained(directory)
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(directory)
+    return unet
+
+
+def vp_state(timestep: int) -> tuple[float, float, float]:
+    """(alpha, sigma, FM time) of a DDPM timestep, from diffusers' own alphas_cumprod."""
+    acp = DDPMScheduler().alphas_cumprod[timestep].double()
+    alpha, sigma = acp.sqrt().item(), (1 - acp).sqrt().item()
+    return alpha, sigma, sigma / (alpha + sigma)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddpm_teacher_matches_the_raw_network(tmp_path, prediction):
+    unet = save_pipeline(tmp_path / "pipe", prediction)
+    teacher = load_diffusers_teacher(tmp_path / "pipe")
+    assert teacher.data_shape == (1, 8, 8) and teacher.meta["prediction"] == {"epsilon": "eps"}.get(prediction, "v")
+    alpha, sigma, s = vp_state(600)
+    x_s = torch.randn(3, 1, 8, 8)
+    x_t = x_s * (alpha + sigma)
+    with torch.no_grad():
+        raw = unet(x_t, torch.full((3,), 600.0)).sample
+        s_batch = torch.full((3,), s)
+        if prediction == "epsilon":
+            torch.testing.assert_close(teacher.eps(x_s, s_batch), raw, rtol=1e-4, atol=1e-4)
+        else:  # v = alpha eps - sigma x0  ->  x0 = alpha x_t - sigma v
+            torch.testing.assert_close(teacher.x0(x_s, s_batch), alpha * x_t - sigma * raw, rtol=1e-4, atol=1e-4)
+
+
+def test_flow_teacher_is_the_network_at_1000_sigma(tmp_path):
+    unet = save_flow_model(tmp_path / "flow")
+    teacher = load_diffusers_teacher(tmp_path / "flow")
+    assert teacher.meta["prediction"] == "flow" and teacher.meta["shift"] == 3.0
+    x, s = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x, s), unet(x, 1000 * s).sample)
+
+
+def test_bad_directories_name_the_problem(tmp_path):
+    with pytest.raises(TeacherCheckpointError, match="does not exist"):
+        load_diffusers_teacher(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TeacherCheckpointError, match="neither model_index.json nor config.json"):
+        load_diffusers_teacher(tmp_path / "empty")
+    tiny_unet().save_pretrained(tmp_path / "bare")
+    with pytest.raises(TeacherCheckpointError, match="no scheduler_config.json"):
+        load_diffusers_teacher(tmp_path / "bare")
+    save_flow_model(tmp_path / "noweights")
+    (tmp_path / "noweights" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(TeacherCheckpointError, match="diffusion_pytorch_model.safetensors"):
+        load_diffusers_teacher(tmp_path / "noweights")
+    config = tmp_path / "flow" / "config.json"
+    save_flow_model(tmp_path / "flow")
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "os.system"}))
+    with pytest.raises(TeacherCheckpointError, match="not a diffusers model class"):
+        load_diffusers_teacher(tmp_path / "flow")
+
+
+def test_text_conditional_teachers_are_refused_clearly(tmp_path):
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                         layers_per_block=1, norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(tmp_path / "cond")
+    DDPMScheduler().save_pretrained(tmp_path / "cond")
+    with pytest.raises(TeacherCheckpointError, match="encoder_hidden_states"):
+        load_diffusers_teacher(tmp_path / "cond")
