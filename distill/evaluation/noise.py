@@ -10,14 +10,15 @@ from torch import Tensor
 _STREAM_STRIDE = 1_000_003  # a prime: (seed, stream) pairs never collide for realistic counts
 
 
+def seed_generators(seeds: Sequence[int], stream: int = 0) -> list[torch.Generator]:
+    """One CPU generator per seed (diffusers' ``randn_tensor`` takes such a list, one per sample)."""
+    return [torch.Generator().manual_seed(int(seed) * _STREAM_STRIDE + stream) for seed in seeds]
+
+
 def seeded_noise(seeds: Sequence[int], shape: Sequence[int], stream: int = 0) -> Tensor:
     """Stack ``N(0, I)`` draws of ``shape``, one generator per seed; ``stream`` separates reuses."""
-    gen = torch.Generator()
-    out = torch.empty(len(seeds), *shape)
-    for row, seed in enumerate(seeds):
-        gen.manual_seed(int(seed) * _STREAM_STRIDE + stream)
-        out[row] = torch.randn(*shape, generator=gen)
-    return out
+    return torch.stack([torch.randn(*shape, generator=g) for g in seed_generators(seeds, stream)]) if seeds \
+        else torch.empty(0, *shape)
 
 
 def sample_seeds(num_samples: int, base_seed: int = 0) -> list[int]:

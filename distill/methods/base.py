@@ -8,11 +8,41 @@ lands in checkpoints exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 Renoise = Callable[[int], Tensor]
 """Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
+
+
+@dataclass
+class SamplingPlan:
+    """How a student samples at one NFE, in the terms of diffusers' ``FlowMatchEulerDiscreteScheduler``
+    (what ``distill-export`` writes): the velocity network, the FM times, and whether each step is
+    an Euler step (``renoise=False``) or a jump to data re-noised to the next time (its
+    ``stochastic_sampling``, i.e. multistep consistency sampling). Sampling starts at
+    ``sigmas[0] * noise``."""
+
+    network: nn.Module
+    sigmas: list[float]
+    renoise: bool
+
+
+def follow_plan(plan: SamplingPlan, noise: Tensor, renoise: Renoise | None = None) -> Tensor:
+    """Run a ``SamplingPlan`` exactly as the scheduler it describes would (the export's reference)."""
+    sigmas = torch.tensor(plan.sigmas, dtype=torch.float64).to(noise)
+    x = sigmas[0] * noise
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].expand(x.shape[0]), sigmas[i + 1]
+        v = plan.network(x, s)
+        if plan.renoise:
+            fresh = renoise(i) if renoise is not None else torch.randn_like(x)
+            x = (1 - s_next) * (x - sigmas[i] * v) + s_next * fresh
+        else:
+            x = x + (s_next - sigmas[i]) * v
+    return x
 
 
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
@@ -74,6 +104,10 @@ class Method(nn.Module):
         Stochastic samplers draw step i's fresh noise from ``renoise(i)`` (else the global RNG).
         """
         raise NotImplementedError
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan | None:
+        """``sample`` as a ``SamplingPlan``, or None where a scheduler cannot express it (default)."""
+        return None
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return list(nfes)

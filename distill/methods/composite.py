@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.methods.base import Method, Renoise
+from distill.methods.base import Method, Renoise, SamplingPlan
 
 
 class WeightedSum(Method):
@@ -107,6 +107,9 @@ class WeightedSum(Method):
     # --- sampling: the sampler term's ----------------------------------------------------------
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return self.terms[self.sampler].sample(student, noise, nfe, renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan | None:
+        return self.terms[self.sampler].sampling_plan(student, nfe)
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return self.terms[self.sampler].supported_nfes(nfes)

@@ -18,7 +18,7 @@ from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "pseudo_huber")
@@ -115,3 +115,6 @@ class ConsistencyDistillation(Method):
 
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)

@@ -26,7 +26,7 @@ from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.prediction import fm_noise
 from distill.core.rng import capture_rng, restore_rng
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import (
     consistency_fn,
     consistency_sampling_times,
@@ -147,3 +147,6 @@ class ConsistencyTraining(Method):
 
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)

@@ -43,7 +43,7 @@ from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import sample_heun
 from distill.core.time_sampling import shift_time
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import bottleneck_layer, has_parameters, read_features
@@ -286,3 +286,6 @@ class DMD2(Method):
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, sampling_times(self.times, nfe), renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=True)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from distill.core.attention import twice_differentiable_attention
 from distill.core.gan import D_LOSSES, G_LOSSES, mean_probability, r1_penalty
 from distill.core.prediction import fm_noise
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import encoder_layers, read_features
@@ -171,3 +171,6 @@ class GDD(Method):
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, sampling_times(self.times, nfe), renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=True)

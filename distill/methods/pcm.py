@@ -46,7 +46,7 @@ from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.core.time_sampling import shift_time
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.nets.discriminator import build_discriminator, data_shape_of
 from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
 
@@ -276,6 +276,11 @@ class PhasedConsistency(Method):
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         limit = self.num_euler_timesteps if self.extra_nfe == "euler" else float("inf")  # euler: grid points
         return [n for n in nfes if 1 <= n <= limit]
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan | None:
+        if nfe <= self.num_phases or self.extra_nfe == "euler":  # the plain Euler chain through phase edges
+            return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=False)
+        return None
 
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:

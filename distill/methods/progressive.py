@@ -18,7 +18,7 @@ from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
@@ -136,6 +136,10 @@ class ProgressiveDistillation(Method):
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """DDIM with the round's student that was trained for exactly ``nfe`` steps, if any."""
+        plan = self.sampling_plan(student, nfe)
+        grid = torch.tensor(plan.sigmas, dtype=torch.float64).to(noise)
+        return sample_flow_map(EulerFlowMap(plan.network), prior_state(noise, grid[0]), grid)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         model = self.snapshots[str(nfe)] if str(nfe) in self.snapshots else student
-        grid = self.round_grid(nfe)[::2].to(noise)
-        return sample_flow_map(EulerFlowMap(model), prior_state(noise, grid[0]), grid)
+        return SamplingPlan(model, self.round_grid(nfe)[::2].tolist(), renoise=False)

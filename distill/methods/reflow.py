@@ -22,7 +22,7 @@ from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_euler
 from distill.core.straightness import ode_pairs, straightness
 from distill.core.tensors import batch_time
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
@@ -182,7 +182,10 @@ class Reflow(Method):
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """Euler with ``nfe`` uniform steps; after distillation the student is the 1-step map and
         the reflowed flow (its snapshot) takes the multi-step rows."""
+        plan = self.sampling_plan(student, nfe)
+        return sample_euler(plan.network, prior_state(noise), torch.tensor(plan.sigmas, dtype=torch.float64).to(noise))
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         reflowed = self.distill and self.distilling and "flow" in self.snapshots
         model = self.snapshots["flow"] if nfe > 1 and reflowed else student
-        grid = make_grid("uniform", nfe).to(noise)
-        return sample_euler(model, prior_state(noise), grid)
+        return SamplingPlan(model, make_grid("uniform", nfe).tolist(), renoise=False)

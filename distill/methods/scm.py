@@ -22,7 +22,7 @@ from distill.core.jvp import JVP_MODES, jvp
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.tensors import append_dims
 from distill.core.trigflow import fm_time, sample_trig_time, trig_F, trig_noise, trig_time
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 
 TANGENTS = ("teacher", "data")
@@ -210,4 +210,7 @@ class SCM(Method):
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """Multistep consistency sampling (methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
         return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
+
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)
 
