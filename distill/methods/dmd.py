@@ -55,6 +55,7 @@ from distill.students.generator import (
     sampling_times,
     training_sample,
 )
+from distill.students.lora import add_lora, share_frozen_weights
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class DMD2(Method):
     regression_weight: DMD's regression on teacher ODE pairs (0: DMD2, no regression).
     regression_pairs, regression_steps: size of the fixed pair set and the teacher's Heun steps.
     pairs_per_step: pairs added to the set per generator step until it is full.
+    fake_score_lora: None trains the whole fake-score copy; ``{rank, alpha, targets}`` trains LoRA
+        adapters on it instead, its frozen body being the teacher's own tensors (one copy in memory).
     name: the sampler name on result rows.
     """
 
@@ -116,6 +119,7 @@ class DMD2(Method):
         regression_pairs: int = 1024,
         regression_steps: int = 32,
         pairs_per_step: int = 16,
+        fake_score_lora: dict | None = None,
         name: str = "dmd2",
     ):
         super().__init__()
@@ -136,6 +140,7 @@ class DMD2(Method):
         self.regression_weight, self.regression_pairs, self.regression_steps = (
             regression_weight, regression_pairs, regression_steps)
         self.pairs_per_step = pairs_per_step
+        self.fake_score_lora = dict(fake_score_lora) if fake_score_lora else None
         self.fake_score: nn.Module | None = None
         self.gan_heads: nn.Module | None = None
         self.register_buffer("pair_noise", torch.empty(0), persistent=False)
@@ -145,6 +150,9 @@ class DMD2(Method):
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         if self.fake_score is None:
             self.fake_score = network_copy(teacher, student)
+            if self.fake_score_lora:
+                add_lora(self.fake_score, **self.fake_score_lora)
+                share_frozen_weights(self.fake_score, getattr(teacher, "model", teacher))
         if self.gan_weight > 0 and self.gan_heads is None:
             self.gan_heads = self._build_heads(teacher, student)
 
@@ -174,7 +182,7 @@ class DMD2(Method):
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         if optimizer == "student":
             return super().trainable_parameters(optimizer, student)
-        params = list(self.fake_score.parameters())
+        params = [p for p in self.fake_score.parameters() if p.requires_grad]  # LoRA: the adapters only
         return params + (list(self.gan_heads.parameters()) if self.gan_heads is not None else [])
 
     def phases(self, step: int) -> Sequence[str]:

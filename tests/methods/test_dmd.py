@@ -209,3 +209,19 @@ def test_gan_on_an_analytic_teacher_reads_the_samples_themselves():
     method.attach(teacher, student)
     logits = method.gan_logits(torch.randn(5, 2), teacher)
     assert [tuple(lg.shape) for lg in logits] == [(5,)]
+
+
+def test_lora_fake_score_trains_adapters_on_the_teachers_own_weights():
+    teacher = tiny_unet_teacher()
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    method = DMD2(gan_weight=1e-2, fake_score_lora={"rank": 2, "alpha": 2, "targets": r".*(time_emb_proj|conv\d)"})
+    method.attach(teacher, student)
+    trainable = {id(p) for p in method.trainable_parameters("fake_score", student)}
+    lora = {id(p) for n, p in method.fake_score.named_parameters() if ".lora_" in n}
+    assert lora and trainable == lora | {id(p) for p in method.gan_heads.parameters()}
+    teacher_ptrs = {p.data_ptr() for p in teacher.parameters()}
+    assert all(p.data_ptr() in teacher_ptrs for p in method.fake_score.parameters() if not p.requires_grad)
+    method.loss("fake_score", torch.randn(4, 1, 8, 8), teacher, student, 0)["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in method.fake_score.named_parameters() if "lora_B" in n)
+    assert not has_gradients(teacher)
