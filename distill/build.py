@@ -74,6 +74,13 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         teacher = load_diffusers_teacher(cfg.teacher.path)
     else:
         raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers or gmm_exact")
+    teacher.guidance = float(cfg.teacher.get("guidance", 1.0))
+    if teacher.guidance != 1.0 and not teacher.num_classes:
+        raise ConfigError(f"teacher.guidance={teacher.guidance} needs a class-conditional teacher; "
+                          f"{cfg.teacher.get('path', kind)} is unconditional (pretrain one with conditional=true)")
+    if teacher.num_classes and teacher.num_classes != dm.num_classes:
+        raise ConfigError(f"the teacher is conditioned on {teacher.num_classes} classes but dataset={dm.name} has "
+                          f"{dm.num_classes or 'no'} labels: pick a dataset with its classes or an unconditional teacher")
     if tuple(teacher.data_shape) != tuple(dm.data_shape):
         raise ConfigError(
             f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(teacher.data_shape)} but "

@@ -45,8 +45,9 @@ def load_run_module(run_dir: Path, cache: str) -> DistillModule:
 def evaluate(cfg: DictConfig) -> list[ResultRow]:
     out = run_dir_of(cfg)
     dm = build_datamodule(cfg)
-    scorer, spec = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg)
-    rows, _ = evaluate_teacher(build_teacher(cfg, dm), dm.data_shape, scorer, spec)
+    scorer, spec, teacher = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), build_teacher(cfg, dm)
+    spec.num_classes = teacher.num_classes  # a conditional teacher samples balanced classes
+    rows, _ = evaluate_teacher(teacher, dm.data_shape, scorer, spec)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
         student_rows, _ = evaluate_student(module.method, module.sampling_student(), dm.data_shape, scorer, spec,

@@ -15,9 +15,10 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
 from distill.build import CONF_DIR, as_dict, build_datamodule
+from distill.core.conditioning import conditioned
 from distill.core.grids import make_grid
 from distill.core.samplers import prior_state, sample_heun
-from distill.errors import friendly_errors
+from distill.errors import ConfigError, friendly_errors
 from distill.evaluation.plots import save_samples_png
 from distill.lit.pretrain import PretrainModule
 from distill.nets.denoiser import VelocityModel
@@ -34,8 +35,13 @@ def pretrain(cfg: DictConfig) -> Path:
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     net_spec = as_dict(cfg.net) if cfg.get("net") else as_dict(cfg.dataset.teacher_net)
+    if cfg.get("conditional"):
+        if dm.num_classes < 2:
+            raise ConfigError(f"conditional=true needs class labels; dataset={dm.name} has none")
+        net_spec["num_classes"] = dm.num_classes
     model = VelocityModel(build_net(net_spec, dm.data_shape), cfg.scheme, cfg.sigma_data)
-    module = PretrainModule(model, lr=cfg.train.lr, ema_decay=cfg.train.ema_decay)
+    module = PretrainModule(model, lr=cfg.train.lr, ema_decay=cfg.train.ema_decay,
+                            label_dropout=cfg.train.get("label_dropout", 0.1))
     trainer = L.Trainer(
         accelerator=cfg.hardware.accelerator, devices=1, precision=cfg.hardware.precision,
         max_steps=cfg.train.max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
@@ -46,7 +52,8 @@ def pretrain(cfg: DictConfig) -> Path:
     teacher = module.teacher_model().cpu()
     meta = {"dataset": dm.name, "train_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size, "seed": cfg.seed}
     save_teacher(out, teacher, net_spec, dm.data_shape, meta)
-    with torch.no_grad():  # a picture of what was saved, next to it
+    labels = torch.arange(64) % net_spec["num_classes"] if net_spec.get("num_classes") else None
+    with torch.no_grad(), conditioned(labels):  # a picture of what was saved, next to it (rows of classes)
         grid = make_grid("cosine", 32)
         x = sample_heun(teacher, prior_state(torch.randn(64, *dm.data_shape), grid[0]), grid)
     save_samples_png(x, out / "samples.png", "teacher, Heun 63 NFE")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distill.core.conditioning import conditioned
 from distill.core.grids import make_grid
 from distill.core.samplers import SAMPLERS, prior_state, sample_heun, sampler_nfe
 from distill.evaluation.noise import sample_seeds, seeded_noise
@@ -28,6 +29,7 @@ class EvalSpec:
     teacher_grid: str = "cosine"
     student_nfes: Sequence[int] = (1, 2, 4)
     progress: bool = True
+    num_classes: int = 0  # class-conditional models: sample i is asked for class seed_i mod num_classes
     extra: dict = field(default_factory=dict)
 
 
@@ -40,6 +42,11 @@ def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
             continue  # a one-step multistep/second-order solver is plain Euler: not a row of its own
         out[sampler_nfe(sampler, steps)] = steps
     return [(steps, nfe) for nfe, steps in sorted(out.items())]
+
+
+def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device | str = "cpu") -> Tensor | None:
+    """Balanced classes, a pure function of the seed: the same seed asks for the same class."""
+    return torch.tensor([s % num_classes for s in seeds], device=device) if num_classes else None
 
 
 @torch.no_grad()
@@ -64,7 +71,8 @@ def generate(
         def renoise(i: int, batch_seeds=batch_seeds) -> Tensor:
             return seeded_noise(batch_seeds, shape, stream=i + 1).to(device)
 
-        out.append(sample_fn(noise, renoise).float().cpu())
+        with conditioned(seed_labels(batch_seeds, spec.num_classes, device)):
+            out.append(sample_fn(noise, renoise).float().cpu())
     return torch.cat(out)
 
 
@@ -77,11 +85,13 @@ def teacher_sample_fn(teacher: nn.Module, sampler: str, steps: int, grid_name: s
 
 
 def score_rows(
-    scorer: Scorer, samples: Tensor, model: str, sampler: str, nfe: int, num_samples: int, step: int
+    scorer: Scorer, samples: Tensor, model: str, sampler: str, nfe: int, spec: EvalSpec, step: int
 ) -> list[ResultRow]:
-    """One row per metric of ``scorer.score_all``: the main metric first, then the collapse metrics."""
-    return [ResultRow(model, sampler, nfe, metric, value, num_samples, step)
-            for metric, value in scorer.score_all(samples).items()]
+    """One row per metric of ``scorer.score_all``: the main metric first, then the collapse metrics
+    (and, for class-conditional samples, whether they show the class they were asked for)."""
+    labels = seed_labels(sample_seeds(spec.num_samples, spec.seed), spec.num_classes)
+    return [ResultRow(model, sampler, nfe, metric, value, spec.num_samples, step)
+            for metric, value in scorer.score_all(samples, labels).items()]
 
 
 def evaluate_teacher(
@@ -95,7 +105,7 @@ def evaluate_teacher(
             x = generate(teacher_sample_fn(teacher, sampler, steps, spec.teacher_grid), shape, spec, device,
                          desc=f"teacher {sampler} nfe={nfe}")
             samples[f"{sampler}@{nfe}"] = x
-            rows += score_rows(scorer, x, "teacher", sampler, nfe, spec.num_samples, step)
+            rows += score_rows(scorer, x, "teacher", sampler, nfe, spec, step)
     return rows, samples
 
 
@@ -109,7 +119,7 @@ def evaluate_student(
         x = generate(lambda z, renoise, n=nfe: method.sample(student, z, n, renoise), shape, spec, device,
                      desc=f"student nfe={nfe}")
         samples[f"{method.name}@{nfe}"] = x
-        rows += score_rows(scorer, x, "student", method.name, nfe, spec.num_samples, step)
+        rows += score_rows(scorer, x, "student", method.name, nfe, spec, step)
     return rows, samples
 
 

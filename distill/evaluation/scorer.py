@@ -112,10 +112,16 @@ class Scorer:
         return out
 
     @torch.no_grad()
-    def score_all(self, samples: Tensor) -> dict[str, float]:
-        """The main metric first (keyed by ``self.metric``), then ``collapse``'s; features extracted once."""
+    def score_all(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """The main metric first (keyed by ``self.metric``), then ``collapse``'s; features extracted once.
+        With the classes the samples were asked for (``labels``), digits also get ``class_accuracy``:
+        the share the digits classifier reads as the asked class."""
         features = self._features(samples)
-        return {self.metric: self._main(features), **self._collapse(features)}
+        out = {self.metric: self._main(features), **self._collapse(features)}
+        if labels is not None and isinstance(self.extractor, DigitsFeatures):
+            predicted = self.extractor.logits(features).argmax(dim=1).cpu()
+            out["class_accuracy"] = (predicted == labels.cpu()).double().mean().item()
+        return out
 
     @torch.no_grad()
     def collapse(self, samples: Tensor) -> dict[str, float]:

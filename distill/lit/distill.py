@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from distill.core.conditioning import conditioned
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
 from distill.methods.base import Method
@@ -104,7 +105,8 @@ class DistillModule(L.LightningModule):
             scale = self.method.lr_scale(phase, step)
             for group, base in zip(opt.param_groups, self.base_lrs[phase], strict=True):
                 group["lr"] = base * scale
-            terms = self.method.loss(phase, x0, self.teacher, self.student, step)
+            with conditioned(self.batch_labels(batch)):  # class-conditional nets read the batch's labels
+                terms = self.method.loss(phase, x0, self.teacher, self.student, step)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
             if self.grad_clip > 0:
@@ -125,6 +127,11 @@ class DistillModule(L.LightningModule):
     def optimizer_steps_bound(self, batches: int) -> int:
         """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch."""
         return batches * len(self.method.optimizer_names)
+
+    def batch_labels(self, batch) -> torch.Tensor | None:
+        """The batch's class labels when the teacher is class-conditional, else None."""
+        conditional = getattr(self.teacher, "num_classes", 0) and isinstance(batch, (list, tuple))
+        return batch[1] if conditional else None
 
     def sampling_student(self) -> nn.Module:
         """The network evaluations should use: the slowest EMA, else the raw student."""

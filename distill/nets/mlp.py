@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor, nn
 
+from distill.core.conditioning import condition_for, null_labels
 from distill.nets.embedding import SinusoidalEmbedding
 
 
@@ -41,6 +42,8 @@ class TimeMLP(nn.Module):
         embed_dim: size of the sinusoidal time embedding.
         extra_time: take a second time input ``c_extra`` (MeanFlow's ``t - r``), embedded like
             ``c_noise`` and added to its embedding; zero-initialised, so the net starts as without it.
+        num_classes: class-conditional on ``distill.core.conditioning``'s labels (0: unconditional),
+            a label embedding (plus the null class) added to the time embedding.
     """
 
     def __init__(
@@ -50,11 +53,12 @@ class TimeMLP(nn.Module):
         depth: int = 4,
         embed_dim: int = 64,
         extra_time: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.config = {"data_shape": self.data_shape, "width": width, "depth": depth, "embed_dim": embed_dim,
-                       "extra_time": extra_time}
+                       "extra_time": extra_time, "num_classes": num_classes}
         self.extra_time = extra_time
         dim = math.prod(self.data_shape)
         self.time_embed = nn.Sequential(
@@ -62,6 +66,8 @@ class TimeMLP(nn.Module):
         )
         # Only present with extra_time, so existing checkpoints keep their exact keys.
         self.extra_embed = zero_init_embedding(embed_dim) if extra_time else None
+        self.num_classes = num_classes
+        self.label_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, embed_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
@@ -74,6 +80,9 @@ class TimeMLP(nn.Module):
             emb = emb + self.extra_embed(c_extra)
         elif c_extra is not None:
             raise ValueError("c_extra given to a TimeMLP built without extra_time")
+        if self.label_embed is not None:
+            labels = condition_for(x)
+            emb = emb + self.label_embed(null_labels(x, self.num_classes) if labels is None else labels)
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
+from distill.core.conditioning import condition_for, null_labels
+
 
 class UNet(nn.Module):
     """Wraps ``UNet2DModel``; ``c_noise`` is fed as the diffusers timestep (any real value).
@@ -18,6 +20,8 @@ class UNet(nn.Module):
         norm_num_groups: GroupNorm groups (must divide every channel count).
         extra_time: take a second time input ``c_extra`` (MeanFlow's ``t - r``) through diffusers'
             ``class_embed_type="timestep"``; its last linear is zero, so the net starts as without it.
+        num_classes: class-conditional on ``distill.core.conditioning``'s labels (0: unconditional);
+            the embedding has one more row, the null class of classifier-free guidance.
     """
 
     def __init__(
@@ -29,14 +33,18 @@ class UNet(nn.Module):
         attention: bool = False,
         norm_num_groups: int = 8,
         extra_time: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
+        if extra_time and num_classes:
+            raise ValueError("extra_time (MeanFlow) and num_classes both need diffusers' class embedding: "
+                             "class-conditional MeanFlow students are not supported")
         self.config = {
             "sample_size": sample_size, "channels": channels, "block_out_channels": tuple(block_out_channels),
             "layers_per_block": layers_per_block, "attention": attention, "norm_num_groups": norm_num_groups,
-            "extra_time": extra_time,
+            "extra_time": extra_time, "num_classes": num_classes,
         }
-        self.extra_time = extra_time
+        self.extra_time, self.num_classes = extra_time, num_classes
         levels = len(block_out_channels)
         down = ["DownBlock2D"] * levels
         up = ["UpBlock2D"] * levels
@@ -53,6 +61,7 @@ class UNet(nn.Module):
             add_attention=attention,
             norm_num_groups=norm_num_groups,
             class_embed_type="timestep" if extra_time else None,
+            num_class_embeds=num_classes + 1 if num_classes else None,
         )
         if extra_time:
             last = self.model.class_embedding.linear_2
@@ -62,4 +71,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, c_extra: Tensor | None = None) -> Tensor:
         if self.extra_time and c_extra is None:
             raise ValueError("this UNet was built with extra_time=True: pass c_extra")
+        if self.num_classes:
+            labels = condition_for(x)
+            c_extra = null_labels(x, self.num_classes) if labels is None else labels
         return self.model(x, c_noise, class_labels=c_extra).sample

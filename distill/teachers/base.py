@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.core.conditioning import guided, num_classes_of
 from distill.core.prediction import velocity_to_eps, velocity_to_x0
 from distill.core.tensors import append_dims
 
@@ -18,13 +19,18 @@ class Teacher(nn.Module):
         model: a velocity model ``(x_s, s) -> v``.
         data_shape: shape of one sample.
         meta: how the teacher was made (stored beside its weights).
+        guidance: classifier-free guidance scale of a class-conditional teacher (1: none); every
+            teacher call is guided, so guidance folds into whatever the student learns from it.
     """
 
-    def __init__(self, model: nn.Module, data_shape: tuple[int, ...], meta: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, data_shape: tuple[int, ...], meta: dict[str, Any] | None = None,
+                 guidance: float = 1.0):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.data_shape = tuple(data_shape)
         self.meta = dict(meta or {})
+        self.num_classes = num_classes_of(model)
+        self.guidance = guidance
 
     def train(self, mode: bool = True) -> Teacher:
         # Lightning flips every submodule to train() at fit start; a teacher's dropout must stay off.
@@ -32,6 +38,9 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        """The velocity; a class-conditional teacher with ``guidance != 1`` gives the CFG velocity."""
+        if self.num_classes and self.guidance != 1.0:
+            return guided(self.model, x, s, self.guidance, self.num_classes)
         return self.model(x, s)
 
     def x0(self, x: Tensor, s: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import diffusers
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
+from distill.core.conditioning import condition_for, null_labels, num_classes_of
 from distill.core.process import FlowMatching, NoiseProcess, VPDiscrete
 from distill.teachers.base import Teacher
 from distill.teachers.checkpoint import TeacherCheckpointError
@@ -97,13 +98,19 @@ class DiffusersVelocity(nn.Module):
         super().__init__()
         self.net, self.process, self.prediction = net, process, prediction
         self.scheme = "fm" if prediction == "flow" else "diffusers"
+        # class embeddings are taken to hold one null class last (DiT-style label dropout)
+        self.num_classes = num_classes_of(net)
         if "encoder_hidden_states" in _required_inputs(net):
             raise TeacherCheckpointError(f"{type(net).__name__} needs encoder_hidden_states (a text-conditional "
                                          "teacher): conditioning is not supported yet, use an unconditional model")
 
     def native(self, x: Tensor, t: Tensor) -> Tensor:
         timestep = FLOW_TIME_SCALE * t if self.prediction == "flow" else t
-        return self.net(x, timestep).sample
+        if not self.num_classes:
+            return self.net(x, timestep).sample
+        labels = condition_for(x)  # class-conditional: the batch's labels, else the null (last) class
+        labels = null_labels(x, self.num_classes) if labels is None else labels
+        return self.net(x, timestep, class_labels=labels).sample
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         if self.prediction == "flow":  # already canonical (FM time, velocity eps - x0)
