@@ -136,6 +136,9 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
         raise ConfigError(f"this experiment continues experiment={cfg.after}: run that first, then pass "
                           "init_from=<its run dir>")
     method = build_method(cfg)
+    if getattr(teacher, "num_classes", 0) and not method.class_conditional:
+        raise ConfigError(f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels: "
+                          "use an unconditional teacher with it")
     method.set_budget(cfg.train.max_steps)
     student = build_student(cfg, teacher)
     if init and cfg.get("init_from"):

@@ -60,6 +60,10 @@ class Method(nn.Module):
     # Student parameters prepare_student creates (new heads, new inputs): a LoRA student trains
     # them fully instead of freezing them with the body (fnmatch patterns over parameter names).
     fresh_parameters: tuple[str, ...] = ()
+    # Whether every network call of ``loss`` works on the data batch (or stacked copies of it), so
+    # a class-conditional run's labels apply (``distill.core.conditioning``). Methods that solve
+    # their own cached pair sets say False: their pairs carry no labels.
+    class_conditional: bool = True
 
     @property
     def num_steps(self) -> int | None:

@@ -141,6 +141,7 @@ class DMD2(Method):
             regression_weight, regression_pairs, regression_steps)
         self.pairs_per_step = pairs_per_step
         self.fake_score_lora = dict(fake_score_lora) if fake_score_lora else None
+        self.class_conditional = regression_weight == 0  # DMD's regression pairs carry no labels
         self.fake_score: nn.Module | None = None
         self.gan_heads: nn.Module | None = None
         self.register_buffer("pair_noise", torch.empty(0), persistent=False)

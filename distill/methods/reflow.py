@@ -45,6 +45,7 @@ class Reflow(Method):
     """
 
     name = "reflow"
+    class_conditional = False  # cached (noise, endpoint) pairs carry no labels
 
     def __init__(
         self,

@@ -56,3 +56,12 @@ def test_bad_conditioning_combinations_fail_early(compose_train, conditional_tea
     cfg = compose_train("dataset=moons", f"teacher.path={conditional_teacher}")
     with pytest.raises(ConfigError, match="conditioned on 10 classes but dataset=moons has no labels"):
         build_teacher(cfg, build_datamodule(cfg))
+
+
+@pytest.mark.parametrize("method", ["reflow", "dmd"])
+def test_methods_with_unlabelled_pair_sets_refuse_conditional_teachers(compose_train, conditional_teacher, method):
+    from distill.build import build_module
+
+    cfg = compose_train(f"method={method}", f"teacher.path={conditional_teacher}")
+    with pytest.raises(ConfigError, match="carry no class labels"):
+        build_module(cfg, build_teacher(cfg, build_datamodule(cfg)))
