@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.data.cifar10 import CIFAR10_NUM_CLASSES, load_cifar10
 from distill.data.digits import DIGITS_NUM_CLASSES, load_digits_split
 from distill.data.errors import DatasetError
-from distill.data.image_folder import ImageFolderDataset
+from distill.data.image_folder import ImageFolderDataset, class_folders
 from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
 DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "image_folder", "cifar10")
@@ -89,6 +89,7 @@ class DataModule(L.LightningDataModule):
         root: folder holding ``cifar-10-batches-py`` (``cifar10`` only).
         resolution: output size for ``image_folder`` (cifar10 is 32, digits 8).
         channels: 3 or 1 for ``image_folder``.
+        class_folders: ``image_folder`` labelled by first-level subfolder (class-conditional teachers).
         download: let ``prepare_data`` fetch CIFAR-10 (needs network).
     """
 
@@ -104,6 +105,7 @@ class DataModule(L.LightningDataModule):
         resolution: int | None = None,
         channels: int = 3,
         download: bool = False,
+        class_folders: bool = False,
     ) -> None:
         super().__init__()
         if name not in DATASET_NAMES:
@@ -127,6 +129,7 @@ class DataModule(L.LightningDataModule):
         self.path = None if path is None else Path(path)
         self.root = None if root is None else Path(root)
         self.resolution = resolution
+        self.class_folders = class_folders
         self._train: Dataset | None = None
         self._cifar_test: Tensor | None = None
 
@@ -139,6 +142,8 @@ class DataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         """Number of label classes; 0 for unconditional sets."""
+        if self.name == "image_folder" and self.class_folders:
+            return len(class_folders(self.path)) if self.path.is_dir() else 0
         return {"digits": DIGITS_NUM_CLASSES, "cifar10": CIFAR10_NUM_CLASSES}.get(self.name, 0)
 
     @property
@@ -245,4 +250,4 @@ class DataModule(L.LightningDataModule):
             return TensorPairDataset(*load_digits_split("train"))
         if self.name == "cifar10":
             return TensorPairDataset(*load_cifar10(self.root, train=True))
-        return ImageFolderDataset(self.path, self.resolution, self.channels)
+        return ImageFolderDataset(self.path, self.resolution, self.channels, labelled=self.class_folders)

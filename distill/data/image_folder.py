@@ -1,4 +1,5 @@
-"""A folder of images (any nesting) as an unconditional dataset in [-1, 1]."""
+"""A folder of images (any nesting) as a dataset in [-1, 1]: unconditional (label 0), or labelled
+by class subfolder (ImageNet's ``train/<class>/*.JPEG`` layout)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def find_images(root: Path) -> list[Path]:
     )
 
 
+def class_folders(root: Path) -> list[str]:
+    """The first-level subfolders of ``root`` that hold images, sorted: the class names."""
+    return sorted({p.relative_to(root).parts[0] for p in find_images(root) if len(p.relative_to(root).parts) > 1})
+
+
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     """Resize so the shorter side is ``resolution`` (bicubic), then crop the centre square."""
     w, h = image.size
@@ -43,7 +49,8 @@ def pil_to_tensor(image: Image.Image) -> Tensor:
 
 
 class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
-    """Every .png/.jpg/.jpeg/.bmp/.webp under ``path``, resized and centre-cropped, label 0.
+    """Every .png/.jpg/.jpeg/.bmp/.webp under ``path``, resized and centre-cropped; label 0, or with
+    ``labelled`` the index of its first-level subfolder in ``class_folders(path)``.
 
     Missing or empty folders fail at construction; each file is decoded lazily in
     ``__getitem__`` (an unreadable one raises ``DatasetError`` naming it), and ``verify()``
@@ -53,9 +60,10 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         path: root folder, searched recursively.
         resolution: output height and width.
         channels: 3 (RGB) or 1 (grayscale).
+        labelled: class labels from the first-level subfolders.
     """
 
-    def __init__(self, path: str | Path, resolution: int, channels: int = 3) -> None:
+    def __init__(self, path: str | Path, resolution: int, channels: int = 3, labelled: bool = False) -> None:
         self.root = Path(path).expanduser()
         if channels not in (1, 3):
             raise DatasetError(f"dataset.channels={channels}; use 3 (RGB) or 1 (grayscale)")
@@ -74,6 +82,15 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
             )
         self.resolution = resolution
         self.channels = channels
+        self.classes = class_folders(self.root) if labelled else []
+        if labelled and len(self.classes) < 2:
+            raise DatasetError(f"dataset.class_folders=true needs images in two or more subfolders of {self.root} "
+                               f"(one per class), found {len(self.classes)}")
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = [index.get(f.relative_to(self.root).parts[0], -1) if labelled else 0 for f in self.files]
+        if -1 in self.labels:
+            loose = self.files[self.labels.index(-1)]
+            raise DatasetError(f"{loose} is not inside a class subfolder of {self.root} (dataset.class_folders=true)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -92,7 +109,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         return pil_to_tensor(resize_center_crop(image, self.resolution))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.load(index), torch.zeros((), dtype=torch.int64)
+        return self.load(index), torch.tensor(self.labels[index], dtype=torch.int64)
 
     def verify(self) -> int:
         """Open every file's header; raise one ``DatasetError`` listing all unreadable files.

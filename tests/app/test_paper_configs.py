@@ -39,10 +39,16 @@ def test_paper_config_starts_with_a_tiny_stand_in(name, cache_dir, tmp_path, req
     probe = compose_config("train", [f"experiment={name}"], tmp_path / "probe")
     if probe.dataset.name == "cifar10":
         data = [f"dataset.root={request.getfixturevalue('fake_cifar_root')}"]
+    elif probe.dataset.get("class_folders"):  # ImageNet's layout: one subfolder per class
+        for label in ("n01", "n02"):
+            (tmp_path / "imagenet" / label).mkdir(parents=True)
+            image_folder(tmp_path / "imagenet" / label)
+        data = [f"dataset.path={tmp_path / 'imagenet'}", "dataset.resolution=8"]
     else:
         data = [f"dataset.path={image_folder(tmp_path)}", "dataset.resolution=8"]
     dm = build_datamodule(compose_config("train", [f"experiment={name}", *data, *STAND_IN], tmp_path / "probe2"))
-    train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), TINY_UNET, steps=2)
+    spec = {**TINY_UNET, "num_classes": dm.num_classes} if probe.dataset.get("class_folders") else TINY_UNET
+    train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), spec, steps=2)
     cfg = compose_config("train", [f"experiment={name}", *data, f"teacher.path={tmp_path / 'teacher'}", *STAND_IN],
                          tmp_path / "run")
     train(cfg)

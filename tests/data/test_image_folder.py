@@ -79,3 +79,23 @@ def test_verify_counts_good_files(image_dir: Path) -> None:
 def test_bad_channels_and_error_type(image_dir: Path) -> None:
     with pytest.raises(ValueError, match="dataset.channels=2"):  # DatasetError is a ValueError
         ImageFolderDataset(image_dir, resolution=8, channels=2)
+
+
+def test_class_subfolders_become_labels(tmp_path):
+    for name, count in (("n02", 2), ("n01", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (10, 10), (20 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, resolution=8, labelled=True)
+    assert ds.classes == ["n01", "n02"] and sorted(int(ds[i][1]) for i in range(len(ds))) == [0, 0, 0, 1, 1]
+    Image.new("RGB", (10, 10)).save(tmp_path / "loose.png")
+    with pytest.raises(DatasetError, match="loose.png is not inside a class subfolder"):
+        ImageFolderDataset(tmp_path, resolution=8, labelled=True)
+    assert int(ImageFolderDataset(tmp_path, resolution=8)[0][1]) == 0  # unlabelled: every label 0
+
+
+def test_class_folders_need_two_classes(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (10, 10)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(DatasetError, match="two or more subfolders"):
+        ImageFolderDataset(tmp_path, resolution=8, labelled=True)
