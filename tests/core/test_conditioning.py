@@ -72,3 +72,19 @@ def test_diffusers_class_embeddings_count_their_null_class():
                        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, num_class_embeds=11)
     assert num_classes_of(unet) == 10
     assert num_classes_of(VelocityModel(TimeMLP((2,), width=8, depth=1))) == 0
+
+
+def test_a_guided_teacher_gives_the_cfg_velocity_to_every_caller():
+    from distill.teachers import Teacher
+
+    torch.manual_seed(0)
+    model = VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3))
+    teacher = Teacher(model, (2,), guidance=2.5)
+    x, s, labels = torch.randn(4, 2), torch.rand(4), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad(), conditioned(labels):
+        cond = model(x, s)
+        with conditioned(null_labels(x, 3)):
+            uncond = model(x, s)
+        torch.testing.assert_close(teacher(x, s), uncond + 2.5 * (cond - uncond))
+        teacher.guidance = 1.0
+        torch.testing.assert_close(teacher(x, s), cond)
