@@ -27,6 +27,7 @@ from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import load_diffusers_teacher
+from distill.teachers.prompts import PromptEncoder, prompt_table
 
 NON_DATA_KEYS = ("teacher_net",)
 
@@ -75,12 +76,13 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
     else:
         raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers or gmm_exact")
     teacher.guidance = float(cfg.teacher.get("guidance", 1.0))
-    if teacher.guidance != 1.0 and not teacher.num_classes:
-        raise ConfigError(f"teacher.guidance={teacher.guidance} needs a class-conditional teacher; "
+    if teacher.guidance != 1.0 and teacher.null_condition is None:
+        raise ConfigError(f"teacher.guidance={teacher.guidance} needs a conditional teacher; "
                           f"{cfg.teacher.get('path', kind)} is unconditional (pretrain one with conditional=true)")
     if teacher.num_classes and teacher.num_classes != dm.num_classes:
         raise ConfigError(f"the teacher is conditioned on {teacher.num_classes} classes but dataset={dm.name} has "
                           f"{dm.num_classes or 'no'} labels: pick a dataset with its classes or an unconditional teacher")
+    teacher.prompt_table = prompt_table_for(cfg, dm, teacher)
     if tuple(teacher.data_shape) != tuple(dm.data_shape):
         raise ConfigError(
             f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(teacher.data_shape)} but "
@@ -88,6 +90,18 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
             "dataset.resolution/channels to the teacher's"
         )
     return teacher
+
+
+def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):
+    """A text-conditional teacher's embeddings of the dataset's captions (row = image label), encoded
+    once with the teacher's own text encoder and cached in ``paths.cache``; None for other teachers."""
+    if not getattr(teacher.model, "text", False):
+        return None
+    if not dm.captions:
+        raise ConfigError(f"the teacher at {cfg.teacher.path} is text-conditional: train on captioned images "
+                          "(dataset=image_folder dataset.captions=true, a <image stem>.txt beside each image)")
+    encoder = PromptEncoder(teacher.meta["pipeline_dir"])
+    return prompt_table(dm.captions, encoder, Path(cfg.paths.cache) / "prompt_embeds")
 
 
 def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:

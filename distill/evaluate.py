@@ -47,6 +47,7 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     dm = build_datamodule(cfg)
     scorer, spec, teacher = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), build_teacher(cfg, dm)
     spec.num_classes = teacher.num_classes  # a conditional teacher samples balanced classes
+    spec.prompt_table = getattr(teacher, "prompt_table", None)  # a text teacher: the dataset's prompts
     rows, _ = evaluate_teacher(teacher, dm.data_shape, scorer, spec)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)

@@ -77,6 +77,7 @@ class EvaluationCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.spec.num_classes = getattr(pl_module.teacher, "num_classes", 0)  # conditional: balanced classes
+        self.spec.prompt_table = getattr(pl_module.teacher, "prompt_table", None)  # text: the dataset's prompts
         if self.evaluate_teacher and trainer.is_global_zero:
             rows, samples = evaluate_teacher(pl_module.teacher, self.shape, self.scorer, self.spec, 0, pl_module.device)
             keep = {k: v for k, v in samples.items() if int(k.split("@")[1]) in self.spec.student_nfes}

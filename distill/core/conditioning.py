@@ -1,13 +1,16 @@
-"""Class conditioning without threading labels through every method.
+"""Conditioning (class labels, prompt embeddings) without threading it through every method.
 
 A method's loss calls the teacher, the student and its own networks many times, on batches it
 makes itself (fresh noise of the data batch's size, stacked copies of it). Rather than give every
-call a label argument, the caller that owns the labels (the Lightning step, evaluation) opens
-``conditioned(labels)`` and each class-conditional network reads ``condition_for(x)``: the labels
-of the batch, repeated when a method stacked k copies of it. Unconditional networks never look.
+call a condition argument, the caller that owns the batch's condition (the Lightning step,
+evaluation) opens ``conditioned(...)`` and each conditional network reads ``condition_for(x)``:
+the batch's condition, tiled when a method stacked k copies of the batch. Unconditional networks
+never look.
 
-Label ``num_classes`` is the null class (trained by label dropout), which classifier-free guidance
-uses for the unconditional prediction.
+A condition is a dict of batch-first tensors named as diffusers' forward arguments:
+``class_labels`` (B,) int64, ``encoder_hidden_states`` (B, L, D) prompt embeddings. Label
+``num_classes`` is the null class (trained by label dropout) and the empty prompt's embedding the
+null prompt: classifier-free guidance takes its unconditional prediction from them.
 """
 
 from __future__ import annotations
@@ -19,40 +22,58 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor, nn
 
-_LABELS: ContextVar[Tensor | None] = ContextVar("distill_labels", default=None)
+Condition = dict[str, Tensor]
+LABELS = "class_labels"
+PROMPTS = "encoder_hidden_states"
+
+_CONDITION: ContextVar[Condition | None] = ContextVar("distill_condition", default=None)
+
+
+def as_condition(condition: Condition | Tensor | None) -> Condition | None:
+    """A bare tensor is class labels."""
+    return {LABELS: condition} if isinstance(condition, Tensor) else condition
 
 
 @contextmanager
-def conditioned(labels: Tensor | None) -> Iterator[None]:
-    """Inside: class-conditional networks use ``labels`` (B,) int64; None: unconditional."""
-    token = _LABELS.set(labels)
+def conditioned(condition: Condition | Tensor | None) -> Iterator[None]:
+    """Inside: conditional networks use ``condition`` (labels, or a dict); None: unconditional."""
+    token = _CONDITION.set(as_condition(condition))
     try:
         yield
     finally:
-        _LABELS.reset(token)
+        _CONDITION.reset(token)
 
 
-def current_labels() -> Tensor | None:
-    return _LABELS.get()
+def current_condition() -> Condition | None:
+    return _CONDITION.get()
 
 
-def condition_for(x: Tensor) -> Tensor | None:
-    """The labels for a network call on ``x``: the batch's, tiled when ``x`` stacks k copies of it."""
-    labels = _LABELS.get()
-    if labels is None:
-        return None
-    n, b = x.shape[0], labels.shape[0]
+def tile(condition: Condition, n: int) -> Condition:
+    """``condition`` for a batch of ``n``: as is, or repeated when ``n`` stacks k copies of its batch."""
+    b = next(iter(condition.values())).shape[0]
     if n == b:
-        return labels.to(x.device)
+        return condition
     if b and n % b == 0:
-        return labels.to(x.device).repeat(n // b)
-    raise ValueError(f"a class-conditional network got a batch of {n} samples under labels for {b}: this method "
-                     "makes batches unrelated to the data batch and does not support class conditioning yet")
+        return {k: v.repeat(n // b, *[1] * (v.ndim - 1)) for k, v in condition.items()}
+    raise ValueError(f"a conditional network got a batch of {n} samples under a condition for {b}: this method "
+                     "makes batches unrelated to the data batch and does not support conditioning yet")
+
+
+def condition_for(x: Tensor) -> Condition | None:
+    """The condition of a network call on ``x`` (tiled to its batch, on its device), or None."""
+    condition = _CONDITION.get()
+    if condition is None:
+        return None
+    return {k: v.to(x.device) for k, v in tile(condition, x.shape[0]).items()}
+
+
+def labels_for(x: Tensor) -> Tensor | None:
+    return (condition_for(x) or {}).get(LABELS)
 
 
 def num_classes_of(model: nn.Module) -> int:
-    """Classes a velocity model is conditioned on (0: unconditional): our nets' ``num_classes``,
-    or a diffusers model's ``num_class_embeds`` less its null class."""
+    """Classes a velocity model is conditioned on (0: none): our nets' ``num_classes``, or a
+    diffusers model's ``num_class_embeds`` less its null class."""
     net = getattr(model, "net", model)
     if getattr(net, "num_classes", 0):
         return int(net.num_classes)
@@ -71,12 +92,12 @@ def null_labels(like: Tensor, num_classes: int) -> Tensor:
 
 
 def guided(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, scale: float,
-           num_classes: int) -> Tensor:
-    """Classifier-free guidance ``v_null + scale (v_cond - v_null)`` under the current labels
-    (scale 1 or no labels: the conditional velocity alone, one call)."""
+           null: Condition) -> Tensor:
+    """Classifier-free guidance ``v_null + scale (v_cond - v_null)`` under the current condition,
+    ``null`` (batch 1) giving the unconditional prediction; scale 1 or no condition: one call."""
     cond = velocity(x, s)
-    if scale == 1.0 or current_labels() is None:
+    if scale == 1.0 or current_condition() is None:
         return cond
-    with conditioned(null_labels(x, num_classes)):
+    with conditioned({k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in null.items()}):
         uncond = velocity(x, s)
     return uncond + scale * (cond - uncond)

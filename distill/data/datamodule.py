@@ -90,6 +90,7 @@ class DataModule(L.LightningDataModule):
         resolution: output size for ``image_folder`` (cifar10 is 32, digits 8).
         channels: 3 or 1 for ``image_folder``.
         class_folders: ``image_folder`` labelled by first-level subfolder (class-conditional teachers).
+        captions: ``image_folder`` with a caption per image (text-conditional teachers; ``captions``).
         download: let ``prepare_data`` fetch CIFAR-10 (needs network).
     """
 
@@ -106,6 +107,7 @@ class DataModule(L.LightningDataModule):
         channels: int = 3,
         download: bool = False,
         class_folders: bool = False,
+        captions: bool = False,
     ) -> None:
         super().__init__()
         if name not in DATASET_NAMES:
@@ -129,7 +131,7 @@ class DataModule(L.LightningDataModule):
         self.path = None if path is None else Path(path)
         self.root = None if root is None else Path(root)
         self.resolution = resolution
-        self.class_folders = class_folders
+        self.class_folders, self.captioned = class_folders, captions
         self._train: Dataset | None = None
         self._cifar_test: Tensor | None = None
 
@@ -138,6 +140,12 @@ class DataModule(L.LightningDataModule):
     @property
     def kind(self) -> Literal["2d", "image"]:
         return "2d" if self.name in TOY2D_NAMES else "image"
+
+    @property
+    def captions(self) -> list[str]:
+        """Each training image's caption, indexed by its label (``captions=True`` only; else empty)."""
+        dataset = self.train_dataset if self.captioned else None
+        return list(getattr(dataset, "captions", []))
 
     @property
     def num_classes(self) -> int:
@@ -250,4 +258,5 @@ class DataModule(L.LightningDataModule):
             return TensorPairDataset(*load_digits_split("train"))
         if self.name == "cifar10":
             return TensorPairDataset(*load_cifar10(self.root, train=True))
-        return ImageFolderDataset(self.path, self.resolution, self.channels, labelled=self.class_folders)
+        return ImageFolderDataset(self.path, self.resolution, self.channels, labelled=self.class_folders,
+                                  captioned=self.captioned)

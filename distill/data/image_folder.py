@@ -28,6 +28,15 @@ def class_folders(root: Path) -> list[str]:
     return sorted({p.relative_to(root).parts[0] for p in find_images(root) if len(p.relative_to(root).parts) > 1})
 
 
+def read_captions(files: list[Path]) -> list[str]:
+    """The caption of each image: the text of ``<stem>.txt`` beside it (every one must exist)."""
+    missing = [f for f in files if not f.with_suffix(".txt").is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} images have no caption file, e.g. {missing[0].with_suffix('.txt')} "
+                           "(dataset.captions=true reads <image stem>.txt beside each image)")
+    return [f.with_suffix(".txt").read_text().strip() for f in files]
+
+
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     """Resize so the shorter side is ``resolution`` (bicubic), then crop the centre square."""
     w, h = image.size
@@ -50,7 +59,9 @@ def pil_to_tensor(image: Image.Image) -> Tensor:
 
 class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
     """Every .png/.jpg/.jpeg/.bmp/.webp under ``path``, resized and centre-cropped; label 0, or with
-    ``labelled`` the index of its first-level subfolder in ``class_folders(path)``.
+    ``labelled`` the index of its first-level subfolder in ``class_folders(path)``, or with
+    ``captioned`` the image's own index, whose caption (``<image stem>.txt`` beside it) is
+    ``captions[index]`` (text-conditional teachers look the prompt up by it).
 
     Missing or empty folders fail at construction; each file is decoded lazily in
     ``__getitem__`` (an unreadable one raises ``DatasetError`` naming it), and ``verify()``
@@ -61,9 +72,11 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         resolution: output height and width.
         channels: 3 (RGB) or 1 (grayscale).
         labelled: class labels from the first-level subfolders.
+        captioned: every image has a caption file beside it.
     """
 
-    def __init__(self, path: str | Path, resolution: int, channels: int = 3, labelled: bool = False) -> None:
+    def __init__(self, path: str | Path, resolution: int, channels: int = 3, labelled: bool = False,
+                 captioned: bool = False) -> None:
         self.root = Path(path).expanduser()
         if channels not in (1, 3):
             raise DatasetError(f"dataset.channels={channels}; use 3 (RGB) or 1 (grayscale)")
@@ -91,6 +104,9 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         if -1 in self.labels:
             loose = self.files[self.labels.index(-1)]
             raise DatasetError(f"{loose} is not inside a class subfolder of {self.root} (dataset.class_folders=true)")
+        self.captions = read_captions(self.files) if captioned else []
+        if captioned:
+            self.labels = list(range(len(self.files)))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from distill.core.conditioning import conditioned
+from distill.core.conditioning import PROMPTS, conditioned
 from distill.core.grids import make_grid
 from distill.core.samplers import SAMPLERS, prior_state, sample_heun, sampler_nfe
 from distill.evaluation.noise import sample_seeds, seeded_noise
@@ -30,6 +30,7 @@ class EvalSpec:
     student_nfes: Sequence[int] = (1, 2, 4)
     progress: bool = True
     num_classes: int = 0  # class-conditional models: sample i is asked for class seed_i mod num_classes
+    prompt_table: Tensor | None = None  # text-conditional: sample i gets prompt row seed_i mod len(table)
     extra: dict = field(default_factory=dict)
 
 
@@ -47,6 +48,14 @@ def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
 def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device | str = "cpu") -> Tensor | None:
     """Balanced classes, a pure function of the seed: the same seed asks for the same class."""
     return torch.tensor([s % num_classes for s in seeds], device=device) if num_classes else None
+
+
+def seed_condition(seeds: Sequence[int], spec: EvalSpec, device: torch.device | str = "cpu"):
+    """What each seed is asked for: a prompt (text-conditional), a class (class-conditional), or nothing."""
+    if spec.prompt_table is not None:
+        rows = torch.tensor([s % len(spec.prompt_table) for s in seeds])
+        return {PROMPTS: spec.prompt_table[rows].to(device)}
+    return seed_labels(seeds, spec.num_classes, device)
 
 
 @torch.no_grad()
@@ -71,7 +80,7 @@ def generate(
         def renoise(i: int, batch_seeds=batch_seeds) -> Tensor:
             return seeded_noise(batch_seeds, shape, stream=i + 1).to(device)
 
-        with conditioned(seed_labels(batch_seeds, spec.num_classes, device)):
+        with conditioned(seed_condition(batch_seeds, spec, device)):
             out.append(sample_fn(noise, renoise).float().cpu())
     return torch.cat(out)
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from distill.core.conditioning import conditioned
+from distill.core.conditioning import PROMPTS, Condition, conditioned
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
 from distill.methods.base import Method
@@ -105,7 +105,7 @@ class DistillModule(L.LightningModule):
             scale = self.method.lr_scale(phase, step)
             for group, base in zip(opt.param_groups, self.base_lrs[phase], strict=True):
                 group["lr"] = base * scale
-            with conditioned(self.batch_labels(batch)):  # class-conditional nets read the batch's labels
+            with conditioned(self.batch_condition(batch)):  # conditional nets read the batch's labels / prompts
                 terms = self.method.loss(phase, x0, self.teacher, self.student, step)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
@@ -128,10 +128,15 @@ class DistillModule(L.LightningModule):
         """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch."""
         return batches * len(self.method.optimizer_names)
 
-    def batch_labels(self, batch) -> torch.Tensor | None:
-        """The batch's class labels when the teacher is class-conditional, else None."""
-        conditional = getattr(self.teacher, "num_classes", 0) and isinstance(batch, (list, tuple))
-        return batch[1] if conditional else None
+    def batch_condition(self, batch) -> Condition | torch.Tensor | None:
+        """The batch's condition: its captions' prompt embeddings for a text-conditional teacher, its
+        labels for a class-conditional one, else None."""
+        if not isinstance(batch, (list, tuple)):
+            return None
+        table = getattr(self.teacher, "prompt_table", None)
+        if table is not None:
+            return {PROMPTS: table[batch[1].cpu()].to(self.device)}
+        return batch[1] if getattr(self.teacher, "num_classes", 0) else None
 
     def sampling_student(self) -> nn.Module:
         """The network evaluations should use: the slowest EMA, else the raw student."""

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from distill.core.conditioning import condition_for, null_labels
+from distill.core.conditioning import labels_for, null_labels
 from distill.nets.embedding import SinusoidalEmbedding
 
 
@@ -81,7 +81,7 @@ class TimeMLP(nn.Module):
         elif c_extra is not None:
             raise ValueError("c_extra given to a TimeMLP built without extra_time")
         if self.label_embed is not None:
-            labels = condition_for(x)
+            labels = labels_for(x)
             emb = emb + self.label_embed(null_labels(x, self.num_classes) if labels is None else labels)
         h = self.inp(x.flatten(1))
         for block in self.blocks:

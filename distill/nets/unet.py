@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
-from distill.core.conditioning import condition_for, null_labels
+from distill.core.conditioning import labels_for, null_labels
 
 
 class UNet(nn.Module):
@@ -72,6 +72,6 @@ class UNet(nn.Module):
         if self.extra_time and c_extra is None:
             raise ValueError("this UNet was built with extra_time=True: pass c_extra")
         if self.num_classes:
-            labels = condition_for(x)
+            labels = labels_for(x)
             c_extra = null_labels(x, self.num_classes) if labels is None else labels
         return self.model(x, c_noise, class_labels=c_extra).sample

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.core.conditioning import guided, num_classes_of
+from distill.core.conditioning import LABELS, Condition, guided, num_classes_of
 from distill.core.prediction import velocity_to_eps, velocity_to_x0
 from distill.core.tensors import append_dims
 
@@ -38,10 +38,19 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
-        """The velocity; a class-conditional teacher with ``guidance != 1`` gives the CFG velocity."""
-        if self.num_classes and self.guidance != 1.0:
-            return guided(self.model, x, s, self.guidance, self.num_classes)
+        """The velocity; a conditional teacher with ``guidance != 1`` gives the CFG velocity."""
+        null = self.null_condition
+        if null is not None and self.guidance != 1.0:
+            return guided(self.model, x, s, self.guidance, null)
         return self.model(x, s)
+
+    @property
+    def null_condition(self) -> Condition | None:
+        """What classifier-free guidance's unconditional prediction is conditioned on: the null class,
+        or the empty prompt of a text-conditional model; None for an unconditional teacher."""
+        if self.num_classes:
+            return {LABELS: torch.tensor([self.num_classes], device=next(self.model.parameters()).device)}
+        return getattr(self.model, "null_condition", None)
 
     def x0(self, x: Tensor, s: Tensor) -> Tensor:
         return velocity_to_x0(x, append_dims(s, x.ndim), self(x, s))

@@ -21,10 +21,18 @@ import diffusers
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
-from distill.core.conditioning import condition_for, null_labels, num_classes_of
+from distill.core.conditioning import (
+    LABELS,
+    PROMPTS,
+    Condition,
+    condition_for,
+    null_labels,
+    num_classes_of,
+)
 from distill.core.process import FlowMatching, NoiseProcess, VPDiscrete
 from distill.teachers.base import Teacher
 from distill.teachers.checkpoint import TeacherCheckpointError
+from distill.teachers.prompts import PromptEncoder
 
 NETWORK_FOLDERS = ("unet", "transformer")
 # diffusers' prediction_type -> our prediction kind (distill.core.prediction)
@@ -94,23 +102,33 @@ class DiffusersVelocity(nn.Module):
     module names; ``scheme`` is ``fm`` for flow-matching networks (their output is a velocity).
     """
 
-    def __init__(self, net: nn.Module, process: NoiseProcess, prediction: str):
+    def __init__(self, net: nn.Module, process: NoiseProcess, prediction: str, null_prompt: Tensor | None = None):
         super().__init__()
         self.net, self.process, self.prediction = net, process, prediction
         self.scheme = "fm" if prediction == "flow" else "diffusers"
         # class embeddings are taken to hold one null class last (DiT-style label dropout)
         self.num_classes = num_classes_of(net)
-        if "encoder_hidden_states" in _required_inputs(net):
-            raise TeacherCheckpointError(f"{type(net).__name__} needs encoder_hidden_states (a text-conditional "
-                                         "teacher): conditioning is not supported yet, use an unconditional model")
+        self.text = PROMPTS in _required_inputs(net)
+        if self.text and null_prompt is None:
+            raise TeacherCheckpointError(f"{type(net).__name__} is text-conditional: it needs the empty prompt's "
+                                         "embedding (load it from a pipeline dir with text_encoder/ and tokenizer/)")
+        # (1, L, D), a buffer so it follows the module's device; never checkpointed
+        self.register_buffer("null_prompt", null_prompt, persistent=False)
+
+    @property
+    def null_condition(self) -> Condition | None:
+        """The empty prompt of a text-conditional net (``Teacher`` adds the null class of labelled ones)."""
+        return {PROMPTS: self.null_prompt} if self.text else None
 
     def native(self, x: Tensor, t: Tensor) -> Tensor:
         timestep = FLOW_TIME_SCALE * t if self.prediction == "flow" else t
-        if not self.num_classes:
-            return self.net(x, timestep).sample
-        labels = condition_for(x)  # class-conditional: the batch's labels, else the null (last) class
-        labels = null_labels(x, self.num_classes) if labels is None else labels
-        return self.net(x, timestep, class_labels=labels).sample
+        condition = condition_for(x) or {}
+        kwargs = {}
+        if self.num_classes:  # the batch's labels, else the null (last) class
+            kwargs[LABELS] = condition.get(LABELS, null_labels(x, self.num_classes))
+        if self.text:  # the batch's prompt embeddings, else the empty prompt's
+            kwargs[PROMPTS] = condition.get(PROMPTS, self.null_prompt.expand(x.shape[0], *self.null_prompt.shape[1:]))
+        return self.net(x, timestep, **kwargs).sample
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         if self.prediction == "flow":  # already canonical (FM time, velocity eps - x0)
@@ -136,5 +154,8 @@ def load_diffusers_teacher(path: str | Path) -> Teacher:
                                      "cannot be read from it")
     side = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": prediction,
-            "scheduler": scheduler_config.get("_class_name"), "shift": shift}
-    return Teacher(DiffusersVelocity(net, process, prediction), (int(channels), *map(int, side)), meta)
+            "scheduler": scheduler_config.get("_class_name"), "shift": shift, "pipeline_dir": str(model_dir.parent)}
+    null_prompt = None
+    if PROMPTS in _required_inputs(net):
+        null_prompt = PromptEncoder(model_dir.parent).encode([""])
+    return Teacher(DiffusersVelocity(net, process, prediction, null_prompt), (int(channels), *map(int, side)), meta)

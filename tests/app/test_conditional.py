@@ -40,8 +40,8 @@ def test_labels_reach_the_teacher_inside_a_training_step(compose_train, conditio
     from distill.core import conditioning
 
     seen = []
-    original = conditioning.condition_for
-    monkeypatch.setattr("distill.nets.unet.condition_for", lambda x: seen.append(original(x)) or original(x))
+    original = conditioning.labels_for
+    monkeypatch.setattr("distill.nets.unet.labels_for", lambda x: seen.append(original(x)) or original(x))
     cfg = compose_train("method=progressive", "debug=fast", f"teacher.path={conditional_teacher}",
                         "eval.teacher=false", "eval.student_nfes=[1]")
     train(cfg)
@@ -51,7 +51,7 @@ def test_labels_reach_the_teacher_inside_a_training_step(compose_train, conditio
 
 def test_bad_conditioning_combinations_fail_early(compose_train, conditional_teacher):
     cfg = compose_train("teacher.guidance=2.0")  # the cached digits teacher is unconditional
-    with pytest.raises(ConfigError, match="needs a class-conditional teacher"):
+    with pytest.raises(ConfigError, match="needs a conditional teacher"):
         build_teacher(cfg, build_datamodule(cfg))
     cfg = compose_train("dataset=moons", f"teacher.path={conditional_teacher}")
     with pytest.raises(ConfigError, match="conditioned on 10 classes but dataset=moons has no labels"):

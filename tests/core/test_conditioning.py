@@ -5,10 +5,13 @@ import torch
 from diffusers import UNet2DModel
 
 from distill.core.conditioning import (
+    LABELS,
+    PROMPTS,
     condition_for,
     conditioned,
     drop_labels,
     guided,
+    labels_for,
     null_labels,
     num_classes_of,
 )
@@ -21,25 +24,29 @@ def test_labels_reach_calls_of_their_batch_and_of_stacked_copies():
     labels = torch.tensor([3, 1])
     assert condition_for(torch.zeros(2, 5)) is None
     with conditioned(labels):
-        assert torch.equal(condition_for(torch.zeros(2, 5)), labels)
-        assert torch.equal(condition_for(torch.zeros(4, 5)), torch.tensor([3, 1, 3, 1]))  # torch.cat([x, x])
-        with pytest.raises(ValueError, match="batch of 3 samples under labels for 2"):
+        assert torch.equal(labels_for(torch.zeros(2, 5)), labels)
+        assert torch.equal(labels_for(torch.zeros(4, 5)), torch.tensor([3, 1, 3, 1]))  # torch.cat([x, x])
+        with pytest.raises(ValueError, match="batch of 3 samples under a condition for 2"):
             condition_for(torch.zeros(3, 5))
         with conditioned(None):
             assert condition_for(torch.zeros(2, 5)) is None
-        assert torch.equal(condition_for(torch.zeros(2, 5)), labels)
+        assert torch.equal(labels_for(torch.zeros(2, 5)), labels)
+    prompts = torch.randn(2, 3, 4)
+    with conditioned({PROMPTS: prompts}):  # prompt embeddings tile along the batch the same way
+        torch.testing.assert_close(condition_for(torch.zeros(4, 5))[PROMPTS], torch.cat([prompts, prompts]))
+        assert labels_for(torch.zeros(2, 5)) is None
     assert condition_for(torch.zeros(2, 5)) is None
 
 
 def test_guidance_extrapolates_from_the_null_class():
     def velocity(x, s):  # a "network" whose velocity is its label
-        return condition_for(x).float()[:, None].expand_as(x)
+        return labels_for(x).float()[:, None].expand_as(x)
 
-    x, s = torch.zeros(3, 2), torch.rand(3)
+    x, s, null = torch.zeros(3, 2), torch.rand(3), {LABELS: torch.tensor([10])}
     with conditioned(torch.tensor([0, 1, 2])):
-        out = guided(velocity, x, s, scale=3.0, num_classes=10)  # null class = 10
+        out = guided(velocity, x, s, scale=3.0, null=null)  # null class = 10
     torch.testing.assert_close(out[:, 0], 10 + 3.0 * (torch.tensor([0.0, 1.0, 2.0]) - 10))
-    assert guided(lambda x, s: x + 1, x, s, 3.0, 10).eq(1).all()  # no labels: no guidance
+    assert guided(lambda x, s: x + 1, x, s, 3.0, null).eq(1).all()  # no condition: no guidance
 
 
 def test_label_dropout_and_null_labels():

@@ -1,0 +1,98 @@
+"""A tiny text-conditional diffusers pipeline (UNet with cross-attention, CLIP text encoder, a
+word-level tokenizer), written here and loaded back: captions are encoded once into a cached
+table, each batch's prompts reach the networks, CFG uses the empty prompt, and it distils end to
+end with a trajectory and a distribution method, full and as LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from distill.build import build_datamodule, build_teacher
+from distill.core.conditioning import PROMPTS, conditioned
+from distill.errors import ConfigError
+from distill.evaluation.results import MEMORY_METRICS
+from distill.train import train
+
+WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "square", "circle", "dark"]
+
+
+def save_text_pipeline(directory: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]",
+                            model_max_length=6).save_pretrained(directory / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=6)).save_pretrained(
+        directory / "text_encoder", safe_serialization=True)
+    UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(directory / "unet")
+    DDPMScheduler().save_pretrained(directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return directory
+
+
+def captioned_images(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    for i, caption in enumerate(["a red square", "a blue circle", "a dark square", "a red circle"] * 2):
+        Image.new("L", (8, 8), 30 * i).save(directory / f"{i}.png")
+        (directory / f"{i}.txt").write_text(caption)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def text_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    return save_text_pipeline(root / "pipe"), captioned_images(root / "images")
+
+
+def overrides(text_setup) -> list[str]:
+    pipe, images = text_setup
+    return ["teacher=diffusers", f"teacher.path={pipe}", "dataset=image_folder", f"dataset.path={images}",
+            "dataset.resolution=8", "dataset.channels=1", "dataset.captions=true", "eval.metric=sw",
+            "train.batch_size=4"]
+
+
+def test_captions_become_a_cached_prompt_table_and_guidance_uses_the_empty_prompt(compose_train, text_setup):
+    cfg = compose_train(*overrides(text_setup), "teacher.guidance=3.0")
+    dm = build_datamodule(cfg)
+    teacher = build_teacher(cfg, dm)
+    assert teacher.prompt_table.shape == (8, 6, 8) and teacher.null_condition[PROMPTS].shape == (1, 6, 8)
+    assert torch.equal(teacher.prompt_table[0], teacher.prompt_table[4])  # same caption, same row values
+    cached = list((Path(cfg.paths.cache) / "prompt_embeds").rglob("*.safetensors"))
+    assert cached and torch.equal(build_teacher(cfg, dm).prompt_table, teacher.prompt_table)  # read back
+    x, s = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)
+    prompts = {PROMPTS: teacher.prompt_table[:2]}
+    with torch.no_grad(), conditioned(prompts):
+        cond = teacher.model(x, s)
+        guided = teacher(x, s)
+    uncond = teacher.model(x, s)  # no condition: the empty prompt
+    torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(cond, uncond)
+
+
+@pytest.mark.parametrize(("method", "student"), [("progressive", "copy_of_teacher"), ("dmd2", "lora"),
+                                                 ("progressive", "lora"), ("dmd2", "copy_of_teacher")])
+def test_text_teacher_distils_end_to_end(compose_train, text_setup, method, student):
+    cfg = compose_train(f"method={method}", f"student={student}", "debug=fast", *overrides(text_setup),
+                        "teacher.guidance=2.0")
+    train(cfg)
+    rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert {r["nfe"] for r in rows if r["model"] == "student" and r["metric"] not in MEMORY_METRICS} == {1, 2, 4}
+
+
+def test_a_text_teacher_needs_captions(compose_train, text_setup):
+    cfg = compose_train(*[o for o in overrides(text_setup) if o != "dataset.captions=true"])
+    with pytest.raises(ConfigError, match="text-conditional: train on captioned images"):
+        build_teacher(cfg, build_datamodule(cfg))
