@@ -24,6 +24,7 @@ from distill.data.cifar10 import CIFAR10_NUM_CLASSES, load_cifar10
 from distill.data.digits import DIGITS_NUM_CLASSES, load_digits_split
 from distill.data.errors import DatasetError
 from distill.data.image_folder import ImageFolderDataset, class_folders
+from distill.data.resumable import ResumableLoader, ResumableSampler
 from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
 DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "image_folder", "cifar10")
@@ -185,21 +186,27 @@ class DataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded), ``drop_last`` loader of ``(x, y)`` batches."""
+        """Shuffled (seeded), ``drop_last`` loader of ``(x, y)`` batches that resumes mid-epoch.
+
+        Under several processes each rank reads its own share (the Trainer must not swap in a
+        ``DistributedSampler``: ``use_distributed_sampler=False``).
+        """
         dataset = self.train_dataset
-        if len(dataset) < self.batch_size:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if len(dataset) // world_size < self.batch_size:
             raise DatasetError(
-                f"batch_size={self.batch_size} exceeds the {len(dataset)} training examples of "
-                f"{self.name!r}, so drop_last leaves no batch; lower the batch size"
+                f"batch_size={self.batch_size} exceeds the {len(dataset) // world_size} training examples "
+                f"of {self.name!r} per device, so drop_last leaves no batch; lower the batch size"
             )
         in_memory = isinstance(dataset, TensorPairDataset)
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableSampler(len(dataset), self.batch_size, self.seed, rank, world_size),
             drop_last=True,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed),  # workers' seeds, never the global RNG
             collate_fn=collate_pair if in_memory else None,
             persistent_workers=self.num_workers > 0,
         )
