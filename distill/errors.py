@@ -18,7 +18,15 @@ class ConfigError(ValueError):
     """A config value or combination that cannot work."""
 
 
-USER_ERRORS = (ConfigError, DatasetError, TeacherCheckpointError, FileNotFoundError)
+class CheckpointError(RuntimeError):
+    """A training checkpoint that is corrupt, non-finite, or from another method or student."""
+
+
+class DivergenceError(RuntimeError):
+    """Training stopped after too many non-finite steps in a row."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DivergenceError, DatasetError, TeacherCheckpointError, FileNotFoundError)
 
 
 def friendly_errors(main: F) -> F:

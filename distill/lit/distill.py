@@ -3,7 +3,8 @@
 It owns the frozen teacher (excluded from checkpoints), the student, the student-only EMA and
 the method (with whatever auxiliary networks the method owns). Optimization is manual so that
 methods with several optimizers (generator, fake score, discriminator) alternate by the rule in
-``method.phases``; gradient clipping is therefore done here.
+``method.phases``; gradient clipping is therefore done here, and so is skipping a step whose loss
+or gradient is not finite (``nan_guard``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import torch
 from torch import nn
 
 from distill.core.conditioning import PROMPTS, Condition, conditioned
+from distill.errors import CheckpointError, DivergenceError
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
+from distill.lit.nan_guard import (
+    BadStepGuard,
+    divergence_message,
+    grad_norm,
+    nonfinite_terms,
+    nonfinite_weights,
+)
 from distill.methods.base import Method
 
 TEACHER_PREFIX = "teacher."
@@ -33,6 +42,7 @@ class DistillModule(L.LightningModule):
     grad_clip: max global grad norm per optimizer step (0 disables).
     max_batches: training length in batches (Lightning's ``max_steps`` counts optimizer steps,
         which multi-optimizer methods take several of per batch); None leaves it to the Trainer.
+    max_bad_steps: non-finite steps in a row (each skipped, ``nan_guard``) that stop the run.
     """
 
     def __init__(
@@ -44,6 +54,7 @@ class DistillModule(L.LightningModule):
         ema_decays: Sequence[float] = (),
         grad_clip: float = 1.0,
         max_batches: int | None = None,
+        max_bad_steps: int = 10,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -58,6 +69,7 @@ class DistillModule(L.LightningModule):
         self.max_batches = max_batches
         # One count per training batch, whatever the number of optimizer steps in it; checkpointed.
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
+        self.bad_steps = BadStepGuard(max_bad_steps)
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -68,11 +80,14 @@ class DistillModule(L.LightningModule):
         method_state = {k.removeprefix("method."): v for k, v in state_dict.items() if k.startswith("method.")}
         self.method.prepare_to_load(method_state, self.student)
         missing_teacher = {k for k in super().state_dict() if k.startswith(TEACHER_PREFIX)}
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        try:
+            result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        except RuntimeError as err:  # shapes differ: another student architecture
+            raise CheckpointError(f"checkpoint does not match this method/student: {err}") from err
         if strict:
             missing = set(result.missing_keys) - missing_teacher
             if missing or result.unexpected_keys:
-                raise RuntimeError(
+                raise CheckpointError(
                     f"checkpoint does not match this method/student: missing {sorted(missing)[:5]}, "
                     f"unexpected {sorted(result.unexpected_keys)[:5]}"
                 )
@@ -100,6 +115,7 @@ class DistillModule(L.LightningModule):
         step = int(self.step_count)
         opts = self._optimizers_by_name()
         logs: dict[str, torch.Tensor] = {}
+        bad: list[str] = []
         for phase in self.method.phases(step):
             opt = opts[phase]
             scale = self.method.lr_scale(phase, step)
@@ -109,20 +125,58 @@ class DistillModule(L.LightningModule):
                 terms = self.method.loss(phase, x0, self.teacher, self.student, step)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
-            if self.grad_clip > 0:
-                params = [p for g in opt.param_groups for p in g["params"]]
-                logs[f"{phase}/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            opt.step()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            norm = grad_norm(params, self.grad_clip)
             logs.update({f"{phase}/{k}": v.detach() for k, v in terms.items()})
             logs[f"{phase}/lr"] = torch.tensor(opt.param_groups[0]["lr"])
+            bad = self._nonfinite(phase, terms, norm)
+            if bad:
+                opt.zero_grad(set_to_none=True)  # nothing of this step reaches weights, moments or EMA
+                break
+            if self.grad_clip > 0:
+                logs[f"{phase}/grad_norm"] = norm
+            opt.step()
+        diverged = self.bad_steps.record(bool(bad))
+        self.log_dict(logs, prog_bar=False, on_step=True)
+        self.log("train/skipped_steps", float(self.bad_steps.skipped), on_step=True)
+        if diverged:
+            raise DivergenceError(divergence_message(step, self.bad_steps.in_a_row, bad, self._last_checkpoint()))
+        if bad:
+            return
         self.ema.update(self.student)
         self.step_count += 1
         for name in self.method.on_step_end(step, self.student):
             opts[name].state.clear()
-        self.log_dict(logs, prog_bar=False, on_step=True)
         self.log("loss", logs[f"{self.method.phases(step)[0]}/loss"], prog_bar=True, on_step=True)
         if self.max_batches is not None and int(self.step_count) >= self.max_batches:
             self.trainer.should_stop = True
+
+    def _nonfinite(self, phase: str, terms: dict[str, torch.Tensor], norm: torch.Tensor) -> list[str]:
+        """The non-finite terms of this phase (every rank skips when any rank has one)."""
+        checked = {f"{phase}/loss": terms["loss"].detach()}
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:  # fp16's scaler skips inf grads itself
+            checked[f"{phase}/grad_norm"] = norm
+        bad = nonfinite_terms(checked)
+        if bad:
+            bad += [f"{phase}/{k}" for k in nonfinite_terms(terms) if k != "loss"]
+        if self.trainer.world_size > 1 and self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            bad = bad or ["loss or gradient on another rank"]
+        return bad
+
+    def _last_checkpoint(self) -> str | None:
+        saver = self.trainer.checkpoint_callback
+        return getattr(saver, "last_model_path", None) or self.trainer.ckpt_path
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = nonfinite_weights(self)
+        if bad:  # raised before anything is written: the previous checkpoint stays the last good one
+            raise CheckpointError(f"refusing to checkpoint non-finite weights ({', '.join(bad[:3])}) at step "
+                                  f"{int(self.step_count)}; the last good checkpoint is {self._last_checkpoint()}")
+        checkpoint["bad_steps"] = self.bad_steps.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "bad_steps" in checkpoint:
+            self.bad_steps.load_state_dict(checkpoint["bad_steps"])
 
     def optimizer_steps_bound(self, batches: int) -> int:
         """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch."""

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.errors import CheckpointError, ConfigError
+from distill.lit.checkpoint_io import read_checkpoint
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 STUDENT_PREFIX = "student."
@@ -56,15 +56,9 @@ def checkpoint_path(source: str | Path) -> Path:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The Lightning checkpoint's ``state_dict``, loaded without unpickling arbitrary objects."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, foreign pickles: all mean "not our checkpoint"
-        # torch's own message suggests weights_only=False, which we never do: name only the error's kind.
-        raise ConfigError(f"init_from: {path} is not a readable checkpoint ({type(err).__name__}: truncated, "
-                          f"corrupt or not a torch file): {FIX}") from err
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ConfigError(f"init_from: {path} holds no 'state_dict' (not a distill-train checkpoint): {FIX}")
-    return state
+        return read_checkpoint(path)["state_dict"]
+    except CheckpointError as err:
+        raise ConfigError(f"init_from: {err}: {FIX}") from err
 
 
 def student_weights(state: dict[str, Tensor], ema: bool) -> tuple[dict[str, Tensor], str]:
