@@ -17,8 +17,10 @@ from distill.data import DataModule
 from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
+from distill.lit.checkpoint_io import AtomicCheckpointIO
 from distill.lit.distill import DistillModule
 from distill.lit.init_from import load_student_init
+from distill.lit.resume import ResumePoint
 from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
@@ -181,35 +183,42 @@ def build_eval_spec(cfg: DictConfig) -> EvalSpec:
     return EvalSpec(**{k: eval_cfg[k] for k in keys}, progress=cfg.progress)
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+def build_loggers(cfg: DictConfig, run_dir: Path, resume: ResumePoint | None = None) -> list[Logger]:
+    """The configured logger; a resumed run logs into its W&B run again, and into a new CSV file."""
     kind = cfg.logger.kind
     name = cfg.run_name
     if kind == "wandb":
         if cfg.logger.offline:
             os.environ.setdefault("WANDB_MODE", "offline")
+        run_id = resume.wandb_run_id if resume else None
         logger: Logger = WandbLogger(
             project=cfg.logger.project, name=name, save_dir=str(run_dir), offline=cfg.logger.offline,
             entity=cfg.logger.get("entity"), tags=list(cfg.logger.get("tags") or []),
+            id=run_id, resume="allow" if run_id else None,
         )
         logger.log_hyperparams(loggable_config(cfg))
         return [logger]
-    if kind == "csv":
-        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if kind == "csv":  # Lightning's CSV writer would delete the metrics of the steps before a resume
+        return [CSVLogger(save_dir=str(run_dir), name="csv", version=f"resumed_at_step{resume.step}" if resume else "")]
     if kind == "tensorboard":
         return [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")]
     raise ConfigError(f"logger.kind={kind!r} is unknown; choose wandb, csv or tensorboard")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], max_steps: int) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], max_steps: int, resume: ResumePoint | None = None
+) -> L.Trainer:
     return L.Trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
         strategy=cfg.hardware.strategy,
         precision=cfg.hardware.precision,
+        plugins=[AtomicCheckpointIO(), *instantiate(cfg.hardware.get("plugins") or [])],
+        use_distributed_sampler=False,  # the datamodule's sampler shards by rank and resumes mid-epoch
         max_steps=max_steps,
         max_epochs=-1,
         default_root_dir=str(run_dir),
-        logger=build_loggers(cfg, run_dir),
+        logger=build_loggers(cfg, run_dir, resume),
         callbacks=callbacks,
         log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=cfg.progress,

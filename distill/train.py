@@ -30,6 +30,8 @@ from distill.errors import friendly_errors
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
 from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
+from distill.lit.preemption import PreemptionCallback
+from distill.lit.resume import LAST, RunState, find_resume_point
 from distill.table import format_rows
 
 
@@ -54,20 +56,26 @@ def format_memory(rows: list[ResultRow], device: torch.device) -> str:
 def train(cfg: DictConfig) -> list[ResultRow]:
     """Distil, evaluate, and return the result rows written to ``<run_dir>/results.json``."""
     run_dir = run_dir_of(cfg)
+    checkpoint_dir = run_dir / "checkpoints"
+    resume = find_resume_point(cfg.ckpt_path, checkpoint_dir, cfg.method.name)
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     teacher = build_teacher(cfg, dm)
-    module = build_module(cfg, teacher)
+    module = build_module(cfg, teacher, init=resume is None)  # a resumed student comes from its checkpoint
     evaluation = EvaluationCallback(
         build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), dm.data_shape, run_dir,
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
         flow_map_error=cfg.eval.flow_map_error,
     )
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
+    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
+    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST), checkpoints]
     module.max_batches = module.method.num_steps or cfg.train.max_steps
-    trainer = build_trainer(cfg, run_dir, [evaluation, checkpoints], module.optimizer_steps_bound(module.max_batches))
+    module.bad_steps.limit = cfg.train.max_bad_steps
+    trainer = build_trainer(cfg, run_dir, callbacks, module.optimizer_steps_bound(module.max_batches), resume)
+    if resume is not None:
+        print(f"resuming from {resume.path} (optimizer step {resume.step})")
     try:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
     finally:
         wandb.finish()  # multirun jobs must not share one W&B run
     if not trainer.is_global_zero:

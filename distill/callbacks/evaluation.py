@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from distill.evaluation.plots import save_samples_png
-from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
+from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results, write_results
 from distill.evaluation.runner import (
     EvalSpec,
     evaluate_flow_map,
@@ -75,10 +77,21 @@ class EvaluationCallback(L.Callback):
             )
             log_image(pl_module, f"samples/{tag}/{sampler}/nfe{nfe}", path, step)
 
+    # --- resuming: the rows so far travel in the checkpoint, results.json is rewritten from them --
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [asdict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [ResultRow(**r) for r in state["rows"]]
+
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.spec.num_classes = getattr(pl_module.teacher, "num_classes", 0)  # conditional: balanced classes
         self.spec.prompt_table = getattr(pl_module.teacher, "prompt_table", None)  # text: the dataset's prompts
-        if self.evaluate_teacher and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        # A resumed run drops rows written after its checkpoint (they come again); a fresh one starts empty.
+        write_results(self.run_dir / RESULTS_NAME, self.rows)
+        if self.evaluate_teacher and not any(r.model == "teacher" for r in self.rows):
             rows, samples = evaluate_teacher(pl_module.teacher, self.shape, self.scorer, self.spec, 0, pl_module.device)
             keep = {k: v for k, v in samples.items() if int(k.split("@")[1]) in self.spec.student_nfes}
             self._record(pl_module, rows, keep, 0, "teacher")

@@ -29,6 +29,11 @@ def load_results(path: str | Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def write_results(path: str | Path, rows: list[ResultRow]) -> None:
+    """Replace the file with ``rows``, atomically."""
+    save_json(path, [asdict(r) for r in rows])
+
+
 def append_results(path: str | Path, rows: list[ResultRow]) -> None:
     """Append rows, rewriting the file atomically so an interrupted run never leaves half a file."""
     save_json(path, load_results(path) + [asdict(r) for r in rows])

@@ -178,9 +178,16 @@ class DistillModule(L.LightningModule):
         if "bad_steps" in checkpoint:
             self.bad_steps.load_state_dict(checkpoint["bad_steps"])
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> int | None:
+        if self.max_batches is not None and int(self.step_count) >= self.max_batches:
+            self.trainer.should_stop = True  # a finished run that resumes (to finish its evaluation) trains no more
+            return -1
+        return None
+
     def optimizer_steps_bound(self, batches: int) -> int:
-        """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch."""
-        return batches * len(self.method.optimizer_names)
+        """Lightning's ``max_steps`` for ``batches`` batches: every optimizer may step every batch, plus one,
+        so that a finished run that resumes still enters the loop and runs its end-of-training hooks."""
+        return batches * len(self.method.optimizer_names) + 1
 
     def batch_condition(self, batch) -> Condition | torch.Tensor | None:
         """The batch's condition: its captions' prompt embeddings for a text-conditional teacher, its

@@ -144,8 +144,9 @@ class DMD2(Method):
         self.class_conditional = regression_weight == 0  # DMD's regression pairs carry no labels
         self.fake_score: nn.Module | None = None
         self.gan_heads: nn.Module | None = None
-        self.register_buffer("pair_noise", torch.empty(0), persistent=False)
-        self.register_buffer("pair_target", torch.empty(0), persistent=False)
+        # DMD's regression pairs grow during training: checkpointed, so a resumed run has the same set.
+        self.register_buffer("pair_noise", torch.empty(0), persistent=regression_weight > 0)
+        self.register_buffer("pair_target", torch.empty(0), persistent=regression_weight > 0)
 
     # --- networks -------------------------------------------------------------------------
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
@@ -179,6 +180,9 @@ class DMD2(Method):
         # attach() already built every network a checkpoint of this config holds.
         if self.fake_score is None and any(k.startswith("fake_score.") for k in state_dict):
             raise RuntimeError("load a DMD2 checkpoint into a DistillModule (it attaches the fake-score net)")
+        for name in ("pair_noise", "pair_target"):  # as many pairs as the checkpoint had grown
+            if name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[name]))
 
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         if optimizer == "student":
