@@ -26,6 +26,7 @@ from distill.build import (
     build_trainer,
 )
 from distill.callbacks import EvaluationCallback
+from distill.config_schema import validate_train_config
 from distill.errors import friendly_errors
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
@@ -55,6 +56,7 @@ def format_memory(rows: list[ResultRow], device: torch.device) -> str:
 
 def train(cfg: DictConfig) -> list[ResultRow]:
     """Distil, evaluate, and return the result rows written to ``<run_dir>/results.json``."""
+    validate_train_config(cfg)  # a mistyped or impossible config fails here, before anything is built
     run_dir = run_dir_of(cfg)
     checkpoint_dir = run_dir / "checkpoints"
     resume = find_resume_point(cfg.ckpt_path, checkpoint_dir, cfg.method.name)
