@@ -31,6 +31,19 @@ def _layout(root: Path) -> str:
     return f"{root}/{CIFAR10.base_folder}/{{data_batch_1..5,test_batch,{CIFAR10.meta['filename']}}}"
 
 
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays and nothing else: a pickle can name any callable
+    to run on load, and a dataset folder is user input."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}  # the last: bytes in protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch and is not loaded")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR pickle -> (uint8 images (n, 3, 32, 32), int64 labels (n,)).
 
@@ -39,7 +52,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official batches are Python-2 pickles
+            entry = ArraysOnlyUnpickler(f, encoding="latin1").load()  # the official batches are Python-2 pickles
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry["labels"], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
