@@ -72,13 +72,19 @@ def labels_for(x: Tensor) -> Tensor | None:
 
 
 def num_classes_of(model: nn.Module) -> int:
-    """Classes a velocity model is conditioned on (0: none): our nets' ``num_classes``, or a
-    diffusers model's ``num_class_embeds`` less its null class."""
+    """Classes a velocity model is conditioned on (0: none): our nets' ``num_classes``, a diffusers
+    UNet's ``num_class_embeds`` less its null class, or a DiT's ``num_embeds_ada_norm`` (its label
+    table holds one more row, the null class)."""
     net = getattr(model, "net", model)
     if getattr(net, "num_classes", 0):
         return int(net.num_classes)
-    embeds = getattr(getattr(net, "config", None), "num_class_embeds", None)
-    return int(embeds) - 1 if embeds else 0
+    config = getattr(net, "config", None)
+    embeds = getattr(config, "num_class_embeds", None)
+    if embeds:
+        return int(embeds) - 1
+    if getattr(config, "norm_type", None) == "ada_norm_zero" and getattr(config, "num_embeds_ada_norm", None):
+        return int(config.num_embeds_ada_norm)
+    return 0
 
 
 def drop_labels(labels: Tensor, p: float, num_classes: int) -> Tensor:

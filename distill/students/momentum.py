@@ -94,6 +94,9 @@ class MomentumStudent(nn.Module):
 
     def mixture(self, x: Tensor, s: Tensor) -> Momentum:
         h = self.features(x, s)
+        if h.ndim != (2 if self.per_element else 4):  # e.g. a DiT's (B, tokens, width): needs unpatchify
+            raise ValueError(f"momentum heads read the output layer's input as (B, width) or (B, C, H, W), got "
+                             f"{tuple(h.shape)}: patch-token transformers (DiT, FLUX) are not supported yet")
         b, k = x.shape[0], self.components
         gate_shape = (b, k, *x.shape[1:]) if self.per_element else (b, k, 1, *x.shape[2:])
         means = self.means(h).view(b, k, *x.shape[1:])

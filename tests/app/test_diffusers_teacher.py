@@ -30,3 +30,34 @@ def test_diffusers_teacher_distils_end_to_end(compose_train, tmp_path, layout, m
     rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     student_nfes = {r["nfe"] for r in rows if r["model"] == "student" and r["metric"] not in MEMORY_METRICS}
     assert student_nfes == {1, 2, 4}
+
+
+def save_flow_dit(directory: Path) -> Path:
+    """A tiny class-conditional DiT (10 classes, the null class last) with a flow-matching scheduler."""
+    import torch
+    from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=4, in_channels=1, out_channels=1, num_layers=2,
+                          sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1,
+                          ).save_pretrained(directory / "transformer")
+    FlowMatchEulerDiscreteScheduler().save_pretrained(directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    return directory
+
+
+@pytest.mark.parametrize(("method", "student"), [("progressive", "lora"), ("dmd2", "copy_of_teacher")])
+def test_flow_transformer_teacher_distils_class_conditionally(compose_train, tmp_path, method, student):
+    path = save_flow_dit(tmp_path / "dit")
+    cfg = compose_train(f"method={method}", "debug=fast", "teacher=diffusers", f"teacher.path={path}",
+                        f"student={student}", "teacher.guidance=1.5")
+    train(cfg)
+    rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert {r["model"] for r in rows if r["metric"] == "class_accuracy"} == {"teacher", "student"}
+
+
+def test_arcflow_refuses_patch_token_transformers_clearly(compose_train, tmp_path):
+    path = save_flow_dit(tmp_path / "dit")
+    cfg = compose_train("method=arcflow", "debug=fast", "teacher=diffusers", f"teacher.path={path}")
+    with pytest.raises(ValueError, match="patch-token transformers"):
+        train(cfg)
