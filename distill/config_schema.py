@@ -39,18 +39,21 @@ def choice(options, **kw: Any) -> Any:
     return field(metadata={"choices": tuple(options)}, **kw)
 
 
+DATASET_LIMITS = {"name": {"choices": DATASET_NAMES}, "channels": {"choices": (1, 3)}, "resolution": {"min": 1},
+                  "num_train": {"min": 1}}
+
+
 def dataset_schema() -> type:
-    """The dataset group: ``DataModule``'s own arguments (less those ``train`` sets) and the network
-    ``distill-pretrain`` builds for it, so a new dataset option needs no second declaration."""
-    init = DataModule.__init__
-    hints, params = typing.get_type_hints(init), inspect.signature(init).parameters
-    meta = {"name": {"choices": DATASET_NAMES}, "channels": {"choices": (1, 3)}, "resolution": {"min": 1},
-            "num_train": {"min": 1}}
-    fields = [(name, hints[name], field(default=p.default, metadata=meta.get(name, {})) if p.default is not p.empty
-               else field(metadata=meta.get(name, {})))
-              for name, p in params.items() if name not in ("self", "batch_size", "num_workers", "seed")]
-    return dataclasses.make_dataclass("DatasetSchema", [*fields, ("teacher_net", dict, field(default_factory=dict))],
-                                      kw_only=True)
+    """The dataset group: ``DataModule``'s own arguments and the network ``distill-pretrain`` builds
+    for the dataset, so a new dataset option needs no second declaration here."""
+    hints, fields = typing.get_type_hints(DataModule.__init__), []
+    for name, p in inspect.signature(DataModule.__init__).parameters.items():
+        if name in ("self", "batch_size", "num_workers", "seed"):  # from train, hardware and seed
+            continue
+        default = {} if p.default is p.empty else {"default": p.default}
+        fields.append((name, hints[name], field(metadata=DATASET_LIMITS.get(name, {}), **default)))
+    fields.append(("teacher_net", dict, field(default_factory=dict)))
+    return dataclasses.make_dataclass("DatasetSchema", fields, kw_only=True)
 
 
 DatasetSchema = dataset_schema()
@@ -157,13 +160,11 @@ def type_error(key: str, value: Any, kind: Any) -> str | None:
         return None if None in errors else f"{key}={value!r} must be {' or '.join(_name(a) for a in args)}"
     if origin is list or kind is list:
         if not isinstance(value, list):
-            return f"{key}={value!r} must be a list"
-        return next((e for i, v in enumerate(value) if (e := type_error(f"{key}[{i}]", v, args[0] if args else Any))),
-                    None)
+            return f"{key}={value!r} must be {_name(list)}"
+        errors = (type_error(f"{key}[{i}]", v, args[0] if args else Any) for i, v in enumerate(value))
+        return next((e for e in errors if e), None)
     if kind is dict:
         return None if isinstance(value, dict) else f"{key}={value!r} must be {_name(dict)}"
-    if kind is type(None):
-        return None if value is None else f"{key} must be null"
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return None
     if isinstance(value, bool) and kind is not bool:  # bool is an int to Python, never to a config
@@ -217,9 +218,9 @@ def check_node(node: DictConfig, schema: type, where: str = "", ignore: tuple[st
             check_node(node[name], hints[name], f"{key}.")
             continue
         value, meta = plain(node, name, key), dict(f.metadata)
-        # With a list of choices, naming them says more than naming the type.
-        problem = (range_error(key, value, meta) if "choices" in meta else None) or type_error(
-            key, value, hints[name]) or range_error(key, value, meta)
+        # Out of the choices is said first: naming them says more than naming the type.
+        problem = range_error(key, value, meta) if "choices" in meta else None
+        problem = problem or type_error(key, value, hints[name]) or range_error(key, value, meta)
         if problem:
             raise ConfigError(problem)
 
@@ -234,9 +235,6 @@ def check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.metric=fid needs images, and dataset={dataset} is 2-D points: use eval.metric=sw")
     if cfg.teacher.get("kind") == "gmm_exact" and cfg.student.get("init") == "teacher":
         raise ConfigError("teacher=gmm_exact has no network for student=copy_of_teacher to copy: use student=mlp")
-    if cfg.train.fast_dev_run and cfg.ckpt_path not in (None, "auto"):
-        raise ConfigError(f"train.fast_dev_run runs one batch and keeps no checkpoint; it cannot resume "
-                          f"ckpt_path={cfg.ckpt_path}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
