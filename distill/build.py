@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from torch import nn
 
 from distill.core.gmm import ring_mixture
 from distill.data import DataModule
+from distill.data.datamodule import TensorPairDataset
 from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
@@ -29,6 +31,7 @@ from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import load_diffusers_teacher
+from distill.teachers.latent import LatentCodec, encode_images
 from distill.teachers.prompts import PromptEncoder, prompt_table
 
 NON_DATA_KEYS = ("teacher_net",)
@@ -85,13 +88,24 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         raise ConfigError(f"the teacher is conditioned on {teacher.num_classes} classes but dataset={dm.name} has "
                           f"{dm.num_classes or 'no'} labels: pick a dataset with its classes or an unconditional teacher")
     teacher.prompt_table = prompt_table_for(cfg, dm, teacher)
-    if tuple(teacher.data_shape) != tuple(dm.data_shape):
+    codec = teacher.codec
+    pixels = codec.pixel_shape(teacher.data_shape) if codec is not None else tuple(teacher.data_shape)
+    if tuple(pixels) != tuple(dm.data_shape):
         raise ConfigError(
-            f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(teacher.data_shape)} but "
+            f"teacher at {cfg.teacher.get('path', kind)} makes samples of shape {tuple(pixels)} but "
             f"dataset={dm.name} has shape {tuple(dm.data_shape)}: pick the matching teacher or set "
             "dataset.resolution/channels to the teacher's"
         )
+    if codec is not None:  # train in latent space: the training images, encoded once (cached)
+        dm.use_training_set(latent_training_set(cfg, dm, codec))
     return teacher
+
+
+def latent_training_set(cfg: DictConfig, dm: DataModule, codec: LatentCodec) -> TensorPairDataset:
+    images, labels = dm.train_tensor(), dm.train_labels()
+    key = hashlib.sha256(repr((dm.name, tuple(images.shape), float(images.double().sum()))).encode()).hexdigest()[:16]
+    latents = encode_images(images, codec, Path(cfg.paths.cache) / "latents", key, progress=cfg.get("progress", False))
+    return TensorPairDataset(latents, labels)
 
 
 def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):

@@ -48,10 +48,11 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     scorer, spec, teacher = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), build_teacher(cfg, dm)
     spec.num_classes = teacher.num_classes  # a conditional teacher samples balanced classes
     spec.prompt_table = getattr(teacher, "prompt_table", None)  # a text teacher: the dataset's prompts
-    rows, _ = evaluate_teacher(teacher, dm.data_shape, scorer, spec)
+    spec.decode = teacher.codec.decode if teacher.codec is not None else None  # latent teachers: score pixels
+    rows, _ = evaluate_teacher(teacher, teacher.data_shape, scorer, spec)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
-        student_rows, _ = evaluate_student(module.method, module.sampling_student(), dm.data_shape, scorer, spec,
+        student_rows, _ = evaluate_student(module.method, module.sampling_student(), teacher.data_shape, scorer, spec,
                                            int(module.step_count))
         rows += student_rows
     append_results(out / RESULTS_NAME, rows)

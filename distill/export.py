@@ -104,6 +104,8 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
                                     stochastic_sampling=plan.renoise).save_pretrained(tmp / "scheduler")
     if has_lora(network):
         write_lora(network, tmp)
+    if module.teacher.codec is not None:  # a latent student ships with the VAE that decodes its samples
+        module.teacher.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
     sampler = {"method": module.method.name, "nfe": nfe, "sigmas": plan.sigmas, "renoise": plan.renoise,
                "initial_noise_scale": plan.sigmas[0], "network": folder, "run_dir": str(run_dir),
                "step": int(module.step_count)}

@@ -36,10 +36,10 @@ FORMATS = ("grid", "folder")
 @torch.no_grad()
 def sample_run(run_dir: Path, nfe: int, seeds: Sequence[int], cache: str) -> Tensor:
     module = load_run_module(run_dir, cache)
-    shape = module.teacher.data_shape
+    shape, codec = module.teacher.data_shape, module.teacher.codec
     noise = seeded_noise(seeds, shape)
-    return module.method.sample(module.sampling_student(), noise, nfe,
-                                lambda i: seeded_noise(seeds, shape, stream=i + 1))
+    x = module.method.sample(module.sampling_student(), noise, nfe, lambda i: seeded_noise(seeds, shape, stream=i + 1))
+    return codec.decode(x) if codec is not None else x  # a latent teacher's samples, as pixels
 
 
 @torch.no_grad()
@@ -60,6 +60,10 @@ def sample_export(export_dir: Path, seeds: Sequence[int]) -> Tensor:
         # consistency-style exports re-noise: one generator per seed, the streams a run draws from
         generator = seed_generators(seeds, stream=i + 1) if sampler["renoise"] else None
         x = scheduler.step(net(x, t.expand(x.shape[0])).sample, t, x, generator=generator).prev_sample
+    if (export_dir / "vae").is_dir():  # a latent student: decode with the exported VAE, scaled as encoded
+        vae = diffusers.AutoencoderKL.from_pretrained(export_dir / "vae", use_safetensors=True).eval()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        x = vae.decode(x / vae.config.scaling_factor + shift).sample.clamp(-1, 1)
     return x
 
 

@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     teacher = build_teacher(cfg, dm)
     module = build_module(cfg, teacher, init=resume is None)  # a resumed student comes from its checkpoint
     evaluation = EvaluationCallback(
-        build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), dm.data_shape, run_dir,
+        build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), teacher.data_shape, run_dir,
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
         flow_map_error=cfg.eval.flow_map_error,
     )

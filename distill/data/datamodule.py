@@ -224,6 +224,19 @@ class DataModule(L.LightningDataModule):
     def train_size(self) -> int:
         return len(self.train_dataset)
 
+    def use_training_set(self, dataset: Dataset) -> None:
+        """Train on ``dataset`` instead (a latent teacher's encoded images; labels kept)."""
+        self._train = dataset
+
+    def train_labels(self) -> Tensor:
+        """The training labels, (N,) int64, in ``train_tensor``'s order."""
+        dataset = self.train_dataset
+        if isinstance(dataset, TensorPairDataset):
+            return dataset.y
+        if hasattr(dataset, "labels"):  # an image folder: no need to decode the images
+            return torch.tensor(dataset.labels, dtype=torch.int64)
+        return torch.stack([dataset[i][1] for i in range(len(dataset))])
+
     def train_tensor(self) -> Tensor:
         """All training inputs, (N, *data_shape); decodes every file for image folders."""
         dataset = self.train_dataset

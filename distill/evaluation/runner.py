@@ -31,6 +31,7 @@ class EvalSpec:
     progress: bool = True
     num_classes: int = 0  # class-conditional models: sample i is asked for class seed_i mod num_classes
     prompt_table: Tensor | None = None  # text-conditional: sample i gets prompt row seed_i mod len(table)
+    decode: Callable[[Tensor], Tensor] | None = None  # latent teachers: latents -> pixels before scoring
     extra: dict = field(default_factory=dict)
 
 
@@ -81,7 +82,8 @@ def generate(
             return seeded_noise(batch_seeds, shape, stream=i + 1).to(device)
 
         with conditioned(seed_condition(batch_seeds, spec, device)):
-            out.append(sample_fn(noise, renoise).float().cpu())
+            x = sample_fn(noise, renoise)
+        out.append((spec.decode(x) if spec.decode is not None else x).float().cpu())
     return torch.cat(out)
 
 

@@ -31,6 +31,7 @@ class Teacher(nn.Module):
         self.meta = dict(meta or {})
         self.num_classes = num_classes_of(model)
         self.guidance = guidance
+        self.codec: nn.Module | None = None  # a latent teacher's VAE (distill.teachers.latent.LatentCodec)
 
     def train(self, mode: bool = True) -> Teacher:
         # Lightning flips every submodule to train() at fit start; a teacher's dropout must stay off.

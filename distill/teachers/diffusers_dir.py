@@ -6,8 +6,9 @@ or a flow-matching velocity), one wrapper turns it into the framework's velocity
 the model, so a teacher directory needs no extra description.
 
 Accepted layouts: a pipeline directory (``model_index.json``, the network in ``unet/`` or
-``transformer/``, ``scheduler/scheduler_config.json``), or a bare model directory (``config.json``
-and weights) with a ``scheduler_config.json`` beside or in a ``scheduler/`` subfolder.
+``transformer/``, ``scheduler/scheduler_config.json``; ``vae/`` makes it a latent teacher, and
+``text_encoder/`` + ``tokenizer/`` serve a text-conditional one), or a bare model directory
+(``config.json`` and weights) with a ``scheduler_config.json`` beside or in a ``scheduler/`` subfolder.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from distill.core.conditioning import (
 from distill.core.process import FlowMatching, NoiseProcess, VPDiscrete
 from distill.teachers.base import Teacher
 from distill.teachers.checkpoint import TeacherCheckpointError
+from distill.teachers.latent import LatentCodec
 from distill.teachers.prompts import PromptEncoder
 
 NETWORK_FOLDERS = ("unet", "transformer")
@@ -158,4 +160,8 @@ def load_diffusers_teacher(path: str | Path) -> Teacher:
     null_prompt = None
     if PROMPTS in _required_inputs(net):
         null_prompt = PromptEncoder(model_dir.parent).encode([""])
-    return Teacher(DiffusersVelocity(net, process, prediction, null_prompt), (int(channels), *map(int, side)), meta)
+    teacher = Teacher(DiffusersVelocity(net, process, prediction, null_prompt), (int(channels), *map(int, side)), meta)
+    vae_dir = model_dir.parent / "vae"
+    if model_dir.parent != model_dir and (vae_dir / "config.json").is_file():  # a latent pipeline
+        teacher.codec = LatentCodec(load_network(vae_dir))
+    return teacher
