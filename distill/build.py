@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
 from distill.core.gmm import ring_mixture
@@ -19,10 +20,12 @@ from distill.data.datamodule import TensorPairDataset
 from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
+from distill.lit.batching import BatchPlan, plan_batches
 from distill.lit.checkpoint_io import AtomicCheckpointIO
 from distill.lit.distill import DistillModule
 from distill.lit.init_from import load_student_init
 from distill.lit.resume import ResumePoint
+from distill.lit.speedups import Speedups
 from distill.methods.base import Method
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
@@ -58,6 +61,41 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
 
     plain = {k: cfg[k] for k in cfg if k != "hydra"}
     return scrub(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+
+
+def world_size(hardware: DictConfig) -> int:
+    """Processes the Trainer will run: devices per node x nodes (``auto``/-1: every visible GPU, or one CPU)."""
+    devices = hardware.devices
+    if isinstance(devices, (list, ListConfig)):
+        count = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        gpu = hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpu else 1
+    else:
+        count = int(devices)
+    return count * int(hardware.get("num_nodes", 1))
+
+
+def apply_batch_plan(cfg: DictConfig) -> BatchPlan:
+    """Derive the run's batch split (``distill.lit.batching``) and write the per-device batch and the
+    step count into ``train.batch_size`` and ``train.max_steps``, which everything downstream reads.
+
+    Without ``train.global_batch_size`` the global batch is ``train.batch_size`` per device; without
+    ``train.images`` the length is ``train.max_steps``.
+    """
+    world = world_size(cfg.hardware)
+    plan = plan_batches(cfg.train.get("global_batch_size") or cfg.train.batch_size * world, world,
+                        steps=cfg.train.max_steps, images=cfg.train.get("images"),
+                        max_device_batch=cfg.train.get("max_device_batch"))
+    with open_dict(cfg.train):
+        cfg.train.batch_size, cfg.train.max_steps = plan.device_batch, plan.steps
+    return plan
+
+
+def build_speedups(cfg: DictConfig) -> Speedups:
+    hw = cfg.hardware
+    return Speedups(compile=hw.get("compile", False), activation_checkpointing=hw.get("activation_checkpointing", False),
+                    channels_last=hw.get("channels_last", False))
 
 
 def build_datamodule(cfg: DictConfig) -> DataModule:
@@ -225,7 +263,8 @@ def build_trainer(
     return L.Trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
-        strategy=cfg.hardware.strategy,
+        num_nodes=cfg.hardware.get("num_nodes", 1),
+        strategy=instantiate(cfg.hardware.strategy) if isinstance(cfg.hardware.strategy, DictConfig) else cfg.hardware.strategy,
         precision=cfg.hardware.precision,
         plugins=[AtomicCheckpointIO(), *instantiate(cfg.hardware.get("plugins") or [])],
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank and resumes mid-epoch

@@ -72,11 +72,15 @@ class MethodSchema:
 class HardwareSchema:
     accelerator: str = choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
     devices: int | str | list[int] = 1
-    strategy: str = "auto"
+    num_nodes: int = field(default=1, metadata={"min": 1})
+    strategy: str | dict = "auto"  # a Lightning strategy name, or one to instantiate (_target_: FSDP's)
     precision: str = choice(("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
                              "transformer-engine", "transformer-engine-float16"))
     num_workers: int = field(default=0, metadata={"min": 0})
     plugins: list[dict] = field(default_factory=list)  # Lightning plugins, each with a _target_
+    compile: bool = False
+    activation_checkpointing: bool = False
+    channels_last: bool = False
 
 
 @dataclass(kw_only=True)
@@ -120,6 +124,9 @@ class TrainSchema:
     checkpoint_every: int = positive()
     max_bad_steps: int = positive()
     fast_dev_run: bool | int = False
+    global_batch_size: int | None = positive(default=None)
+    images: int | None = positive(default=None)
+    max_device_batch: int | None = positive(default=None)
 
 
 @dataclass(kw_only=True)

@@ -18,10 +18,12 @@ from omegaconf import DictConfig
 
 from distill.build import (
     CONF_DIR,
+    apply_batch_plan,
     build_datamodule,
     build_eval_spec,
     build_module,
     build_scorer,
+    build_speedups,
     build_teacher,
     build_trainer,
 )
@@ -32,6 +34,7 @@ from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
 from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
 from distill.lit.preemption import PreemptionCallback
+from distill.lit.rank_seed import RankSeed
 from distill.lit.resume import LAST, RunState, find_resume_point
 from distill.table import format_rows
 
@@ -57,6 +60,7 @@ def format_memory(rows: list[ResultRow], device: torch.device) -> str:
 def train(cfg: DictConfig) -> list[ResultRow]:
     """Distil, evaluate, and return the result rows written to ``<run_dir>/results.json``."""
     validate_train_config(cfg)  # a mistyped or impossible config fails here, before anything is built
+    batches = apply_batch_plan(cfg)  # global batch and images -> per-device batch and steps, before anything reads them
     run_dir = run_dir_of(cfg)
     checkpoint_dir = run_dir / "checkpoints"
     resume = find_resume_point(cfg.ckpt_path, checkpoint_dir, cfg.method.name)
@@ -70,9 +74,11 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         flow_map_error=cfg.eval.flow_map_error,
     )
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST), checkpoints]
+    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST), checkpoints,
+                 RankSeed(cfg.seed), build_speedups(cfg)]
     module.max_batches = module.method.num_steps or cfg.train.max_steps
     module.bad_steps.limit = cfg.train.max_bad_steps
+    module.micro_batches = batches.accumulation
     trainer = build_trainer(cfg, run_dir, callbacks, module.optimizer_steps_bound(module.max_batches), resume)
     if resume is not None:
         print(f"resuming from {resume.path} (optimizer step {resume.step})")

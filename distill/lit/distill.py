@@ -10,6 +10,7 @@ or gradient is not finite (``nan_guard``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -43,6 +44,7 @@ class DistillModule(L.LightningModule):
     max_batches: training length in batches (Lightning's ``max_steps`` counts optimizer steps,
         which multi-optimizer methods take several of per batch); None leaves it to the Trainer.
     max_bad_steps: non-finite steps in a row (each skipped, ``nan_guard``) that stop the run.
+    micro_batches: parts each batch is run in, gradients accumulated (``distill.lit.batching``).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class DistillModule(L.LightningModule):
         grad_clip: float = 1.0,
         max_batches: int | None = None,
         max_bad_steps: int = 10,
+        micro_batches: int = 1,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -70,6 +73,7 @@ class DistillModule(L.LightningModule):
         # One count per training batch, whatever the number of optimizer steps in it; checkpointed.
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         self.bad_steps = BadStepGuard(max_bad_steps)
+        self.micro_batches = micro_batches
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -121,10 +125,8 @@ class DistillModule(L.LightningModule):
             scale = self.method.lr_scale(phase, step)
             for group, base in zip(opt.param_groups, self.base_lrs[phase], strict=True):
                 group["lr"] = base * scale
-            with conditioned(self.batch_condition(batch)):  # conditional nets read the batch's labels / prompts
-                terms = self.method.loss(phase, x0, self.teacher, self.student, step)
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(terms["loss"])
+            terms = self.loss_and_backward(phase, batch, x0, step)
             params = [p for g in opt.param_groups for p in g["params"]]
             norm = grad_norm(params, self.grad_clip)
             logs.update({f"{phase}/{k}": v.detach() for k, v in terms.items()})
@@ -150,6 +152,32 @@ class DistillModule(L.LightningModule):
         self.log("loss", logs[f"{self.method.phases(step)[0]}/loss"], prog_bar=True, on_step=True)
         if self.max_batches is not None and int(self.step_count) >= self.max_batches:
             self.trainer.should_stop = True
+
+    def loss_and_backward(self, phase: str, batch, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """The phase's loss terms, back-propagated. With ``micro_batches`` k > 1 the batch runs in k equal
+        parts (gradient accumulation: one part's activations at a time; DDP syncs after the last), each
+        loss scaled by 1/k, so the gradient is the whole batch's; the terms returned are the parts' mean."""
+        k = self.micro_batches
+        if k == 1:
+            with conditioned(self.batch_condition(batch)):  # conditional nets read the batch's labels / prompts
+                terms = self.method.loss(phase, x0, self.teacher, self.student, step)
+            self.manual_backward(terms["loss"])
+            return terms
+        if len(x0) % k:
+            raise ValueError(f"a batch of {len(x0)} does not split into {k} micro-batches")
+        size = len(x0) // k
+        total: dict[str, torch.Tensor] = {}
+        for i in range(k):
+            part = slice(i * size, (i + 1) * size)
+            last = i == k - 1
+            sync = nullcontext() if last or not hasattr(self.trainer.model, "no_sync") else self.trainer.model.no_sync()
+            piece = [b[part] for b in batch] if isinstance(batch, (list, tuple)) else batch[part]
+            with conditioned(self.batch_condition(piece)), sync:
+                terms = self.method.loss(phase, x0[part], self.teacher, self.student, step)
+                self.manual_backward(terms["loss"] / k)
+            for key, value in terms.items():
+                total[key] = total.get(key, 0) + value.detach() / k
+        return total
 
     def _nonfinite(self, phase: str, terms: dict[str, torch.Tensor], norm: torch.Tensor) -> list[str]:
         """The non-finite terms of this phase (every rank skips when any rank has one)."""
