@@ -16,7 +16,9 @@ from tests.teachers.test_diffusers_dir import save_flow_model, save_pipeline
 
 @pytest.mark.parametrize(("layout", "method", "student"), [
     ("ddpm_epsilon", "progressive", "copy_of_teacher"),
+    ("ddpm_epsilon", "progressive", "lora"),
     ("ddpm_epsilon", "dmd2", "lora"),
+    ("ddpm_epsilon", "dmd2", "copy_of_teacher"),
     ("flow", "arcflow", "lora"),
     ("flow", "consistency", "lora"),
     ("flow", "gdd", "copy_of_teacher"),
@@ -46,7 +48,8 @@ def save_flow_dit(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.parametrize(("method", "student"), [("progressive", "lora"), ("dmd2", "copy_of_teacher")])
+@pytest.mark.parametrize(("method", "student"), [("progressive", "lora"), ("progressive", "copy_of_teacher"),
+                                                 ("dmd2", "lora"), ("dmd2", "copy_of_teacher")])
 def test_flow_transformer_teacher_distils_class_conditionally(compose_train, tmp_path, method, student):
     path = save_flow_dit(tmp_path / "dit")
     cfg = compose_train(f"method={method}", "debug=fast", "teacher=diffusers", f"teacher.path={path}",
