@@ -39,6 +39,23 @@ def log_image(pl_module: L.LightningModule, key: str, path: Path, step: int) -> 
             logger.experiment.add_image(key, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
 
 
+RESULT_COLUMNS = ("model", "sampler", "nfe", "metric", "value", "num_samples", "step")
+
+
+def log_results_table(pl_module: L.LightningModule, rows: list[ResultRow], results_file: Path) -> None:
+    """The run's result rows as a W&B table, and ``results.json`` as a versioned artifact, so runs
+    compare in the dashboard and ``distill-table`` can be fed from downloaded artifacts."""
+    for logger in pl_module.loggers:
+        if isinstance(logger, WandbLogger) and rows:
+            import wandb
+
+            logger.log_table(key="results", columns=list(RESULT_COLUMNS),
+                             data=[[getattr(r, c) for c in RESULT_COLUMNS] for r in rows])
+            artifact = wandb.Artifact(f"results-{logger.experiment.id}", type="results")
+            artifact.add_file(str(results_file))
+            logger.experiment.log_artifact(artifact)
+
+
 class EvaluationCallback(L.Callback):
     """Teacher rows once at fit start; student rows every ``every_n_steps`` and at the end.
 
@@ -118,3 +135,5 @@ class EvaluationCallback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self._evaluate_student(trainer, pl_module)
+        if trainer.is_global_zero:
+            log_results_table(pl_module, self.rows, self.run_dir / RESULTS_NAME)

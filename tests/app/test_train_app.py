@@ -92,9 +92,15 @@ def test_evaluation_is_reproducible(compose_train):
 
 
 def test_wandb_offline_logger_writes_a_local_run(compose_train):
-    cfg = compose_train(*FAST, "logger=wandb", "dataset=gmm", "teacher=gmm_exact", "student=mlp")
+    # two real steps (a fast_dev_run mutes the loggers): config, sample grids, metrics and the results table
+    cfg = compose_train("eval=fast", "train.max_steps=2", "logger=wandb", "dataset=gmm", "teacher=gmm_exact",
+                        "student=mlp")
     train(cfg)
-    assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert runs
+    assert list(runs[0].rglob("media/images/samples/student/*/nfe2_*.png"))
+    tables = list(runs[0].rglob("results*.table.json"))  # the result rows, as a W&B table (and artifact)
+    assert tables and '"sw"' in tables[0].read_text() and '"student"' in tables[0].read_text()
 
 
 def cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
