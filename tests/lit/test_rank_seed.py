@@ -5,7 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from distill.core.rng import process_rng_state
 from distill.lit.rank_seed import RankSeed, rank_seed
+from distill.lit.resume import RUN_KEY, RunState
 
 
 def test_every_rank_seed_and_resume_step_gets_its_own_seed():
@@ -31,3 +33,19 @@ def test_ranks_draw_different_noise_and_a_single_process_keeps_its_stream():
     np.random.seed(123)
     untouched = torch.cat([torch.randn(4), torch.from_numpy(np.random.rand(2)).float()])
     torch.testing.assert_close(_draws_after_fit_start(0, 1), untouched)
+
+
+def test_a_resumed_rank_continues_its_saved_stream_not_a_fresh_seed():
+    """RankSeed reseeds at fit start; RunState then restores the checkpoint's per-rank states at train
+    start (Lightning calls on_fit_start first), so a resumed rank draws what it would have drawn."""
+    trainer = SimpleNamespace(world_size=2, global_rank=1)
+    saved = []
+    for rank in range(2):
+        torch.manual_seed(40 + rank)
+        saved.append(process_rng_state())
+    expected = torch.randn(4)  # rank 1's next draws in the run that was interrupted
+    run_state = RunState("dmd2")
+    run_state.on_load_checkpoint(trainer, None, {RUN_KEY: {"rng": saved}})
+    RankSeed(seed=0).on_fit_start(trainer, SimpleNamespace(step_count=torch.tensor(10)))
+    run_state.on_train_start(trainer, None)
+    torch.testing.assert_close(torch.randn(4), expected)
