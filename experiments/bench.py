@@ -96,6 +96,18 @@ def lightning_run(cfg, teacher, loader, n: int, device: torch.device) -> tuple[l
     return clock.stamps, module
 
 
+def epochs(loader: DataLoader, n: int):
+    """``n`` batches, epoch after epoch, as Lightning's loop draws them (digits' training split is 9
+    batches of 128: every run crosses epoch boundaries)."""
+    count = 0
+    while True:
+        for batch in loader:
+            if count == n:
+                return
+            yield batch
+            count += 1
+
+
 def plain_run(cfg, teacher, loader, n: int, device: torch.device) -> tuple[list[float], DistillModule]:
     """What DistillModule.training_step does, written out as a loop: phases, learning-rate scale,
     loss, backward, clipping, step, EMA, the method's end-of-step hook."""
@@ -106,9 +118,7 @@ def plain_run(cfg, teacher, loader, n: int, device: torch.device) -> tuple[list[
     opts = dict(zip(method.optimizer_names, module.configure_optimizers(), strict=True))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     stamps = []
-    for step, (x0,) in enumerate(loader):
-        if step == n:
-            break
+    for step, (x0,) in enumerate(epochs(loader, n)):
         x0 = x0.to(device, non_blocking=True)
         for phase in method.phases(step):
             opt = opts[phase]
