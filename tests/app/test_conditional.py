@@ -26,7 +26,8 @@ def conditional_teacher(cache_dir, tmp_path_factory) -> Path:
                               {**TINY_UNET, "num_classes": 10}, steps=20)
 
 
-@pytest.mark.parametrize("method", ["dmd2", "progressive", "arcflow"])
+@pytest.mark.parametrize("method", ["dmd2", pytest.param("progressive", marks=pytest.mark.slow),
+                                    pytest.param("arcflow", marks=pytest.mark.slow)])
 def test_conditional_distillation_with_guidance_scores_class_accuracy(compose_train, conditional_teacher, method):
     cfg = compose_train(f"method={method}", "debug=fast", f"teacher.path={conditional_teacher}", "teacher.guidance=2.0")
     train(cfg)

@@ -16,9 +16,9 @@ from tests.teachers.test_diffusers_dir import save_flow_model, save_pipeline
 
 @pytest.mark.parametrize(("layout", "method", "student"), [
     ("ddpm_epsilon", "progressive", "copy_of_teacher"),
-    ("ddpm_epsilon", "progressive", "lora"),
+    pytest.param("ddpm_epsilon", "progressive", "lora", marks=pytest.mark.slow),
     ("ddpm_epsilon", "dmd2", "lora"),
-    ("ddpm_epsilon", "dmd2", "copy_of_teacher"),
+    pytest.param("ddpm_epsilon", "dmd2", "copy_of_teacher", marks=pytest.mark.slow),
     ("flow", "arcflow", "lora"),
     ("flow", "consistency", "lora"),
     ("flow", "gdd", "copy_of_teacher"),
@@ -48,8 +48,9 @@ def save_flow_dit(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.parametrize(("method", "student"), [("progressive", "lora"), ("progressive", "copy_of_teacher"),
-                                                 ("dmd2", "lora"), ("dmd2", "copy_of_teacher")])
+@pytest.mark.parametrize(("method", "student"), [
+    ("progressive", "lora"), pytest.param("progressive", "copy_of_teacher", marks=pytest.mark.slow),
+    pytest.param("dmd2", "lora", marks=pytest.mark.slow), ("dmd2", "copy_of_teacher")])
 def test_flow_transformer_teacher_distils_class_conditionally(compose_train, tmp_path, method, student):
     path = save_flow_dit(tmp_path / "dit")
     cfg = compose_train(f"method={method}", "debug=fast", "teacher=diffusers", f"teacher.path={path}",

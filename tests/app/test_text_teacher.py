@@ -82,8 +82,10 @@ def test_captions_become_a_cached_prompt_table_and_guidance_uses_the_empty_promp
     assert not torch.allclose(cond, uncond)
 
 
-@pytest.mark.parametrize(("method", "student"), [("progressive", "copy_of_teacher"), ("dmd2", "lora"),
-                                                 ("progressive", "lora"), ("dmd2", "copy_of_teacher")])
+@pytest.mark.parametrize(("method", "student"), [
+    ("progressive", "copy_of_teacher"), ("dmd2", "lora"),
+    pytest.param("progressive", "lora", marks=pytest.mark.slow),
+    pytest.param("dmd2", "copy_of_teacher", marks=pytest.mark.slow)])
 def test_text_teacher_distils_end_to_end(compose_train, text_setup, method, student):
     cfg = compose_train(f"method={method}", f"student={student}", "debug=fast", *overrides(text_setup),
                         "teacher.guidance=2.0")
