@@ -20,7 +20,7 @@ from tests.conftest import TINY_UNET, compose_config, train_tiny_teacher
 REPO = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("paper_*.yaml"))
 STAND_IN = ["hardware=cpu", "debug=fast", "eval.metric=sw", "eval.num_samples=8", "eval.batch_size=8",
-            "eval.teacher_nfes=[1]", "eval.every_n_steps=0", "train.batch_size=4"]
+            "eval.teacher_nfes=[1]", "eval.every_n_steps=0", "train.global_batch_size=4"]
 
 
 def test_there_is_a_paper_config_per_reported_row():
