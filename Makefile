@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 # The torch build to install; the default matches the wheels on the reference machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SEEDS ?= 0,1,2
-METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,reflow
+METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,reflow,bezier,bezier_single
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher test test-slow lint bench table clean
+.PHONY: help setup run teacher teachers-extra test test-slow lint bench table clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install distill with its dev extra (idempotent)
 
@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 
 teacher: setup ## pretrain the digits teacher (reused from the cache when present)
 	$(PY) -m distill.pretrain dataset=digits
+
+teachers-extra: setup ## two more digits teachers for multi-teacher Bezier distillation (seed 1; seed 2, wider UNet; cached)
+	$(PY) -m distill.pretrain dataset=digits seed=1 'out=$${paths.cache}/teachers/digits_s1'
+	$(PY) -m distill.pretrain dataset=digits seed=2 net=unet 'out=$${paths.cache}/teachers/digits_w'
 
 run: teacher ## the main job: digits teacher -> progressive distillation -> table and sample grid
 	$(PY) -m distill.train
@@ -45,7 +49,7 @@ bench: setup teacher ## throughput and sCM JVP step-time benchmarks -> experimen
 	$(PY) experiments/bench.py --out experiments/results/bench.md
 	$(PY) experiments/bench_jvp.py --out experiments/results/jvp.md
 
-table: setup teacher ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
+table: setup teacher teachers-extra ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
 	rm -rf experiments/runs/benchmark
 	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=$(METHODS) seed=$(SEEDS) \
 		hydra.sweep.dir=experiments/runs/benchmark

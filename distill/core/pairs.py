@@ -61,15 +61,17 @@ class PairShards:
         seed: base seed (int or tuple of ints); shard i's noise is ``shard_noise(seed, i, size, shape)``.
         endpoint: ``noise -> endpoint`` (e.g. ``ode_pairs`` of the round's flow), CPU in, CPU out.
         keep: shards held in memory (least recently used go first).
+        target_shape: shape of one endpoint (default ``shape``; e.g. whole trajectories of several teachers).
     """
 
     def __init__(
         self, directory: str | Path | None, size: int, shape: tuple[int, ...], seed: int | tuple[int, ...],
-        endpoint: Callable[[Tensor], Tensor], keep: int = 64,
+        endpoint: Callable[[Tensor], Tensor], keep: int = 64, target_shape: tuple[int, ...] | None = None,
     ):
         self.directory = None if directory is None else Path(directory)
         self.size, self.shape, self.seed = size, tuple(shape), seed
         self.endpoint, self.keep = endpoint, keep
+        self.target_shape = self.shape if target_shape is None else tuple(target_shape)
         self.loaded: OrderedDict[int, tuple[Tensor, Tensor]] = OrderedDict()
 
     def path(self, index: int) -> Path:
@@ -99,8 +101,8 @@ class PairShards:
             tensors = load_weights(path)
         except Exception as err:  # safetensors raises its own error types for bad headers/sizes
             raise PairCacheError(f"pair shard {path} is unreadable ({err}); {fix}") from err
-        if set(tensors) != {"noise", "endpoint"} or tensors["endpoint"].shape != noise.shape:
-            raise PairCacheError(f"pair shard {path} does not hold {self.size} pairs of shape {self.shape}; {fix}")
+        if set(tensors) != {"noise", "endpoint"} or tensors["endpoint"].shape != (self.size, *self.target_shape):
+            raise PairCacheError(f"pair shard {path} does not hold {self.size} pairs of shape {self.target_shape}; {fix}")
         if not torch.equal(tensors["noise"], noise):
             raise PairCacheError(f"pair shard {path} was made from other noise (seed or size changed); {fix}")
         return tensors["endpoint"]

@@ -51,3 +51,28 @@ def straightness(model: VelocityModel, noise: Tensor, grid: Tensor, sampler: str
 def ode_pairs(model: VelocityModel, noise: Tensor, steps: int, sampler: str = "euler", grid: str = "uniform") -> Tensor:
     """The coupled endpoints ``x_hat = ODE(noise)`` reflow trains on (``steps`` steps of ``sampler``)."""
     return SAMPLERS[sampler](model, prior_state(noise), make_grid(grid, steps).to(noise))
+
+
+@torch.no_grad()
+def ode_states(
+    model: VelocityModel, noise: Tensor, times: Sequence[float], steps: int, sampler: str = "euler",
+    grid: str = "uniform",
+) -> Tensor:
+    """States of ``model``'s ODE from ``noise`` (at s = 1) at the FM ``times``: (len(times), B, ...).
+
+    The times join the ``steps``-step grid, so the solver lands on each exactly (0: the endpoint).
+    """
+    if any(not 0.0 <= t < 1.0 for t in times):
+        raise ValueError(f"record times {list(times)} must lie in [0, 1)")
+    wanted = torch.tensor(list(times), dtype=torch.float64)
+    full = torch.cat([make_grid(grid, steps), wanted]).unique(sorted=True).flip(0)
+    positions = [int((full == t).nonzero()) for t in wanted]
+    states: list[Tensor | None] = [None] * len(times)
+
+    def record(i: int, x: Tensor, s: Tensor) -> None:
+        for k, position in enumerate(positions):
+            if position == i + 1:
+                states[k] = x
+
+    SAMPLERS[sampler](model, prior_state(noise), full.to(noise), callback=record)
+    return torch.stack(states)

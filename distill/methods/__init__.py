@@ -2,6 +2,7 @@
 
 from distill.methods.arcflow import ArcFlow
 from distill.methods.base import Method
+from distill.methods.bezier import BezierDistillation
 from distill.methods.composite import WeightedSum
 from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.consistency_training import ConsistencyTraining
@@ -16,6 +17,7 @@ from distill.methods.scm import SCM
 __all__ = [
     "Method",
     "ArcFlow",
+    "BezierDistillation",
     "ConsistencyDistillation",
     "ConsistencyTraining",
     "DMD2",

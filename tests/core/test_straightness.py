@@ -7,7 +7,7 @@ import torch
 
 from distill.core.grids import uniform_grid
 from distill.core.pairs import PairCacheError, PairShards, fingerprint, shard_noise
-from distill.core.straightness import ode_pairs, straightness
+from distill.core.straightness import ode_pairs, ode_states, straightness
 
 
 def test_constant_velocity_is_perfectly_straight():
@@ -76,3 +76,26 @@ def test_fingerprint_tells_models_apart():
     assert fingerprint(a, (2,), 0) == fingerprint(a, (2,), 0)
     assert fingerprint(a, (2,), 0) != fingerprint(b, (2,), 0)
     assert fingerprint(a, (2,), 0) != fingerprint(a, (2,), 1)
+
+
+def test_ode_states_land_exactly_on_the_record_times():
+    u = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    noise = torch.randn(5, 2, dtype=torch.float64)
+    states = ode_states(lambda x, s: u.expand_as(x), noise, [0.9, 0.3, 0.0], 4, "heun", "cosine")
+    expected = torch.stack([noise - (1 - t) * u for t in (0.9, 0.3, 0.0)])  # x_s = eps - (1 - s) u
+    torch.testing.assert_close(states, expected)
+    # Times already on the grid leave the solve as it was: the endpoint is the plain ODE pair.
+    field = lambda x, s: x * s[:, None] ** 2  # noqa: E731
+    torch.testing.assert_close(ode_states(field, noise, [0.5, 0.0], 4, "heun")[1], ode_pairs(field, noise, 4, "heun"))
+    with pytest.raises(ValueError, match="must lie in"):
+        ode_states(field, noise, [1.0], 4)
+
+
+def test_pair_shards_hold_endpoints_of_another_shape(tmp_path: Path):
+    shards = PairShards(tmp_path, 4, (3,), 7, lambda noise: noise[:, None].repeat(1, 2, 1), target_shape=(2, 3))
+    noise, states = shards[0]
+    assert states.shape == (4, 2, 3)
+    again = PairShards(tmp_path, 4, (3,), 7, lambda noise: 1 / 0, target_shape=(2, 3))[0]
+    torch.testing.assert_close(again[1], states)
+    with pytest.raises(PairCacheError, match=r"pairs of shape \(3, 3\)"):
+        PairShards(tmp_path, 4, (3,), 7, lambda noise: noise, target_shape=(3, 3))[0]
