@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -43,3 +44,24 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Load safetensors weights; never unpickles anything."""
     return load_file(str(path))
+
+
+def cached_in_shards(
+    folder: str | Path | None, count: int, shard_size: int, key: str, make: Callable[[int, int], torch.Tensor],
+    progress: bool = False, desc: str = "",
+) -> torch.Tensor:
+    """Rows ``0 .. count`` of a table made ``make(start, stop)`` one shard at a time, each shard read
+    back from ``folder`` when it is there and written there (atomically) when it is made; ``folder``
+    None keeps nothing. ``key`` names the tensor inside each shard file."""
+    folder = None if folder is None else Path(folder)
+    shards = []
+    for index, start in enumerate(tqdm(range(0, count, shard_size), desc=desc, disable=not progress, leave=False)):
+        path = None if folder is None else folder / f"shard_{index:05d}.safetensors"
+        if path is not None and path.is_file():
+            shards.append(load_weights(path)[key])
+            continue
+        rows = make(start, min(start + shard_size, count))
+        if path is not None:
+            save_weights(path, {key: rows})  # a crash never leaves half a shard
+        shards.append(rows)
+    return torch.cat(shards)

@@ -12,11 +12,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from distill.core.io import save_weights
+from distill.core.io import cached_in_shards
 
 SHARD_SIZE = 4096  # encoded images per cached shard
 
@@ -57,16 +55,8 @@ def encode_images(images: Tensor, codec: LatentCodec, cache_dir: str | Path | No
                   batch_size: int = 64, progress: bool = False) -> Tensor:
     """Latents of ``images`` (N, C, H, W), read from / written to ``cache_dir/<codec>-<key>`` in shards."""
     folder = None if cache_dir is None else Path(cache_dir) / f"{codec.fingerprint()}-{key}"
-    shards = []
-    for index, start in enumerate(tqdm(range(0, len(images), SHARD_SIZE), desc="encoding latents",
-                                       disable=not progress, leave=False)):
-        path = None if folder is None else folder / f"shard_{index:05d}.safetensors"
-        if path is not None and path.is_file():
-            shards.append(load_file(str(path))["latents"])
-            continue
-        chunk = images[start:start + SHARD_SIZE]
-        latents = torch.cat([codec.encode(chunk[i:i + batch_size]) for i in range(0, len(chunk), batch_size)])
-        if path is not None:
-            save_weights(path, {"latents": latents})  # atomic: a crash never leaves half a shard
-        shards.append(latents)
-    return torch.cat(shards)
+
+    def encode(start: int, stop: int) -> Tensor:
+        return torch.cat([codec.encode(images[i:min(i + batch_size, stop)]) for i in range(start, stop, batch_size)])
+
+    return cached_in_shards(folder, len(images), SHARD_SIZE, "latents", encode, progress, "encoding latents")

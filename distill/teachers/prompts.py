@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
-from distill.core.io import save_weights
+from distill.core.io import cached_in_shards
 from distill.teachers.checkpoint import TeacherCheckpointError
 
 SHARD_SIZE = 1024  # prompts per cached shard
@@ -67,17 +66,7 @@ class PromptEncoder:
 
 def prompt_table(prompts: Sequence[str], encoder: PromptEncoder, cache_dir: str | Path | None) -> Tensor:
     """Embeddings of ``prompts`` (N, L, D), read from / written to ``cache_dir`` in shards."""
-    if cache_dir is None:
-        return encoder.encode(prompts)
     key = hashlib.sha256(json.dumps([encoder.fingerprint(), list(prompts)]).encode()).hexdigest()[:16]
-    folder = Path(cache_dir) / key
-    shards = []
-    for index, start in enumerate(range(0, len(prompts), SHARD_SIZE)):
-        path = folder / f"shard_{index:05d}.safetensors"
-        if path.is_file():
-            shards.append(load_file(str(path))["embeds"])
-            continue
-        embeds = encoder.encode(prompts[start:start + SHARD_SIZE])
-        save_weights(path, {"embeds": embeds})  # atomic: a crash never leaves half a shard
-        shards.append(embeds)
-    return torch.cat(shards)
+    folder = None if cache_dir is None else Path(cache_dir) / key
+    return cached_in_shards(folder, len(prompts), SHARD_SIZE, "embeds",
+                            lambda start, stop: encoder.encode(prompts[start:stop]))
