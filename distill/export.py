@@ -6,8 +6,13 @@ Writes ``unet/`` (or ``transformer/``: config and safetensors weights, LoRA merg
 ``scheduler/`` for diffusers' ``FlowMatchEulerDiscreteScheduler`` (``stochastic_sampling`` on for
 consistency-style students that jump to data and re-noise), and ``distill_sampler.json`` with the
 exact FM times of the student's ``nfe``-step sampler and its starting noise scale. A LoRA student
-also gets ``lora/``: the adapters alone (peft format, ``adapter_model.safetensors`` and
-``adapter_config.json``) beside ``lora/base/``, the frozen body they adapt. The sampling loop:
+of a model class diffusers can load LoRA into (``UNet2DConditionModel``, SD3 / FLUX transformers:
+the ``PeftAdapterMixin`` classes) also gets ``lora/pytorch_lora_weights.safetensors``, the adapters
+alone in diffusers' naming (``unet.<module>.lora_A.weight``, rank and alpha in the file's
+``lora_adapter_metadata``): ``pipe.load_lora_weights(export / "lora")`` on the teacher's pipeline.
+If the student also trained weights outside the adapters, the body they adapt is written beside
+them as ``lora/base/``. Other classes (``UNet2DModel``) have no LoRA loader: ``unet/`` is their
+only, merged form. The sampling loop:
 
     scheduler.set_timesteps(sigmas=sampler["sigmas"][:-1])
     x = sampler["initial_noise_scale"] * noise
@@ -19,16 +24,19 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import hydra
+import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers.loaders.peft import PeftAdapterMixin
 from omegaconf import DictConfig
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
 from distill.build import CONF_DIR
 from distill.errors import ConfigError, friendly_errors
@@ -37,6 +45,10 @@ from distill.evaluate import load_run_module
 SAMPLER_NAME = "distill_sampler.json"
 ADAPTER = "default"  # peft's name for the one adapter a LoRA student has
 TIME_SCALE = 1000  # the timestep a flow-matching diffusers model takes is 1000 sigma
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' LoRA loaders look for
+LORA_METADATA_KEY = "lora_adapter_metadata"  # where they read the LoraConfig from
+
+log = logging.getLogger(__name__)
 
 
 def diffusers_network(model: nn.Module) -> ModelMixin:
@@ -72,18 +84,60 @@ def folder_for(network: nn.Module) -> str:
     return "transformer" if "Transformer" in type(network).__name__ else "unet"
 
 
-def write_lora(network: nn.Module, out: Path) -> None:
-    """The adapters in peft's format (module names relative to the diffusers model) and their base."""
+def has_lora_loader(network: nn.Module) -> bool:
+    """Whether diffusers can load LoRA into this model class (``load_lora_adapter``)."""
+    return isinstance(network, PeftAdapterMixin)
+
+
+def diffusers_lora_state(network: nn.Module, prefix: str) -> dict[str, Tensor]:
+    """The adapters under diffusers' keys: ``<prefix>.<module>.lora_A.weight`` (peft's saved naming, the
+    adapter name dropped, behind the pipeline component the loader strips: ``unet`` or ``transformer``)."""
+    return {f"{prefix}.{k.replace(f'.{ADAPTER}.', '.')}": v.detach().contiguous()
+            for k, v in network.state_dict().items() if ".lora_" in k}
+
+
+def lora_metadata(network: nn.Module, prefix: str) -> dict[str, str]:
+    """The safetensors metadata diffusers turns into the ``LoraConfig`` (rank, alpha, targets), so the
+    scale alpha / r is the trained one rather than guessed from the weights' shapes."""
+    layers = {name: m for name, m in network.named_modules() if isinstance(m, LoraLayer)}
+    first = next(iter(layers.values()))
+    config = {"r": int(first.r[ADAPTER]), "lora_alpha": float(first.lora_alpha[ADAPTER]),
+              "target_modules": sorted(layers), "lora_dropout": 0.0, "bias": "none"}
+    ranks = {name: int(m.r[ADAPTER]) for name, m in layers.items()}
+    if len(set(ranks.values())) > 1:
+        config["rank_pattern"] = ranks
+        config["alpha_pattern"] = {name: float(m.lora_alpha[ADAPTER]) for name, m in layers.items()}
+    packed = {f"{prefix}.{key}": value for key, value in config.items()}
+    return {"format": "pt", LORA_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    return state_a.keys() == state_b.keys() and all(torch.equal(v, state_b[k].to(v)) for k, v in state_a.items())
+
+
+def write_lora(network: nn.Module, teacher_network: nn.Module | None, out: Path) -> str:
+    """``lora/`` in diffusers' format (see the module docstring); returns what was written, for the log."""
+    if not has_lora_loader(network):
+        return (f"{type(network).__name__} has no LoRA loader in diffusers: the LoRA student is exported merged "
+                f"only ({folder_for(network)}/)")
+    folder = folder_for(network)
     (out / "lora").mkdir(parents=True)
-    layer = next(m for m in network.modules() if isinstance(m, LoraLayer))
-    # peft's saved format: the adapter name is not part of the key ("x.lora_A.weight")
-    adapters = {k.replace(f".{ADAPTER}.", "."): v.contiguous() for k, v in network.state_dict().items() if ".lora_" in k}
-    save_file(adapters, out / "lora" / "adapter_model.safetensors")
-    targets = sorted(name for name, m in network.named_modules() if isinstance(m, LoraLayer))
-    adapter = {"peft_type": "LORA", "r": int(layer.r[ADAPTER]), "lora_alpha": float(layer.lora_alpha[ADAPTER]),
-               "target_modules": targets, "bias": "none"}
-    (out / "lora" / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
-    without_lora(network, merge=False).save_pretrained(out / "lora" / "base", safe_serialization=True)
+    save_file(diffusers_lora_state(network, folder), out / "lora" / LORA_WEIGHTS,
+              metadata=lora_metadata(network, folder))
+    body = without_lora(network, merge=False)
+    if teacher_network is not None and same_weights(body, teacher_network):
+        return f"lora/{LORA_WEIGHTS}: load the teacher's pipeline, then pipe.load_lora_weights(<export>/lora)"
+    body.save_pretrained(out / "lora" / "base", safe_serialization=True)  # train_fully weights live here
+    return (f"lora/{LORA_WEIGHTS} and lora/base/: the student trained weights outside its adapters, so load "
+            f"the base from lora/base/, then .load_lora_adapter(<export>/lora, weight_name={LORA_WEIGHTS!r}, "
+            f"prefix={folder!r})")
+
+
+def teacher_network(module: nn.Module) -> nn.Module | None:
+    """The teacher's diffusers model, the body a LoRA student adapts (None for our own networks)."""
+    net = getattr(module.teacher.model, "net", None)
+    return net if isinstance(net, ModelMixin) else None
 
 
 def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool = False) -> Path:
@@ -103,7 +157,7 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIME_SCALE, shift=1.0,
                                     stochastic_sampling=plan.renoise).save_pretrained(tmp / "scheduler")
     if has_lora(network):
-        write_lora(network, tmp)
+        log.info("LoRA student: %s", write_lora(network, teacher_network(module), tmp))
     if module.teacher.codec is not None:  # a latent student ships with the VAE that decodes its samples
         module.teacher.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
     sampler = {"method": module.method.name, "nfe": nfe, "sigmas": plan.sigmas, "renoise": plan.renoise,

@@ -1,22 +1,28 @@
 """``distill-export`` and ``distill-sample``: an exported student loads with diffusers' own classes,
 without this project importable, and reproduces the run's samples; LoRA students also export their
-adapters; students no scheduler can follow are refused."""
+adapters in diffusers' LoRA format, which diffusers' own loaders apply to the base model; students no
+scheduler can follow are refused."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from distill.core.conditioning import PROMPTS, conditioned
 from distill.errors import ConfigError
+from distill.evaluate import load_run_module
 from distill.evaluation.noise import seeded_noise
-from distill.export import SAMPLER_NAME, export_run
+from distill.export import LORA_WEIGHTS, SAMPLER_NAME, export_run, write_lora
 from distill.sample import sample_export, sample_run, write_samples
+from distill.students.lora import add_lora
 from tests.app.test_init_from import run
 
 DIFFUSERS_ONLY = r'''
@@ -56,9 +62,11 @@ def test_export_reproduces_the_run_in_plain_diffusers(pd_run, cache_dir, tmp_pat
     torch.testing.assert_close(exported, sample_run(pd_run, nfe, seeds, str(cache_dir)), rtol=1e-4, atol=1e-4)
 
 
-def test_lora_consistency_student_exports_merged_and_as_adapters(cache_dir, tmp_path):
+def test_lora_student_of_a_class_without_lora_loader_exports_merged(cache_dir, tmp_path, caplog):
     run_dir = run(tmp_path / "run", "method=consistency", "student=lora")
-    out = export_run(run_dir, tmp_path / "export", 2, str(cache_dir))
+    with caplog.at_level(logging.INFO, logger="distill.export"):
+        out = export_run(run_dir, tmp_path / "export", 2, str(cache_dir))
+    assert "UNet2DModel has no LoRA loader" in caplog.text and not (out / "lora").exists()
     sampler = json.loads((out / SAMPLER_NAME).read_text())
     assert sampler["renoise"] and json.loads((out / "scheduler" / "scheduler_config.json").read_text())[
         "stochastic_sampling"]
@@ -66,19 +74,109 @@ def test_lora_consistency_student_exports_merged_and_as_adapters(cache_dir, tmp_
     # The export's stochastic scheduler, fed per-seed generators, re-noises exactly as the run does.
     torch.testing.assert_close(sample_export(out, seeds), sample_run(run_dir, 2, seeds, str(cache_dir)),
                                rtol=1e-4, atol=1e-4)
-    # The adapters on their base equal the merged network.
-    from diffusers import UNet2DModel
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
-    adapter = json.loads((out / "lora" / "adapter_config.json").read_text())
-    base = UNet2DModel.from_pretrained(out / "lora" / "base", use_safetensors=True)
-    config = LoraConfig(r=adapter["r"], lora_alpha=adapter["lora_alpha"], target_modules=adapter["target_modules"])
-    adapted = inject_adapter_in_model(config, base)
-    assert not set_peft_model_state_dict(adapted, load_file(out / "lora" / "adapter_model.safetensors")).unexpected_keys
-    merged = UNet2DModel.from_pretrained(out / "unet", use_safetensors=True)
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([700.0, 300.0])
+
+DIFFUSERS_LORA = r'''
+import sys
+sys.modules["distill"] = None  # this project must not be needed
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+pipe_dir, export, io = sys.argv[1:4]
+inputs = load_file(f"{io}/inputs.safetensors")
+def velocity(unet):
     with torch.no_grad():
-        torch.testing.assert_close(adapted(x, t).sample, merged(x, t).sample, rtol=1e-4, atol=1e-5)
+        return unet(inputs["x"], inputs["t"], encoder_hidden_states=inputs["prompts"]).sample
+# the model's own loader
+unet = UNet2DConditionModel.from_pretrained(f"{pipe_dir}/unet", use_safetensors=True).eval()
+unet.load_lora_adapter(f"{export}/lora", weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+# and the pipeline's
+pipe = StableDiffusionPipeline(
+    vae=None, text_encoder=CLIPTextModel.from_pretrained(f"{pipe_dir}/text_encoder"),
+    tokenizer=PreTrainedTokenizerFast.from_pretrained(f"{pipe_dir}/tokenizer"),
+    unet=UNet2DConditionModel.from_pretrained(f"{pipe_dir}/unet", use_safetensors=True).eval(),
+    scheduler=FlowMatchEulerDiscreteScheduler(), safety_checker=None, feature_extractor=None,
+    requires_safety_checker=False)
+pipe.load_lora_weights(f"{export}/lora")
+save_file({"model": velocity(unet), "pipeline": velocity(pipe.unet)}, f"{io}/out.safetensors")
+'''
+
+
+def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from tests.app.test_text_teacher import captioned_images, save_text_pipeline
+
+    pipe = save_text_pipeline(tmp_path / "pipe")
+    FlowMatchEulerDiscreteScheduler().save_pretrained(pipe / "scheduler")  # a flow teacher exports
+    run_dir = run(tmp_path / "run", "method=progressive", "student=lora", "teacher=diffusers", f"teacher.path={pipe}",
+                  "dataset=image_folder", f"dataset.path={captioned_images(tmp_path / 'images')}",
+                  "dataset.resolution=8", "dataset.channels=1", "dataset.captions=true", "eval.metric=sw",
+                  "train.batch_size=4")
+    out = export_run(run_dir, tmp_path / "export", 1, str(cache_dir))
+    assert sorted(p.name for p in (out / "lora").iterdir()) == ["pytorch_lora_weights.safetensors"]
+    module = load_run_module(run_dir, str(cache_dir))
+    student = module.method.sampling_plan(module.sampling_student(), 1).network
+    inputs = {"x": torch.randn(2, 1, 8, 8), "t": torch.tensor([900.0, 350.0]),
+              "prompts": module.teacher.prompt_table[[0, 1]]}
+    with torch.no_grad(), conditioned({PROMPTS: inputs["prompts"]}):
+        expected = student(inputs["x"], inputs["t"] / 1000)
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    subprocess.run([sys.executable, "-c", DIFFUSERS_LORA, str(pipe), str(out), str(tmp_path)], check=True, cwd=tmp_path)
+    loaded = load_file(tmp_path / "out.safetensors")
+    teacher_out = module.teacher.model.net(inputs["x"], inputs["t"], encoder_hidden_states=inputs["prompts"]).sample
+    assert not torch.allclose(expected, teacher_out, atol=1e-5)  # the adapters matter
+    torch.testing.assert_close(loaded["model"], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded["pipeline"], expected, rtol=1e-4, atol=1e-5)
+
+
+DIFFUSERS_TRANSFORMER_LORA = r'''
+import sys
+sys.modules["distill"] = None
+import torch
+from diffusers import SD3Transformer2DModel
+from safetensors.torch import load_file, save_file
+
+export, io = sys.argv[1:3]
+inputs = load_file(f"{io}/inputs.safetensors")
+net = SD3Transformer2DModel.from_pretrained(f"{export}/lora/base", use_safetensors=True).eval()
+net.load_lora_adapter(f"{export}/lora", weight_name="pytorch_lora_weights.safetensors", prefix="transformer")
+with torch.no_grad():
+    out = net(inputs["x"], encoder_hidden_states=inputs["prompts"], pooled_projections=inputs["pooled"],
+              timestep=inputs["t"]).sample
+save_file({"out": out}, f"{io}/out.safetensors")
+'''
+
+
+@pytest.mark.slow  # a second subprocess importing diffusers: ~10 s
+def test_lora_transformer_exports_adapters_and_its_trained_base(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=8, caption_projection_dim=16,
+                                pooled_projection_dim=8, out_channels=4, pos_embed_max_size=8).eval()
+    add_lora(net, rank=2, alpha=4, targets=["to_q", "to_k", "to_v"], train_fully=["proj_out.*"])
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".lora_B." in name or name.startswith("proj_out"):
+                p.normal_(0, 0.1)  # trained adapters, and a fully trained head
+    note = write_lora(net, None, tmp_path / "export")
+    assert "lora/base/" in note
+    meta = safe_open(str(tmp_path / "export" / "lora" / LORA_WEIGHTS), "pt").metadata()
+    config = json.loads(meta["lora_adapter_metadata"])
+    assert config["transformer.r"] == 2 and config["transformer.lora_alpha"] == 4.0
+    inputs = {"x": torch.randn(2, 4, 8, 8), "prompts": torch.randn(2, 3, 8), "pooled": torch.randn(2, 8),
+              "t": torch.tensor([900.0, 100.0])}
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    script = DIFFUSERS_TRANSFORMER_LORA
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "export"), str(tmp_path)], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        expected = net(inputs["x"], encoder_hidden_states=inputs["prompts"], pooled_projections=inputs["pooled"],
+                       timestep=inputs["t"]).sample
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["out"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_samplers_no_scheduler_follows_and_existing_outputs_are_refused(cache_dir, tmp_path, pd_run):
