@@ -33,9 +33,8 @@ from distill.nets.features import has_parameters
 from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
-from distill.teachers.diffusers_dir import load_diffusers_teacher
+from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
 from distill.teachers.latent import LatentCodec, encode_images
-from distill.teachers.prompts import PromptEncoder, prompt_table
 
 NON_DATA_KEYS = ("teacher_net",)
 
@@ -115,7 +114,8 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
     elif kind == "checkpoint":
         teacher = load_teacher(cfg.teacher.path)
     elif kind == "diffusers":
-        teacher = load_diffusers_teacher(cfg.teacher.path)
+        teacher = load_diffusers_teacher(cfg.teacher.path, dm.data_shape[-1], cfg.teacher.get("embedded_guidance"),
+                                         cfg.teacher.get("max_sequence_length"))
     else:
         raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers or gmm_exact")
     teacher.guidance = float(cfg.teacher.get("guidance", 1.0))
@@ -154,8 +154,7 @@ def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):
     if not dm.captions:
         raise ConfigError(f"the teacher at {cfg.teacher.path} is text-conditional: train on captioned images "
                           "(dataset=image_folder dataset.captions=true, a <image stem>.txt beside each image)")
-    encoder = PromptEncoder(teacher.meta["pipeline_dir"])
-    return prompt_table(dm.captions, encoder, Path(cfg.paths.cache) / "prompt_embeds")
+    return encode_prompt_table(dm.captions, teacher.meta, Path(cfg.paths.cache) / "prompt_embeds")
 
 
 def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:

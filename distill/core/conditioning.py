@@ -8,7 +8,9 @@ the batch's condition, tiled when a method stacked k copies of the batch. Uncond
 never look.
 
 A condition is a dict of batch-first tensors named as diffusers' forward arguments:
-``class_labels`` (B,) int64, ``encoder_hidden_states`` (B, L, D) prompt embeddings. Label
+``class_labels`` (B,) int64, ``encoder_hidden_states`` (B, L, D) prompt embeddings, and for the
+text-to-image transformers ``pooled_projections`` (B, P) (SD3, FLUX.1) and
+``encoder_hidden_states_mask`` (B, L) (Qwen-Image: 1 on prompt tokens, 0 on padding). Label
 ``num_classes`` is the null class (trained by label dropout) and the empty prompt's embedding the
 null prompt: classifier-free guidance takes its unconditional prediction from them.
 """
@@ -25,6 +27,8 @@ from torch import Tensor, nn
 Condition = dict[str, Tensor]
 LABELS = "class_labels"
 PROMPTS = "encoder_hidden_states"
+POOLED = "pooled_projections"
+PROMPT_MASK = "encoder_hidden_states_mask"
 
 _CONDITION: ContextVar[Condition | None] = ContextVar("distill_condition", default=None)
 
@@ -65,6 +69,18 @@ def condition_for(x: Tensor) -> Condition | None:
     if condition is None:
         return None
     return {k: v.to(x.device) for k, v in tile(condition, x.shape[0]).items()}
+
+
+def table_rows(table: Tensor | Condition, rows: Tensor) -> Condition:
+    """The condition of prompt-table ``rows``: a bare table holds prompt embeddings only, a dict
+    table (the text-to-image transformers) one batch-first tensor per conditioning input."""
+    if isinstance(table, Tensor):
+        return {PROMPTS: table[rows]}
+    return {k: v[rows] for k, v in table.items()}
+
+
+def table_size(table: Tensor | Condition) -> int:
+    return len(table) if isinstance(table, Tensor) else len(table[PROMPTS])
 
 
 def labels_for(x: Tensor) -> Tensor | None:

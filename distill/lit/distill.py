@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from distill.core.conditioning import PROMPTS, Condition, conditioned
+from distill.core.conditioning import Condition, conditioned, table_rows
 from distill.errors import CheckpointError, DivergenceError
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
@@ -238,7 +238,7 @@ class DistillModule(L.LightningModule):
             return None
         table = getattr(self.teacher, "prompt_table", None)
         if table is not None:
-            return {PROMPTS: table[batch[1].cpu()].to(self.device)}
+            return {k: v.to(self.device) for k, v in table_rows(table, batch[1].cpu()).items()}
         return batch[1] if getattr(self.teacher, "num_classes", 0) else None
 
     def sampling_student(self) -> nn.Module:

@@ -9,6 +9,8 @@ Accepted layouts: a pipeline directory (``model_index.json``, the network in ``u
 ``transformer/``, ``scheduler/scheduler_config.json``; ``vae/`` makes it a latent teacher, and
 ``text_encoder/`` + ``tokenizer/`` serve a text-conditional one), or a bare model directory
 (``config.json`` and weights) with a ``scheduler_config.json`` beside or in a ``scheduler/`` subfolder.
+The text-to-image transformers (SD3, FLUX.1, Qwen-Image) have their own adapter and prompt
+encoder (``transformers.py``, ``pipeline_prompts.py``) and need their full pipeline directory.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from distill.core.process import FlowMatching, NoiseProcess, VPDiscrete
 from distill.teachers.base import Teacher
 from distill.teachers.checkpoint import TeacherCheckpointError
 from distill.teachers.latent import LatentCodec
-from distill.teachers.prompts import PromptEncoder
+from distill.teachers.pipeline_prompts import PipelinePromptEncoder, condition_table
+from distill.teachers.prompts import PromptEncoder, prompt_table
+from distill.teachers.transformers import (
+    TextTransformerVelocity,
+    embedded_guidance_for,
+    is_text_transformer,
+    latent_channels,
+)
 
 NETWORK_FOLDERS = ("unet", "transformer")
 # diffusers' prediction_type -> our prediction kind (distill.core.prediction)
@@ -143,12 +152,20 @@ def _required_inputs(net: nn.Module) -> set[str]:
     return {p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD}
 
 
-def load_diffusers_teacher(path: str | Path) -> Teacher:
-    """A frozen teacher from a local diffusers directory (see the module docstring for layouts)."""
+def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embedded_guidance: float | None = None,
+                           max_sequence_length: int | None = None) -> Teacher:
+    """A frozen teacher from a local diffusers directory (see the module docstring for layouts).
+
+    ``resolution`` (pixels), ``embedded_guidance`` and ``max_sequence_length`` serve the text-to-image
+    transformers, which work at any resolution (see ``load_text_transformer``).
+    """
     model_dir, scheduler_path = locate(path)
     scheduler_config = json.loads(scheduler_path.read_text())
     process, prediction, shift = parameterization(scheduler_config)
     net = load_network(model_dir)
+    if is_text_transformer(type(net).__name__):
+        return load_text_transformer(net, model_dir, path, scheduler_config, resolution, embedded_guidance,
+                                     max_sequence_length)
     config = net.config
     channels, size = config.get("in_channels"), config.get("sample_size")
     if channels is None or size is None:
@@ -165,3 +182,51 @@ def load_diffusers_teacher(path: str | Path) -> Teacher:
     if model_dir.parent != model_dir and (vae_dir / "config.json").is_file():  # a latent pipeline
         teacher.codec = LatentCodec(load_network(vae_dir))
     return teacher
+
+
+def load_text_transformer(net: nn.Module, model_dir: Path, path: str | Path, scheduler_config: dict[str, Any],
+                          resolution: int | None, embedded_guidance: float | None,
+                          max_sequence_length: int | None) -> Teacher:
+    """An SD3 / FLUX.1 / Qwen-Image teacher: the empty prompt encoded by the pipeline's own text
+    encoders, the latent side read from ``resolution`` (these transformers take any size)."""
+    pipeline_dir = model_dir.parent
+    if model_dir == pipeline_dir or not (pipeline_dir / "model_index.json").is_file():
+        raise TeacherCheckpointError(f"{type(net).__name__} needs its pipeline directory (model_index.json, "
+                                     "text_encoder*/, tokenizer*/, transformer/): point teacher.path at it")
+    codec = LatentCodec(load_network(pipeline_dir / "vae")) if (pipeline_dir / "vae" / "config.json").is_file() else None
+    if resolution is None:
+        raise TeacherCheckpointError(f"{type(net).__name__} has no fixed sample size: pass the resolution "
+                                     "(the dataset's, in pixels)")
+    factor = codec.factor if codec is not None else 1
+    side = resolution // factor
+    if side % 2 or side * factor != resolution:
+        raise TeacherCheckpointError(f"resolution {resolution} is not a multiple of {2 * factor} (VAE factor "
+                                     f"{factor} x 2x2 patches): set dataset.resolution to one")
+    encoder = PipelinePromptEncoder(pipeline_dir, type(net).__name__, max_sequence_length)
+    try:
+        guidance = embedded_guidance_for(net, embedded_guidance)
+    except ValueError as err:
+        raise TeacherCheckpointError(str(err)) from err
+    model = TextTransformerVelocity(net, encoder.encode([""]), guidance)
+    meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": "flow",
+            "scheduler": scheduler_config.get("_class_name"), "shift": float(scheduler_config.get("shift", 1.0)),
+            "pipeline_dir": str(pipeline_dir), "max_sequence_length": encoder.max_length,
+            "embedded_guidance": guidance}
+    teacher = Teacher(model, (latent_channels(net), side, side), meta)
+    teacher.codec = codec
+    return teacher
+
+
+def prompt_encoder_for(meta: dict[str, Any]) -> PromptEncoder | PipelinePromptEncoder:
+    """The text encoder(s) of a text-conditional diffusers teacher, from its pipeline directory."""
+    if is_text_transformer(meta.get("class", "")):
+        return PipelinePromptEncoder(meta["pipeline_dir"], meta["class"], meta.get("max_sequence_length"))
+    return PromptEncoder(meta["pipeline_dir"])
+
+
+def encode_prompt_table(prompts: list[str], meta: dict[str, Any], cache_dir: str | Path | None) -> Tensor | Condition:
+    """Every prompt's conditioning, cached: a tensor of embeddings (CLIP UNets) or a condition table."""
+    encoder = prompt_encoder_for(meta)
+    if isinstance(encoder, PipelinePromptEncoder):
+        return condition_table(prompts, encoder, cache_dir)
+    return prompt_table(prompts, encoder, cache_dir)

@@ -20,34 +20,52 @@ SHARD_SIZE = 4096  # encoded images per cached shard
 
 
 class LatentCodec(nn.Module):
-    """A frozen diffusers ``AutoencoderKL``: ``encode`` pixels in [-1, 1] to scaled latents,
-    ``decode`` latents back to pixels in [-1, 1]."""
+    """A frozen diffusers VAE: ``encode`` pixels in [-1, 1] to normalised latents, ``decode`` latents
+    back to pixels in [-1, 1]. ``AutoencoderKL`` (SD, SD3, FLUX.1) is shifted and scaled by its
+    ``shift_factor`` / ``scaling_factor``; Qwen-Image's video VAE (``AutoencoderKLQwenImage``) takes
+    one-frame clips and normalises per channel by its ``latents_mean`` / ``latents_std``."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
-        self.scale = float(vae.config.scaling_factor)
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        config = vae.config
+        self.video = getattr(config, "latents_mean", None) is not None  # (B, C, frames, H, W) in and out
+        channels = int(config.z_dim) if self.video else int(config.latent_channels)
+        if self.video:
+            shift, scale = torch.tensor(config.latents_mean), 1.0 / torch.tensor(config.latents_std)
+            self.factor = 2 ** len(config.temperal_downsample)
+            self.factors = (tuple(config.latents_mean), tuple(config.latents_std))
+        else:
+            self.factors = (float(config.scaling_factor), float(getattr(config, "shift_factor", None) or 0.0))
+            shift, scale = torch.full((channels,), self.factors[1]), torch.full((channels,), self.factors[0])
+            self.factor = 2 ** (len(config.block_out_channels) - 1)
+        # latents = (z - shift) * scale, per channel
+        self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
+        self.out_channels = int(config.input_channels if self.video else config.out_channels)
 
     def train(self, mode: bool = True) -> LatentCodec:
         return super().train(False)  # frozen: never in train mode, whatever Lightning asks
 
     def pixel_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
         c, h, w = latent_shape
-        return (int(self.vae.config.out_channels), h * self.factor, w * self.factor)
+        return (self.out_channels, h * self.factor, w * self.factor)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        return (self.vae.encode(images).latent_dist.mean - self.shift) * self.scale
+        z = self.vae.encode(images.unsqueeze(2) if self.video else images).latent_dist.mean
+        return ((z.squeeze(2) if self.video else z) - self.shift) * self.scale
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        return self.vae.decode(latents / self.scale + self.shift).sample.clamp(-1, 1)
+        z = latents / self.scale + self.shift
+        pixels = self.vae.decode(z.unsqueeze(2) if self.video else z).sample
+        return (pixels[:, :, 0] if self.video else pixels).clamp(-1, 1)
 
     def fingerprint(self) -> str:
         first = next(self.vae.parameters())
-        summary = (tuple(first.shape), float(first.double().sum()), self.scale, self.shift)
+        # an AutoencoderKL's summary is unchanged since per-channel factors came in: its caches stay valid
+        summary = (tuple(first.shape), float(first.double().sum()), *self.factors)
         return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
 
 
