@@ -1,0 +1,41 @@
+"""A tiny Stable-Diffusion-layout pipeline (text encoder, tokenizer, VAE, cross-attention UNet on an
+epsilon DDPM schedule) and captioned RGB images, written to disk for tests: the stand-in of the
+SD-class teachers that paper configs name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from tests.app.test_text_teacher import save_text_pipeline
+
+CAPTIONS = ["a red square", "a blue circle", "a dark square", "a red circle"]
+
+
+def save_sd_pipeline(directory: Path) -> Path:
+    """8x8 RGB images <-> 4x4x4 latents; the text encoder and tokenizer of test_text_teacher."""
+    save_text_pipeline(directory)  # tokenizer/, text_encoder/ (its 1-channel unet/ is replaced below)
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                  norm_num_groups=4, sample_size=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(directory / "vae")
+    UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(directory / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return directory
+
+
+def captioned_rgb_images(directory: Path, count: int = 8) -> Path:
+    directory.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (30 * i, 255 - 30 * i, 90)).save(directory / f"{i}.png")
+        (directory / f"{i}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])
+    return directory

@@ -1,0 +1,44 @@
+"""Paper configs on Stable-Diffusion-class teachers start on CPU with the tiny SD stand-in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.train import train
+from tests.app.sd_stand_in import captioned_rgb_images, save_sd_pipeline
+from tests.app.test_paper_configs import STAND_IN
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def sd_stand_in(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    return save_sd_pipeline(root / "pipe"), captioned_rgb_images(root / "images")
+
+
+def start(name: str, sd_stand_in, tmp_path) -> list[dict]:
+    pipe, images = sd_stand_in
+    cfg = compose_config("train", [f"experiment={name}", f"teacher.path={pipe}", f"dataset.path={images}",
+                                   "dataset.resolution=8", *STAND_IN], tmp_path / "run")
+    train(cfg)
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def test_pcm_sd15_lora_starts(cache_dir, sd_stand_in, tmp_path):
+    rows = start("paper_pcm_sd15_lora", sd_stand_in, tmp_path)  # experiment=paper_pcm_sd15_lora
+    assert {r["model"] for r in rows} == {"teacher", "student"}
+    assert all(r["value"] == r["value"] for r in rows)
+
+
+def test_an_image_folder_is_scored_in_pixels_under_a_latent_teacher(compose_train, sd_stand_in):
+    from distill.build import build_datamodule, build_teacher
+
+    pipe, images = sd_stand_in
+    cfg = compose_train("teacher=diffusers", f"teacher.path={pipe}", "dataset=image_folder", f"dataset.path={images}",
+                        "dataset.resolution=8", "dataset.captions=true")
+    dm = build_datamodule(cfg)
+    build_teacher(cfg, dm)
+    assert dm.train_tensor().shape[1:] == (4, 4, 4)  # trains on latents
+    assert dm.reference_samples(4).shape == (4, 3, 8, 8)  # scores against the images
