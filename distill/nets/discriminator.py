@@ -117,8 +117,9 @@ def data_shape_of(model: nn.Module) -> tuple[int, ...]:
     the student instead. Raises ValueError for a network it does not know.
     """
     net = getattr(model, "net", model)
-    if hasattr(net, "data_shape"):
-        return tuple(net.data_shape)
+    for holder in (model, net):  # an adapter that knows its shape (a text-to-image transformer's) says so
+        if hasattr(holder, "data_shape"):
+            return tuple(holder.data_shape)
     # our UNet wraps a diffusers model as ``.model``; a diffusers teacher's ``net`` is one itself
     config = getattr(getattr(net, "model", None), "config", None) or getattr(net, "config", None)
     if config is not None and hasattr(config, "sample_size"):

@@ -84,10 +84,20 @@ def bottleneck_layer(model: nn.Module) -> str:
     if getattr(net, "mid_block", None) is not None:
         return prefix + "mid_block"
     if isinstance(getattr(net, "transformer_blocks", None), nn.ModuleList):
-        return f"{prefix}transformer_blocks.{len(net.transformer_blocks) // 2}"
+        middle = len(net.transformer_blocks) // 2
+        return f"{prefix}transformer_blocks.{middle}{_image_stream(net.transformer_blocks[middle])}"
     if isinstance(getattr(net, "blocks", None), nn.ModuleList):
         return f"{prefix}blocks.{len(net.blocks) - 1}"
     raise ValueError(f"no known bottleneck in a {type(net).__name__}: name the layer (method.*.layers)")
+
+
+def _image_stream(block: nn.Module) -> str:
+    """Joint text-image blocks (SD3, FLUX.1, Qwen-Image) return (text, image) tokens, the text side
+    None in SD3's last block: read their image MLP instead, whose output is the image tokens alone."""
+    for mlp in ("ff", "img_mlp"):
+        if any(hasattr(block, text) for text in ("ff_context", "txt_mlp")) and hasattr(block, mlp):
+            return f".{mlp}"
+    return ""
 
 
 def encoder_layers(model: nn.Module) -> list[str]:

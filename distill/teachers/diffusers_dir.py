@@ -207,12 +207,13 @@ def load_text_transformer(net: nn.Module, model_dir: Path, path: str | Path, sch
         guidance = embedded_guidance_for(net, embedded_guidance)
     except ValueError as err:
         raise TeacherCheckpointError(str(err)) from err
-    model = TextTransformerVelocity(net, encoder.encode([""]), guidance)
+    shape = (latent_channels(net), side, side)
+    model = TextTransformerVelocity(net, encoder.encode([""]), guidance, shape)
     meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": "flow",
             "scheduler": scheduler_config.get("_class_name"), "shift": float(scheduler_config.get("shift", 1.0)),
             "pipeline_dir": str(pipeline_dir), "max_sequence_length": encoder.max_length,
             "embedded_guidance": guidance}
-    teacher = Teacher(model, (latent_channels(net), side, side), meta)
+    teacher = Teacher(model, shape, meta)
     teacher.codec = codec
     return teacher
 

@@ -93,13 +93,15 @@ class TextTransformerVelocity(nn.Module):
         null_condition: the empty prompt's inputs (batch 1), used when no condition is open and
             as classifier-free guidance's unconditional side.
         embedded_guidance: FLUX.1-dev's guidance input (None for models without guidance embeds).
+        data_shape: (C, H, W) of the latents it is used at (these transformers take any size).
     """
 
     scheme = "fm"  # the output is a flow-matching velocity already
     text = True
     num_classes = 0
 
-    def __init__(self, net: nn.Module, null_condition: Condition, embedded_guidance: float | None = None):
+    def __init__(self, net: nn.Module, null_condition: Condition, embedded_guidance: float | None = None,
+                 data_shape: tuple[int, int, int] | None = None):
         super().__init__()
         self.net, self.family = net, type(net).__name__
         if not is_text_transformer(self.family):
@@ -108,7 +110,7 @@ class TextTransformerVelocity(nn.Module):
         self.keys = tuple(null_condition)
         for key, value in null_condition.items():  # buffers follow the module's device; never checkpointed
             self.register_buffer(f"null_{key}", value, persistent=False)
-        self.embedded_guidance = embedded_guidance
+        self.embedded_guidance, self.data_shape = embedded_guidance, data_shape
 
     @property
     def null_condition(self) -> Condition:
