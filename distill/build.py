@@ -34,6 +34,7 @@ from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
+from distill.teachers.edm import load_edm_teacher
 from distill.teachers.latent import LatentCodec, encode_images
 
 NON_DATA_KEYS = ("teacher_net",)
@@ -116,8 +117,11 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
     elif kind == "diffusers":
         teacher = load_diffusers_teacher(cfg.teacher.path, dm.data_shape[-1], cfg.teacher.get("embedded_guidance"),
                                          cfg.teacher.get("max_sequence_length"))
+    elif kind == "edm":  # an EDM / EDM2 pickle, converted once into the cache (no code from it is run)
+        teacher = load_edm_teacher(cfg.teacher.path, Path(cfg.paths.cache) / "teachers" / "edm",
+                                   float(cfg.teacher.get("guidance", 1.0)))
     else:
-        raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers or gmm_exact")
+        raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers, edm or gmm_exact")
     teacher.guidance = float(cfg.teacher.get("guidance", 1.0))
     if teacher.guidance != 1.0 and teacher.null_condition is None:
         raise ConfigError(f"teacher.guidance={teacher.guidance} needs a conditional teacher; "

@@ -60,6 +60,10 @@ def load_teacher(directory: str | Path) -> Teacher:
         raise TeacherCheckpointError(f"{weights_path} is missing (teacher without weights): {hint}")
     try:
         config = json.loads(config_path.read_text())
+        if config.get("kind") == "edm":  # written by distill-convert-edm (imported here: it imports this module)
+            from distill.teachers.edm import load_edm_teacher
+
+            return load_edm_teacher(directory)
         model = VelocityModel(
             build_net(config["net"], tuple(config["data_shape"])), config["scheme"], config["sigma_data"]
         )
