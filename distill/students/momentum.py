@@ -67,8 +67,9 @@ class MomentumStudent(nn.Module):
             raise ValueError(f"method.components={components} must be >= 1")
         self.model, self.components = model, components
         self.out_name, out = output_layer(model.net)
-        self.per_element = isinstance(out, nn.Linear)  # a flat MLP output: one mixture per element
-        units = out.weight.shape[0]
+        # a Linear output: one gate per output unit (flat MLPs keep them; token outputs average them per pixel)
+        self.per_element = isinstance(out, nn.Linear)
+        units = self.units = out.weight.shape[0]
         gates = units if self.per_element else 1  # conv outputs: one mixture per pixel, shared by channels
         self.means = _replicate(out, components, bias_noise)
         self.logits = _like(out, gates * components, pointwise=True)
@@ -81,27 +82,58 @@ class MomentumStudent(nn.Module):
             initial = torch.logspace(math.log10(lo), math.log10(hi), max(components - 1, 1)).log()
             self.rates.bias.copy_(initial.repeat_interleave(gates) if self.per_element else initial)
 
-    def features(self, x: Tensor, s: Tensor) -> Tensor:
-        """The input of the body's output layer for ``model(x, s)`` (the body's last features)."""
+    def mixture(self, x: Tensor, s: Tensor) -> Momentum:
+        """One call of the body; the heads read the input of its output layer.
+
+        Patch-token transformers (DiT, SD3, FLUX.1, Qwen-Image) write tokens that the network (or
+        its adapter) unpatchifies after the output layer. There the heads' outputs replace the
+        output layer's, each component stacked along the batch, so the network's own unpatchify
+        (which reads the batch as -1 or ``shape[0]``) lays them out; they are split off afterwards.
+        """
         captured: list[Tensor] = []
+
+        def heads_in_place_of_output(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+            captured.append(args[0])
+            return self._stacked_heads(args[0]) if args[0].ndim == 3 else None
+
         layer = dict(self.model.net.named_modules())[self.out_name]
-        handle = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        handle = layer.register_forward_hook(heads_in_place_of_output)
         try:
-            self.model(x, s)
+            out = self.model(x, s)
         finally:
             handle.remove()
-        return captured[-1]
-
-    def mixture(self, x: Tensor, s: Tensor) -> Momentum:
-        h = self.features(x, s)
-        if h.ndim != (2 if self.per_element else 4):  # e.g. a DiT's (B, tokens, width): needs unpatchify
-            raise ValueError(f"momentum heads read the output layer's input as (B, width) or (B, C, H, W), got "
-                             f"{tuple(h.shape)}: patch-token transformers (DiT, FLUX) are not supported yet")
+        h = captured[-1]
+        if h.ndim == 3:
+            return self._token_mixture(out, x)
+        if h.ndim != (2 if self.per_element else 4):
+            raise ValueError(f"momentum heads read the output layer's input as (B, width), (B, C, H, W) or (B, tokens, "
+                             f"width), got {tuple(h.shape)}")
         b, k = x.shape[0], self.components
         gate_shape = (b, k, *x.shape[1:]) if self.per_element else (b, k, 1, *x.shape[2:])
         means = self.means(h).view(b, k, *x.shape[1:])
         weights = torch.softmax(self.logits(h).view(gate_shape), dim=1)
         rates = self.rates(h).view(b, -1, *gate_shape[2:])[:, : k - 1]
+        rates = torch.cat([torch.zeros_like(weights[:, :1]), rates], dim=1)  # component 1: constant velocity
+        return Momentum(means, weights, rates)
+
+    def _stacked_heads(self, h: Tensor) -> Tensor:
+        """Token features (B, N, width) -> each head's components as output tokens, (n B, N, units) per head."""
+        def to_batch(out: Tensor) -> Tensor:
+            b, tokens, wide = out.shape
+            n = wide // self.units
+            return out.view(b, tokens, n, self.units).permute(2, 0, 1, 3).reshape(n * b, tokens, self.units)
+
+        return torch.cat([to_batch(self.means(h)), to_batch(self.logits(h)), to_batch(self.rates(h))])
+
+    def _token_mixture(self, out: Tensor, x: Tensor) -> Momentum:
+        """Split the unpatchified head outputs. Logits and rates are averaged over channels: the
+        mixture is per pixel, shared by its channels (methods.md 8 keeps logweights per pixel)."""
+        b, k = x.shape[0], self.components
+        n_rates = self.rates.out_features // self.units
+        means, logits, rates = (part.reshape(-1, b, *x.shape[1:]).transpose(0, 1)
+                                for part in out.split([k * b, k * b, n_rates * b]))
+        weights = torch.softmax(logits.mean(2, keepdim=True), dim=1)
+        rates = rates.mean(2, keepdim=True)[:, : k - 1]
         rates = torch.cat([torch.zeros_like(weights[:, :1]), rates], dim=1)  # component 1: constant velocity
         return Momentum(means, weights, rates)
 

@@ -60,8 +60,11 @@ def test_flow_transformer_teacher_distils_class_conditionally(compose_train, tmp
     assert {r["model"] for r in rows if r["metric"] == "class_accuracy"} == {"teacher", "student"}
 
 
-def test_arcflow_refuses_patch_token_transformers_clearly(compose_train, tmp_path):
+def test_arcflow_runs_on_patch_token_transformers(compose_train, tmp_path):
+    """The momentum heads' outputs go through the DiT's own unpatchify, stacked along the batch."""
     path = save_flow_dit(tmp_path / "dit")
-    cfg = compose_train("method=arcflow", "debug=fast", "teacher=diffusers", f"teacher.path={path}")
-    with pytest.raises(ValueError, match="patch-token transformers"):
-        train(cfg)
+    cfg = compose_train("method=arcflow", "method.objective.components=4", "debug=fast", "teacher=diffusers",
+                        f"teacher.path={path}", "teacher.guidance=1.5")
+    train(cfg)
+    rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert {r["model"] for r in rows if r["metric"] == "class_accuracy"} == {"teacher", "student"}

@@ -50,3 +50,12 @@ def test_text_to_image_transformer_distils_end_to_end(compose_train, t2i_setup, 
                         "teacher.guidance=2.0")
     train(cfg)
     assert student_nfes(cfg) == {1, 2, 4}
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen"])
+def test_arcflow_distils_packed_token_transformers(compose_train, t2i_setup, family):
+    """ArcFlow's momentum heads on FLUX.1 / Qwen-Image: LoRA + K heads through the adapter's unpacking."""
+    cfg = compose_train("method=arcflow", "method.objective.components=4", "debug=fast",
+                        *overrides(t2i_setup, family), "teacher.guidance=2.0")
+    train(cfg)
+    assert student_nfes(cfg) == {1, 2, 4}

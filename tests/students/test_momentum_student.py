@@ -2,11 +2,14 @@
 
 import pytest
 import torch
+from torch import nn
 
+from distill.core.conditioning import POOLED, PROMPT_MASK, PROMPTS
 from distill.core.momentum import advance, velocity_at
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.students.momentum import MomentumStudent, momentum_student_from
+from distill.teachers.transformers import TextTransformerVelocity
 from tests.methods.learning import tiny_unet_teacher
 
 
@@ -54,3 +57,74 @@ def test_step_of_the_student_matches_integrating_its_velocity():
 def test_edm_students_are_refused():
     with pytest.raises(ValueError, match="fm-scheme"):
         MomentumStudent(VelocityModel(TimeMLP((2,), width=16, depth=1), "edm"))
+
+
+def tiny_text_transformer(family: str) -> nn.Module:
+    """A tiny FLUX.1 / Qwen-Image / SD3 transformer behind the text adapter, the empty prompt random."""
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    if family == "flux":
+        net = FluxTransformer2DModel(in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                     num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8,
+                                     axes_dims_rope=(2, 2, 4))
+        null = {PROMPTS: torch.randn(1, 3, 8), POOLED: torch.randn(1, 8)}
+    elif family == "qwen":
+        net = QwenImageTransformer2DModel(in_channels=8, out_channels=2, num_layers=1, attention_head_dim=8,
+                                          num_attention_heads=2, joint_attention_dim=8, axes_dims_rope=(2, 2, 4))
+        null = {PROMPTS: torch.randn(1, 3, 8), PROMPT_MASK: torch.tensor([[1.0, 1.0, 0.0]])}
+    else:
+        net = SD3Transformer2DModel(sample_size=8, in_channels=2, out_channels=2, num_layers=1, attention_head_dim=4,
+                                    num_attention_heads=2, joint_attention_dim=8, caption_projection_dim=8,
+                                    pooled_projection_dim=8, pos_embed_max_size=8)
+        null = {PROMPTS: torch.randn(1, 3, 8), POOLED: torch.randn(1, 8)}
+    return TextTransformerVelocity(net, null, data_shape=(2, 8, 8))
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen", "sd3"])
+def test_patch_token_transformers_get_per_pixel_heads_that_start_as_the_teacher(family):
+    model = tiny_text_transformer(family)
+    student = MomentumStudent(model, components=4, bias_noise=0.0)
+    x, s = torch.randn(3, 2, 8, 8), torch.rand(3)
+    m = student.mixture(x, s)
+    assert m.means.shape == (3, 4, 2, 8, 8) and m.weights.shape == m.rates.shape == (3, 4, 1, 8, 8)
+    assert (m.rates[:, 0] == 0).all() and (m.rates[:, 1:] != 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(student(x, s), model(x, s), rtol=1e-5, atol=1e-5)
+    # the components' means are the teacher's output, unpacked exactly as the adapter unpacks it
+    with torch.no_grad():
+        torch.testing.assert_close(m.means[:, 2], model(x, s), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen"])
+def test_step_on_a_transformer_matches_integrating_its_velocity(family):
+    student = MomentumStudent(tiny_text_transformer(family), components=4).double()
+    with torch.no_grad():  # random heads, so the step is a real arc
+        for head in (student.logits, student.rates):
+            head.weight.normal_(0, 0.3)
+    x, s_src = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.full((2,), 0.9, dtype=torch.float64)
+    with torch.no_grad():
+        m = student.mixture(x, s_src)
+        assert m.weights.std() > 0.01
+        closed = advance(x, m, s_src, s_src, s_src - 0.6)
+        y, n = x.clone(), 2000
+        for i in range(n):  # midpoint rule on the step's velocity profile
+            y = y - 0.6 / n * velocity_at(m, torch.full((2,), 0.6 * (i + 0.5) / n, dtype=torch.float64))
+    torch.testing.assert_close(closed, y, rtol=1e-6, atol=1e-6)
+
+
+def test_flux_gates_are_the_logit_heads_tokens_unpacked_per_pixel():
+    from distill.teachers.transformers import unpack
+
+    student = MomentumStudent(tiny_text_transformer("flux"), components=3)
+    with torch.no_grad():
+        student.logits.weight.normal_(0, 0.3)
+    x, s = torch.randn(2, 2, 8, 8), torch.full((2,), 0.5)
+    h = []
+    handle = student.model.net.proj_out.register_forward_pre_hook(lambda module, args: h.append(args[0]))
+    with torch.no_grad():
+        m = student.mixture(x, s)
+    handle.remove()
+    tokens = student.logits(h[0]).detach().view(2, 16, 3, 8)  # (B, tokens, K, 2x2 patch x 2 channels)
+    logits = torch.stack([unpack(tokens[:, :, k], 2, 8, 8).mean(1, keepdim=True) for k in range(3)], dim=1)
+    torch.testing.assert_close(m.weights, torch.softmax(logits, dim=1))
