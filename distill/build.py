@@ -13,10 +13,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
+from torch.utils.data import Dataset
 
+from distill.core.conditioning import table_rows
 from distill.core.gmm import ring_mixture
 from distill.data import DataModule
 from distill.data.datamodule import TensorPairDataset
+from distill.data.prompts import PromptDataset
 from distill.errors import ConfigError
 from distill.evaluation.runner import EvalSpec
 from distill.evaluation.scorer import Scorer, metric_for
@@ -36,6 +39,7 @@ from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
 from distill.teachers.edm import load_edm_teacher
 from distill.teachers.latent import LatentCodec, encode_images
+from distill.teachers.samples import samples_key, teacher_samples
 
 NON_DATA_KEYS = ("teacher_net",)
 
@@ -138,7 +142,9 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
             f"dataset={dm.name} has shape {tuple(dm.data_shape)}: pick the matching teacher or set "
             "dataset.resolution/channels to the teacher's"
         )
-    if codec is not None:  # train in latent space: the training images, encoded once (cached)
+    if dm.prompt_only:  # no images: the teacher's own samples stand in for them
+        dm.use_training_set(prompt_only_training_set(cfg, dm, teacher))
+    elif codec is not None:  # train in latent space: the training images, encoded once (cached)
         dm.use_training_set(latent_training_set(cfg, dm, codec))
     return teacher
 
@@ -148,6 +154,38 @@ def latent_training_set(cfg: DictConfig, dm: DataModule, codec: LatentCodec) -> 
     key = hashlib.sha256(repr((dm.name, tuple(images.shape), float(images.double().sum()))).encode()).hexdigest()[:16]
     latents = encode_images(images, codec, Path(cfg.paths.cache) / "latents", key, progress=cfg.get("progress", False))
     return TensorPairDataset(latents, labels)
+
+
+def prompt_only_training_set(cfg: DictConfig, dm: DataModule, teacher: Teacher) -> Dataset:
+    """``dataset=prompts``: the teacher's guided samples for the prompts (``dataset.sample_steps`` Heun
+    steps, cached) are the rows of methods that noise data (``data_role`` marginal) and the evaluation
+    reference (unless ``eval.reference_stats``); methods that need real images are refused."""
+    method = build_method(cfg)
+    if method.data_role == "real":
+        raise ConfigError(f"method={cfg.method.name} compares with real images (data_role=real), and dataset=prompts "
+                          "has none: train it on captioned images (dataset=image_folder dataset.captions=true), or "
+                          "pick a data-free method (progressive, consistency, scd, pcm, dmd2 without a real-data GAN, "
+                          "arcflow, bezier, reflow)")
+    table = teacher.prompt_table
+    if table is None:
+        raise ConfigError(f"dataset=prompts needs a text-conditional teacher; {cfg.teacher.get('path')} takes no "
+                          "prompts: use dataset=image_folder (or another image set) with it")
+    labels, reference = dm.train_labels(), not cfg.eval.get("reference_stats")
+    count = len(labels) if method.data_role == "marginal" else min(len(labels), cfg.eval.num_reference) * reference
+    placeholder = PromptDataset(dm.captions, teacher.data_shape, dm.repeats)
+    if count == 0:
+        return placeholder
+    digest = [(k, tuple(v.shape), float(v.double().sum())) for k, v in table_rows(table, labels[:count]).items()]
+    key = samples_key(teacher.meta, teacher.guidance, teacher.data_shape, dm.sample_steps, count, cfg.seed, digest)
+    device = "cuda" if cfg.hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+    samples = teacher_samples(teacher, lambda rows: table_rows(table, rows), labels[:count], teacher.data_shape,
+                              dm.sample_steps, Path(cfg.paths.cache) / "teacher_samples" / key, cfg.seed, device,
+                              progress=cfg.get("progress", False))
+    if reference:
+        shown, codec = samples[:cfg.eval.num_reference], teacher.codec
+        dm.use_reference(torch.cat([codec.decode(shown[i:i + 16]) for i in range(0, len(shown), 16)])
+                         if codec is not None else shown)  # scored in pixels
+    return TensorPairDataset(samples, labels) if method.data_role == "marginal" else placeholder
 
 
 def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):

@@ -40,7 +40,7 @@ def choice(options, **kw: Any) -> Any:
 
 
 DATASET_LIMITS = {"name": {"choices": DATASET_NAMES}, "channels": {"choices": (1, 3)}, "resolution": {"min": 1},
-                  "num_train": {"min": 1}}
+                  "num_train": {"min": 1}, "repeats": {"min": 1}, "sample_steps": {"min": 1}}
 
 
 def dataset_schema() -> type:

@@ -8,6 +8,7 @@ evaluation reference, which never overlaps the training data:
   seed ``2 s' + 1``, so the two streams differ for every pair of seeds.
 - digits: the fixed held-out split (``distill.data.digits``).
 - cifar10: the 10k test split. image_folder: the training images themselves (there is no split).
+- prompts: no images at all; the teacher's samples for the prompts, once the build has made them.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from distill.data.cifar10 import CIFAR10_NUM_CLASSES, load_cifar10
 from distill.data.digits import DIGITS_NUM_CLASSES, load_digits_split
 from distill.data.errors import DatasetError
 from distill.data.image_folder import ImageFolderDataset, class_folders
+from distill.data.prompts import PromptDataset, check_prompts, read_prompts
 from distill.data.resumable import ResumableLoader, ResumableSampler
 from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
-DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "image_folder", "cifar10")
+DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "image_folder", "cifar10", "prompts")
 DEFAULT_2D_REFERENCE_SIZE = 10_000  # methods.md §12.4: SW / MMD want n >= 10k
 
 
@@ -86,13 +88,16 @@ class DataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: seeds the 2-D training draw and the shuffling order.
         num_train: number of generated training points (2-D toys only).
-        path: image folder (``image_folder`` only).
+        path: image folder (``image_folder``), or text file of prompts, one a line (``prompts``).
         root: folder holding ``cifar-10-batches-py`` (``cifar10`` only).
-        resolution: output size for ``image_folder`` (cifar10 is 32, digits 8).
-        channels: 3 or 1 for ``image_folder``.
+        resolution: output size for ``image_folder`` and ``prompts`` (cifar10 is 32, digits 8).
+        channels: 3 or 1 for ``image_folder`` and ``prompts``.
         class_folders: ``image_folder`` labelled by first-level subfolder (class-conditional teachers).
         captions: ``image_folder`` with a caption per image (text-conditional teachers; ``captions``).
         download: let ``prepare_data`` fetch CIFAR-10 (needs network).
+        prompts: the prompts of ``prompts`` listed in the config (instead of ``path``).
+        repeats: rows per prompt of ``prompts`` (each its own noise, so its own teacher sample).
+        sample_steps: Heun steps of the teacher samples that stand in for images (``prompts``).
     """
 
     def __init__(
@@ -109,6 +114,9 @@ class DataModule(L.LightningDataModule):
         download: bool = False,
         class_folders: bool = False,
         captions: bool = False,
+        prompts: list[str] | None = None,
+        repeats: int = 1,
+        sample_steps: int = 32,
     ) -> None:
         super().__init__()
         if name not in DATASET_NAMES:
@@ -121,6 +129,9 @@ class DataModule(L.LightningDataModule):
             raise DatasetError(
                 "dataset image_folder needs dataset.path=<folder> and dataset.resolution=<int>"
             )
+        if name == "prompts" and (resolution is None or (path is None) == (prompts is None)):
+            raise DatasetError("dataset prompts needs dataset.resolution=<int> (of the teacher's images) and one of "
+                               "dataset.path=<text file, one prompt a line> or dataset.prompts=[...]")
         if name == "cifar10" and root is None:
             raise DatasetError(
                 "dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>"
@@ -133,6 +144,8 @@ class DataModule(L.LightningDataModule):
         self.root = None if root is None else Path(root)
         self.resolution = resolution
         self.class_folders, self.captioned = class_folders, captions
+        self.prompts, self.repeats, self.sample_steps = prompts, repeats, sample_steps
+        self._reference: Tensor | None = None  # prompts: the teacher's samples, in pixels
         self._train: Dataset | None = None
         self._pixel_reference: Dataset | None = None  # the images, once a latent teacher replaces them
         self._cifar_test: Tensor | None = None
@@ -145,9 +158,27 @@ class DataModule(L.LightningDataModule):
 
     @property
     def captions(self) -> list[str]:
-        """Each training image's caption, indexed by its label (``captions=True`` only; else empty)."""
+        """Each training image's caption, indexed by its label (``captions=True`` only; else empty), or
+        the prompts of a prompt-only dataset."""
+        if self.name == "prompts":
+            return self.prompt_list
         dataset = self.train_dataset if self.captioned else None
         return list(getattr(dataset, "captions", []))
+
+    @property
+    def prompt_only(self) -> bool:
+        return self.name == "prompts"
+
+    @property
+    def prompt_list(self) -> list[str]:
+        """The prompts of ``prompts``: the config's list, or the file's lines."""
+        if self.prompts is not None:
+            return check_prompts(self.prompts, "dataset.prompts")
+        return check_prompts(read_prompts(self.path), f"dataset.path={self.path}")
+
+    def use_reference(self, samples: Tensor) -> None:
+        """Score against ``samples`` (a prompt-only dataset has no images: the teacher's samples)."""
+        self._reference = samples
 
     @property
     def num_classes(self) -> int:
@@ -262,6 +293,11 @@ class DataModule(L.LightningDataModule):
         if self.kind == "2d":
             count = DEFAULT_2D_REFERENCE_SIZE if n is None else n
             return make_toy2d(self.name, count, reference_seed(seed))
+        if self.prompt_only:
+            if self._reference is None:
+                raise DatasetError("dataset=prompts has no images to score against: pass "
+                                   "eval.reference_stats=<FID statistics .npz of the target image set>")
+            return self._reference[seeded_subset(len(self._reference), n, seed)]
         if self.name == "digits":
             images = load_digits_split("heldout")[0]
         elif self.name == "cifar10":
@@ -282,5 +318,7 @@ class DataModule(L.LightningDataModule):
             return TensorPairDataset(*load_digits_split("train"))
         if self.name == "cifar10":
             return TensorPairDataset(*load_cifar10(self.root, train=True))
+        if self.prompt_only:
+            return PromptDataset(self.prompt_list, self.data_shape, self.repeats)
         return ImageFolderDataset(self.path, self.resolution, self.channels, labelled=self.class_folders,
                                   captioned=self.captioned)

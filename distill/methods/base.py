@@ -64,6 +64,11 @@ class Method(nn.Module):
     # a class-conditional run's labels apply (``distill.core.conditioning``). Methods that solve
     # their own cached pair sets say False: their pairs carry no labels.
     class_conditional: bool = True
+    # What the data batch's images are to ``loss``: ``shape`` (only the batch's size, shape and
+    # condition are read), ``marginal`` (x0 is noised to sample the teacher's marginals, so the
+    # teacher's own samples serve as well) or ``real`` (compared with real images: a GAN's real
+    # side, a data velocity). A prompt-only dataset serves ``shape`` and ``marginal`` methods.
+    data_role: str = "marginal"
 
     @property
     def num_steps(self) -> int | None:

@@ -108,6 +108,7 @@ class BezierDistillation(Method):
     """
 
     name = "bezier"
+    data_role = "shape"  # trains on its teachers' cached trajectories from noise
 
     def __init__(
         self,

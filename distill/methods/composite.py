@@ -49,6 +49,8 @@ class WeightedSum(Method):
         for term in self.terms.values():
             names += [n for n in term.optimizer_names if n not in names]
         self.optimizer_names = tuple(names)
+        roles = [term.data_role for term in self.terms.values()]
+        self.data_role = next((r for r in ("real", "marginal") if r in roles), "shape")  # the most demanding
 
     def _owners(self, optimizer: str) -> list[tuple[str, Method]]:
         return [(k, t) for k, t in self.terms.items() if optimizer in t.optimizer_names]

@@ -81,6 +81,7 @@ class ConsistencyTraining(Method):
     """
 
     name = "ct"
+    data_role = "real"  # no teacher: the data itself is what it learns
 
     def __init__(
         self,

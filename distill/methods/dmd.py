@@ -142,6 +142,8 @@ class DMD2(Method):
         self.pairs_per_step = pairs_per_step
         self.fake_score_lora = dict(fake_score_lora) if fake_score_lora else None
         self.class_conditional = regression_weight == 0  # DMD's regression pairs carry no labels
+        # the generator starts from noise; only a GAN whose real side holds data reads the images
+        self.data_role = "real" if gan_weight > 0 and teacher_sample_fraction < 1 else "shape"
         self.fake_score: nn.Module | None = None
         self.gan_heads: nn.Module | None = None
         # DMD's regression pairs grow during training: checkpointed, so a resumed run has the same set.

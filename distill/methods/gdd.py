@@ -61,6 +61,7 @@ class GDD(Method):
     """
 
     name = "gdd"
+    data_role = "real"  # the discriminator's real side is data
     optimizer_names = ("student", "discriminator")
 
     def __init__(

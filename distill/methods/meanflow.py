@@ -126,6 +126,7 @@ class MeanFlow(Method):
             raise ValueError(f"method.equal_ratio={equal_ratio} must lie in [0, 1]")
         self.time_dist, self.p_mean, self.p_std, self.equal_ratio = time_dist, p_mean, p_std, equal_ratio
         self.velocity, self.jvp_mode, self.fd_step, self.sampling_grid = velocity, jvp, fd_step, sampling_grid
+        self.data_role = "real" if velocity == "data" else "marginal"
         if sampling_shift <= 0:
             raise ValueError(f"method.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps

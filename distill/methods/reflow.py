@@ -45,6 +45,7 @@ class Reflow(Method):
     """
 
     name = "reflow"
+    data_role = "shape"  # trains on its cached (noise, endpoint) pairs
     class_conditional = False  # cached (noise, endpoint) pairs carry no labels
 
     def __init__(

@@ -115,6 +115,7 @@ class SCM(Method):
         if tangent_warmup < 0:
             raise ValueError(f"method.tangent_warmup={tangent_warmup} must be >= 0")
         self.name, self.tangent = name, tangent
+        self.data_role = "marginal" if tangent == "teacher" else "real"  # sCT's tangent is cos t z - sin t x0
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.tangent_warmup, self.tangent_norm = tangent_warmup, tangent_norm
         self.jvp_mode, self.fd_step = jvp, fd_step
