@@ -44,13 +44,18 @@ def test_symmetry_is_broken_and_reloads_are_kept():
 def test_step_of_the_student_matches_integrating_its_velocity():
     torch.manual_seed(0)
     student = MomentumStudent(VelocityModel(TimeMLP((2,), width=32, depth=2)), components=4).double()
-    x, s_src = torch.randn(4, 2, dtype=torch.float64), torch.full((4,), 0.9, dtype=torch.float64)
+    assert_step_matches_integration(student, torch.randn(4, 2, dtype=torch.float64))
+
+
+def assert_step_matches_integration(student: MomentumStudent, x: torch.Tensor, length: float = 0.6) -> None:
+    """The closed-form step from s = 0.9 equals the midpoint rule on the step's velocity profile."""
+    s_src = torch.full((x.shape[0],), 0.9, dtype=torch.float64)
     with torch.no_grad():
         m = student.mixture(x, s_src)
-        closed = advance(x, m, s_src, s_src, s_src - 0.6)
+        closed = advance(x, m, s_src, s_src, s_src - length)
         y, n = x.clone(), 2000
-        for i in range(n):  # midpoint rule on the step's velocity profile
-            y = y - 0.6 / n * velocity_at(m, torch.full((4,), 0.6 * (i + 0.5) / n, dtype=torch.float64))
+        for i in range(n):
+            y = y - length / n * velocity_at(m, torch.full_like(s_src, length * (i + 0.5) / n))
     torch.testing.assert_close(closed, y, rtol=1e-6, atol=1e-6)
 
 
@@ -102,15 +107,10 @@ def test_step_on_a_transformer_matches_integrating_its_velocity(family):
     with torch.no_grad():  # random heads, so the step is a real arc
         for head in (student.logits, student.rates):
             head.weight.normal_(0, 0.3)
-    x, s_src = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.full((2,), 0.9, dtype=torch.float64)
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        m = student.mixture(x, s_src)
-        assert m.weights.std() > 0.01
-        closed = advance(x, m, s_src, s_src, s_src - 0.6)
-        y, n = x.clone(), 2000
-        for i in range(n):  # midpoint rule on the step's velocity profile
-            y = y - 0.6 / n * velocity_at(m, torch.full((2,), 0.6 * (i + 0.5) / n, dtype=torch.float64))
-    torch.testing.assert_close(closed, y, rtol=1e-6, atol=1e-6)
+        assert student.mixture(x, torch.full((2,), 0.9, dtype=torch.float64)).weights.std() > 0.01
+    assert_step_matches_integration(student, x)
 
 
 def test_flux_gates_are_the_logit_heads_tokens_unpacked_per_pixel():
