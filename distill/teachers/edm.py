@@ -45,6 +45,7 @@ class EDMVelocity(nn.Module):
         super().__init__()
         self.net = net
         self.num_classes = int(net.label_dim)
+        self.data_shape = data_shape_of(net)  # read by methods that build discriminators before seeing data
         self.process = EDM(sigma_min=max(SAMPLER_SIGMA_MIN, float(getattr(net, "sigma_min", 0.0))),
                            sigma_max=min(SAMPLER_SIGMA_MAX, float(getattr(net, "sigma_max", float("inf")))),
                            sigma_data=float(getattr(net, "sigma_data", 0.5)))
@@ -66,7 +67,8 @@ class EDMVelocity(nn.Module):
 
 
 def edm_teacher(net: nn.Module, meta: dict) -> Teacher:
-    return Teacher(EDMVelocity(net), data_shape_of(net), meta)
+    model = EDMVelocity(net)
+    return Teacher(model, model.data_shape, meta)
 
 
 def cached_conversion(path: Path, cache_dir: Path) -> Path:

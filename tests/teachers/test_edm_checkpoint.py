@@ -126,7 +126,7 @@ def test_converted_directory_loads_as_a_pretrained_teacher(tmp_path, marker):
     config = json.loads((tmp_path / "converted" / "teacher.json").read_text())
     assert config["kind"] == "edm" and config["edm_class"] == "EDMPrecond" and config["data_shape"] == [1, 8, 8]
     teacher = load_teacher(tmp_path / "converted")
-    assert isinstance(teacher.model, EDMVelocity) and teacher.num_classes == 10
+    assert isinstance(teacher.model, EDMVelocity) and teacher.num_classes == 10 and teacher.model.data_shape == (1, 8, 8)
     x, sigma, labels = inputs(10)
     torch.testing.assert_close(teacher.model.net(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
 
