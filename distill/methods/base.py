@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from distill.core.conditioning import LABELS, Condition, table_rows, table_size
+
 Renoise = Callable[[int], Tensor]
 """Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
 
@@ -43,6 +45,22 @@ def follow_plan(plan: SamplingPlan, noise: Tensor, renoise: Renoise | None = Non
         else:
             x = x + (s_next - sigmas[i]) * v
     return x
+
+
+def label_count(teacher: nn.Module) -> int:
+    """How many labels a conditional teacher's own pair sets draw from: its prompt table's rows or its
+    classes (0: unconditional). A label stands for the condition ``label_condition`` makes of it."""
+    table = getattr(teacher, "prompt_table", None)
+    return table_size(table) if table is not None else int(getattr(teacher, "num_classes", 0))
+
+
+def label_condition(teacher: nn.Module, labels: Tensor | None) -> Condition | None:
+    """The condition of ``labels`` (B,): prompt-table rows of a text teacher, else class labels;
+    None for no labels (unconditional)."""
+    if labels is None:
+        return None
+    table = getattr(teacher, "prompt_table", None)
+    return table_rows(table, labels.cpu()) if table is not None else {LABELS: labels}
 
 
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:

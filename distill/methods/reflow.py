@@ -5,6 +5,11 @@ student with the flow-matching loss on those deterministic couplings ``(eps, x_h
 straightens its paths. An optional last stage distils the final flow into one step,
 ``eps - v(eps, 1) ~ x_hat``, on pairs of that flow. Pairs are made lazily, one cached shard at
 a time, so the first step does not wait for the whole pair set.
+
+With a conditional teacher each pair carries a label (a class, or a row of the prompt table) drawn
+with its noise and stored in its shard; the pair is solved under that condition with the teacher's
+classifier-free guidance (InstaFlow: pairs from the guided ODE), and the student trains on it under
+the same condition, so the reflowed flow and the one-step map are conditional and guidance-free.
 """
 
 from __future__ import annotations
@@ -15,17 +20,34 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from distill.core.conditioning import conditioned, table_rows, table_size
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
-from distill.core.pairs import PairShards, fingerprint
+from distill.core.pairs import PairShards, fingerprint, shard_labels
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_euler
 from distill.core.straightness import ode_pairs, straightness
 from distill.core.tensors import batch_time
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
+from distill.methods.base import (
+    Method,
+    Renoise,
+    SamplingPlan,
+    check_choice,
+    label_condition,
+    label_count,
+)
 from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
+
+
+def condition_digest(teacher: nn.Module) -> list[tuple[str, tuple[int, ...], float]]:
+    """A summary of a text teacher's prompt table (its rows are what pair labels stand for)."""
+    table = getattr(teacher, "prompt_table", None)
+    if table is None:
+        return []
+    rows = table_rows(table, torch.arange(table_size(table)))
+    return [(k, tuple(v.shape), float(v.double().sum())) for k, v in sorted(rows.items())]
 
 
 class Reflow(Method):
@@ -46,7 +68,6 @@ class Reflow(Method):
 
     name = "reflow"
     data_role = "shape"  # trains on its cached (noise, endpoint) pairs
-    class_conditional = False  # cached (noise, endpoint) pairs carry no labels
 
     def __init__(
         self,
@@ -87,6 +108,7 @@ class Reflow(Method):
         self._shards: PairShards | None = None
         self._shards_stage = -1
         self._like: Tensor | None = None  # (1, *sample shape) on the training device and dtype
+        self._teacher: tuple[nn.Module, ...] = ()  # what labels mean; a tuple, so never a submodule or checkpointed
 
     # --- schedule ---------------------------------------------------------------------------
     @property
@@ -121,42 +143,54 @@ class Reflow(Method):
     def _start_stage(self, teacher: nn.Module, like: Tensor) -> None:
         """Open the stage's pair shards; measure the straightness of the flow that makes them."""
         stage, source, shape = int(self.stage), self.pair_source(teacher), tuple(like.shape[1:])
-        settings = (self.seed, stage, self.shard_size, self.ode_steps, self.ode_sampler, self.ode_grid)
+        num_labels = label_count(teacher)
+        # guidance and the prompt table shape the pairs without being weights of the source
+        settings = (self.seed, stage, self.shard_size, self.ode_steps, self.ode_sampler, self.ode_grid,
+                    *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)]
+                      if num_labels else []))
         directory = None if self.pair_dir is None else self.pair_dir / fingerprint(source, shape, *settings)
 
-        def endpoint(noise: Tensor) -> Tensor:
-            return ode_pairs(source, noise.to(like), self.ode_steps, self.ode_sampler, self.ode_grid)
+        def endpoint(noise: Tensor, labels: Tensor | None = None) -> Tensor:
+            with conditioned(label_condition(teacher, labels)):  # the pair's own condition, not the batch's
+                return ode_pairs(source, noise.to(like), self.ode_steps, self.ode_sampler, self.ode_grid)
 
-        self._shards = PairShards(directory, self.shard_size, shape, (self.seed, stage), endpoint)
+        self._shards = PairShards(directory, self.shard_size, shape, (self.seed, stage), endpoint,
+                                  num_labels=num_labels)
         self._shards_stage = stage
         index = min(stage, self.rounds)  # the distill stage reads the final flow, index `rounds`
         if math.isnan(float(self.straightness[index])):
-            self.straightness[index] = self.measure_straightness(source, like)
+            self.straightness[index] = self.measure_straightness(source, like, teacher)
 
-    def measure_straightness(self, flow: nn.Module, like: Tensor) -> Tensor:
+    def measure_straightness(self, flow: nn.Module, like: Tensor, teacher: nn.Module) -> Tensor:
+        """Straightness from fixed noise (and fixed labels, for a conditional flow)."""
         noise = torch.randn(self.straightness_samples, *like.shape[1:],
                             generator=torch.Generator().manual_seed(self.seed + 12345)).to(like)
-        return straightness(flow, noise, make_grid(self.ode_grid, self.ode_steps), self.ode_sampler).float()
+        num_labels = label_count(teacher)
+        labels = shard_labels(self.seed + 12345, 0, len(noise), num_labels) if num_labels else None
+        with conditioned(label_condition(teacher, labels)):
+            return straightness(flow, noise, make_grid(self.ode_grid, self.ode_steps), self.ode_sampler).float()
 
-    def batch_pairs(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``batch_size`` pairs from one random shard of the stage (made now if it is new)."""
+    def batch_pairs(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``batch_size`` pairs ``(noise, endpoint, labels or None)`` from one random shard of the stage
+        (made now if it is new)."""
         assert self._shards is not None
-        noise, x_hat = self._shards[int(torch.randint(self.num_shards, ()))]
+        noise, x_hat, labels = self._shards.shard(int(torch.randint(self.num_shards, ())))
         idx = torch.randint(noise.shape[0], (batch_size,))
-        return noise[idx].to(like), x_hat[idx].to(like)
+        return noise[idx].to(like), x_hat[idx].to(like), None if labels is None else labels[idx]
 
     # --- training -----------------------------------------------------------------------------
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
-        self._like = x0[:1].detach()
+        self._like, self._teacher = x0[:1].detach(), (teacher,)
         if self._shards is None or self._shards_stage != int(self.stage):
             self._start_stage(teacher, x0)
-        eps, x_hat = self.batch_pairs(x0.shape[0], x0)
-        if self.distilling:  # InstaFlow: the one Euler step from s = 1 lands on the coupled endpoint
-            x_pred = eps - student(eps, batch_time(1.0, eps))
-            per_sample = per_sample_mse(x_pred, x_hat)
-        else:  # flow matching on the coupling: x_s = (1 - s) x_hat + s eps, v = eps - x_hat
-            s = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
-            per_sample = per_sample_mse(student(fm_noise(x_hat, eps, s), s), eps - x_hat)
+        eps, x_hat, labels = self.batch_pairs(x0.shape[0], x0)
+        with conditioned(label_condition(teacher, labels)):  # the pairs' conditions, not the data batch's
+            if self.distilling:  # InstaFlow: the one Euler step from s = 1 lands on the coupled endpoint
+                x_pred = eps - student(eps, batch_time(1.0, eps))
+                per_sample = per_sample_mse(x_pred, x_hat)
+            else:  # flow matching on the coupling: x_s = (1 - s) x_hat + s eps, v = eps - x_hat
+                s = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
+                per_sample = per_sample_mse(student(fm_noise(x_hat, eps, s), s), eps - x_hat)
         # Every step reports the straightness of the stage's pair source (the logger keeps only
         # every n-th step): a step curve falling round by round.
         source_straightness = self.straightness[min(int(self.stage), self.rounds)].clone()
@@ -170,7 +204,7 @@ class Reflow(Method):
             self.snapshots["flow"] = frozen_copy(student)
             if stage + 1 == self.rounds and not self.distill and self._like is not None:
                 # No later stage opens with the final flow, so measure it here (buffer only, not logged).
-                self.straightness[-1] = self.measure_straightness(self.snapshots["flow"], self._like)
+                self.straightness[-1] = self.measure_straightness(self.snapshots["flow"], self._like, *self._teacher)
         self.stage += 1
         # A new stage trains on a new pair set: fresh Adam moments.
         return list(self.optimizer_names)

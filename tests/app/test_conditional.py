@@ -59,10 +59,48 @@ def test_bad_conditioning_combinations_fail_early(compose_train, conditional_tea
         build_teacher(cfg, build_datamodule(cfg))
 
 
-@pytest.mark.parametrize("method", ["reflow", "dmd"])
-def test_methods_with_unlabelled_pair_sets_refuse_conditional_teachers(compose_train, conditional_teacher, method):
+def test_methods_with_unlabelled_pair_sets_refuse_conditional_teachers(compose_train, conditional_teacher):
     from distill.build import build_module
 
-    cfg = compose_train(f"method={method}", f"teacher.path={conditional_teacher}")
+    cfg = compose_train("method=dmd", f"teacher.path={conditional_teacher}")
     with pytest.raises(ConfigError, match="carry no class labels"):
         build_module(cfg, build_teacher(cfg, build_datamodule(cfg)))
+
+
+def test_conditional_reflow_solves_labelled_pairs_under_guidance_and_trains_on_them(compose_train,
+                                                                                   conditional_teacher):
+    from safetensors.torch import load_file
+
+    from distill.core.pairs import shard_labels
+
+    cfg = compose_train("method=reflow", "debug=fast", f"teacher.path={conditional_teacher}", "teacher.guidance=2.0",
+                        "method.objective.shard_size=16", "method.objective.ode_steps=4")
+    train(cfg)
+    shards = list((Path(cfg.paths.cache) / "reflow_pairs").rglob("shard_*.safetensors"))
+    assert shards
+    stored = load_file(shards[0])
+    index = int(shards[0].stem.split("_")[1])
+    assert stored["labels"].dtype == torch.long and int(stored["labels"].max()) < 10  # never the null class
+    assert torch.equal(stored["labels"], shard_labels((cfg.seed, 0), index, 16, 10))  # fixed by the seed
+    rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert {r["model"] for r in rows if r["metric"] == "class_accuracy"} == {"teacher", "student"}
+
+
+def test_conditional_reflow_pairs_are_solved_under_their_own_labels(conditional_teacher):
+    from distill.core.conditioning import conditioned
+    from distill.core.straightness import ode_pairs
+    from distill.methods import Reflow
+    from distill.teachers import load_teacher
+
+    teacher = load_teacher(conditional_teacher)
+    teacher.guidance = 2.0
+    method = Reflow(rounds=1, pairs_per_round=8, shard_size=8, ode_steps=3)
+    method.set_budget(4)
+    x0 = torch.zeros(4, 1, 8, 8)
+    with conditioned(torch.zeros(4, dtype=torch.long)):  # the data batch's labels must not leak into pairs
+        method.loss("student", x0, teacher, teacher.model, 0)
+    noise, endpoint, labels = method._shards.shard(0)
+    assert labels is not None and len(set(labels.tolist())) > 1
+    with conditioned(labels):
+        expected = ode_pairs(teacher, noise, 3, "heun", "cosine")  # the guided teacher ODE under each pair's label
+    torch.testing.assert_close(endpoint, expected)

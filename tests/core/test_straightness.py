@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from distill.core.grids import uniform_grid
-from distill.core.pairs import PairCacheError, PairShards, fingerprint, shard_noise
+from distill.core.pairs import PairCacheError, PairShards, fingerprint, shard_labels, shard_noise
 from distill.core.straightness import ode_pairs, ode_states, straightness
 
 
@@ -58,6 +59,31 @@ def test_pair_cache_round_trip_and_resume_without_regeneration(tmp_path: Path):
     torch.testing.assert_close(again[1], x_hat)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
     assert not torch.equal(shard_noise(7, 3, 8, (3,)), noise)  # each shard has its own noise
+
+
+def test_labelled_pairs_round_trip_and_a_resume_keeps_their_labels(tmp_path: Path):
+    solved = []
+
+    def endpoint(noise, labels):
+        solved.append(labels.clone())
+        return noise + labels.view(-1, 1).float()  # an endpoint that depends on the label
+
+    shards = PairShards(tmp_path, 8, (3,), 7, endpoint, num_labels=5)
+    noise, x_hat = shards[1]
+    labels = shards.labels(1)
+    assert labels.dtype == torch.long and torch.equal(labels, shard_labels(7, 1, 8, 5)) and len(solved) == 1
+    torch.testing.assert_close(x_hat, noise + labels.view(-1, 1).float())
+    assert torch.equal(load_file(tmp_path / "shard_00001.safetensors")["labels"], labels)  # stored in the shard
+    # A resumed run reads shard 1 back with its labels and makes shard 2 as an uninterrupted run would.
+    resumed = PairShards(tmp_path, 8, (3,), 7, lambda noise, labels: noise + labels.view(-1, 1).float(), num_labels=5)
+    assert torch.equal(resumed.labels(1), labels) and torch.equal(resumed[1][1], x_hat)
+    assert torch.equal(resumed.labels(2), shard_labels(7, 2, 8, 5))  # the labels an uninterrupted run draws
+    assert torch.equal(shards.labels(2), resumed.labels(2)) and len(solved) == 1  # read back, not solved again
+    with pytest.raises(PairCacheError, match="other labels"):
+        PairShards(tmp_path, 8, (3,), 7, endpoint, num_labels=4)[1]
+    PairShards(tmp_path / "plain", 8, (3,), 7, lambda noise: 2 * noise)[0]  # unlabelled pairs of the same noise
+    with pytest.raises(PairCacheError, match="with labels"):
+        PairShards(tmp_path / "plain", 8, (3,), 7, endpoint, num_labels=5)[0]
 
 
 def test_corrupt_or_foreign_shard_names_the_file_and_the_fix(tmp_path: Path):
