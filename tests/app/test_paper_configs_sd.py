@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,22 @@ def test_an_image_folder_is_scored_in_pixels_under_a_latent_teacher(compose_trai
     build_teacher(cfg, dm)
     assert dm.train_tensor().shape[1:] == (4, 4, 4)  # trains on latents
     assert dm.reference_samples(4).shape == (4, 3, 8, 8)  # scores against the images
+
+
+def test_instaflow_sd_starts_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
+    """experiment=paper_instaflow_sd: reflow of the SD stand-in on a prompt file, pairs labelled by prompt."""
+    from safetensors.torch import load_file
+
+    from tests.app.sd_stand_in import CAPTIONS
+
+    pipe, _ = sd_stand_in
+    (tmp_path / "prompts.txt").write_text("\n".join(CAPTIONS))
+    cfg = compose_config("train", ["experiment=paper_instaflow_sd", f"teacher.path={pipe}",
+                                   f"dataset.path={tmp_path / 'prompts.txt'}", "dataset.resolution=8",
+                                   "dataset.sample_steps=2", "method.objective.shard_size=4",
+                                   "method.objective.ode_steps=2", *STAND_IN], tmp_path / "run")
+    train(cfg)
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {r["model"] for r in rows} == {"teacher", "student"} and all(r["value"] == r["value"] for r in rows)
+    shard = next((Path(cfg.paths.cache) / "reflow_pairs").rglob("shard_*.safetensors"))
+    assert int(load_file(shard)["labels"].max()) < len(CAPTIONS)  # each pair names its prompt
