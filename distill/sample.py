@@ -12,6 +12,7 @@ one PNG per seed (``format=folder``), images scaled from [-1, 1].
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,12 @@ def sample_run(run_dir: Path, nfe: int, seeds: Sequence[int], cache: str) -> Ten
     return codec.decode(x) if codec is not None else x  # a latent teacher's samples, as pixels
 
 
+def needs_prompts(net: torch.nn.Module) -> bool:
+    """Whether a diffusers model cannot run without prompt embeddings (``encoder_hidden_states``)."""
+    parameter = inspect.signature(net.forward).parameters.get("encoder_hidden_states")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
 @torch.no_grad()
 def sample_export(export_dir: Path, seeds: Sequence[int]) -> Tensor:
     """The export's sampler with diffusers' classes: the reference loop in ``distill.export``."""
@@ -52,6 +59,10 @@ def sample_export(export_dir: Path, seeds: Sequence[int]) -> Tensor:
     model_dir = export_dir / sampler["network"]
     cls = getattr(diffusers, json.loads((model_dir / "config.json").read_text())["_class_name"])
     net = cls.from_pretrained(model_dir, use_safetensors=True).eval()
+    if needs_prompts(net):
+        raise ConfigError(f"{cls.__name__} in {model_dir} is text-conditional and the export holds no prompts: sample it "
+                          "with distill-sample run_dir=<its run> (the run's prompts), or with the teacher's diffusers "
+                          "pipeline and the export's weights (pipe.load_lora_weights(<export>/lora) for a LoRA student)")
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(export_dir / "scheduler")
     scheduler.set_timesteps(sigmas=sampler["sigmas"][:-1])
     shape = (net.config.in_channels, *(2 * [net.config.sample_size]))

@@ -130,6 +130,8 @@ def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path)
     assert not torch.allclose(expected, teacher_out, atol=1e-5)  # the adapters matter
     torch.testing.assert_close(loaded["model"], expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loaded["pipeline"], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="text-conditional and the export holds no prompts"):
+        sample_export(out, [0])
 
 
 DIFFUSERS_TRANSFORMER_LORA = r'''
