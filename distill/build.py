@@ -250,13 +250,15 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
                           "use an unconditional teacher with it")
     method.set_budget(cfg.train.max_steps)
     student = build_student(cfg, teacher)
+
+    def prepare(plain: nn.Module) -> nn.Module:  # so a LoRA run can start from a LoRA run's weights too
+        return with_lora(cfg, method.prepare_student(plain), method, teacher)
+
     if init and cfg.get("init_from"):
         this_run = f"this run (method={cfg.method.name}, dataset={cfg.dataset.name})"
-        student = load_student_init(student, cfg.init_from, cfg.get("init_from_ema", True), method.prepare_student,
-                                    this_run)
+        student = load_student_init(student, cfg.init_from, cfg.get("init_from_ema", True), prepare, this_run)
     else:
-        student = method.prepare_student(student)
-    student = with_lora(cfg, student, method, teacher)
+        student = prepare(student)
     return DistillModule(
         teacher, student, method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,

@@ -63,6 +63,13 @@ def tile(condition: Condition, n: int) -> Condition:
                      "makes batches unrelated to the data batch and does not support conditioning yet")
 
 
+def condition_rows(rows: slice, batch: int) -> Condition | None:
+    """The current condition's ``rows`` of a batch of ``batch`` (None: unconditional), for calls on
+    part of the batch (e.g. teacher samples that replace some of its rows)."""
+    condition = _CONDITION.get()
+    return None if condition is None else {k: v[rows] for k, v in tile(condition, batch).items()}
+
+
 def condition_for(x: Tensor) -> Condition | None:
     """The condition of a network call on ``x`` (tiled to its batch, on its device), or None."""
     condition = _CONDITION.get()

@@ -113,7 +113,7 @@ def load_student_init(
 
     The weights go into the plain built student *before* ``prepare`` (a method's re-parameterization,
     e.g. MeanFlow's second time input) whenever they fit it, so that any plain student (PCM, CD, ...)
-    can start any method. Only weights that fit the prepared student alone (MeanFlow -> MeanFlow)
+    can start any method. Only weights that fit the prepared student alone (MeanFlow -> MeanFlow, LoRA -> LoRA)
     are loaded after it. Returns the prepared student; prints where its weights came from.
 
     Raises:
@@ -127,7 +127,7 @@ def load_student_init(
         prepared = prepare(student)
     else:
         prepared = prepare(student)
-        prepared_problem = mismatch(prepared.state_dict(), init.weights) if prepared is not student else plain_problem
+        prepared_problem = mismatch(prepared.state_dict(), init.weights)  # prepared in place (LoRA) counts too
         if prepared_problem:
             extra_only = init.weights.keys() > student.state_dict().keys()
             raise ConfigError(architecture_error(init, target, plain_problem, extra_only))

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.conditioning import condition_rows, conditioned
 from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
@@ -224,8 +225,10 @@ class DMD2(Method):
 
     @torch.no_grad()
     def teacher_samples(self, teacher: nn.Module, n: int, like: Tensor) -> Tensor:
+        """Teacher samples for the last ``n`` rows of the batch ``like``, under those rows' condition."""
         grid = make_grid("cosine", self.teacher_sample_steps).to(like)
-        return sample_heun(teacher, torch.randn(n, *like.shape[1:], device=like.device, dtype=like.dtype), grid)
+        with conditioned(condition_rows(slice(like.shape[0] - n, None), like.shape[0])):
+            return sample_heun(teacher, torch.randn(n, *like.shape[1:], device=like.device, dtype=like.dtype), grid)
 
     def gan_real(self, x0: Tensor, teacher: nn.Module) -> Tensor:
         """The GAN's real batch: data, with a fixed share swapped for teacher samples (turbo recipe)."""

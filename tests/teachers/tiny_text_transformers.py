@@ -1,6 +1,7 @@
 """Tiny random SD3, FLUX.1 and Qwen-Image pipelines saved to disk: the real classes with a few
-hundred parameters each, word-level tokenizers built here, nothing downloaded. No VAE: the
-transformers denoise 1x8x8 "latents" directly, so datasets of 8x8 grey images feed them."""
+hundred parameters each, word-level tokenizers built here, nothing downloaded. Without a VAE the
+transformers denoise 1x8x8 "latents" directly (8x8 grey images); with one (``vae=True``: the
+family's own VAE class, 2 latent channels, factor 2) they take 8x8 RGB images as 2x4x4 latents."""
 
 from __future__ import annotations
 
@@ -37,7 +38,23 @@ def t5(width: int):
                                    relative_attention_num_buckets=4))
 
 
-def save_sd3_pipeline(directory: Path) -> Path:
+def autoencoder_kl():
+    """An AutoencoderKL as SD3 / FLUX.1 use, with a shift factor (FLUX's) and a scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=2, block_out_channels=(8, 16),
+                         layers_per_block=1, norm_num_groups=4, sample_size=8, scaling_factor=0.5, shift_factor=0.1,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+
+
+def qwen_vae():
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=2, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                  latents_mean=[0.1, -0.2], latents_std=[1.5, 2.0])
+
+
+def save_sd3_pipeline(directory: Path, vae: bool = False) -> Path:
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -47,28 +64,30 @@ def save_sd3_pipeline(directory: Path) -> Path:
     torch.manual_seed(0)
     for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         save_tokenizer(directory / name, 6)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=1, out_channels=1, num_layers=2,
+    c = 2 if vae else 1
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=c, out_channels=c, num_layers=2,
                                         attention_head_dim=4, num_attention_heads=2, joint_attention_dim=2 * WIDTH,
                                         caption_projection_dim=8, pooled_projection_dim=2 * WIDTH, pos_embed_max_size=8)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                    vae=None, text_encoder=clip(True), tokenizer=None, text_encoder_2=clip(True),
+                                    vae=autoencoder_kl() if vae else None, text_encoder=clip(True), tokenizer=None, text_encoder_2=clip(True),
                                     tokenizer_2=None, text_encoder_3=t5(2 * WIDTH), tokenizer_3=None)
     pipe.save_pretrained(directory, safe_serialization=True)
     _name_tokenizers(directory, ("tokenizer", "tokenizer_2", "tokenizer_3"))
     return directory
 
 
-def save_flux_pipeline(directory: Path, guidance_embeds: bool = False) -> Path:
+def save_flux_pipeline(directory: Path, guidance_embeds: bool = False, vae: bool = False) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
     for name in ("tokenizer", "tokenizer_2"):
         save_tokenizer(directory / name, 6)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=8 if vae else 4, num_layers=1, num_single_layers=1,
                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=WIDTH,
                                          pooled_projection_dim=WIDTH, guidance_embeds=guidance_embeds,
                                          axes_dims_rope=(2, 2, 4))
-    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None,
+    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                        vae=autoencoder_kl() if vae else None,
                         text_encoder=clip(False), tokenizer=None, text_encoder_2=t5(WIDTH), tokenizer_2=None)
     pipe.save_pretrained(directory, safe_serialization=True)
     _name_tokenizers(directory, ("tokenizer", "tokenizer_2"))
@@ -88,7 +107,7 @@ def qwen_text_encoder():
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
-def save_qwen_pipeline(directory: Path) -> Path:
+def save_qwen_pipeline(directory: Path, vae: bool = False) -> Path:
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
@@ -97,10 +116,12 @@ def save_qwen_pipeline(directory: Path) -> Path:
 
     torch.manual_seed(0)
     save_tokenizer(directory / "tokenizer", 64)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=1, num_layers=2,
+    c = 2 if vae else 1
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=4 * c, out_channels=c, num_layers=2,
                                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=WIDTH,
                                               axes_dims_rope=(2, 2, 4))
-    pipe = QwenImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.2), vae=None,
+    pipe = QwenImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.2),
+                             vae=qwen_vae() if vae else None,
                              text_encoder=qwen_text_encoder(), tokenizer=None)
     pipe.save_pretrained(directory, safe_serialization=True)
     _name_tokenizers(directory, ("tokenizer",))
@@ -114,3 +135,15 @@ def _name_tokenizers(directory: Path, names: tuple[str, ...]) -> None:
     index = json.loads((directory / "model_index.json").read_text())
     index.update({name: ["transformers", "PreTrainedTokenizerFast"] for name in names})
     (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def captioned_rgb_images(directory: Path, count: int = 8) -> Path:
+    """8x8 RGB images, each with a caption in <stem>.txt (dataset=image_folder dataset.captions=true)."""
+    from PIL import Image
+
+    captions = ["a red square", "a blue circle", "a dark square", "a red circle"]
+    directory.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (30 * i, 255 - 30 * i, 90)).save(directory / f"{i}.png")
+        (directory / f"{i}.txt").write_text(captions[i % len(captions)])
+    return directory
