@@ -63,13 +63,13 @@ def recorded_state_dict(record: Record, prefix: str = "") -> dict[str, Tensor]:
 
 
 def plain(value: Any) -> Any:
-    """Init kwargs as JSON-safe Python: numpy scalars to numbers, tuples to lists."""
+    """Init kwargs as JSON-safe Python: numpy scalars and arrays to numbers and lists, tuples to lists."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise EDMPickleError(f"an init argument of type {type(value).__name__} cannot be stored ({value!r})")
@@ -126,7 +126,8 @@ def network_from_pickle(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     load_strict(net, recorded_state_dict(record), source)
     encoder = top.get("encoder") if isinstance(top, dict) else None
     if isinstance(encoder, Record):
-        spec["encoder"] = {"class": encoder.class_name, "init_kwargs": plain(encoder.init_kwargs)}
+        public = {k: v for k, v in encoder.state.items() if not k.startswith("_")}  # e.g. vae_name, scale, bias
+        spec["encoder"] = {"class": encoder.class_name, "init_kwargs": plain(encoder.init_kwargs), **plain(public)}
     return net.eval().requires_grad_(False), spec
 
 

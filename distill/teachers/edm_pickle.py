@@ -8,7 +8,7 @@ a restricted ``pickle.Unpickler`` resolves only an allow-list of globals:
   object's ``__dict__``: init kwargs, parameters, buffers, submodules); the source is never run;
 - torch's tensor and parameter rebuild functions (storages pickled as bytes are read with
   ``torch.load(..., weights_only=True)``);
-- ``collections.OrderedDict``, ``set``, numpy scalars, ``dnnlib``'s ``EasyDict`` (as ``dict``), and
+- ``collections.OrderedDict``, ``set``, numpy scalars and arrays, ``dnnlib``'s ``EasyDict`` (as ``dict``), and
   ``torch.nn`` containers (``ModuleDict`` ...) as plain ``Record``s.
 
 Any other global refuses the whole file with an ``EDMPickleError`` naming it.
@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct as numpy_array
     from numpy._core.multiarray import scalar as numpy_scalar
 except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct as numpy_array
     from numpy.core.multiarray import scalar as numpy_scalar
 
 from distill.teachers.checkpoint import TeacherCheckpointError
@@ -112,6 +114,13 @@ def _rebuild_parameter(data: Any, requires_grad: bool = False, backward_hooks: A
     return data.detach()
 
 
+def _numpy_array(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` for plain ndarrays only (no subclasses)."""
+    if cls is not np.ndarray:
+        raise EDMPickleError(f"a numpy array of class {cls!r} in the pickle: only numpy.ndarray is allowed")
+    return numpy_array(cls, shape, dtype)
+
+
 ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
@@ -122,8 +131,10 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
-    ("numpy.core.multiarray", "scalar"): numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    # numpy scalars and arrays (EDM2's latent encoder keeps its scale and bias as arrays)
+    **{(module, "scalar"): numpy_scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "_reconstruct"): _numpy_array for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     **{(module, "_reconstruct_persistent_obj"): _record_persistent for module in PERSISTENCE_MODULES},
     **{key: dict for key in EASYDICT},

@@ -39,23 +39,33 @@ def marker_source(marker: Path) -> str:
 
 @contextmanager
 def fake_persistence() -> Iterator[Any]:
-    """A stand-in ``torch_utils.persistence._reconstruct_persistent_obj`` that pickle can name."""
+    """Stand-ins that pickle can name: ``torch_utils.persistence._reconstruct_persistent_obj`` (yielded)
+    and ``dnnlib.util.EasyDict`` (EDM2 snapshots are EasyDicts), registered only inside the block."""
 
     def _reconstruct_persistent_obj(meta):  # the test readers must never call it
         raise AssertionError("the pickle's reconstruct function was called")
 
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    package, module = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
-    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    package.persistence = module
-    saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence")}
-    sys.modules.update({"torch_utils": package, "torch_utils.persistence": module})
+    easydict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    modules = {name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib",
+                                                          "dnnlib.util")}
+    modules["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    modules["dnnlib.util"].EasyDict = easydict
+    saved = {k: sys.modules.get(k) for k in modules}
+    sys.modules.update(modules)
     try:
         yield _reconstruct_persistent_obj
     finally:
         for k, v in saved.items():
             sys.modules.pop(k) if v is None else sys.modules.__setitem__(k, v)
+
+
+class PersistentStub:
+    """Any other persistent object of EDM's (an EDM2 latent encoder, a loss): a class name and a state."""
+
+    def __init__(self, class_name: str, state: dict):
+        self.class_name, self.state = class_name, state
 
 
 class PersistencePickler(pickle.Pickler):
@@ -66,6 +76,9 @@ class PersistencePickler(pickle.Pickler):
         self.reconstruct, self.module_src, self.init_kwargs = reconstruct, module_src, init_kwargs
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, PersistentStub):
+            return self.reconstruct, (dict(type="class", version=6, module_src=self.module_src,
+                                           class_name=obj.class_name, state=obj.state),)
         if not (isinstance(obj, nn.Module) and type(obj).__module__.startswith("distill.nets.edm")):
             return NotImplemented
         state = {**obj.__dict__, "_init_args": (), "_init_kwargs": self.init_kwargs.get(id(obj), {})}
@@ -95,10 +108,13 @@ def tiny_edm(kind: str = "song", channels: int = 1, resolution: int = 8, label_d
     return randomized(EDMPrecond(**kwargs)), kwargs
 
 
-def write_edm_pickle(path: Path, net: nn.Module, init_kwargs: dict, marker: Path, extra: dict | None = None) -> Path:
-    """``path`` holding ``{"ema": net, **extra}`` in EDM's pickle format (module_src writes ``marker``)."""
+def write_edm_pickle(path: Path, net: nn.Module, init_kwargs: dict, marker: Path, extra: dict | None = None,
+                     easydict: bool = False) -> Path:
+    """``path`` holding ``{"ema": net, **extra}`` in EDM's pickle format (module_src writes ``marker``),
+    as a ``dnnlib.util.EasyDict`` with ``easydict`` (as EDM2's training snapshots are)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with fake_persistence() as reconstruct, path.open("wb") as f:
-        PersistencePickler(f, reconstruct, marker_source(marker), {id(net): init_kwargs}).dump(
-            {"ema": net, "loss_fn": None, **(extra or {})})
+        top = {"ema": net, "loss_fn": None, **(extra or {})}
+        top = sys.modules["dnnlib.util"].EasyDict(top) if easydict else top
+        PersistencePickler(f, reconstruct, marker_source(marker), {id(net): init_kwargs}).dump(top)
     return path

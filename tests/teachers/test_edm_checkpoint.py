@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import json
 import os
 import pickle
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,13 @@ from distill.teachers import load_teacher
 from distill.teachers.edm import EDMVelocity, load_edm_teacher
 from distill.teachers.edm_checkpoint import network_from_pickle
 from distill.teachers.edm_pickle import EDMPickleError, read_edm_pickle
-from tests.teachers.edm_pickles import fake_persistence, marker_source, tiny_edm, write_edm_pickle
+from tests.teachers.edm_pickles import (
+    PersistentStub,
+    fake_persistence,
+    marker_source,
+    tiny_edm,
+    write_edm_pickle,
+)
 
 
 @pytest.fixture
@@ -44,6 +52,21 @@ def test_converted_network_equals_the_pickled_one(tmp_path, marker, kind, label_
     assert type(converted) is type(net) and spec["init_kwargs"] == kwargs
     x, sigma, labels = inputs(label_dim)
     torch.testing.assert_close(converted(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
+
+
+def test_edm2_training_snapshot_with_its_encoder_and_half_weights(tmp_path, marker):
+    """As edm2's training loop writes it: an EasyDict, the ema net in float16, a latent encoder whose
+    scale and bias are numpy arrays (recorded in the spec, never loaded)."""
+    net, kwargs = tiny_edm("edm2", label_dim=10)
+    encoder = PersistentStub("StabilityVAEEncoder", {
+        "vae_name": "stabilityai/sd-vae-ft-mse", "scale": np.float32(0.5) / np.array([4.17, 4.62], np.float32),
+        "batch_size": 8, "_vae": None, "_init_kwargs": {}})
+    half = copy.deepcopy(net).half()
+    path = write_edm_pickle(tmp_path / "snapshot.pkl", half, kwargs, marker, {"encoder": encoder}, easydict=True)
+    converted, spec = network_from_pickle(path)
+    assert spec["encoder"]["vae_name"] == "stabilityai/sd-vae-ft-mse" and len(spec["encoder"]["scale"]) == 2
+    x, sigma, labels = inputs(10)
+    torch.testing.assert_close(converted(x, sigma, labels), half.float()(x, sigma, labels), rtol=0, atol=0)
 
 
 def test_pickle_records_networks_without_their_source(tmp_path, marker):
