@@ -120,7 +120,7 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         teacher = load_teacher(cfg.teacher.path)
     elif kind == "diffusers":
         teacher = load_diffusers_teacher(cfg.teacher.path, dm.data_shape[-1], cfg.teacher.get("embedded_guidance"),
-                                         cfg.teacher.get("max_sequence_length"))
+                                         cfg.teacher.get("max_sequence_length"), cfg.teacher.get("dtype"))
     elif kind == "edm":  # an EDM / EDM2 pickle, converted once into the cache (no code from it is run)
         teacher = load_edm_teacher(cfg.teacher.path, Path(cfg.paths.cache) / "teachers" / "edm",
                                    float(cfg.teacher.get("guidance", 1.0)))

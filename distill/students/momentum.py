@@ -94,7 +94,7 @@ class MomentumStudent(nn.Module):
 
         def heads_in_place_of_output(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
             captured.append(args[0])
-            return self._stacked_heads(args[0]) if args[0].ndim == 3 else None
+            return self._stacked_heads(args[0].to(self.means.weight.dtype)) if args[0].ndim == 3 else None
 
         layer = dict(self.model.net.named_modules())[self.out_name]
         handle = layer.register_forward_hook(heads_in_place_of_output)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import torch
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
@@ -92,15 +93,17 @@ def parameterization(scheduler_config: dict[str, Any]) -> tuple[NoiseProcess, st
     return process, PREDICTION_TYPES[prediction], 1.0
 
 
-def load_network(model_dir: Path) -> nn.Module:
-    """The diffusers model class named in ``config.json``, weights from safetensors only."""
+def load_network(model_dir: Path, dtype: str | None = None) -> nn.Module:
+    """The diffusers model class named in ``config.json``, weights from safetensors only, in ``dtype``
+    (e.g. ``bfloat16``: a 20B Qwen-Image transformer in float32 alone fills an 80 GB GPU)."""
     config = json.loads((model_dir / "config.json").read_text())
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
         raise TeacherCheckpointError(f"{model_dir}/config.json names _class_name={config.get('_class_name')!r}, "
                                      "not a diffusers model class")
     try:
-        return cls.from_pretrained(model_dir, use_safetensors=True, local_files_only=True)
+        kwargs = {"torch_dtype": getattr(torch, dtype)} if dtype else {}
+        return cls.from_pretrained(model_dir, use_safetensors=True, local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         raise TeacherCheckpointError(f"cannot load {cls.__name__} weights from {model_dir} ({err}): it needs "
                                      "diffusion_pytorch_model.safetensors (convert .bin weights with diffusers first)") from err
@@ -153,16 +156,16 @@ def _required_inputs(net: nn.Module) -> set[str]:
 
 
 def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embedded_guidance: float | None = None,
-                           max_sequence_length: int | None = None) -> Teacher:
+                           max_sequence_length: int | None = None, dtype: str | None = None) -> Teacher:
     """A frozen teacher from a local diffusers directory (see the module docstring for layouts).
 
     ``resolution`` (pixels), ``embedded_guidance`` and ``max_sequence_length`` serve the text-to-image
-    transformers, which work at any resolution (see ``load_text_transformer``).
+    transformers, which work at any resolution (see ``load_text_transformer``); ``dtype`` is the network's.
     """
     model_dir, scheduler_path = locate(path)
     scheduler_config = json.loads(scheduler_path.read_text())
     process, prediction, shift = parameterization(scheduler_config)
-    net = load_network(model_dir)
+    net = load_network(model_dir, dtype)
     if is_text_transformer(type(net).__name__):
         return load_text_transformer(net, model_dir, path, scheduler_config, resolution, embedded_guidance,
                                      max_sequence_length)

@@ -31,6 +31,11 @@ SHARD_SIZE = 256  # prompts per cached shard (T5 / Qwen rows are large)
 DEFAULT_MAX_LENGTH = {"StableDiffusion3Pipeline": 256, "FluxPipeline": 512, "QwenImagePipeline": 512}
 
 
+def encoder_device() -> torch.device:
+    """Where the text encoders run (in bfloat16 on a GPU): once per prompt set, then freed."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class PipelinePromptEncoder:
     """``encode(prompts) -> Condition``: one row per prompt, from the pipeline's ``encode_prompt``.
 
@@ -47,7 +52,7 @@ class PipelinePromptEncoder:
         self.pipeline_name, self.keys = TEXT_TRANSFORMERS[transformer_class]
         self.directory = Path(directory)
         self.max_length = int(max_sequence_length or DEFAULT_MAX_LENGTH[self.pipeline_name])
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = encoder_device()
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # a 7B Qwen2.5-VL in fp32: 28 GB
         try:
             self.pipe = getattr(diffusers, self.pipeline_name).from_pretrained(

@@ -129,10 +129,13 @@ class TextTransformerVelocity(nn.Module):
         return qwen_inputs(x, s, condition, self.embedded_guidance)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
-        out = self.net(**self.inputs(x, s)).sample
+        dtype = self.net.dtype  # a bfloat16 teacher computes in bfloat16 inside or outside autocast
+        inputs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                  for k, v in self.inputs(x.to(dtype), s).items()}
+        out = self.net(**inputs).sample
         if self.family in PACKED:
-            return unpack(out, x.shape[1], *x.shape[2:])
-        return out
+            out = unpack(out, x.shape[1], *x.shape[2:])
+        return out.to(x.dtype)
 
 
 def embedded_guidance_for(net: nn.Module, requested: float | None) -> float | None:

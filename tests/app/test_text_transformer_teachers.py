@@ -59,3 +59,12 @@ def test_arcflow_distils_packed_token_transformers(compose_train, t2i_setup, fam
                         *overrides(t2i_setup, family), "teacher.guidance=2.0")
     train(cfg)
     assert student_nfes(cfg) == {1, 2, 4}
+
+
+def test_a_bfloat16_teacher_runs_without_autocast(compose_train, t2i_setup):
+    """teacher.dtype=bfloat16 (how 12B / 20B teachers fit): inputs are cast in, velocities out, and
+    ArcFlow's float32 heads read the bfloat16 features, on a CPU run with no autocast."""
+    cfg = compose_train("method=arcflow", "method.objective.components=4", "debug=fast", "teacher.dtype=bfloat16",
+                        *overrides(t2i_setup, "flux"))
+    train(cfg)
+    assert student_nfes(cfg) == {1, 2, 4}

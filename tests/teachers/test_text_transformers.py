@@ -8,6 +8,7 @@ import torch
 from diffusers import FluxPipeline, QwenImagePipeline, StableDiffusion3Pipeline
 
 from distill.core.conditioning import POOLED, PROMPT_MASK, PROMPTS, conditioned, table_rows, tile
+from distill.teachers import pipeline_prompts
 from distill.teachers.checkpoint import TeacherCheckpointError
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
 from distill.teachers.transformers import pack, unpack
@@ -20,6 +21,12 @@ from tests.teachers.tiny_text_transformers import (
 PROMPTS_USED = ["a red square", "a blue circle", "a dark red circle square"]
 SAVERS = {"sd3": save_sd3_pipeline, "flux": save_flux_pipeline, "qwen": save_qwen_pipeline}
 PIPELINES = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline, "qwen": QwenImagePipeline}
+
+
+@pytest.fixture(autouse=True)
+def encode_on_cpu(monkeypatch):
+    """The comparisons below are exact: keep the encoders in float32 on the CPU even where a GPU is."""
+    monkeypatch.setattr(pipeline_prompts, "encoder_device", lambda: torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
