@@ -218,6 +218,7 @@ def load_text_transformer(net: nn.Module, model_dir: Path, path: str | Path, sch
             "embedded_guidance": guidance}
     teacher = Teacher(model, shape, meta)
     teacher.codec = codec
+    teacher.prompt_encoder = encoder  # kept for the prompt table (encode_prompt_table releases it): one load
     return teacher
 
 
@@ -228,9 +229,10 @@ def prompt_encoder_for(meta: dict[str, Any]) -> PromptEncoder | PipelinePromptEn
     return PromptEncoder(meta["pipeline_dir"])
 
 
-def encode_prompt_table(prompts: list[str], meta: dict[str, Any], cache_dir: str | Path | None) -> Tensor | Condition:
-    """Every prompt's conditioning, cached: a tensor of embeddings (CLIP UNets) or a condition table."""
-    encoder = prompt_encoder_for(meta)
+def encode_prompt_table(prompts: list[str], teacher: Teacher, cache_dir: str | Path | None) -> Tensor | Condition:
+    """Every prompt's conditioning, cached: a tensor of embeddings (CLIP UNets) or a condition table.
+    The encoder that made a text transformer's empty prompt is reused, then released."""
+    encoder = teacher.__dict__.pop("prompt_encoder", None) or prompt_encoder_for(teacher.meta)
     if isinstance(encoder, PipelinePromptEncoder):
         return condition_table(prompts, encoder, cache_dir)
     return prompt_table(prompts, encoder, cache_dir)

@@ -62,7 +62,7 @@ def by_hand(family: str, pipe, x, s, prompts: list[str]):
 def test_velocity_is_the_pipelines_own_transformer_call(pipelines, family):
     path = pipelines[family]
     teacher = load_diffusers_teacher(path, resolution=8, max_sequence_length=8)
-    table = encode_prompt_table(PROMPTS_USED, teacher.meta, None)
+    table = encode_prompt_table(PROMPTS_USED, teacher, None)
     assert teacher.data_shape == (1, 8, 8) and teacher.meta["class"] == type(teacher.model.net).__name__
     pipe = PIPELINES[family].from_pretrained(path, vae=None, local_files_only=True)
     torch.manual_seed(1)
@@ -81,10 +81,11 @@ def test_velocity_is_the_pipelines_own_transformer_call(pipelines, family):
 def test_condition_tables_hold_each_familys_inputs(pipelines, tmp_path):
     keys = {}
     for family, path in pipelines.items():
-        meta = load_diffusers_teacher(path, resolution=8, max_sequence_length=8).meta
-        table = encode_prompt_table(PROMPTS_USED, meta, tmp_path / family)
+        teacher = load_diffusers_teacher(path, resolution=8, max_sequence_length=8)
+        table = encode_prompt_table(PROMPTS_USED, teacher, tmp_path / family)
+        assert "prompt_encoder" not in teacher.__dict__  # released after the table
         keys[family] = set(table)
-        again = encode_prompt_table(PROMPTS_USED, meta, tmp_path / family)  # read back from the shards
+        again = encode_prompt_table(PROMPTS_USED, teacher, tmp_path / family)  # read back from the shards
         assert all(torch.equal(table[k], again[k]) for k in table)
         assert list((tmp_path / family).rglob("*.safetensors"))
         tiled = tile(table_rows(table, torch.tensor([0, 1])), 4)
@@ -95,7 +96,7 @@ def test_condition_tables_hold_each_familys_inputs(pipelines, tmp_path):
 def test_qwen_padding_is_masked_out(pipelines):
     """Tables are padded to a common length and trimmed to the longest prompt: neither changes the output."""
     teacher = load_diffusers_teacher(pipelines["qwen"], resolution=8, max_sequence_length=8)
-    rows = table_rows(encode_prompt_table(PROMPTS_USED, teacher.meta, None), torch.arange(3))
+    rows = table_rows(encode_prompt_table(PROMPTS_USED, teacher, None), torch.arange(3))
     padded = {PROMPTS: torch.nn.functional.pad(rows[PROMPTS], (0, 0, 0, 5)),
               PROMPT_MASK: torch.nn.functional.pad(rows[PROMPT_MASK], (0, 5))}
     x, s = torch.randn(3, 1, 8, 8), torch.full((3,), 0.7)
