@@ -40,10 +40,12 @@ from distill.teachers.latent import LatentCodec
 from distill.teachers.pipeline_prompts import PipelinePromptEncoder, condition_table
 from distill.teachers.prompts import PromptEncoder, prompt_table
 from distill.teachers.transformers import (
+    TEXT_TRANSFORMERS,
     TextTransformerVelocity,
     embedded_guidance_for,
     is_text_transformer,
     latent_channels,
+    needs_text_adapter,
 )
 
 NETWORK_FOLDERS = ("unet", "transformer")
@@ -166,6 +168,9 @@ def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embe
     scheduler_config = json.loads(scheduler_path.read_text())
     process, prediction, shift = parameterization(scheduler_config)
     net = load_network(model_dir, dtype)
+    if needs_text_adapter(net):
+        raise TeacherCheckpointError(f"{type(net).__name__} is a text-to-image transformer without an adapter here; "
+                                     f"supported: {sorted(TEXT_TRANSFORMERS)} (add one in distill/teachers/transformers.py)")
     if is_text_transformer(type(net).__name__):
         return load_text_transformer(net, model_dir, path, scheduler_config, resolution, embedded_guidance,
                                      max_sequence_length)

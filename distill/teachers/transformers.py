@@ -16,6 +16,8 @@ guidance-distilled: its guidance scale is an input (``embedded_guidance``), not 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -28,12 +30,20 @@ TEXT_TRANSFORMERS = {
     "QwenImageTransformer2DModel": ("QwenImagePipeline", (PROMPTS, PROMPT_MASK)),
 }
 PACKED = ("FluxTransformer2DModel", "QwenImageTransformer2DModel")  # latents go in as 2x2 tokens
+TEXT_ONLY_INPUTS = ("pooled_projections", "img_ids", "txt_ids", "img_shapes", "encoder_hidden_states_mask")
 SD3_TIME_SCALE = 1000.0
 FLUX_DEV_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
 
 
 def is_text_transformer(class_name: str) -> bool:
     return class_name in TEXT_TRANSFORMERS
+
+
+def needs_text_adapter(net: nn.Module) -> bool:
+    """A text-to-image transformer of a family without an adapter here: its forward takes inputs (pooled
+    prompts, position ids, image shapes, text masks) that no generic call provides."""
+    params = inspect.signature(net.forward).parameters
+    return not is_text_transformer(type(net).__name__) and any(name in params for name in TEXT_ONLY_INPUTS)
 
 
 def latent_channels(net: nn.Module) -> int:

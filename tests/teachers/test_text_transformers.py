@@ -127,3 +127,17 @@ def test_packing_round_trips_and_odd_sizes_are_refused(pipelines):
     assert torch.equal(unpack(pack(x), 3, 4, 6), x)
     with pytest.raises(TeacherCheckpointError, match="multiple of 2"):
         load_diffusers_teacher(pipelines["flux"], resolution=7)
+
+
+def test_other_text_to_image_transformers_are_refused_naming_the_supported_ones(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImageTransformer2DModel
+
+    HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=8, num_attention_heads=2, caption_channels=[8, 8],
+                                   text_emb_dim=8, num_routed_experts=2, num_activated_experts=1,
+                                   axes_dims_rope=(2, 2, 4), max_resolution=(8, 8), llama_layers=[0],
+                                   ).save_pretrained(tmp_path / "transformer")
+    FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(TeacherCheckpointError, match="FluxTransformer2DModel"):
+        load_diffusers_teacher(tmp_path, resolution=8)
