@@ -6,14 +6,19 @@ from diffusers import UNet2DModel
 
 from distill.core.conditioning import (
     LABELS,
+    POOLED,
+    PROMPT_MASK,
     PROMPTS,
     condition_for,
+    condition_rows,
     conditioned,
     drop_labels,
     guided,
     labels_for,
     null_labels,
     num_classes_of,
+    table_rows,
+    table_size,
 )
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
@@ -95,3 +100,18 @@ def test_a_guided_teacher_gives_the_cfg_velocity_to_every_caller():
         torch.testing.assert_close(teacher(x, s), uncond + 2.5 * (cond - uncond))
         teacher.guidance = 1.0
         torch.testing.assert_close(teacher(x, s), cond)
+
+
+def test_prompt_tables_of_several_inputs_give_rows_that_tile_and_slice():
+    """Text-to-image transformers condition on several tensors a prompt (embeddings, pooled, mask)."""
+    table = {PROMPTS: torch.randn(5, 3, 4), POOLED: torch.randn(5, 2), PROMPT_MASK: torch.ones(5, 3)}
+    assert table_size(table) == 5 and table_size(table[PROMPTS]) == 5
+    rows = table_rows(table, torch.tensor([4, 0]))
+    assert torch.equal(rows[POOLED], table[POOLED][[4, 0]])
+    assert torch.equal(table_rows(table[PROMPTS], torch.tensor([1]))[PROMPTS], table[PROMPTS][[1]])  # a bare table
+    with conditioned(rows):
+        stacked = condition_for(torch.zeros(6, 1))  # three stacked copies of the batch
+        assert stacked[PROMPT_MASK].shape == (6, 3) and torch.equal(stacked[POOLED][2:4], rows[POOLED])
+        last = condition_rows(slice(1, None), 2)  # e.g. teacher samples replacing the batch's last row
+        assert torch.equal(last[PROMPTS], table[PROMPTS][[0]])
+    assert condition_rows(slice(1, None), 2) is None
