@@ -29,7 +29,7 @@ from distill.lit.distill import DistillModule
 from distill.lit.init_from import load_student_init
 from distill.lit.resume import ResumePoint
 from distill.lit.speedups import Speedups
-from distill.methods.base import Method
+from distill.methods.base import Method, label_count
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
@@ -245,9 +245,9 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
         raise ConfigError(f"this experiment continues experiment={cfg.after}: run that first, then pass "
                           "init_from=<its run dir>")
     method = build_method(cfg)
-    if getattr(teacher, "num_classes", 0) and not method.class_conditional:
-        raise ConfigError(f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels: "
-                          "use an unconditional teacher with it")
+    if label_count(teacher) and not method.class_conditional:  # class labels or prompts
+        raise ConfigError(f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels or "
+                          "prompts: use an unconditional teacher with it")
     method.set_budget(cfg.train.max_steps)
     student = build_student(cfg, teacher)
 

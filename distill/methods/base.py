@@ -63,6 +63,15 @@ def label_condition(teacher: nn.Module, labels: Tensor | None) -> Condition | No
     return table_rows(table, labels.cpu()) if table is not None else {LABELS: labels}
 
 
+def condition_digest(teacher: nn.Module) -> list[tuple[str, tuple[int, ...], float]]:
+    """A summary of a text teacher's prompt table (its rows are what pair labels stand for)."""
+    table = getattr(teacher, "prompt_table", None)
+    if table is None:
+        return []
+    rows = table_rows(table, torch.arange(table_size(table)))
+    return [(k, tuple(v.shape), float(v.double().sum())) for k, v in sorted(rows.items())]
+
+
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
     """Refuse a config value outside ``choices``, naming the ``method.<option>`` key and its options."""
     choices = tuple(choices)

@@ -37,13 +37,21 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.bezier import bezier, bezier_velocity, fit_interior
+from distill.core.conditioning import conditioned
 from distill.core.grids import GRIDS, make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.pairs import PairShards, fingerprint
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.straightness import ode_states
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, check_choice
+from distill.methods.base import (
+    Method,
+    Renoise,
+    check_choice,
+    condition_digest,
+    label_condition,
+    label_count,
+)
 from distill.students.average_velocity import (
     AverageVelocityFlowMap,
     AverageVelocityModel,
@@ -184,8 +192,10 @@ class BezierDistillation(Method):
                                  f"data has shape {shape}")
             member.to(like.device)
         teachers = self.teachers or [teacher]
+        num_labels = label_count(teacher)  # a conditional teacher: each noise carries a label (reflow's way)
         settings = (self.seed, self.shard_size, self.record_times, self.ode_steps, self.ode_sampler, self.ode_grid,
-                    self.combine)
+                    self.combine, *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)]
+                                    if num_labels else []))
         prints = [fingerprint(t, shape, *settings) for t in teachers]
         for i, key in enumerate(prints[1:]):
             if key in prints[: i + 1]:
@@ -194,22 +204,24 @@ class BezierDistillation(Method):
         times = (*self.record_times, 0.0)
         sources = [MeanVelocity(teachers)] if self.combine == "ensemble" else teachers
 
-        def trajectories(noise: Tensor) -> Tensor:  # (size, trajectories, record times + 1, *shape)
+        def trajectories(noise: Tensor, labels: Tensor | None = None) -> Tensor:  # (size, J, times + 1, *shape)
             x = noise.to(like)
-            runs = [ode_states(t, x, times, self.ode_steps, self.ode_sampler, self.ode_grid) for t in sources]
+            with conditioned(label_condition(teacher, labels)):  # the noise's own condition, not the batch's
+                runs = [ode_states(t, x, times, self.ode_steps, self.ode_sampler, self.ode_grid) for t in sources]
             return torch.stack(runs).movedim(2, 0)
 
         target_shape = (len(sources), len(times), *shape)
-        return PairShards(directory, self.shard_size, shape, self.seed, trajectories, target_shape=target_shape)
+        return PairShards(directory, self.shard_size, shape, self.seed, trajectories, target_shape=target_shape,
+                          num_labels=num_labels)
 
-    def batch_trajectories(self, teacher: nn.Module, x0: Tensor) -> tuple[Tensor, Tensor]:
-        """``(eps, states)``: B noises of one random shard (solved now if new) and their teachers'
-        states, (B, teachers, record times + 1, ...), the endpoint last."""
+    def batch_trajectories(self, teacher: nn.Module, x0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(eps, states, labels or None)``: B noises of one random shard (solved now if new), their
+        teachers' states, (B, teachers, record times + 1, ...), the endpoint last, and their labels."""
         if self._shards is None:
             self._shards = self._open_shards(teacher, x0)
-        noise, states = self._shards[int(torch.randint(self.num_shards, ()))]
+        noise, states, labels = self._shards.shard(int(torch.randint(self.num_shards, ())))
         idx = torch.randint(noise.shape[0], (x0.shape[0],))
-        return noise[idx].to(x0), states[idx].to(x0)
+        return noise[idx].to(x0), states[idx].to(x0), None if labels is None else labels[idx]
 
     def control_points(self, eps: Tensor, states: Tensor) -> Tensor:
         """(n + 1, B, ...) control points from the noise and the teachers' states (B, J, M + 1, ...)."""
@@ -228,7 +240,7 @@ class BezierDistillation(Method):
         if not isinstance(student, AverageVelocityModel):
             raise TypeError("Bezier distillation trains an AverageVelocityModel: pass the student through "
                             "prepare_student")
-        eps, states = self.batch_trajectories(teacher, x0)
+        eps, states, labels = self.batch_trajectories(teacher, x0)
         points = self.control_points(eps, states)
         b = eps.shape[0]
         s = torch.rand(b, device=eps.device, dtype=eps.dtype)
@@ -237,7 +249,8 @@ class BezierDistillation(Method):
         # One call for every term: (x, s -> 0) endpoint, (x, s -> s) velocity, (x, s -> r) curve.
         r = torch.cat([torch.zeros_like(s), s, s * torch.rand_like(s)])
         z, t = torch.cat([x, x, x]), s.repeat(3)
-        u = student(z, r, t)
+        with conditioned(label_condition(teacher, labels)):  # the trajectories' conditions, tiled over the 3 copies
+            u = student(z, r, t)
         jump = z - append_dims(t - r, z.ndim) * u
         terms = {
             "endpoint": per_sample_mse(jump[:b], points[-1]).mean(),

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.core.conditioning import conditioned, table_rows, table_size
+from distill.core.conditioning import conditioned
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.pairs import PairShards, fingerprint, shard_labels
@@ -33,21 +33,13 @@ from distill.methods.base import (
     Renoise,
     SamplingPlan,
     check_choice,
+    condition_digest,
     label_condition,
     label_count,
 )
 from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
-
-
-def condition_digest(teacher: nn.Module) -> list[tuple[str, tuple[int, ...], float]]:
-    """A summary of a text teacher's prompt table (its rows are what pair labels stand for)."""
-    table = getattr(teacher, "prompt_table", None)
-    if table is None:
-        return []
-    rows = table_rows(table, torch.arange(table_size(table)))
-    return [(k, tuple(v.shape), float(v.double().sum())) for k, v in sorted(rows.items())]
 
 
 class Reflow(Method):

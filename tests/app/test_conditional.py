@@ -104,3 +104,22 @@ def test_conditional_reflow_pairs_are_solved_under_their_own_labels(conditional_
     with conditioned(labels):
         expected = ode_pairs(teacher, noise, 3, "heun", "cosine")  # the guided teacher ODE under each pair's label
     torch.testing.assert_close(endpoint, expected)
+
+
+def test_conditional_bezier_trajectories_carry_their_labels(conditional_teacher):
+    from distill.core.conditioning import conditioned
+    from distill.core.straightness import ode_states
+    from distill.methods import BezierDistillation
+    from distill.teachers import load_teacher
+
+    teacher = load_teacher(conditional_teacher)
+    teacher.guidance = 2.0
+    method = BezierDistillation(num_pairs=8, shard_size=8, ode_steps=3)
+    with conditioned(torch.zeros(4, dtype=torch.long)):  # the data batch's labels must not leak into trajectories
+        eps, _, batch_labels = method.batch_trajectories(teacher, torch.zeros(4, 1, 8, 8))
+    assert batch_labels.shape == (4,)  # the student trains under these (our class-conditional UNet cannot
+    noise, states, labels = method._shards.shard(0)  # take Bezier's extra time input; diffusers students can)
+    assert labels is not None and len(set(labels.tolist())) > 1
+    with conditioned(labels):
+        expected = ode_states(teacher, noise, (*method.record_times, 0.0), 3, method.ode_sampler, method.ode_grid)
+    torch.testing.assert_close(states[:, 0], expected.movedim(1, 0))

@@ -123,7 +123,7 @@ def test_trajectories_are_cached_and_read_back_without_solving(tmp_path):
             return teacher(x, s)
 
     method = BezierDistillation(teachers=[Counting(), Shifted(teacher, (0.3, 0.0))], pair_dir=str(tmp_path), **SMALL)
-    eps, states = method.batch_trajectories(teacher, data[:8])
+    eps, states, _ = method.batch_trajectories(teacher, data[:8])
     assert states.shape == (8, 2, 4, 2) and calls
     shards = method._shards
     first = [shards[i] for i in range(2)]
@@ -141,7 +141,7 @@ def test_an_ensemble_solves_one_ode_of_the_mean_velocity():
     left, right = Shifted(teacher, (0.4, 0.0)), Shifted(teacher, (-0.4, 0.0))
     method = BezierDistillation(teachers=[left, right], combine="ensemble", **SMALL)
     assert method.num_teachers == 2 and method.num_trajectories == 1
-    eps, states = method.batch_trajectories(None, data[:8])
+    eps, states, _ = method.batch_trajectories(None, data[:8])
     assert states.shape == (8, 1, 4, 2)
     # The shifts cancel in the mean velocity: the ensemble is the exact teacher.
     exact = ode_states(teacher, eps, (0.75, 0.5, 0.25, 0.0), 4, "heun", "cosine").movedim(0, 1)
