@@ -68,21 +68,46 @@ def has_parameters(module: nn.Module) -> bool:
 
 
 def _inner(model: nn.Module) -> tuple[str, nn.Module]:
-    """The raw network inside our wrappers: ``VelocityModel.net`` (and a ``UNet``'s diffusers ``model``)."""
+    """The raw network inside our wrappers: ``VelocityModel.net`` (and a ``UNet``'s diffusers ``model``),
+    or the UNet inside an EDM teacher's preconditioner (``EDMVelocity.net.model`` / ``.net.unet``)."""
     prefix, net = "", model
     if hasattr(net, "net") and isinstance(net.net, nn.Module):
         prefix, net = "net.", net.net
     if hasattr(net, "model") and isinstance(net.model, nn.Module) and hasattr(net.model, "mid_block"):
         prefix, net = prefix + "model.", net.model
+    for attr in ("model", "unet"):  # EDMPrecond / VPPrecond / VEPrecond hold ``model``, EDM2's Precond ``unet``
+        if _is_edm_unet(getattr(net, attr, None)):
+            prefix, net = f"{prefix}{attr}.", getattr(net, attr)
     return prefix, net
 
 
+def _is_edm_unet(net: object) -> bool:
+    """EDM's SongUNet / DhariwalUNet and EDM2's UNet: ``enc`` and ``dec`` dicts of ``<res>x<res>_<block>``."""
+    return isinstance(getattr(net, "enc", None), nn.ModuleDict) and isinstance(getattr(net, "dec", None), nn.ModuleDict)
+
+
+def _edm_encoder_ends(net: nn.Module) -> list[str]:
+    """The last encoder entry at each resolution (``enc.32x32_block3``, ..., ``enc.8x8_block3``): a block,
+    since EDM adds every resolution's resampling and aux layers before its blocks."""
+    last_at: dict[str, str] = {}
+    for name in net.enc:
+        last_at[name.split("_")[0]] = name
+    return [f"enc.{name}" for name in last_at.values()]
+
+
+def _edm_middle(net: nn.Module) -> str:
+    """The last of EDM's two middle blocks (``dec.<lowest res>_in1``), which open the decoder."""
+    return "dec." + [name for name in net.dec if "_in" in name][-1]
+
+
 def bottleneck_layer(model: nn.Module) -> str:
-    """Dotted name of the network's bottleneck: a UNet's middle block, an MLP's last block, or a
-    transformer's middle block (DMD2 puts its GAN head there)."""
+    """Dotted name of the network's bottleneck: a UNet's middle block, an EDM UNet's encoder output,
+    an MLP's last block, or a transformer's middle block (DMD2 puts its GAN head there)."""
     prefix, net = _inner(model)
     if getattr(net, "mid_block", None) is not None:
         return prefix + "mid_block"
+    if _is_edm_unet(net):  # DMD2's EDM code reads the encoder's output (``return_bottleneck``)
+        return prefix + _edm_encoder_ends(net)[-1]
     if isinstance(getattr(net, "transformer_blocks", None), nn.ModuleList):
         middle = len(net.transformer_blocks) // 2
         return f"{prefix}transformer_blocks.{middle}{_image_stream(net.transformer_blocks[middle])}"
@@ -101,9 +126,12 @@ def _image_stream(block: nn.Module) -> str:
 
 
 def encoder_layers(model: nn.Module) -> list[str]:
-    """Multi-scale encoder features: every down block of a UNet and its middle block; for an MLP
-    every residual block (projected-GAN style: one discriminator head per scale)."""
+    """Multi-scale encoder features: every down block of a UNet and its middle block (EDM: each
+    resolution's last encoder block and the last middle block); for an MLP every residual block
+    (projected-GAN style: one discriminator head per scale)."""
     prefix, net = _inner(model)
+    if _is_edm_unet(net):
+        return [prefix + name for name in [*_edm_encoder_ends(net), _edm_middle(net)]]
     if isinstance(getattr(net, "down_blocks", None), nn.ModuleList):
         names = [f"{prefix}down_blocks.{i}" for i in range(len(net.down_blocks))]
         return names + ([prefix + "mid_block"] if getattr(net, "mid_block", None) is not None else [])

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from distill.nets.edm2 import MPConv
+from distill.nets.edm_layers import Conv2d as EDMConv2d
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 RULES = ("none", "conv", "gdd")
 
@@ -31,11 +34,19 @@ def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[s
             return set()
         if rule == "conv":
             return {f"{module_name}.{p}".lstrip(".") for module_name, module in model.named_modules()
-                    if isinstance(module, CONV_TYPES) for p, _ in module.named_parameters(recurse=False)}
+                    if is_convolution(module) for p, _ in module.named_parameters(recurse=False)}
         if rule == "gdd":
             return {n for n in names if ("block" in n or "in" in n) and ("conv" in n or "proj" in n)}
         raise ValueError(f"method.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
     return {n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in rule)}
+
+
+def is_convolution(module: nn.Module) -> bool:
+    """torch's convolutions, and EDM's / EDM2's own (an EDM2 ``MPConv`` with a 2-D weight is a linear layer)."""
+    if isinstance(module, CONV_TYPES):
+        return True
+    weight = getattr(module, "weight", None) if isinstance(module, (EDMConv2d, MPConv)) else None
+    return weight is not None and weight.ndim == 4  # EDM's kernel=0 Conv2d only resamples: no weight
 
 
 def freeze_(model: nn.Module, names: set[str]) -> None:

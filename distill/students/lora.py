@@ -4,7 +4,8 @@
 except parameters matching ``train_fully`` (heads a method added, e.g. ArcFlow's momentum heads, or
 MeanFlow's new time embedding). ``share_frozen_weights`` then points every frozen weight that is
 still equal to the teacher's at the teacher's own tensor, so a LoRA student costs the teacher's
-memory once plus its adapters.
+memory once plus its adapters. EDM's own Linear / Conv2d layers (and EDM2's MPConv) take LoRA
+through ``distill.students.weight_lora``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from distill.students.weight_lora import WEIGHT_LORA_LAYERS, WeightLoraError
+
+ADAPTABLE = (nn.Linear, nn.Conv2d, *WEIGHT_LORA_LAYERS)  # layer types a LoRA target may name
 BASE_LAYER = ".base_layer"
 
 
@@ -33,10 +37,13 @@ def add_lora(
         raise ValueError(f"student.lora.rank={rank} must be >= 1")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=targets if isinstance(targets, str) else list(targets))
+    config._register_custom_module(WEIGHT_LORA_LAYERS)  # peft's hook for layer types it does not know
     try:
         inject_adapter_in_model(config, model)
+    except WeightLoraError:
+        raise
     except ValueError as err:  # peft: "Target modules ... not found in the base model"
-        names = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        names = [name for name, m in model.named_modules() if isinstance(m, ADAPTABLE)]
         raise ValueError(f"student.lora.targets={targets!r} matched no layer ({err}); "
                          f"Linear/Conv2d layers here: {names[:12]}{' ...' if len(names) > 12 else ''}") from err
     for name, p in model.named_parameters():

@@ -13,9 +13,11 @@ from distill.nets.features import (
     has_parameters,
     read_features,
 )
-from distill.nets.freezing import frozen
+from distill.nets.freezing import frozen, frozen_parameter_names
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.teachers.edm import EDMVelocity
+from tests.teachers.edm_pickles import tiny_edm
 
 
 class Counting(nn.Module):
@@ -90,3 +92,15 @@ def test_frozen_blocks_parameter_gradients_but_not_input_gradients_and_restores_
         net(x).sum().backward()
     assert x.grad is not None and all(p.grad is None for p in net.parameters())
     assert [p.requires_grad for p in net.parameters()] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("kind", "unet"), [("song", "net.model"), ("dhariwal", "net.model"), ("edm2", "net.unet")])
+def test_edm_unets_read_at_the_encoder_end_and_middle_blocks(kind, unet):
+    model = EDMVelocity(tiny_edm(kind, channels=3, resolution=8)[0])
+    assert bottleneck_layer(model) == f"{unet}.enc.4x4_block0"  # DMD2's EDM "return_bottleneck": the encoder output
+    assert encoder_layers(model) == [f"{unet}.enc.8x8_block0", f"{unet}.enc.4x4_block0", f"{unet}.dec.4x4_in1"]
+    shapes = [f.shape for f in read_features(model, encoder_layers, torch.randn(2, 3, 8, 8), torch.rand(2))]
+    assert shapes == [(2, 16, 8, 8), (2, 32, 4, 4), (2, 32, 4, 4)]
+    conv = frozen_parameter_names(model, "conv")  # GDD-I's rule knows EDM's own convolutions
+    assert f"{unet}.enc.8x8_block0.{'conv_res0' if kind == 'edm2' else 'conv0'}.weight" in conv
+    assert not any("affine" in n or "emb_linear" in n for n in conv)
