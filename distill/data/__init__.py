@@ -1,4 +1,4 @@
-"""Datasets (2-D toys, 8x8 digits, image folders, CIFAR-10) and the Lightning DataModule."""
+"""Datasets (2-D toys, 8x8 digits, image folders, CIFAR-10, prompt lists) and the Lightning DataModule."""
 
 from __future__ import annotations
 
