@@ -177,7 +177,8 @@ def prompt_only_training_set(cfg: DictConfig, dm: DataModule, teacher: Teacher) 
         return placeholder
     digest = [(k, tuple(v.shape), float(v.double().sum())) for k, v in table_rows(table, labels[:count]).items()]
     key = samples_key(teacher.meta, teacher.guidance, teacher.data_shape, dm.sample_steps, count, cfg.seed, digest)
-    device = "cuda" if cfg.hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+    gpu = cfg.hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if gpu else "cpu"  # each rank its own GPU
     samples = teacher_samples(teacher, lambda rows: table_rows(table, rows), labels[:count], teacher.data_shape,
                               dm.sample_steps, Path(cfg.paths.cache) / "teacher_samples" / key, cfg.seed, device,
                               progress=cfg.get("progress", False))
