@@ -123,7 +123,7 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
                                          cfg.teacher.get("max_sequence_length"), cfg.teacher.get("dtype"))
     elif kind == "edm":  # an EDM / EDM2 pickle, converted once into the cache (no code from it is run)
         teacher = load_edm_teacher(cfg.teacher.path, Path(cfg.paths.cache) / "teachers" / "edm",
-                                   float(cfg.teacher.get("guidance", 1.0)))
+                                   float(cfg.teacher.get("guidance", 1.0)), cfg.teacher.get("train_dropout"))
     else:
         raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers, edm or gmm_exact")
     teacher.guidance = float(cfg.teacher.get("guidance", 1.0))

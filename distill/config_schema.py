@@ -113,6 +113,7 @@ class EvalSchema:
 @dataclass(kw_only=True)
 class PathsSchema:
     cache: str
+    models: str | None = None  # downloaded checkpoints that paper configs name (EDM pickles)
     output_dir: str | None = None
 
 

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from distill.core.adapt import to_velocity_model
 from distill.core.conditioning import labels_for
 from distill.core.process import EDM
+from distill.nets.edm2 import Block as EDM2Block
+from distill.nets.edm_layers import UNetBlock
 from distill.teachers.base import Teacher
 from distill.teachers.checkpoint import CONFIG_NAME
 from distill.teachers.edm_checkpoint import (
@@ -71,6 +73,18 @@ def edm_teacher(net: nn.Module, meta: dict) -> Teacher:
     return Teacher(model, model.data_shape, meta)
 
 
+def set_block_dropout(net: nn.Module, p: float) -> int:
+    """In place: the dropout rate of every EDM / EDM2 block (``UNetBlock`` / ``Block``) set to ``p``;
+    returns how many blocks. A pickle records the rate its network was trained with, while
+    distillation recipes choose their own for the networks they train (ECT 0.2, DMD2 and GDD 0)."""
+    if not 0.0 <= p < 1.0:
+        raise EDMPickleError(f"teacher.train_dropout={p} must lie in [0, 1)")
+    blocks = [m for m in net.modules() if isinstance(m, (UNetBlock, EDM2Block))]
+    for block in blocks:
+        block.dropout = float(p)
+    return len(blocks)
+
+
 def cached_conversion(path: Path, cache_dir: Path) -> Path:
     """The converted directory of ``path`` under ``cache_dir`` (``<stem>-<sha256[:16]>``), made once."""
     target = cache_dir / f"{path.stem}-{file_digest(path)[:16]}"
@@ -79,10 +93,18 @@ def cached_conversion(path: Path, cache_dir: Path) -> Path:
     return target
 
 
-def load_edm_teacher(path: str | Path, cache_dir: str | Path | None = None, guidance: float = 1.0) -> Teacher:
+def load_edm_teacher(path: str | Path, cache_dir: str | Path | None = None, guidance: float = 1.0,
+                     train_dropout: float | None = None) -> Teacher:
     """A frozen teacher from an EDM / EDM2 ``.pkl`` (converted once into ``cache_dir``, or in memory
-    when it is None) or from a directory written by ``distill-convert-edm``."""
-    path = Path(path)
+    when it is None) or from a directory written by ``distill-convert-edm``. ``train_dropout`` (None:
+    the pickle's) is the dropout rate of the copies trained from it: students, fake-score nets."""
+    teacher = _load_edm_teacher(Path(path), cache_dir, guidance)
+    if train_dropout is not None:  # the teacher itself runs in eval mode: only its trained copies drop out
+        set_block_dropout(teacher.model.net, train_dropout)
+    return teacher
+
+
+def _load_edm_teacher(path: Path, cache_dir: str | Path | None, guidance: float) -> Teacher:
     if guidance != 1.0:
         raise EDMPickleError(f"teacher.guidance={guidance}: {NO_NULL_CLASS}")
     if path.is_dir():

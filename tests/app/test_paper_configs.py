@@ -44,21 +44,26 @@ def started_elsewhere(name: str) -> list[Path]:
     return [p for p in (REPO / "tests").rglob("test_*.py") if p != this and f"experiment={name}" in p.read_text()]
 
 
+def stand_in_data(probe, tmp_path: Path, request) -> list[str]:
+    """Overrides pointing the config's dataset at a few tiny images (CIFAR batches at 32x32, image
+    folders at 8x8; two class folders where the config is class-conditional)."""
+    if probe.dataset.name == "cifar10":
+        return [f"dataset.root={request.getfixturevalue('fake_cifar_root')}"]
+    if probe.dataset.get("class_folders"):  # ImageNet's layout: one subfolder per class
+        for label in ("n01", "n02"):
+            (tmp_path / "imagenet" / label).mkdir(parents=True)
+            image_folder(tmp_path / "imagenet" / label)
+        return [f"dataset.path={tmp_path / 'imagenet'}", "dataset.resolution=8"]
+    return [f"dataset.path={image_folder(tmp_path)}", "dataset.resolution=8"]
+
+
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_config_starts_with_a_tiny_stand_in(name, cache_dir, tmp_path, request):
     probe = compose_config("train", [f"experiment={name}"], tmp_path / "probe")
     if probe.teacher.kind != "checkpoint":  # e.g. a diffusers pipeline: started beside its stand-in builder
         assert started_elsewhere(name), f"paper config {name} (teacher.kind={probe.teacher.kind}) is started by no test"
         return
-    if probe.dataset.name == "cifar10":
-        data = [f"dataset.root={request.getfixturevalue('fake_cifar_root')}"]
-    elif probe.dataset.get("class_folders"):  # ImageNet's layout: one subfolder per class
-        for label in ("n01", "n02"):
-            (tmp_path / "imagenet" / label).mkdir(parents=True)
-            image_folder(tmp_path / "imagenet" / label)
-        data = [f"dataset.path={tmp_path / 'imagenet'}", "dataset.resolution=8"]
-    else:
-        data = [f"dataset.path={image_folder(tmp_path)}", "dataset.resolution=8"]
+    data = stand_in_data(probe, tmp_path, request)
     dm = build_datamodule(compose_config("train", [f"experiment={name}", *data, *STAND_IN], tmp_path / "probe2"))
     spec = {**TINY_UNET, "num_classes": dm.num_classes} if probe.dataset.get("class_folders") else TINY_UNET
     train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), spec, steps=2)

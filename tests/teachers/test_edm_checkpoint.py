@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from distill.convert_edm import main as convert_main
 from distill.core.conditioning import conditioned
+from distill.nets.edm_layers import UNetBlock
 from distill.teachers import load_teacher
 from distill.teachers.edm import EDMVelocity, load_edm_teacher
 from distill.teachers.edm_checkpoint import network_from_pickle
@@ -187,3 +188,13 @@ def test_conditional_teacher_takes_one_hot_labels_and_refuses_guidance(tmp_path,
         load_edm_teacher(path, guidance=2.0)
     with conditioned(torch.full((3,), 10)), pytest.raises(ValueError, match="null class"):
         teacher(x_s, s)
+
+
+def test_train_dropout_sets_the_rate_of_every_block_the_copies_train_with(tmp_path):
+    net, kwargs = tiny_edm("song", channels=1, resolution=8)
+    path = write_edm_pickle(tmp_path / "net.pkl", net, kwargs, tmp_path / "executed")
+    teacher = load_edm_teacher(path, train_dropout=0.2)
+    rates = {m.dropout for m in teacher.model.modules() if isinstance(m, UNetBlock)}
+    assert rates == {0.2}
+    with pytest.raises(EDMPickleError, match="train_dropout"):
+        load_edm_teacher(path, train_dropout=1.0)
