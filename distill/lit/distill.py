@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from distill.core.conditioning import Condition, conditioned, table_rows
+from distill.core.conditioning import Condition, conditioned
 from distill.errors import CheckpointError, DivergenceError
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
@@ -28,7 +28,7 @@ from distill.lit.nan_guard import (
     nonfinite_terms,
     nonfinite_weights,
 )
-from distill.methods.base import Method
+from distill.methods.base import Method, label_condition, label_count
 
 TEACHER_PREFIX = "teacher."
 
@@ -231,15 +231,12 @@ class DistillModule(L.LightningModule):
         so that a finished run that resumes still enters the loop and runs its end-of-training hooks."""
         return batches * len(self.method.optimizer_names) + 1
 
-    def batch_condition(self, batch) -> Condition | torch.Tensor | None:
+    def batch_condition(self, batch) -> Condition | None:
         """The batch's condition: its captions' prompt embeddings for a text-conditional teacher, its
         labels for a class-conditional one, else None."""
-        if not isinstance(batch, (list, tuple)):
+        if not isinstance(batch, (list, tuple)) or not label_count(self.teacher):
             return None
-        table = getattr(self.teacher, "prompt_table", None)
-        if table is not None:
-            return {k: v.to(self.device) for k, v in table_rows(table, batch[1].cpu()).items()}
-        return batch[1] if getattr(self.teacher, "num_classes", 0) else None
+        return {k: v.to(self.device) for k, v in label_condition(self.teacher, batch[1]).items()}
 
     def sampling_student(self) -> nn.Module:
         """The network evaluations should use: the slowest EMA, else the raw student."""

@@ -45,6 +45,7 @@ class ArcFlow(Method):
     """
 
     name = "arcflow"
+    data_role = "shape"  # data-free: rollouts start from noise, the batch gives only size and condition
     fresh_parameters = ("means.*", "logits.*", "rates.*")
 
     def __init__(
