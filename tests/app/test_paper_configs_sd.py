@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -56,9 +55,10 @@ def test_instaflow_sd_starts_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
     cfg = compose_config("train", ["experiment=paper_instaflow_sd", f"teacher.path={pipe}",
                                    f"dataset.path={tmp_path / 'prompts.txt'}", "dataset.resolution=8",
                                    "dataset.sample_steps=2", "method.objective.shard_size=4",
-                                   "method.objective.ode_steps=2", *STAND_IN], tmp_path / "run")
+                                   "method.objective.ode_steps=2", f"method.objective.pair_dir={tmp_path / 'pairs'}",
+                                   *STAND_IN], tmp_path / "run")
     train(cfg)
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"} and all(r["value"] == r["value"] for r in rows)
-    shard = next((Path(cfg.paths.cache) / "reflow_pairs").rglob("shard_*.safetensors"))
+    shard = next((tmp_path / "pairs").rglob("shard_*.safetensors"))  # this run's pairs, not another test's
     assert int(load_file(shard)["labels"].max()) < len(CAPTIONS)  # each pair names its prompt
