@@ -50,7 +50,7 @@ def pd_run(cache_dir, tmp_path_factory) -> Path:
     return run(tmp_path_factory.mktemp("pd"), "method=progressive")
 
 
-@pytest.mark.parametrize("nfe", [1, 2])
+@pytest.mark.parametrize("nfe", [pytest.param(1, marks=pytest.mark.slow), 2])  # one diffusers subprocess in make test
 def test_export_reproduces_the_run_in_plain_diffusers(pd_run, cache_dir, tmp_path, nfe):
     out = export_run(pd_run, tmp_path / "export", nfe, str(cache_dir))
     assert {p.name for p in out.iterdir()} == {"unet", "scheduler", SAMPLER_NAME}
