@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The torch build to install; the default matches the wheels on the reference machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SEEDS ?= 0,1,2
-METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,reflow,bezier,bezier_single
+METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,reflow,distill_direct,bezier,bezier_single
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
