@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teachers-extra test test-slow lint bench table clean
+.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ teacher: setup ## pretrain the digits teacher (reused from the cache when presen
 teachers-extra: setup ## two more digits teachers for multi-teacher Bezier distillation (seed 1; seed 2, wider UNet; cached)
 	$(PY) -m distill.pretrain dataset=digits seed=1 'out=$${paths.cache}/teachers/digits_s1'
 	$(PY) -m distill.pretrain dataset=digits seed=2 net=unet 'out=$${paths.cache}/teachers/digits_w'
+
+# The 2-RF run's directory and the teacher exported from it (paths.cache, as the configs resolve it).
+CACHE := $${DISTILL_CACHE:-$$HOME/.cache/distill}
+teacher-reflow: setup teacher ## 2-rectified flow of the digits teacher (reflow, no distill stage, 1,500 steps) as a teacher dir (cached)
+	@out=$(CACHE)/teachers/digits_2rf run=$(CACHE)/runs/digits_2rf; \
+	if [ -f $$out/teacher.json ]; then echo "2-RF teacher already at $$out"; else \
+	$(PY) -m distill.train experiment=bench_digits method=reflow method.objective.distill=false seed=0 \
+		eval.teacher=false hydra.run.dir=$$run && \
+	$(PY) -m distill.export_teacher run_dir=$$run out=$$out; fi
 
 run: teacher ## the main job: digits teacher -> progressive distillation -> table and sample grid
 	$(PY) -m distill.train
