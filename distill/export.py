@@ -25,8 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import hydra
@@ -39,6 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from distill.build import CONF_DIR
+from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
 from distill.evaluate import load_run_module
 
@@ -150,24 +149,22 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
         raise ConfigError(f"method={module.method.name} at nfe={nfe} samples in a way a diffusers scheduler cannot "
                           "follow (its own arcs, average velocities or curves): sample it with distill-sample")
     network = diffusers_network(plan.network)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     folder = folder_for(network)
-    without_lora(network, merge=True).save_pretrained(tmp / folder, safe_serialization=True)
-    FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIME_SCALE, shift=1.0,
-                                    stochastic_sampling=plan.renoise).save_pretrained(tmp / "scheduler")
-    if has_lora(network):
-        log.info("LoRA student: %s", write_lora(network, teacher_network(module), tmp))
-    if module.teacher.codec is not None:  # a latent student ships with the VAE that decodes its samples
-        module.teacher.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    sampler = {"method": module.method.name, "nfe": nfe, "sigmas": plan.sigmas, "renoise": plan.renoise,
-               "initial_noise_scale": plan.sigmas[0], "network": folder, "run_dir": str(run_dir),
-               "step": int(module.step_count)}
-    (tmp / SAMPLER_NAME).write_text(json.dumps(sampler, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+
+    def write(tmp: Path) -> None:
+        without_lora(network, merge=True).save_pretrained(tmp / folder, safe_serialization=True)
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIME_SCALE, shift=1.0,
+                                        stochastic_sampling=plan.renoise).save_pretrained(tmp / "scheduler")
+        if has_lora(network):
+            log.info("LoRA student: %s", write_lora(network, teacher_network(module), tmp))
+        if module.teacher.codec is not None:  # a latent student ships with the VAE that decodes its samples
+            module.teacher.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        sampler = {"method": module.method.name, "nfe": nfe, "sigmas": plan.sigmas, "renoise": plan.renoise,
+                   "initial_noise_scale": plan.sigmas[0], "network": folder, "run_dir": str(run_dir),
+                   "step": int(module.step_count)}
+        (tmp / SAMPLER_NAME).write_text(json.dumps(sampler, indent=2))
+
+    return replace_directory(out, write)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")

@@ -11,8 +11,6 @@ students are refused, since a teacher is sampled by solving its velocity ODE.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.build import CONF_DIR
+from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
 from distill.evaluate import load_run_module
 from distill.nets.denoiser import VelocityModel
@@ -46,13 +45,8 @@ def export_teacher(run_dir: Path, out: Path, cache: str, overwrite: bool = False
     if net_spec is None:  # the student is a copy of the run teacher's net, described by its teacher.json
         raise ConfigError(f"run_dir={run_dir}: its teacher has no 'net' entry in teacher.json to rebuild the student from")
     meta = teacher_meta(module.teacher.meta, module.method.name, int(module.step_count), run_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_teacher(tmp, student.cpu().eval(), net_spec, module.teacher.data_shape, meta)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return replace_directory(out, lambda tmp: save_teacher(tmp, student.cpu().eval(), net_spec,
+                                                           module.teacher.data_shape, meta))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="export_teacher", version_base="1.3")

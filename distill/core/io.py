@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_directory(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to fill a fresh ``<out>.tmp`` directory, then swap it in for ``out``: a crash
+    while writing leaves any previous ``out`` whole (a stale ``.tmp`` is cleared by the next call)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
 
 
 def save_json(path: str | Path, obj: Any) -> None:

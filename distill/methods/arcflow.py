@@ -24,7 +24,7 @@ from distill.core.grids import shifted_grid
 from distill.core.losses import per_sample_mse
 from distill.core.momentum import Momentum, advance, average_velocity, drop_components
 from distill.core.tensors import append_dims, batch_time
-from distill.methods.base import Method, Renoise
+from distill.methods.base import Method, Renoise, check_counts
 from distill.nets.freezing import trainable_fraction
 from distill.students.momentum import MomentumStudent, momentum_student_from
 
@@ -64,9 +64,7 @@ class ArcFlow(Method):
         super().__init__()
         if not train_nfes or min(train_nfes) < 1:
             raise ValueError(f"method.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1")
-        for key, value in (("intermediate_states", intermediate_states), ("teacher_substeps", teacher_substeps)):
-            if value < 1:
-                raise ValueError(f"method.{key}={value} must be >= 1")
+        check_counts(intermediate_states=intermediate_states, teacher_substeps=teacher_substeps)
         if not 0 <= component_dropout < 1:
             raise ValueError(f"method.component_dropout={component_dropout} must be in [0, 1)")
         if window <= 0 or shift <= 0:

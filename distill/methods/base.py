@@ -79,6 +79,13 @@ def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
         raise ValueError(f"method.{option}={value!r}; choose one of {choices}")
 
 
+def check_counts(**counts: int) -> None:
+    """Refuse a count below 1, naming its ``method.<option>`` key."""
+    for option, value in counts.items():
+        if value < 1:
+            raise ValueError(f"method.{option}={value} must be >= 1")
+
+
 class Method(nn.Module):
     """Base class: one optimizer named ``student``, stepped every step, constant learning rate."""
 

@@ -48,6 +48,7 @@ from distill.methods.base import (
     Method,
     Renoise,
     check_choice,
+    check_counts,
     condition_digest,
     label_condition,
     label_count,
@@ -144,10 +145,7 @@ class BezierDistillation(Method):
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
         check_choice("sampling_grid", sampling_grid, sorted(GRIDS))
         make_grid(ode_grid, 1)  # unknown grid names fail here, not at the first step
-        for key, value in (("degree", degree), ("num_pairs", num_pairs), ("shard_size", shard_size),
-                           ("ode_steps", ode_steps)):
-            if value < 1:
-                raise ValueError(f"method.{key}={value} must be >= 1")
+        check_counts(degree=degree, num_pairs=num_pairs, shard_size=shard_size, ode_steps=ode_steps)
         times = tuple(float(t) for t in record_times)
         if any(not 0.0 < t < 1.0 for t in times) or len(set(times)) != len(times):
             raise ValueError(f"method.record_times={list(times)} must be distinct FM times in (0, 1)")

@@ -33,6 +33,7 @@ from distill.methods.base import (
     Renoise,
     SamplingPlan,
     check_choice,
+    check_counts,
     condition_digest,
     label_condition,
     label_count,
@@ -77,10 +78,8 @@ class Reflow(Method):
         straightness_samples: int = 128,
     ):
         super().__init__()
-        for key, value in (("pairs_per_round", pairs_per_round), ("shard_size", shard_size),
-                           ("ode_steps", ode_steps), ("straightness_samples", straightness_samples)):
-            if value < 1:
-                raise ValueError(f"method.{key}={value} must be >= 1")
+        check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
+                     straightness_samples=straightness_samples)
         if rounds < 0 or (rounds == 0 and not distill):
             raise ValueError(f"method.rounds={rounds} must be >= 1, or >= 0 with method.distill=true")
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
