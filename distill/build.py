@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 
 from distill.core.conditioning import table_rows
 from distill.core.gmm import ring_mixture
+from distill.core.io import cache_key
 from distill.data import DataModule
 from distill.data.datamodule import TensorPairDataset
 from distill.data.prompts import PromptDataset
@@ -151,7 +151,7 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
 
 def latent_training_set(cfg: DictConfig, dm: DataModule, codec: LatentCodec) -> TensorPairDataset:
     images, labels = dm.train_tensor(), dm.train_labels()
-    key = hashlib.sha256(repr((dm.name, tuple(images.shape), float(images.double().sum()))).encode()).hexdigest()[:16]
+    key = cache_key(repr((dm.name, tuple(images.shape), float(images.double().sum()))))
     latents = encode_images(images, codec, Path(cfg.paths.cache) / "latents", key, progress=cfg.get("progress", False))
     return TensorPairDataset(latents, labels)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,17 @@ def replace_directory(out: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def cache_key(text: str) -> str:
+    """A short stable name for a cache folder: 16 hex digits of ``text``'s SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weight_summary(module: torch.nn.Module) -> tuple[tuple[int, ...], float]:
+    """(shape, sum) of a module's first parameter: cheap, and changes when its weights do."""
+    first = next(module.parameters())
+    return tuple(first.shape), float(first.detach().double().sum())
 
 
 def save_json(path: str | Path, obj: Any) -> None:

@@ -8,13 +8,12 @@ decoded before they are scored and saved, against the pixel reference set.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from distill.core.io import cached_in_shards
+from distill.core.io import cache_key, cached_in_shards, weight_summary
 
 SHARD_SIZE = 4096  # encoded images per cached shard
 
@@ -63,10 +62,8 @@ class LatentCodec(nn.Module):
         return (pixels[:, :, 0] if self.video else pixels).clamp(-1, 1)
 
     def fingerprint(self) -> str:
-        first = next(self.vae.parameters())
         # an AutoencoderKL's summary is unchanged since per-channel factors came in: its caches stay valid
-        summary = (tuple(first.shape), float(first.double().sum()), *self.factors)
-        return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
+        return cache_key(repr((*weight_summary(self.vae), *self.factors)))
 
 
 def encode_images(images: Tensor, codec: LatentCodec, cache_dir: str | Path | None, key: str,

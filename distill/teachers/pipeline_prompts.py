@@ -12,8 +12,6 @@ FLUX T5 row at 512 tokens is 8 MB): shorten it for short captions.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,8 +20,9 @@ import torch
 from torch import Tensor
 
 from distill.core.conditioning import POOLED, PROMPT_MASK, PROMPTS, Condition
-from distill.core.io import cached_in_shards
+from distill.core.io import cache_key, cached_in_shards, weight_summary
 from distill.teachers.checkpoint import TeacherCheckpointError
+from distill.teachers.prompts import table_key
 from distill.teachers.transformers import TEXT_TRANSFORMERS
 
 SHARD_SIZE = 256  # prompts per cached shard (T5 / Qwen rows are large)
@@ -90,15 +89,13 @@ class PipelinePromptEncoder:
         summary = [self.pipeline_name, self.max_length]
         for name, module in sorted(self.pipe.components.items()):
             if isinstance(module, torch.nn.Module):
-                first = next(module.parameters())
-                summary.append((name, type(module).__name__, tuple(first.shape), float(first.detach().double().sum())))
-        return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
+                summary.append((name, type(module).__name__, *weight_summary(module)))
+        return cache_key(repr(summary))
 
 
 def condition_table(prompts: Sequence[str], encoder: PipelinePromptEncoder, cache_dir: str | Path | None) -> Condition:
     """The condition rows of ``prompts``, read from / written to ``cache_dir`` in shards (one folder per key)."""
-    key = hashlib.sha256(json.dumps([encoder.fingerprint(), list(prompts)]).encode()).hexdigest()[:16]
-    folder = None if cache_dir is None else Path(cache_dir) / key
+    folder = None if cache_dir is None else Path(cache_dir) / table_key(encoder.fingerprint(), prompts)
     made: dict[tuple[int, int], Condition] = {}  # a shard is encoded once, whichever key asks first
 
     def part(name: str) -> Callable[[int, int], Tensor]:

@@ -9,7 +9,6 @@ fingerprint of the encoder and the prompts, so a second run reads them back with
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from distill.core.io import cached_in_shards
+from distill.core.io import cache_key, cached_in_shards, weight_summary
 from distill.teachers.checkpoint import TeacherCheckpointError
 
 SHARD_SIZE = 1024  # prompts per cached shard
@@ -59,14 +58,16 @@ class PromptEncoder:
 
     def fingerprint(self) -> str:
         """Changes with the encoder's weights and the tokenizer's length, not with where it lives."""
-        first = next(self.model.parameters())
-        summary = (type(self.model).__name__, tuple(first.shape), float(first.double().sum()), self.max_length)
-        return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
+        return cache_key(repr((type(self.model).__name__, *weight_summary(self.model), self.max_length)))
+
+
+def table_key(encoder_fingerprint: str, prompts: Sequence[str]) -> str:
+    """The cache folder of an encoder's table of ``prompts``."""
+    return cache_key(json.dumps([encoder_fingerprint, list(prompts)]))
 
 
 def prompt_table(prompts: Sequence[str], encoder: PromptEncoder, cache_dir: str | Path | None) -> Tensor:
     """Embeddings of ``prompts`` (N, L, D), read from / written to ``cache_dir`` in shards."""
-    key = hashlib.sha256(json.dumps([encoder.fingerprint(), list(prompts)]).encode()).hexdigest()[:16]
-    folder = None if cache_dir is None else Path(cache_dir) / key
+    folder = None if cache_dir is None else Path(cache_dir) / table_key(encoder.fingerprint(), prompts)
     return cached_in_shards(folder, len(prompts), SHARD_SIZE, "embeds",
                             lambda start, stop: encoder.encode(prompts[start:stop]))

@@ -7,7 +7,6 @@ repeated run reads the same samples back instead of solving again.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from distill.core.conditioning import Condition, conditioned
 from distill.core.grids import make_grid
-from distill.core.io import cached_in_shards
+from distill.core.io import cache_key, cached_in_shards
 from distill.core.samplers import prior_state, sample_heun
 
 SHARD_SIZE = 256  # samples per cached shard
@@ -61,4 +60,4 @@ def teacher_samples(
 
 def samples_key(*parts: object) -> str:
     """A cache folder name for samples of these settings (teacher, prompts, guidance, steps, rows)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    return cache_key(repr(parts))
