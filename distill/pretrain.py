@@ -2,6 +2,7 @@
 
     distill-pretrain dataset=digits            # -> ~/.cache/distill/teachers/digits
     distill-pretrain dataset=moons net=mlp scheme=edm out=/tmp/moons_teacher
+    distill-pretrain seed=1 train.max_steps=500 init_from=~/.cache/distill/teachers/digits out=/tmp/sibling
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from distill.evaluation.plots import save_samples_png
 from distill.lit.pretrain import PretrainModule
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
-from distill.teachers.checkpoint import CONFIG_NAME, save_teacher
+from distill.teachers.checkpoint import CONFIG_NAME, load_teacher, save_teacher
 
 
 def pretrain(cfg: DictConfig) -> Path:
@@ -39,7 +40,12 @@ def pretrain(cfg: DictConfig) -> Path:
         if dm.num_classes < 2:
             raise ConfigError(f"conditional=true needs class labels; dataset={dm.name} has none")
         net_spec["num_classes"] = dm.num_classes
+    start = starting_teacher(cfg, net_spec, dm.data_shape) if cfg.get("init_from") else None
+    if start is not None:
+        net_spec = dict(start.meta["net"])
     model = VelocityModel(build_net(net_spec, dm.data_shape), cfg.scheme, cfg.sigma_data)
+    if start is not None:
+        model.load_state_dict(start.model.state_dict())
     module = PretrainModule(model, lr=cfg.train.lr, ema_decay=cfg.train.ema_decay,
                             label_dropout=cfg.train.get("label_dropout", 0.1))
     trainer = L.Trainer(
@@ -50,7 +56,8 @@ def pretrain(cfg: DictConfig) -> Path:
     )
     trainer.fit(module, datamodule=dm)
     teacher = module.teacher_model().cpu()
-    meta = {"dataset": dm.name, "train_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size, "seed": cfg.seed}
+    meta = {"dataset": dm.name, "train_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size, "seed": cfg.seed,
+            **({"init_from": str(cfg.init_from)} if cfg.get("init_from") else {})}
     save_teacher(out, teacher, net_spec, dm.data_shape, meta)
     labels = torch.arange(64) % net_spec["num_classes"] if net_spec.get("num_classes") else None
     with torch.no_grad(), conditioned(labels):  # a picture of what was saved, next to it (rows of classes)
@@ -59,6 +66,24 @@ def pretrain(cfg: DictConfig) -> Path:
     save_samples_png(x, out / "samples.png", "teacher, Heun 63 NFE")
     print(f"teacher saved to {out}")
     return out
+
+
+def starting_teacher(cfg: DictConfig, net_spec: dict, data_shape: tuple[int, ...]):
+    """The teacher at ``cfg.init_from``, checked against this run: training continues from it (a
+    fine-tuned sibling keeps its noise-to-data map), with its own net and a fresh optimizer."""
+    start = load_teacher(Path(cfg.init_from).expanduser())
+    spec = dict(start.meta["net"])
+    if cfg.get("net") and net_spec != spec:
+        raise ConfigError(f"init_from={cfg.init_from} holds net {spec}, but net= asks for {net_spec}: "
+                          "drop the net override (the starting teacher's net is used)")
+    if bool(spec.get("num_classes")) != bool(cfg.get("conditional")):
+        raise ConfigError(f"init_from={cfg.init_from} is {'' if spec.get('num_classes') else 'un'}conditional: "
+                          f"set conditional={str(bool(spec.get('num_classes'))).lower()}")
+    if tuple(start.data_shape) != tuple(data_shape) or start.meta["scheme"] != cfg.scheme:
+        raise ConfigError(f"init_from={cfg.init_from} is a {start.meta['scheme']} teacher of shape "
+                          f"{tuple(start.data_shape)}; this run trains a {cfg.scheme} teacher of shape "
+                          f"{tuple(data_shape)}: match dataset= and scheme= to it")
+    return start
 
 
 @hydra.main(config_path=CONF_DIR, config_name="pretrain", version_base="1.3")

@@ -66,8 +66,11 @@ ENDPOINTS = ("mean", "medoid")
 SAMPLERS = ("euler", "heun")
 
 
-def load_teachers(teachers: Sequence[str | Path | nn.Module] | None) -> list[nn.Module]:
-    """Checkpoint directories (or ready modules) as frozen teachers, in order; None: none."""
+def load_teachers(teachers: Sequence[str | Path | nn.Module] | str | Path | None) -> list[nn.Module]:
+    """Checkpoint directories (or ready modules) as frozen teachers, in order; one path: that
+    teacher alone; None: none."""
+    if isinstance(teachers, (str, Path)):
+        teachers = [teachers]
     loaded = [t if isinstance(t, nn.Module) else load_teacher(t) for t in teachers or ()]
     return [t.eval().requires_grad_(False) for t in loaded]
 
@@ -97,7 +100,8 @@ def endpoint_of(ends: Tensor, choice: str | int) -> Tensor:
 class BezierDistillation(Method):
     """Args:
     teachers: the teacher checkpoint dirs (or modules) whose trajectories make the curves, each
-        listed once (the run's teacher only if listed); None or empty: the run's teacher alone.
+        listed once (the run's teacher only if listed), or one dir; None or empty: the run's teacher
+        alone. The student is a copy of the run's teacher either way.
     combine: ``separate`` (every teacher's own ODE, combined into control points) or ``ensemble``
         (one ODE of the teachers' mean velocity: the teachers act as one).
     degree: n of the Bezier curves (1: straight lines, 2: quadratic, 3: cubic).
@@ -121,7 +125,7 @@ class BezierDistillation(Method):
 
     def __init__(
         self,
-        teachers: Sequence[str | Path | nn.Module] | None = None,
+        teachers: Sequence[str | Path | nn.Module] | str | Path | None = None,
         combine: str = "separate",
         degree: int = 2,
         control: str = "least_squares",

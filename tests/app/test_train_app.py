@@ -172,6 +172,33 @@ def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path, scheme):
     assert torch.isfinite(teacher(torch.randn(3, 2), torch.rand(3))).all()
 
 
+def test_pretrain_init_from_continues_a_teacher_and_refuses_a_mismatch(cache_dir, tmp_path):
+    from distill.errors import ConfigError
+    from distill.pretrain import pretrain
+    from distill.teachers import load_teacher
+
+    def run(name, *overrides):
+        return compose_config("pretrain", ["dataset=moons", "net=mlp", "progress=false", f"out={tmp_path}/{name}",
+                                           *overrides], tmp_path / name)
+
+    start = load_teacher(pretrain(run("start", "train.max_steps=20")))
+    # Zero steps of fine-tuning: the sibling is its starting teacher, weight for weight.
+    same = load_teacher(pretrain(run("same", "train.max_steps=0", f"init_from={tmp_path}/start")))
+    assert same.meta["init_from"] == f"{tmp_path}/start"
+    for (name, a), b in zip(start.model.state_dict().items(), same.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # A few steps at another seed move it, from there (close), not from scratch (far).
+    moved = load_teacher(pretrain(run("moved", "train.max_steps=5", "seed=1", f"init_from={tmp_path}/start")))
+    pairs = zip(start.model.state_dict().values(), moved.model.state_dict().values(), strict=True)
+    gaps = [(a - b).abs().max() for a, b in pairs]
+    assert 0 < max(gaps) < 0.1
+    with pytest.raises(ConfigError, match="scheme="):
+        pretrain(run("edm", "scheme=edm", f"init_from={tmp_path}/start"))
+    with pytest.raises(ConfigError, match="conditional=false"):
+        pretrain(compose_config("pretrain", ["dataset=digits", "conditional=true", f"out={tmp_path}/cond",
+                                             f"init_from={cache_dir}/teachers/digits"], tmp_path / "cond"))
+
+
 def test_evaluate_reloads_a_run_and_reproduces_its_student_rows(compose_train, tmp_path):
     from distill.evaluate import evaluate
 

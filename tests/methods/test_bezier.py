@@ -58,6 +58,10 @@ def test_teachers_are_loaded_frozen_and_stay_out_of_the_checkpoint(two_teacher_d
     teacher, data = ring_teacher_and_data(512)
     method = BezierDistillation(teachers=[str(d) for d in two_teacher_dirs], **SMALL)
     assert method.num_teachers == 2 and BezierDistillation().num_teachers == 1  # none listed: the run's
+    one = BezierDistillation(teachers=str(two_teacher_dirs[1]), **SMALL)  # one path, not a list of characters
+    assert one.num_teachers == 1
+    pairs = zip(one.teachers[0].parameters(), method.teachers[1].parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     assert all(isinstance(t, Teacher) and not t.training for t in method.teachers)
     assert not any(p.requires_grad for t in method.teachers for p in t.parameters())
     student = mlp_student(method)
