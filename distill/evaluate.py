@@ -2,6 +2,7 @@
 
     distill-eval                                         # the digits teacher, every sampler x NFE
     distill-eval run_dir=outputs/main                    # + that run's last student checkpoint
+    distill-eval run_dir=outputs/main eval.teacher=false # that student alone
     distill-eval dataset=gmm teacher=gmm_exact eval.num_samples=5000
 """
 
@@ -49,7 +50,8 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     spec.num_classes = teacher.num_classes  # a conditional teacher samples balanced classes
     spec.prompt_table = getattr(teacher, "prompt_table", None)  # a text teacher: the dataset's prompts
     spec.decode = teacher.codec.decode if teacher.codec is not None else None  # latent teachers: score pixels
-    rows, _ = evaluate_teacher(teacher, teacher.data_shape, scorer, spec)
+    # A run's student alone with eval.teacher=false: re-scoring many runs needs the teacher rows once.
+    rows = evaluate_teacher(teacher, teacher.data_shape, scorer, spec)[0] if cfg.eval.teacher or not cfg.run_dir else []
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
         student_rows, _ = evaluate_student(module.method, module.sampling_student(), teacher.data_shape, scorer, spec,

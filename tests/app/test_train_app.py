@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from distill.build import build_datamodule, build_eval_spec, build_scorer, build_teacher
@@ -206,11 +207,13 @@ def test_evaluate_reloads_a_run_and_reproduces_its_student_rows(compose_train, t
                         "method.objective.steps_per_round=2", "method.objective.start_steps=4")
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / ".hydra").mkdir(parents=True)
-    from omegaconf import OmegaConf
-
     OmegaConf.save({k: cfg[k] for k in cfg if k != "hydra"}, run_dir / ".hydra" / "config.yaml", resolve=True)
     trained = {r.nfe: r.value for r in train(cfg) if r.metric not in MEMORY_METRICS}
     eval_cfg = compose_config("evaluate", ["dataset=gmm", "teacher=gmm_exact", "eval=fast", "progress=false",
                                            f"run_dir={run_dir}"], tmp_path / "eval")
     rows = evaluate(eval_cfg)
     assert {r.nfe: r.value for r in rows if r.model == "student"} == trained
+    assert any(r.model == "teacher" for r in rows)
+    with open_dict(eval_cfg):
+        eval_cfg.eval.teacher = False  # the student alone
+    assert {r.model for r in evaluate(eval_cfg)} == {"student"}
