@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The torch build to install; the default matches the wheels on the reference machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SEEDS ?= 0,1,2
-METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,reflow,distill_direct,bezier,bezier_single
+METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2,gdd,gdd_i,rcm,arcflow,reflow,distill_direct,bezier,bezier_single
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
@@ -60,8 +60,12 @@ bench: setup teacher ## throughput and sCM JVP step-time benchmarks -> experimen
 
 table: setup teacher teachers-extra ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
 	rm -rf experiments/runs/benchmark
-	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=$(METHODS) seed=$(SEEDS) \
+	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=$(METHODS) seed=$(SEEDS) eval.teacher=false \
 		hydra.sweep.dir=experiments/runs/benchmark
+	$(PY) -m distill.evaluate dataset=digits eval.num_samples=10000 progress=false \
+		hydra.run.dir=experiments/runs/benchmark/teacher_digits
+	$(PY) -m distill.evaluate dataset=gmm teacher=gmm_exact eval.num_samples=2000 eval.batch_size=2000 progress=false \
+		hydra.run.dir=experiments/runs/benchmark/teacher_gmm
 	$(PY) -m distill.table experiments/runs/benchmark --out experiments/results
 
 clean: ## remove run outputs and caches (not the venv, not the teacher cache)
