@@ -58,6 +58,7 @@ bench: setup teacher ## throughput and sCM JVP step-time benchmarks -> experimen
 	$(PY) experiments/bench.py --out experiments/results/bench.md
 	$(PY) experiments/bench_jvp.py --out experiments/results/jvp.md
 
+# Teacher rows are scored once, by distill-evaluate with the eval settings of experiment=bench_digits / bench_gmm.
 table: setup teacher teachers-extra ## benchmark table: every method x {digits, gmm} x 3 seeds -> experiments/results/
 	rm -rf experiments/runs/benchmark
 	$(PY) -m distill.train -m experiment=bench_digits,bench_gmm method=$(METHODS) seed=$(SEEDS) eval.teacher=false \

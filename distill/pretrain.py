@@ -41,11 +41,10 @@ def pretrain(cfg: DictConfig) -> Path:
             raise ConfigError(f"conditional=true needs class labels; dataset={dm.name} has none")
         net_spec["num_classes"] = dm.num_classes
     start = starting_teacher(cfg, net_spec, dm.data_shape) if cfg.get("init_from") else None
-    if start is not None:
-        net_spec = dict(start.meta["net"])
-    model = VelocityModel(build_net(net_spec, dm.data_shape), cfg.scheme, cfg.sigma_data)
-    if start is not None:
-        model.load_state_dict(start.model.state_dict())
+    if start is None:
+        model = VelocityModel(build_net(net_spec, dm.data_shape), cfg.scheme, cfg.sigma_data)
+    else:  # its own net and weights, trainable again (a loaded teacher is frozen)
+        net_spec, model = dict(start.meta["net"]), start.model.train().requires_grad_(True)
     module = PretrainModule(model, lr=cfg.train.lr, ema_decay=cfg.train.ema_decay,
                             label_dropout=cfg.train.get("label_dropout", 0.1))
     trainer = L.Trainer(
@@ -79,10 +78,11 @@ def starting_teacher(cfg: DictConfig, net_spec: dict, data_shape: tuple[int, ...
     if bool(spec.get("num_classes")) != bool(cfg.get("conditional")):
         raise ConfigError(f"init_from={cfg.init_from} is {'' if spec.get('num_classes') else 'un'}conditional: "
                           f"set conditional={str(bool(spec.get('num_classes'))).lower()}")
-    if tuple(start.data_shape) != tuple(data_shape) or start.meta["scheme"] != cfg.scheme:
-        raise ConfigError(f"init_from={cfg.init_from} is a {start.meta['scheme']} teacher of shape "
-                          f"{tuple(start.data_shape)}; this run trains a {cfg.scheme} teacher of shape "
-                          f"{tuple(data_shape)}: match dataset= and scheme= to it")
+    theirs = (tuple(start.data_shape), start.meta["scheme"], float(start.meta["sigma_data"]))
+    if theirs != (tuple(data_shape), cfg.scheme, float(cfg.sigma_data)):
+        raise ConfigError(f"init_from={cfg.init_from} is a {theirs[1]} teacher (sigma_data {theirs[2]}) of shape "
+                          f"{theirs[0]}; this run trains a {cfg.scheme} teacher (sigma_data {cfg.sigma_data}) of "
+                          f"shape {tuple(data_shape)}: match dataset=, scheme= and sigma_data= to it")
     return start
 
 

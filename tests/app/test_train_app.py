@@ -174,7 +174,6 @@ def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path, scheme):
 
 
 def test_pretrain_init_from_continues_a_teacher_and_refuses_a_mismatch(cache_dir, tmp_path):
-    from distill.errors import ConfigError
     from distill.pretrain import pretrain
     from distill.teachers import load_teacher
 
@@ -195,6 +194,8 @@ def test_pretrain_init_from_continues_a_teacher_and_refuses_a_mismatch(cache_dir
     assert 0 < max(gaps) < 0.1
     with pytest.raises(ConfigError, match="scheme="):
         pretrain(run("edm", "scheme=edm", f"init_from={tmp_path}/start"))
+    with pytest.raises(ConfigError, match="sigma_data="):
+        pretrain(run("sigma", "sigma_data=1.0", f"init_from={tmp_path}/start"))
     with pytest.raises(ConfigError, match="conditional=false"):
         pretrain(compose_config("pretrain", ["dataset=digits", "conditional=true", f"out={tmp_path}/cond",
                                              f"init_from={cache_dir}/teachers/digits"], tmp_path / "cond"))
