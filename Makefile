@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table clean
+.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -68,6 +68,14 @@ table: setup teacher teachers-extra ## benchmark table: every method x {digits, 
 	$(PY) -m distill.evaluate dataset=gmm teacher=gmm_exact eval.num_samples=2000 eval.batch_size=2000 progress=false \
 		hydra.run.dir=experiments/runs/benchmark/teacher_gmm
 	$(PY) -m distill.table experiments/runs/benchmark --out experiments/results
+
+REFLOW_BUDGETS ?= 100,250,500,750,1500
+reflow-budget: setup teacher teacher-reflow ## 1-step students distilled from the teacher vs from its 2-RF, per distillation budget x 3 seeds -> experiments/results/reflow_budget.{md,png}
+	rm -rf experiments/runs/reflow_budget
+	$(PY) -m distill.train -m experiment=bench_digits method=distill_direct train.max_steps=$(REFLOW_BUDGETS) seed=$(SEEDS) \
+		teacher.path=$(CACHE)/teachers/digits,$(CACHE)/teachers/digits_2rf eval.teacher=false progress=false \
+		hydra.sweep.dir=experiments/runs/reflow_budget
+	$(PY) experiments/reflow_budget.py experiments/runs/reflow_budget --out experiments/results
 
 clean: ## remove run outputs and caches (not the venv, not the teacher cache)
 	rm -rf outputs multirun experiments/runs .pytest_cache .ruff_cache
