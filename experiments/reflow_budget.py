@@ -21,11 +21,14 @@ from omegaconf import OmegaConf
 from distill.evaluation.results import RESULTS_NAME, load_results
 from distill.table import pyplot, save_figure
 
+# {(source flow, distillation steps): {seed: score}}
+Scores = dict[tuple[str, int], dict[int, float]]
 
-def one_step_scores(root: str | Path, metric: str) -> dict[tuple[str, int], dict[int, float]]:
+
+def one_step_scores(root: str | Path, metric: str) -> Scores:
     """{(source flow, distillation steps): {seed: the student's final 1-NFE ``metric``}} of every
     distill_direct run under root."""
-    scores: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    scores: Scores = defaultdict(dict)
     for results in sorted(Path(root).rglob(RESULTS_NAME)):
         cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
         if cfg.method.name != "distill_direct":
@@ -39,7 +42,7 @@ def one_step_scores(root: str | Path, metric: str) -> dict[tuple[str, int], dict
     return scores
 
 
-def markdown(scores: dict[tuple[str, int], dict[int, float]], metric: str) -> str:
+def markdown(scores: Scores, metric: str) -> str:
     seeds = sorted({s for per_seed in scores.values() for s in per_seed})
     lines = [f"| distilled from | steps | {' | '.join(f'seed {s}' for s in seeds)} | mean | range |",
              "|---|---:|" + "---:|" * (len(seeds) + 2)]
@@ -51,7 +54,7 @@ def markdown(scores: dict[tuple[str, int], dict[int, float]], metric: str) -> st
     return f"One-step students, `{metric}` at 1 NFE (lower is better).\n\n" + "\n".join(lines) + "\n"
 
 
-def plot(scores: dict[tuple[str, int], dict[int, float]], metric: str, path: str | Path) -> Path:
+def plot(scores: Scores, metric: str, path: str | Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for source in sorted({source for source, _ in scores}):
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--metric", default="fd_digits")
     args = parser.parse_args(argv)
-    scores: dict[tuple[str, int], dict[int, float]] = {}
+    scores: Scores = {}
     for root in args.roots:
         for key, per_seed in one_step_scores(root, args.metric).items():
             scores.setdefault(key, {}).update(per_seed)
