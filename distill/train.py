@@ -32,6 +32,7 @@ from distill.config_schema import validate_train_config
 from distill.errors import friendly_errors
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
+from distill.lit.final_checkpoint import FinalCheckpoint
 from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
 from distill.lit.preemption import PreemptionCallback
 from distill.lit.rank_seed import RankSeed
@@ -74,7 +75,8 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         flow_map_error=cfg.eval.flow_map_error,
     )
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST), checkpoints,
+    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST),
+                 FinalCheckpoint(checkpoint_dir / LAST, cfg.train.checkpoint_every), checkpoints,
                  RankSeed(cfg.seed), build_speedups(cfg)]
     module.max_batches = module.method.num_steps or cfg.train.max_steps
     module.bad_steps.limit = cfg.train.max_bad_steps

@@ -184,3 +184,16 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_and_metrics(c
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     assert_same_run(tmp_path / "reference", tmp_path / "killed")
+
+
+@pytest.mark.parametrize("method", ["consistency", "dmd2"])
+def test_last_checkpoint_holds_the_final_weights_when_the_interval_does_not_fall_on_the_last_step(
+        cache_dir, tmp_path, method):
+    # 7 batches, a checkpoint every 5 optimizer steps: before the fix last.ckpt stayed at step 5
+    # (DMD2's two optimizers end at an odd optimizer step too), and distill-eval read stale weights.
+    run(tmp_path, f"method={method}", "train.max_steps=7", "train.checkpoint_every=5", "eval.every_n_steps=0")
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert int(ckpt["state_dict"]["step_count"]) == 7
+    assert ckpt["global_step"] % 5 != 0
+    results = json.loads((tmp_path / RESULTS_NAME).read_text())
+    assert {r["step"] for r in results if r["model"] == "student" and r["nfe"] == 1} == {7}
