@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no 1-NFE student scores under {args.roots}: run `make reflow-budget` first")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reflow_budget.md").write_text(markdown(scores, args.metric))
-    print(markdown(scores, args.metric))
+    table = markdown(scores, args.metric)
+    (out / "reflow_budget.md").write_text(table)
+    print(table)
     print(f"wrote {out / 'reflow_budget.md'} and {plot(scores, args.metric, out / 'reflow_budget.png')}")
 
 

@@ -153,8 +153,13 @@ class DistillModule(L.LightningModule):
             opts[name].state.clear()
         if logging:
             self.log("loss", logs[f"{self.method.phases(step)[0]}/loss"], prog_bar=True, on_step=True)
-        if self.max_batches is not None and int(self.step_count) >= self.max_batches:
+        if self.finished:
             self.trainer.should_stop = True
+
+    @property
+    def finished(self) -> bool:
+        """Whether every batch of the run has trained (``max_batches`` of them)."""
+        return self.max_batches is not None and int(self.step_count) >= self.max_batches
 
     def _logs_this_step(self, step: int) -> bool:
         """Whether this batch's metrics reach the logger: every ``log_every_n_steps`` batches and the last.
@@ -221,7 +226,7 @@ class DistillModule(L.LightningModule):
             self.bad_steps.load_state_dict(checkpoint["bad_steps"])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> int | None:
-        if self.max_batches is not None and int(self.step_count) >= self.max_batches:
+        if self.finished:
             self.trainer.should_stop = True  # a finished run that resumes (to finish its evaluation) trains no more
             return -1
         return None

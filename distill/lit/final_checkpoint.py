@@ -25,6 +25,5 @@ class FinalCheckpoint(L.Callback):
         self.path, self.every_n_steps = Path(path), every_n_steps
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        last = pl_module.max_batches is not None and int(pl_module.step_count) >= pl_module.max_batches
-        if last and trainer.global_step % self.every_n_steps:
+        if pl_module.finished and trainer.global_step % self.every_n_steps:
             trainer.save_checkpoint(self.path)  # every rank: sharded strategies save collectively
