@@ -130,7 +130,8 @@ def save_digits_classifier(model: DigitsClassifier, cache_dir: Path, metadata: d
 def load_digits_classifier(cache_dir: Path) -> tuple[DigitsClassifier, dict]:
     """Load cached weights (safetensors only, never pickle) and metadata; raises if corrupt."""
     metadata = json.loads((cache_dir / META_FILE).read_text())
-    model = DigitsClassifier()
+    with torch.random.fork_rng(devices=[]):  # the discarded initialisation must not move the run's RNG
+        model = DigitsClassifier()
     model.load_state_dict(load_file(str(cache_dir / WEIGHTS_FILE)))
     return model.eval().requires_grad_(False), metadata
 

@@ -64,6 +64,14 @@ def test_corrupt_cache_warns_and_retrains(tmp_path: Path, monkeypatch: pytest.Mo
     assert "heldout_accuracy" in json.loads((tmp_path / dc.META_FILE).read_text())
 
 
+def test_loading_the_cache_spares_global_rng(classifier_cache: Path) -> None:
+    # A run that finds the classifier cached must draw the same random numbers as one that trains
+    # it: otherwise a distillation run's result depends on the state of the cache.
+    state = torch.random.get_rng_state()
+    dc.load_or_train_digits_classifier(classifier_cache)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_training_is_seeded_touches_only_train_split_and_spares_global_rng(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
