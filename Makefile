@@ -36,8 +36,8 @@ teachers-extra: setup ## two more digits teachers for multi-teacher Bezier disti
 CACHE := $${DISTILL_CACHE:-$$HOME/.cache/distill}
 # The 2-RF's recipe: 4,500 batches on 65,536 teacher pairs, sampled from an EMA of its weights.
 # Its 1,500-batch students beat the teacher's; 1,500 batches on 16,384 pairs (method=reflow's
-# per-stage share and pair count) did not, and without the EMA two 2-RFs of one recipe (one made
-# from a cold pair cache) differed by 0.9 in one Euler step.
+# per-stage share and pair count) did not, and without the EMA two 2-RFs of one recipe (whose
+# random numbers differed) differed by 0.9 in one Euler step.
 REFLOW_STEPS ?= 4500
 REFLOW_PAIRS ?= 65536
 REFLOW_EMA ?= 0.999
