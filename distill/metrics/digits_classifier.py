@@ -75,6 +75,14 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _initial_classifier(seed: int = 0) -> DigitsClassifier:
+    """A freshly initialised classifier, seeded by ``seed``; the global RNG state is left untouched
+    (a run draws the same random numbers whether it trains the classifier or loads it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DigitsClassifier()
+
+
 def train_digits_classifier(
     seed: int = 0,
     epochs: int = DEFAULT_EPOCHS,
@@ -91,9 +99,7 @@ def train_digits_classifier(
         The model in eval mode with gradients disabled.
     """
     images, labels = load_digits_split("train")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # initialisation
-        model = DigitsClassifier()
+    model = _initial_classifier(seed)
     with _single_thread():
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -130,8 +136,7 @@ def save_digits_classifier(model: DigitsClassifier, cache_dir: Path, metadata: d
 def load_digits_classifier(cache_dir: Path) -> tuple[DigitsClassifier, dict]:
     """Load cached weights (safetensors only, never pickle) and metadata; raises if corrupt."""
     metadata = json.loads((cache_dir / META_FILE).read_text())
-    with torch.random.fork_rng(devices=[]):  # the discarded initialisation must not move the run's RNG
-        model = DigitsClassifier()
+    model = _initial_classifier()  # its initialisation is discarded, and must not move the run's RNG either
     model.load_state_dict(load_file(str(cache_dir / WEIGHTS_FILE)))
     return model.eval().requires_grad_(False), metadata
 
