@@ -33,7 +33,7 @@ from distill.methods.base import Method, label_count
 from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
-from distill.students.flow_map import student_from_teacher
+from distill.students.flow_map import fresh_student_like, student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
@@ -201,15 +201,21 @@ def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):
 
 
 def build_student(cfg: DictConfig, teacher: Teacher) -> nn.Module:
-    """A copy of the teacher's network (``init: teacher``) or a fresh one (``init: random``)."""
-    if cfg.student.init == "teacher":
+    """A copy of the teacher's network (``init: teacher``), its architecture with new weights
+    (``init: fresh``) or a network of its own (``init: random``, ``student.net``)."""
+    if cfg.student.init in ("teacher", "fresh"):
         if not has_parameters(teacher.model):
             raise ConfigError(f"teacher {teacher.meta.get('kind')} has no network to copy: use student=mlp")
-        return student_from_teacher(teacher.model)
+        if cfg.student.init == "teacher":
+            return student_from_teacher(teacher.model)
+        try:
+            return fresh_student_like(teacher.model)
+        except ValueError as err:
+            raise ConfigError(f"student=fresh: {err}") from err
     if cfg.student.init == "random":
         net = build_net(as_dict(cfg.student.net), teacher.data_shape)
         return VelocityModel(net, cfg.student.scheme)
-    raise ConfigError(f"student.init={cfg.student.init!r} is unknown; choose teacher or random")
+    raise ConfigError(f"student.init={cfg.student.init!r} is unknown; choose teacher, fresh or random")
 
 
 def with_lora(cfg: DictConfig, student: nn.Module, method: Method, teacher: Teacher) -> nn.Module:

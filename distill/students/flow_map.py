@@ -34,6 +34,30 @@ def student_from_teacher(teacher_model: nn.Module) -> nn.Module:
     return student.train().requires_grad_(True)
 
 
+def fresh_student_like(teacher_model: nn.Module) -> nn.Module:
+    """The teacher's architecture with new random weights (``student.init: fresh``): a student
+    that starts from none of the teachers, so that comparing teachers does not favour the copied one.
+
+    Every module re-draws its own parameters with ``reset_parameters`` (PyTorch's default
+    initialisation, from the global RNG).
+
+    Raises:
+        ValueError: a parameter belongs to no module that can reset it (a custom layer), so its
+            teacher value would survive in the "fresh" student.
+    """
+    student = student_from_teacher(teacher_model)
+    reset: set[int] = set()
+    for module in student.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            reset.update(id(p) for p in module.parameters(recurse=False))
+    kept = [name for name, p in student.named_parameters() if id(p) not in reset]
+    if kept:
+        raise ValueError(f"cannot re-initialise {kept[:3]} ({len(kept)} parameters; their modules have no "
+                         "reset_parameters): use student.init=teacher, or student.init=random with a student.net")
+    return student
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
     return copy.deepcopy(model).eval().requires_grad_(False)
