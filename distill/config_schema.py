@@ -144,6 +144,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     run_name: str = ""
+    table_label: str = ""
     init_from: str | None = None
     init_from_ema: bool = True
     after: str | None = None

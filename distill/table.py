@@ -1,6 +1,7 @@
 """``distill-table``: the comparison table (markdown, JSON, plot) from runs' ``results.json``.
 
     distill-table outputs/ multirun/ --out experiments/results
+    distill-table experiments/results/benchmark.json multirun/new/ --out experiments/results   # add runs
 
 Every row comes from ``results.json`` files and each run's ``.hydra/config.yaml``; nothing is
 scraped from logs. Seeds are aggregated as mean +- standard deviation. The quality table and plot
@@ -33,14 +34,23 @@ def format_rows(rows: Iterable[ResultRow], title: str = "") -> str:
 
 
 def collect_runs(roots: Iterable[str | Path]) -> list[dict]:
-    """Every ``results.json`` row under ``roots``, tagged with the run's method, dataset and seed."""
+    """Every ``results.json`` row under ``roots``, tagged with the run's table label, dataset and seed.
+
+    A root that is a ``benchmark.json`` this command wrote contributes its rows as they are, so a
+    table can grow by new runs without the old run directories (another machine's, a deleted sweep).
+    """
     out = []
     for root in roots:
+        if Path(root).is_file():
+            out += previous_rows(root)
+            continue
         for results in sorted(Path(root).rglob(RESULTS_NAME)):
             run = results.parent
             cfg_path = run / ".hydra" / "config.yaml"
             cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create({})
-            method = OmegaConf.select(cfg, "method.name", default="unknown")
+            # table_label (default: method.name) keeps apart runs of one method in different set-ups.
+            method = OmegaConf.select(cfg, "table_label", default=None) or OmegaConf.select(
+                cfg, "method.name", default="unknown")
             dataset = OmegaConf.select(cfg, "dataset.name", default="unknown")
             seed = OmegaConf.select(cfg, "seed", default=0)
             steps = OmegaConf.select(cfg, "budget_steps", default=None)
@@ -51,6 +61,20 @@ def collect_runs(roots: Iterable[str | Path]) -> list[dict]:
                     tagged["budget_steps"] = steps
                 out.append(tagged)
     return out
+
+
+def previous_rows(path: str | Path) -> list[dict]:
+    """The rows of a ``benchmark.json``, each under a run key of its own (method, dataset, seed)."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not a readable benchmark.json ({err}); pass run directories or a file "
+                         "distill-table wrote") from None
+    needed = {"method", "dataset", "seed", "model", "sampler", "nfe", "metric", "value", "step"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in rows):
+        raise SystemExit(f"{path}: not a benchmark.json (a list of rows with {sorted(needed)}); pass run "
+                         "directories or a file distill-table wrote")
+    return [dict(r, run=f"{path}:{r['method']}:{r['dataset']}:{r['seed']}") for r in rows]
 
 
 def final_rows(rows: list[dict]) -> list[dict]:
@@ -248,7 +272,8 @@ def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[di
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run or sweep directories to search for results.json")
+    parser.add_argument("runs", nargs="+", help="run or sweep directories to search for results.json, "
+                        "or benchmark.json files whose rows to keep")
     parser.add_argument("--out", default="experiments/results", help="output directory")
     args = parser.parse_args(argv)
     agg = write_benchmark(args.runs, args.out)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
 from distill.table import aggregate, collect_runs, final_rows, main, plot_quality_vs_nfe
@@ -82,3 +83,39 @@ def test_quality_plot_ignores_collapse_and_memory_rows(tmp_path):
     only_extra = [a for a in agg if a["metric"] in ("recall", "peak_memory_mb")]
     assert plot_quality_vs_nfe(only_extra, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_table_label_keeps_one_method_in_two_setups_apart(tmp_path):
+    write_run(tmp_path / "runs", "bezier", "digits", 0, [row("student", "bezier", 1, 2.0, 9, "fd_digits")])
+    fresh = tmp_path / "fresh" / "run"
+    (fresh / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"method": {"name": "bezier"}, "dataset": {"name": "digits"}, "seed": 0,
+                    "table_label": "${method.name}_fresh"}, fresh / ".hydra" / "config.yaml")
+    (fresh / "results.json").write_text(json.dumps([row("student", "bezier", 1, 3.0, 9, "fd_digits")]))
+    agg = aggregate(final_rows(collect_runs([tmp_path / "runs", tmp_path / "fresh"])))
+    assert {(a["method"], a["mean"]) for a in agg} == {("bezier", 2.0), ("bezier_fresh", 3.0)}
+
+
+def test_table_grows_from_its_own_json_without_the_old_runs(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "old", "dmd", "digits", seed, [row("teacher", "euler", 1, 9.0, 0, "fd_digits"),
+                                                            row("student", "dmd", 1, 1.0 + seed, 50, "fd_digits")])
+    main([str(tmp_path / "old"), "--out", str(tmp_path / "out")])
+    write_run(tmp_path / "new", "pcm", "digits", 0, [row("student", "pcm", 1, 4.0, 50, "fd_digits")])
+    previous = tmp_path / "out" / "benchmark.json"
+    main([str(previous), str(tmp_path / "new"), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| dmd | dmd | 1 | 1.5000 ± 0.5000 | 2 | 50 |" in table   # both seeds survive the round trip
+    assert "| teacher | euler | 1 | 9.0000 ± 0.0000 | 2 | - |" in table
+    assert "| pcm | pcm | 1 | 4.0000 ± 0.0000 | 1 | 50 |" in table
+    assert len(json.loads(previous.read_text())) == 5   # two teacher rows (one per seed), three students
+
+
+def test_table_refuses_a_json_that_it_did_not_write(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"fd": 1.0}))
+    with pytest.raises(SystemExit, match="not a benchmark.json"):
+        main([str(other), "--out", str(tmp_path / "out")])
+    other.write_text("{broken")
+    with pytest.raises(SystemExit, match="not a readable benchmark.json"):
+        main([str(other), "--out", str(tmp_path / "out")])
