@@ -44,12 +44,23 @@ def save_teacher(
     return directory
 
 
+# Cached teachers the configs name beside the plain `<dataset>` one, and the targets that build them.
+MAKE_TARGETS = {"digits_s1": "teachers-extra", "digits_w": "teachers-extra", "digits_2rf": "teacher-reflow"}
+
+
+def how_to_build(name: str) -> str:
+    """The command that makes the missing teacher named ``name`` (a cache directory name)."""
+    if name in MAKE_TARGETS:
+        return f"build it with `make {MAKE_TARGETS[name]}`"
+    return "train one with `distill-pretrain dataset=<name>` (or `make teacher`)"
+
+
 def load_teacher(directory: str | Path) -> Teacher:
     """Rebuild a frozen teacher from ``directory``; every failure names the fix."""
     directory = Path(directory)
     hint = (
-        "train one with `distill-pretrain dataset=<name>` (or `make teacher`), or point "
-        "teacher.path at a directory holding teacher.json and model.safetensors"
+        f"{how_to_build(directory.name)}, or point teacher.path at a directory holding teacher.json "
+        "and model.safetensors"
     )
     if not directory.is_dir():
         raise TeacherCheckpointError(f"teacher.path={directory} does not exist: {hint}")

@@ -28,3 +28,4 @@ def test_experiment_runs_on_a_2rf_stand_in(cache_dir, tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())
     scored = [(r["model"], r["nfe"]) for r in rows if r["metric"] == "fd_digits"]
     assert scored == [("student", 1)]
+

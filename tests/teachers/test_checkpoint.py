@@ -28,6 +28,13 @@ def test_missing_directory_names_pretrain(tmp_path):
         load_teacher(tmp_path / "nope")
 
 
+@pytest.mark.parametrize(("name", "target"), [("digits_2rf", "make teacher-reflow"), ("digits_s1", "make teachers-extra"),
+                                              ("digits_w", "make teachers-extra")])
+def test_a_missing_extra_teacher_names_the_target_that_builds_it(tmp_path, name, target):
+    with pytest.raises(TeacherCheckpointError, match=f"does not exist: build it with `{target}`"):
+        load_teacher(tmp_path / name)
+
+
 def test_missing_weights_and_corrupt_files(tmp_path):
     model = VelocityModel(build_net(SPEC, (2,)))
     save_teacher(tmp_path / "t", model, SPEC, (2,))
