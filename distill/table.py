@@ -64,7 +64,7 @@ def collect_runs(roots: Iterable[str | Path]) -> list[dict]:
 
 
 def previous_rows(path: str | Path) -> list[dict]:
-    """The rows of a ``benchmark.json``, each under a run key of its own (method, dataset, seed)."""
+    """The rows of a ``benchmark.json``, each under a run key of its own (method, dataset, seed), marked previous."""
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -74,7 +74,7 @@ def previous_rows(path: str | Path) -> list[dict]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in rows):
         raise SystemExit(f"{path}: not a benchmark.json (a list of rows with {sorted(needed)}); pass run "
                          "directories or a file distill-table wrote")
-    return [dict(r, run=f"{path}:{r['method']}:{r['dataset']}:{r['seed']}") for r in rows]
+    return [dict(r, run=f"{path}:{r['method']}:{r['dataset']}:{r['seed']}", previous=True) for r in rows]
 
 
 def final_rows(rows: list[dict]) -> list[dict]:
@@ -261,12 +261,13 @@ def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[di
     rows = final_rows(every_row)
     if not rows:
         raise SystemExit(f"no {RESULTS_NAME} found under {list(map(str, roots))}: run `make table` or distill-train first")
-    public = [{k: v for k, v in r.items() if k != "run"} for r in rows]
+    public = [{k: v for k, v in r.items() if k not in ("run", "previous")} for r in rows]
     (out_dir / "benchmark.json").write_text(json.dumps(public, indent=1) + "\n")
     agg = aggregate(rows)
     (out_dir / "benchmark.md").write_text(markdown_table(agg))
     plot_quality_vs_nfe(agg, out_dir / "benchmark.png")
-    plot_flow_map_error(every_row, out_dir / "flow_map_error.png")
+    # A benchmark.json holds final rows only: training curves come from run directories alone.
+    plot_flow_map_error([r for r in every_row if not r.get("previous")], out_dir / "flow_map_error.png")
     return agg
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from distill.evaluation.runner import FLOW_MAP_METRIC
 from distill.table import aggregate, collect_runs, final_rows, main, plot_quality_vs_nfe
 
 
@@ -109,6 +110,17 @@ def test_table_grows_from_its_own_json_without_the_old_runs(tmp_path):
     assert "| teacher | euler | 1 | 9.0000 ± 0.0000 | 2 | - |" in table
     assert "| pcm | pcm | 1 | 4.0000 ± 0.0000 | 1 | 50 |" in table
     assert len(json.loads(previous.read_text())) == 5   # two teacher rows (one per seed), three students
+
+
+def test_a_table_grown_from_json_keeps_the_training_curve_plot(tmp_path):
+    curve = [row("student", "cd", 1, 1.0 / step, step, FLOW_MAP_METRIC) for step in (10, 20, 30)]
+    write_run(tmp_path / "old", "cd", "digits", 0, curve)
+    main([str(tmp_path / "old"), "--out", str(tmp_path / "out")])
+    plot = tmp_path / "out" / "flow_map_error.png"
+    drawn = plot.read_bytes()
+    main([str(tmp_path / "out" / "benchmark.json"), "--out", str(tmp_path / "out")])   # final rows only
+    assert plot.read_bytes() == drawn
+    assert "| cd | cd | 1 | 0.0333 ± 0.0000 | 1 | 30 |" in (tmp_path / "out" / "benchmark.md").read_text()
 
 
 def test_table_refuses_a_json_that_it_did_not_write(tmp_path):
