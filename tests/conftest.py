@@ -23,6 +23,9 @@ from distill.teachers.pretraining import denoising_loss
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY_UNET = {"type": "unet", "block_out_channels": [8, 16], "layers_per_block": 1, "attention": False, "norm_num_groups": 4}
 TINY_MLP = {"type": "mlp", "width": 64, "depth": 2}
+# A whole distill-train run in seconds: one batch, 16 samples scored, no teacher rows.
+QUICK_RUN = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16",
+             "eval.teacher=false"]
 
 
 def train_tiny_teacher(directory: Path, x: torch.Tensor, net_spec: dict, steps: int, scheme: str = "fm") -> Path:

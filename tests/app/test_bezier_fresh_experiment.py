@@ -9,10 +9,9 @@ import torch
 
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.train import train
-from tests.conftest import compose_config
+from tests.conftest import QUICK_RUN, compose_config
 
-FAST = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16",
-        "eval.teacher=false", "eval.student_nfes=[1]"]
+FAST = [*QUICK_RUN, "eval.student_nfes=[1]"]
 
 
 @pytest.mark.parametrize("method", ["bezier", "bezier_single"])

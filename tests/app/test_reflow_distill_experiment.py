@@ -6,10 +6,9 @@ import json
 import shutil
 
 from distill.train import train
-from tests.conftest import compose_config
+from tests.conftest import QUICK_RUN, compose_config
 
-FAST = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16",
-        "eval.teacher=false", "eval.student_nfes=[1]"]
+FAST = [*QUICK_RUN, "eval.student_nfes=[1]"]
 
 
 def test_experiment_distils_the_2rf_as_distill_direct_does_the_teacher(cache_dir, tmp_path):
@@ -28,4 +27,3 @@ def test_experiment_runs_on_a_2rf_stand_in(cache_dir, tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())
     scored = [(r["model"], r["nfe"]) for r in rows if r["metric"] == "fd_digits"]
     assert scored == [("student", 1)]
-

@@ -8,17 +8,15 @@ import torch
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.errors import ConfigError
 from distill.train import train
-from tests.conftest import compose_config
-
-FAST = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16", "eval.teacher=false"]
+from tests.conftest import QUICK_RUN, compose_config
 
 
 def test_stage_two_starts_from_stage_one_and_mixes_teacher_samples(cache_dir, tmp_path):
-    stage1 = compose_config("train", ["experiment=turbo_digits_stage1", *FAST], tmp_path / "stage1")
+    stage1 = compose_config("train", ["experiment=turbo_digits_stage1", *QUICK_RUN], tmp_path / "stage1")
     assert stage1.method.name == "turbo_pcm" and stage1.method.objective.phases == 2
     train(stage1)
-    cfg = compose_config("train", ["experiment=turbo_digits_stage2", *FAST, f"init_from={tmp_path / 'stage1'}"],
-                            tmp_path / "stage2")
+    cfg = compose_config("train", ["experiment=turbo_digits_stage2", *QUICK_RUN, f"init_from={tmp_path / 'stage1'}"],
+                         tmp_path / "stage2")
     assert cfg.method.name == "turbo_dmd2"
     assert cfg.method.objective.teacher_sample_fraction == 0.5 and cfg.method.objective.gan_backbone == "teacher"
     dm = build_datamodule(cfg)
@@ -32,6 +30,6 @@ def test_stage_two_starts_from_stage_one_and_mixes_teacher_samples(cache_dir, tm
 
 
 def test_stage_two_refuses_to_start_without_stage_one(cache_dir, tmp_path):
-    cfg = compose_config("train", ["experiment=turbo_digits_stage2", *FAST], tmp_path / "stage2")
+    cfg = compose_config("train", ["experiment=turbo_digits_stage2", *QUICK_RUN], tmp_path / "stage2")
     with pytest.raises(ConfigError, match="experiment=turbo_digits_stage1: run that first"):
         train(cfg)
