@@ -74,7 +74,10 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
         flow_map_error=cfg.eval.flow_map_error,
     )
-    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
+    # No version counter: a last.ckpt that the preemption or final-step callback wrote is the run's
+    # own, to overwrite, not to keep beside a new last-v1.ckpt (distill-eval reads last.ckpt).
+    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every,
+                                  enable_version_counter=False)
     callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST),
                  FinalCheckpoint(checkpoint_dir / LAST, cfg.train.checkpoint_every), checkpoints,
                  RankSeed(cfg.seed), build_speedups(cfg)]

@@ -10,10 +10,13 @@ gathered block by block rather than whole.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+
+from distill.errors import ConfigError
 
 
 def trainability(module: nn.Module) -> set[bool]:
@@ -64,3 +67,20 @@ def fsdp_strategy(min_params: int = 10**7, **kwargs: Any) -> FSDPStrategy:
     """Lightning's ``FSDPStrategy`` wrapping with ``SeparateNetworks`` (``kwargs`` go to the strategy:
     ``sharding_strategy``, ``state_dict_type``, ``cpu_offload``, ...)."""
     return FSDPStrategy(auto_wrap_policy=SeparateNetworks(min_params), **kwargs)
+
+
+def is_fsdp(strategy: str | Mapping) -> bool:
+    """Whether a ``hardware.strategy`` (a Lightning strategy name, or a config to instantiate) is FSDP."""
+    target = strategy.get("_target_", "") if isinstance(strategy, Mapping) else strategy
+    return "fsdp" in str(target).lower()
+
+
+def check_fsdp_devices(devices: int | str | list, num_nodes: int) -> None:
+    """Refuse FSDP on a single device. It would shard nothing: torch falls back to ``NO_SHARD``,
+    which leaves a network's own parameters unregistered after a forward that no backward follows
+    (seen on an H100), so the student and its EMA copies no longer list the same parameters."""
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices
+    if count == 1 and num_nodes == 1:
+        raise ConfigError("an FSDP strategy on one device shards nothing (torch falls back to NO_SHARD, under which "
+                          "the EMA update fails): on one GPU use hardware=gpu, or give FSDP several devices "
+                          "(hardware.devices=8)")

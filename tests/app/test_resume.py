@@ -197,3 +197,17 @@ def test_last_checkpoint_holds_the_final_weights_when_the_interval_does_not_fall
     assert ckpt["global_step"] % 5 != 0
     results = json.loads((tmp_path / RESULTS_NAME).read_text())
     assert {r["step"] for r in results if r["model"] == "student" and r["nfe"] == 1} == {7}
+
+
+def test_a_run_preempted_before_its_first_periodic_checkpoint_ends_with_its_final_weights_in_last_ckpt(
+        cache_dir, tmp_path):
+    # The preemption wrote last.ckpt before Lightning's ModelCheckpoint ever had, so at the final
+    # (periodic) step it saved last-v1.ckpt beside it and last.ckpt kept step 4's weights for
+    # distill-eval and distill-export to read (seen on the reflow_distill_digits seed-2 run).
+    run_dir = tmp_path / "run"
+    overrides = ["method=consistency", "train.max_steps=8", "train.checkpoint_every=8", "eval.every_n_steps=0"]
+    with at_step(3, lambda module: signal.raise_signal(signal.SIGTERM)), pytest.raises(Preempted):
+        run(run_dir, *overrides)
+    run(run_dir, *overrides)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    assert int(read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]["step_count"]) == 8

@@ -9,8 +9,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+from distill.build import build_trainer
+from distill.errors import ConfigError
 from distill.lit.distill import DistillModule
-from distill.lit.sharding import SeparateNetworks, network_units, trainability
+from distill.lit.sharding import (
+    SeparateNetworks,
+    check_fsdp_devices,
+    is_fsdp,
+    network_units,
+    trainability,
+)
 from distill.methods import DMD2
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
@@ -65,3 +73,19 @@ def test_the_fsdp_hardware_config_builds_lightnings_strategy_with_this_policy(co
     strategy = instantiate(compose_train("hardware=8xa100_fsdp").hardware.strategy)
     assert isinstance(strategy, FSDPStrategy)
     assert isinstance(strategy.kwargs["auto_wrap_policy"], SeparateNetworks)
+
+
+@pytest.mark.parametrize("devices", [1, [0]])
+def test_fsdp_on_one_device_is_refused_with_the_config_to_use_instead(devices):
+    # torch turns FSDP on one device into NO_SHARD, under which the EMA update failed on an H100
+    with pytest.raises(ConfigError, match="hardware=gpu"):
+        check_fsdp_devices(devices, num_nodes=1)
+    check_fsdp_devices(8, num_nodes=1)
+    check_fsdp_devices(1, num_nodes=2)  # one GPU on each of two nodes still shards
+
+
+def test_build_trainer_refuses_single_device_fsdp_before_lightning_starts(compose_train, tmp_path):
+    cfg = compose_train("hardware=8xa100_fsdp", "hardware.devices=1")
+    with pytest.raises(ConfigError, match="shards nothing"):
+        build_trainer(cfg, tmp_path, callbacks=[], max_steps=1)
+    assert is_fsdp(cfg.hardware.strategy) and is_fsdp("fsdp") and not is_fsdp("ddp")
