@@ -68,7 +68,7 @@ class PreemptionCallback(L.Callback):
             signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
         if not signum:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: a resume needs optimizers and loops
         environment = trainer._accelerator_connector.cluster_environment  # what Lightning's own requeue reads
         requeued = (trainer.is_global_zero and isinstance(environment, SLURMEnvironment) and environment.auto_requeue
                     and requeue_slurm_job())
