@@ -28,7 +28,6 @@ from distill.lit.checkpoint_io import AtomicCheckpointIO
 from distill.lit.distill import DistillModule
 from distill.lit.init_from import load_student_init
 from distill.lit.resume import ResumePoint
-from distill.lit.sharding import check_fsdp_devices, is_fsdp
 from distill.lit.speedups import Speedups
 from distill.methods.base import Method, label_count
 from distill.nets.denoiser import VelocityModel
@@ -311,14 +310,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: ResumePoint | None = N
 def build_trainer(
     cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], max_steps: int, resume: ResumePoint | None = None
 ) -> L.Trainer:
-    strategy = cfg.hardware.strategy
-    if is_fsdp(strategy):
-        check_fsdp_devices(cfg.hardware.devices, cfg.hardware.get("num_nodes", 1))
     return L.Trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
         num_nodes=cfg.hardware.get("num_nodes", 1),
-        strategy=instantiate(strategy) if isinstance(strategy, DictConfig) else strategy,
+        strategy=instantiate(cfg.hardware.strategy) if isinstance(cfg.hardware.strategy, DictConfig) else cfg.hardware.strategy,
         precision=cfg.hardware.precision,
         plugins=[AtomicCheckpointIO(), *instantiate(cfg.hardware.get("plugins") or [])],
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank and resumes mid-epoch

@@ -29,6 +29,7 @@ from distill.core.samplers import SAMPLERS
 from distill.data.datamodule import DATASET_NAMES, DataModule
 from distill.data.toy2d import TOY2D_NAMES
 from distill.errors import ConfigError
+from distill.lit.sharding import check_fsdp_devices, is_fsdp
 
 
 def positive(**kw: Any) -> Any:
@@ -244,6 +245,8 @@ def check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.metric=fid needs images, and dataset={dataset} is 2-D points: use eval.metric=sw")
     if cfg.teacher.get("kind") == "gmm_exact" and cfg.student.get("init") == "teacher":
         raise ConfigError("teacher=gmm_exact has no network for student=copy_of_teacher to copy: use student=mlp")
+    if is_fsdp(cfg.hardware.strategy):
+        check_fsdp_devices(cfg.hardware.devices, cfg.hardware.get("num_nodes", 1))
 
 
 def validate_train_config(cfg: DictConfig) -> None:

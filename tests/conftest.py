@@ -26,6 +26,7 @@ TINY_MLP = {"type": "mlp", "width": 64, "depth": 2}
 # A whole distill-train run in seconds: one batch, 16 samples scored, no teacher rows.
 QUICK_RUN = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16",
              "eval.teacher=false"]
+QUICK_RUN_ONE_NFE = [*QUICK_RUN, "eval.student_nfes=[1]"]   # for runs whose test reads the 1-NFE row alone
 
 
 def train_tiny_teacher(directory: Path, x: torch.Tensor, net_spec: dict, steps: int, scheme: str = "fm") -> Path:

@@ -9,9 +9,7 @@ import torch
 
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.train import train
-from tests.conftest import QUICK_RUN, compose_config
-
-FAST = [*QUICK_RUN, "eval.student_nfes=[1]"]
+from tests.conftest import QUICK_RUN_ONE_NFE, compose_config
 
 
 @pytest.mark.parametrize("method", ["bezier", "bezier_single"])
@@ -23,7 +21,7 @@ def test_experiment_sets_a_fresh_student_and_its_budget(cache_dir, tmp_path, met
 
 
 def test_experiment_starts_from_new_weights_and_runs(cache_dir, tmp_path):
-    cfg = compose_config("train", ["experiment=bezier_fresh_digits", "method=bezier_single", *FAST], tmp_path)
+    cfg = compose_config("train", ["experiment=bezier_fresh_digits", "method=bezier_single", *QUICK_RUN_ONE_NFE], tmp_path)
     teacher = build_teacher(cfg, build_datamodule(cfg))
     student = build_module(cfg, teacher).student.state_dict()
     shared = [k for k, v in teacher.model.state_dict().items() if k in student and student[k].shape == v.shape]

@@ -6,9 +6,7 @@ import json
 import shutil
 
 from distill.train import train
-from tests.conftest import QUICK_RUN, compose_config
-
-FAST = [*QUICK_RUN, "eval.student_nfes=[1]"]
+from tests.conftest import QUICK_RUN_ONE_NFE, compose_config
 
 
 def test_experiment_distils_the_2rf_as_distill_direct_does_the_teacher(cache_dir, tmp_path):
@@ -22,7 +20,7 @@ def test_experiment_distils_the_2rf_as_distill_direct_does_the_teacher(cache_dir
 def test_experiment_runs_on_a_2rf_stand_in(cache_dir, tmp_path):
     # The tiny digits teacher under the name `make teacher-reflow` writes.
     shutil.copytree(cache_dir / "teachers" / "digits", cache_dir / "teachers" / "digits_2rf", dirs_exist_ok=True)
-    cfg = compose_config("train", ["experiment=reflow_distill_digits", *FAST], tmp_path)
+    cfg = compose_config("train", ["experiment=reflow_distill_digits", *QUICK_RUN_ONE_NFE], tmp_path)
     train(cfg)
     rows = json.loads((tmp_path / "results.json").read_text())
     scored = [(r["model"], r["nfe"]) for r in rows if r["metric"] == "fd_digits"]

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from distill.build import build_trainer
+from distill.config_schema import validate_train_config
 from distill.errors import ConfigError
 from distill.lit.distill import DistillModule
 from distill.lit.sharding import (
@@ -84,8 +84,9 @@ def test_fsdp_on_one_device_is_refused_with_the_config_to_use_instead(devices):
     check_fsdp_devices(1, num_nodes=2)  # one GPU on each of two nodes still shards
 
 
-def test_build_trainer_refuses_single_device_fsdp_before_lightning_starts(compose_train, tmp_path):
+def test_config_validation_refuses_single_device_fsdp_before_anything_is_built(compose_train):
     cfg = compose_train("hardware=8xa100_fsdp", "hardware.devices=1")
     with pytest.raises(ConfigError, match="shards nothing"):
-        build_trainer(cfg, tmp_path, callbacks=[], max_steps=1)
+        validate_train_config(cfg)
+    validate_train_config(compose_train("hardware=8xa100_fsdp"))  # 8 devices: accepted
     assert is_fsdp(cfg.hardware.strategy) and is_fsdp("fsdp") and not is_fsdp("ddp")
