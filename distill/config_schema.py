@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from distill.core.grids import GRIDS
+from distill.core.lr_schedule import LR_SCHEDULES
 from distill.core.samplers import SAMPLERS
 from distill.data.datamodule import DATASET_NAMES, DataModule
 from distill.data.toy2d import TOY2D_NAMES
@@ -129,6 +130,9 @@ class TrainSchema:
     global_batch_size: int | None = positive(default=None)
     images: int | None = positive(default=None)
     max_device_batch: int | None = positive(default=None)
+    lr_warmup_steps: int = field(default=0, metadata={"min": 0})
+    lr_schedule: str = choice(LR_SCHEDULES, default="constant")
+    lr_decay_steps: int | None = positive(default=None)
 
 
 @dataclass(kw_only=True)
@@ -247,6 +251,20 @@ def check_combinations(cfg: DictConfig) -> None:
         raise ConfigError("teacher=gmm_exact has no network for student=copy_of_teacher to copy: use student=mlp")
     if is_fsdp(cfg.hardware.strategy):
         check_fsdp_devices(cfg.hardware.devices, cfg.hardware.get("num_nodes", 1))
+    check_lr_schedule(cfg.train)
+
+
+def check_lr_schedule(train: DictConfig) -> None:
+    """``train.lr_schedule`` other than constant needs its ``train.lr_decay_steps``."""
+    schedule, decay = train.get("lr_schedule", "constant"), train.get("lr_decay_steps")
+    warmup = train.get("lr_warmup_steps", 0)
+    if schedule == "inverse_sqrt" and decay is None:
+        raise ConfigError("train.lr_schedule=inverse_sqrt needs train.lr_decay_steps: the step from which the lr "
+                          "falls as 1/sqrt(step / lr_decay_steps) (e.g. 35000 for FastGen's sCD ImageNet-64)")
+    if schedule == "linear_decay" and (decay is None or decay <= warmup):
+        raise ConfigError(f"train.lr_schedule=linear_decay needs train.lr_decay_steps (the step where the lr reaches "
+                          f"0) above train.lr_warmup_steps={warmup}, not {decay}: e.g. "
+                          "train.lr_decay_steps=${train.max_steps}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:

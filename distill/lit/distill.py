@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distill.core.conditioning import Condition, conditioned
+from distill.core.lr_schedule import lr_factor
 from distill.errors import CheckpointError, DivergenceError
 from distill.lit.ema import EMAStack
 from distill.lit.memory import reset_peak_memory
@@ -45,6 +46,9 @@ class DistillModule(L.LightningModule):
         which multi-optimizer methods take several of per batch); None leaves it to the Trainer.
     max_bad_steps: non-finite steps in a row (each skipped, ``nan_guard``) that stop the run.
     micro_batches: parts each batch is run in, gradients accumulated (``distill.lit.batching``).
+    lr_schedule, lr_warmup_steps, lr_decay_steps: ``train.lr_*``: every optimizer's lr is its base lr
+        times ``distill.core.lr_schedule.lr_factor`` at ``step_count`` (batches done) times the method's
+        ``lr_scale``.
     """
 
     def __init__(
@@ -58,6 +62,9 @@ class DistillModule(L.LightningModule):
         max_batches: int | None = None,
         max_bad_steps: int = 10,
         micro_batches: int = 1,
+        lr_schedule: str = "constant",
+        lr_warmup_steps: int = 0,
+        lr_decay_steps: int | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -74,6 +81,8 @@ class DistillModule(L.LightningModule):
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         self.bad_steps = BadStepGuard(max_bad_steps)
         self.micro_batches = micro_batches
+        self.lr_schedule = dict(schedule=lr_schedule, warmup_steps=lr_warmup_steps, decay_steps=lr_decay_steps)
+        lr_factor(0, **self.lr_schedule)  # a bad schedule fails here, not at the first step
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -122,7 +131,7 @@ class DistillModule(L.LightningModule):
         bad: list[str] = []
         for phase in self.method.phases(step):
             opt = opts[phase]
-            scale = self.method.lr_scale(phase, step)
+            scale = self.method.lr_scale(phase, step) * lr_factor(step, **self.lr_schedule)
             for group, base in zip(opt.param_groups, self.base_lrs[phase], strict=True):
                 group["lr"] = base * scale
             opt.zero_grad(set_to_none=True)
