@@ -7,9 +7,10 @@ Since every process is FM up to a rescaling of state and time, the wrapper is ex
     t = from_fm_time(s),  x_t = (alpha + sigma)(t) x_s,  (x0, eps) = to_x0_eps(native(x_t, t)),
     v = eps - x0.
 
-Where ``from_fm_time`` clamps (EDM at s -> 1 is clamped to ``sigma_max``, VP-cosine to its logSNR
+Where ``from_fm_time`` clamps (EDM to [``sigma_min``, ``sigma_max``], VP-cosine to its logSNR
 range, VP-discrete to [0, T - 1]) the native model is queried at the clamped time, so the velocity
-there is that of the nearest representable time, not of s itself.
+there is that of the nearest representable time, not of s itself. In particular no x0-predicting
+network is asked about sigma = 0, where its velocity would be 0/0.
 """
 
 from __future__ import annotations

@@ -142,11 +142,13 @@ class FlowMatching(NoiseProcess):
 
 @dataclass(frozen=True)
 class EDM(NoiseProcess):
-    """EDM / VE (methods.md 1.2-1.3): t is sigma, alpha = 1, sigma = t, t in [0, sigma_max].
+    """EDM / VE (methods.md 1.2-1.3): t is sigma, alpha = 1, sigma = t, t in [sigma_min, sigma_max].
 
-    ``sigma_min`` is only the smallest level of the sampling grid; the process itself is defined
-    down to sigma = 0. FM time s = 1 (sigma = inf) is clamped to ``sigma_max``, so an EDM
-    denoiser is never asked about pure noise.
+    FM times are clamped at both ends, so an EDM network is only ever asked about the levels its
+    own sampler uses: s = 1 (sigma = inf) maps to ``sigma_max``, and s = 0 (clean data) to
+    ``sigma_min``. At sigma = 0 an EDM network is undefined (``c_noise = ln(sigma) / 4`` is -inf)
+    and an x0-prediction gives no noise estimate (``eps = (x - x0) / sigma`` is 0/0); the clamp
+    keeps both finite, so a consistency map ``x - s v`` is exactly ``x`` at s = 0.
     """
 
     sigma_min: float = 0.002
@@ -155,7 +157,7 @@ class EDM(NoiseProcess):
 
     @property
     def t_min(self) -> float:
-        return 0.0
+        return self.sigma_min
 
     @property
     def t_max(self) -> float:
@@ -172,7 +174,7 @@ class EDM(NoiseProcess):
         s_max = self.sigma_max / (1 + self.sigma_max)
         s_c = s.clamp(0.0, s_max)
         sigma = torch.where(s >= s_max, self.sigma_max, s_c / (1 - s_c))
-        return sigma.clamp(0.0, self.sigma_max)
+        return sigma.clamp(self.sigma_min, self.sigma_max)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ ALL = [
 
 def _native_times(p) -> torch.Tensor:
     if isinstance(p, EDM):  # geometric covers the whole sigma range
-        return torch.cat([torch.zeros(1), torch.logspace(-3, math.log10(80.0), 40)]).double()
+        return torch.logspace(math.log10(p.sigma_min), math.log10(p.sigma_max), 41).double()
     return torch.linspace(p.t_min, p.t_max, 41, dtype=torch.float64)
 
 
@@ -95,6 +95,13 @@ def test_edm_pure_noise_clamped_to_sigma_max():
     assert p.from_fm_time(torch.ones(2, dtype=torch.float64)).tolist() == [80.0, 80.0]
     x = p.from_fm_state(torch.ones(1, 2, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     torch.testing.assert_close(x, torch.full((1, 2), 81.0, dtype=torch.float64))
+
+
+def test_edm_clean_data_clamped_to_sigma_min():
+    # EDM's networks are undefined at sigma = 0 (c_noise = ln(sigma) / 4): s = 0 must not reach it.
+    p = EDM(sigma_min=0.002)
+    assert p.from_fm_time(torch.zeros(2, dtype=torch.float64)).tolist() == [0.002, 0.002]
+    assert p.t_min == 0.002
 
 
 def test_trigflow_scales():
