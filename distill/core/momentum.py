@@ -76,13 +76,18 @@ def advance(x: Tensor, m: Momentum, s_src: Tensor, s_a: Tensor, s_b: Tensor) -> 
 
 
 def drop_components(m: Momentum, p: float, generator: torch.Generator | None = None) -> Momentum:
-    """Zero each component's weight with probability ``p`` per sample and element (renormalised;
-    at least one component always survives): ArcFlow's component dropout on rollout policies."""
+    """ArcFlow's component dropout on rollout policies: each sample drops each component with
+    probability ``p``, the same for every element (a spatially coherent policy); a sample that
+    would drop all keeps all. Weights are renormalised over the survivors.
+
+    As ``ArcFlowPolicy.dropout_`` (pnotp/ArcFlow lakonlab/models/diffusions/policies/arcflow.py:96-106):
+    one draw per (sample, component), a mask of shape (B, K, 1, ..., 1).
+    """
     if p <= 0:
         return m
-    shape = torch.broadcast_shapes(m.weights.shape, m.rates.shape)
-    keep = torch.rand(shape, generator=generator, device=m.weights.device) >= p
-    lone = ~keep.any(dim=1, keepdim=True)
-    keep = keep | (lone & (torch.arange(shape[1], device=keep.device).view(1, -1, *[1] * (len(shape) - 2)) == 0))
-    weights = m.weights.expand(shape) * keep
+    batch, k = m.means.shape[:2]
+    drop = torch.rand((batch, k), generator=generator, device=m.weights.device) < p
+    drop &= ~drop.all(dim=1, keepdim=True)
+    keep = (~drop).view(batch, k, *[1] * (m.means.ndim - 2))
+    weights = m.weights * keep
     return Momentum(m.means, weights / weights.sum(dim=1, keepdim=True), m.rates)

@@ -6,10 +6,13 @@ an arc rather than a straight chord. Training is trajectory imitation and needs 
 from noise over the student's own steps, visit a few random states inside each step, and pull the
 student's average velocity over a short window at each state onto the teacher's velocity there.
 
-Early in training part of every step is travelled with teacher Euler steps instead (the teacher's
-share falls linearly from 1 to 0 over ``teacher_mix_steps``), so the first states are on the
-teacher's path and later ones on the student's own (on-policy, no exposure bias). Rollouts are
-detached and their policy drops components at random; only the call at ``x_src`` takes gradients.
+Early in training part of every step is travelled with teacher Euler hops instead, interleaved
+with the student's moves (the teacher's share falls linearly from 1 to 0 over ``teacher_mix_steps``),
+so the first states are near the teacher's path and later ones on the student's own (on-policy, no
+exposure bias). Rollouts are detached and their policy drops components at random; only the call
+at ``x_src`` takes gradients. As in the official code (pnotp/ArcFlow), the geometry lives in raw
+time u (uniform steps, uniform state draws, a window of 3/128) and is warped to FM time by the shift
+only where a network or the closed form reads it.
 ArcFlow trains LoRA adapters plus the new heads (``student=lora``, set by ``conf/method/arcflow.yaml``).
 """
 
@@ -20,13 +23,44 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.core.grids import shifted_grid
+from distill.core.grids import shifted_grid, uniform_grid
 from distill.core.losses import per_sample_mse
-from distill.core.momentum import Momentum, advance, average_velocity, drop_components
+from distill.core.momentum import advance, average_velocity, drop_components, velocity_at
 from distill.core.tensors import append_dims, batch_time
+from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, check_counts
 from distill.nets.freezing import trainable_fraction
 from distill.students.momentum import MomentumStudent, momentum_student_from
+
+
+def window_length(length: float, window_substeps: int, total_substeps: int) -> float:
+    """Raw-time length of the average-velocity window in a step of raw ``length``: ``window_substeps``
+    of the step's ``round(length * total_substeps)`` substeps, at most the step (arcflow.py:134-137).
+    2 NFE, 3 of 128: 3/128."""
+    substeps = max(1, round(length * total_substeps))
+    return min(window_substeps * length / substeps, length)
+
+
+def segment_intervals(batch: int, states: int, share: float, span: float, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Raw-time moves that reach a step's ``states`` intermediate states (arcflow.py:146-161).
+
+    The student's moves are the gaps of ``states`` sorted uniforms on ``[0, (1 - share) span]`` (so
+    they sum to at most that); the teacher's hops split ``share * span`` at ``states - 1`` sorted
+    uniforms (so they sum to it exactly). ``span`` is the step's raw length less the window.
+    The uniforms are drawn in float32 in the official order, then computed in ``like``'s dtype.
+
+    Returns:
+        (student, teacher): each (batch, states), on ``like``'s device and dtype.
+    """
+    def uniforms(n: int) -> Tensor:
+        return torch.rand((batch, n), device=like.device).to(like.dtype)
+
+    zeros, ones = like.new_zeros((batch, 1)), like.new_ones((batch, 1))
+    student = (uniforms(states) * ((1 - share) * span)).sort(dim=-1).values
+    student = torch.diff(student, dim=-1, prepend=zeros)
+    cuts = uniforms(states - 1).sort(dim=-1).values
+    teacher = torch.diff(cuts, dim=-1, prepend=zeros, append=ones) * (share * span)
+    return student, teacher
 
 
 class ArcFlow(Method):
@@ -35,10 +69,10 @@ class ArcFlow(Method):
     train_nfes: student step counts rolled out in training, cycled step by step (the paper: [2]).
     shift: SD3 time shift of the student's step grid, in training and sampling (the paper: 3.2).
     intermediate_states: random states visited inside each student step.
-    window: length in FM time of the average-velocity window at each state (the paper: 3/128).
+    window_substeps: the average-velocity window at each state, in raw-time substeps (the paper: 3).
+    total_substeps: substeps of raw time [0, 1] that measure the window (the paper: 128; 3/128 at 2 NFE).
     teacher_mix_steps: steps over which the teacher's share of each rollout falls 1 -> 0;
         None: 1/15 of the budget (1k of the paper's 15k iterations).
-    teacher_substeps: Euler steps of each teacher-travelled hop.
     component_dropout: probability of dropping a component from the rollout policy.
     loss_scale: constant factor on the loss (the paper: 30).
     bias_noise: std of the noise on the replicated output biases (symmetry breaking).
@@ -54,9 +88,9 @@ class ArcFlow(Method):
         train_nfes: Sequence[int] = (2,),
         shift: float = 1.0,
         intermediate_states: int = 4,
-        window: float = 3 / 128,
+        window_substeps: int = 3,
+        total_substeps: int = 128,
         teacher_mix_steps: int | None = None,
-        teacher_substeps: int = 2,
         component_dropout: float = 0.1,
         loss_scale: float = 1.0,
         bias_noise: float = 0.05,
@@ -64,14 +98,14 @@ class ArcFlow(Method):
         super().__init__()
         if not train_nfes or min(train_nfes) < 1:
             raise ValueError(f"method.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1")
-        check_counts(intermediate_states=intermediate_states, teacher_substeps=teacher_substeps)
+        check_counts(intermediate_states=intermediate_states, total_substeps=total_substeps)
         if not 0 <= component_dropout < 1:
             raise ValueError(f"method.component_dropout={component_dropout} must be in [0, 1)")
-        if window <= 0 or shift <= 0:
-            raise ValueError(f"method.window={window} and method.shift={shift} must be > 0")
+        if window_substeps < 0 or shift <= 0:
+            raise ValueError(f"method.window_substeps={window_substeps} must be >= 0 and method.shift={shift} > 0")
         self.components, self.train_nfes, self.shift = components, list(train_nfes), shift
-        self.intermediate_states, self.window = intermediate_states, window
-        self.teacher_mix_steps, self.teacher_substeps = teacher_mix_steps, teacher_substeps
+        self.intermediate_states, self.teacher_mix_steps = intermediate_states, teacher_mix_steps
+        self.window_substeps, self.total_substeps = window_substeps, total_substeps
         self.component_dropout, self.loss_scale, self.bias_noise = component_dropout, loss_scale, bias_noise
         self.fraction = 1.0
 
@@ -94,56 +128,64 @@ class ArcFlow(Method):
 
     # --- training ---------------------------------------------------------------------------
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
+        """One data-free rollout over the student's steps, as ``ArcFlowImitationDataFree``
+        (pnotp/ArcFlow lakonlab/models/diffusions/arcflow.py:339-420): steps are uniform in raw time
+        u and warped to FM time by the shift; each step's loss weighs by its raw length."""
         if not isinstance(student, MomentumStudent):
             raise TypeError("ArcFlow trains a MomentumStudent: pass the student through prepare_student")
         nfe = self.train_nfes[step % len(self.train_nfes)]
-        grid, share = self.grid(nfe, x0), self.teacher_share(step)
+        share = self.teacher_share(step)
+        raw = uniform_grid(nfe).tolist()
         x = torch.randn_like(x0)  # data-free: only the batch's shape and device are used
         total = x0.new_zeros(())
         for i in range(nfe):
-            s_src, s_end = batch_time(grid[i], x), batch_time(grid[i + 1], x)
-            policy = student.mixture(x, s_src)
-            rollout = drop_components(policy.detach(), self.component_dropout)
-            s_switch = s_src - share * (s_src - s_end)  # the teacher travels [s_switch, s_src]
-            states, s_states = self.visit(x, s_src, s_end, s_switch, rollout, teacher)
-            error = x0.new_zeros(x.shape[0])
-            for x_j, s_j in zip(states, s_states, strict=True):
-                with torch.no_grad():
-                    target = teacher(x_j, s_j)
-                window = torch.clamp(s_j - s_end, max=self.window)
-                error = error + per_sample_mse(average_velocity(policy, s_src - s_j, window), target)
-            # Steps weigh by their length, so the loss does not depend on how the path is cut.
-            total = total + (s_src - s_end)[0] * error.mean() / len(states)
-            x = self.hop(states[-1], s_states[-1], s_end, s_src, s_switch, rollout, teacher)
+            error, x = self.segment(x, raw[i], raw[i] - raw[i + 1], share, student, teacher)
+            total = total + (raw[i] - raw[i + 1]) * error  # equal raw steps count equally
         return {"loss": self.loss_scale * total, "teacher_share": torch.tensor(share),
                 "trainable_fraction": torch.tensor(self.fraction)}
 
-    @torch.no_grad()
-    def visit(self, x: Tensor, s_src: Tensor, s_end: Tensor, s_switch: Tensor, rollout: Momentum,
-              teacher: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-        """``intermediate_states`` sorted random states of the step, reached hop by hop."""
-        fractions = torch.rand(self.intermediate_states, x.shape[0], device=x.device, dtype=x.dtype).sort(dim=0).values
-        states, times, s_at = [], [], s_src
-        for fraction in fractions:
-            s_next = s_src - fraction * (s_src - s_end)
-            x = self.hop(x, s_at, s_next, s_src, s_switch, rollout, teacher)
-            states.append(x)
-            times.append(s_next)
-            s_at = s_next
-        return states, times
+    def warp(self, u: Tensor) -> Tensor:
+        """Raw time u -> the FM time (sigma) the networks see: the SD3 shift."""
+        return shift_time(u, self.shift)
 
-    @torch.no_grad()
-    def hop(self, x: Tensor, s_a: Tensor, s_b: Tensor, s_src: Tensor, s_switch: Tensor, rollout: Momentum,
-            teacher: nn.Module) -> Tensor:
-        """From ``s_a`` to ``s_b``: teacher Euler above ``s_switch``, the detached student below."""
-        s_mid = torch.minimum(torch.maximum(s_switch, s_b), s_a)
-        if bool((s_mid < s_a).any()):
-            h = (s_mid - s_a) / self.teacher_substeps
-            s = s_a
-            for _ in range(self.teacher_substeps):
-                x = x + append_dims(h, x.ndim) * teacher(x, s)
-                s = s + h
-        return advance(x, rollout, s_src, s_mid, s_b)
+    def segment(self, x: Tensor, u_src: float, length: float, share: float, student: MomentumStudent,
+                teacher: nn.Module) -> tuple[Tensor, Tensor]:
+        """One student step from raw time ``u_src`` over raw ``length`` (``piid_segment_momentum``,
+        arcflow.py:120-209). Returns the mean squared error over its states and the detached end state.
+
+        States are reached by alternating detached-student moves (raw total at most
+        ``(1 - share)(length - window)``) and teacher Euler hops that reuse the target just computed
+        (raw total ``share (length - window)``), so mixing costs no extra teacher call. At each state
+        ``u_a`` the student's average velocity over ``[u_b - window, u_a]`` (the teacher hop plus the
+        window, warped to FM time) is pulled onto the teacher's velocity there.
+        """
+        b = x.shape[0]
+        u = batch_time(u_src, x)
+        s_src = s = self.warp(u)
+        policy = student.mixture(x, s_src)
+        rollout = drop_components(policy.detach(), self.component_dropout)
+        window = window_length(length, self.window_substeps, self.total_substeps)
+        student_steps, teacher_steps = segment_intervals(b, self.intermediate_states, share, length - window, x)
+        error = x.new_zeros(b)
+        for j in range(self.intermediate_states):
+            u_a = (u - student_steps[:, j]).clamp(min=0)
+            u_b = (u_a - teacher_steps[:, j]).clamp(min=0)
+            s_a, s_b = self.warp(u_a), self.warp(u_b)
+            with torch.no_grad():
+                x_a = advance(x, rollout, s_src, s, s_a)
+                target = teacher(x_a, s_a)
+            u_end = (u_b - window).clamp(min=0)
+            predicted = average_velocity(policy, s_src - s_a, s_a - self.warp(u_end))
+            if self.window_substeps < 2:  # the official code's local velocity for spans under 2 substeps
+                short = torch.round((u_a - u_end) * self.total_substeps) < 2
+                local = velocity_at(policy, s_src - s_a)
+                predicted = torch.where(append_dims(short, x.ndim), local, predicted)
+            error = error + per_sample_mse(predicted, target)
+            x = x_a + append_dims(s_b - s_a, x.ndim) * target  # the teacher's Euler hop (empty when share = 0)
+            u, s = u_b, s_b
+        with torch.no_grad():
+            x_end = advance(x, rollout, s_src, s, self.warp(batch_time(u_src - length, x)))
+        return error.mean() / self.intermediate_states, x_end
 
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -78,3 +78,14 @@ def test_component_dropout_keeps_a_normalised_mixture():
     torch.testing.assert_close(dropped.weights.sum(1), torch.ones(64, 2, dtype=torch.float64))
     assert (dropped.weights == 0).any() and (dropped.weights > 0).any(dim=1).all()
     assert drop_components(m, 0.0) is m
+
+
+def test_component_dropout_is_per_sample_and_component_shared_by_every_element():
+    # pnotp/ArcFlow policies/arcflow.py:96-106: mask (B, K, 1, 1, 1); a sample that drops all keeps all
+    m = random_momentum(batch=256, k=3, shape=(2, 4, 4))
+    dropped = drop_components(m, 0.6, torch.Generator().manual_seed(0))
+    kept = dropped.weights > 0
+    assert (kept == kept[:, :, :1, :1, :1]).all()  # one decision per (sample, component)
+    all_kept = kept.flatten(2).all(dim=2).all(dim=1)
+    assert 0.1 < all_kept.float().mean() < 0.4  # 0.4^3 + 0.6^3 (all dropped -> none dropped) = 0.28
+    torch.testing.assert_close(dropped.weights[all_kept], m.weights[all_kept])
