@@ -85,11 +85,17 @@ class SCM(Method):
         tangent_warmup: H of ``r = min(1, step / H)``: steps if >= 1, else a fraction of the
             run's budget (``set_budget``); 0 disables the warm-up.
         tangent_norm: c of ``g / (||g|| + c)``.
-        jvp: ``exact`` (forward-mode AD) or ``finite_difference``.
+        jvp: ``exact`` (forward-mode AD) or ``finite_difference``; either way only the tangent
+            ``dF/dt`` comes from it: ``F^-`` is the gradient-carrying forward, detached.
         fd_step: central-difference step, in units of the tangent.
         sigma_max: first sampling time ``t_max = arctan(sigma_max / sigma_d)``.
-        t_mid: the 2-step re-noising time (sCM: 1.1).
-        multistep_times: re-noising times for more steps, first ``nfe - 1`` used (rCM: 1.3, 1.0, 0.6).
+        t_mid: the 2-step re-noising time (sCM: 1.1); None: ``multistep_times[0]``, i.e. the first
+            ``nfe - 1`` of ``multistep_times`` at every NFE (rCM's sampler).
+        multistep_times: re-noising times for more steps, first ``nfe - 1`` used (rCM: 1.5, 1.4, 1.0).
+        prior_weighting: multiply each sample's mse by sCM's prior weight ``1 / (sigma_d tan t)``
+            (``1 / sigma_t``; FastGen ``prior_weighting_enabled``, on by default there).
+        adaptive_weighting: the learned ``e^w mse - w`` (sCM); False: the plain mse (rCM has no
+            adaptive weight, so its sCM and DMD terms keep their fixed 100 : 1 balance).
     """
 
     name = "scm"
@@ -106,8 +112,10 @@ class SCM(Method):
         jvp: str = "exact",
         fd_step: float = 1e-3,
         sigma_max: float = 80.0,
-        t_mid: float = 1.1,
+        t_mid: float | None = 1.1,
         multistep_times: Sequence[float] = (1.3, 1.0, 0.6),
+        prior_weighting: bool = False,
+        adaptive_weighting: bool = True,
     ):
         super().__init__()
         check_choice("tangent", tangent, TANGENTS)
@@ -121,8 +129,13 @@ class SCM(Method):
         self.jvp_mode, self.fd_step = jvp, fd_step
         self.t_max = float(trig_time(sigma_max, sigma_data))
         self.t_mid, self.multistep_times = t_mid, list(multistep_times)
+        if t_mid is None and not self.multistep_times:
+            raise ValueError("method.t_mid=null takes the 2-step time from method.multistep_times, which is empty")
+        self.prior_weighting, self.adaptive_weighting = prior_weighting, adaptive_weighting
         self.warmup_steps = tangent_warmup if tangent_warmup >= 1 or tangent_warmup == 0 else None
-        self.weighting = AdaptiveWeight()
+        self.weighting = AdaptiveWeight()  # kept when unused: checkpoints have the same keys either way
+        if not adaptive_weighting:
+            self.weighting.requires_grad_(False)  # out of the graph: DDP must not wait for its gradients
 
     # --- schedule ------------------------------------------------------------------------
     def set_budget(self, max_steps: int) -> None:
@@ -136,7 +149,8 @@ class SCM(Method):
 
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         yield from super().trainable_parameters(optimizer, student)
-        yield from self.weighting.parameters()  # w_phi learns with the student (methods.md 4.2)
+        if self.adaptive_weighting:
+            yield from self.weighting.parameters()  # w_phi learns with the student (methods.md 4.2)
 
     # --- loss ----------------------------------------------------------------------------
     def dxdt(self, x0: Tensor, z: Tensor, x_t: Tensor, t: Tensor, teacher: nn.Module) -> Tensor:
@@ -150,7 +164,14 @@ class SCM(Method):
     def student_F_and_tangent(
         self, student: nn.Module, x_t: Tensor, t: Tensor, dxdt: Tensor, r: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(F_theta with grad, F^- , cos t sin t dF^-/dt)``, all three forwards with one dropout draw."""
+        """``(F_theta with grad, F^- = F_theta.detach(), cos t sin t dF^-/dt)``, one dropout draw for all.
+
+        F^- is the gradient forward itself, detached (rCM ``t2v_model_distill_rcm.py:545-546``,
+        FastGen ``sCM.py:254``), so ``F_theta - F^-`` is exactly zero and the update is exactly
+        along g. A second forward (the JVP's primal) can differ from it by kernel and precision
+        (flash vs math attention, bf16), by more than a tangent of norm <= 1 spread over D
+        dimensions. The JVP only supplies the tangent ``dF/dt``.
+        """
         sd = self.sigma_data
         rng = capture_rng(x_t.device)
 
@@ -159,15 +180,15 @@ class SCM(Method):
             return trig_F(student, x, tt, sd)
 
         x_in = x_t / sd
-        with torch.no_grad():
-            if r > 0:
+        F_theta = F(x_in, t)
+        if r > 0:
+            with torch.no_grad():
                 cs = torch.cos(t) * torch.sin(t)  # tangents pre-multiplied by cos t sin t (rCM)
                 tangent_x = (append_dims(cs, x_t.ndim) * dxdt.double() / sd).to(x_t.dtype)
-                F_sg, cs_dFdt = jvp(F, (x_in, t), (tangent_x, cs), mode=self.jvp_mode, fd_step=self.fd_step)
-            else:  # r = 0 multiplies dF/dt by zero: skip the JVP
-                F_sg = F(x_in, t)
-                cs_dFdt = torch.zeros_like(F_sg)
-        return F(x_in, t), F_sg.detach(), cs_dFdt.detach()
+                _, cs_dFdt = jvp(F, (x_in, t), (tangent_x, cs), mode=self.jvp_mode, fd_step=self.fd_step)
+        else:  # r = 0 multiplies dF/dt by zero: skip the JVP
+            cs_dFdt = torch.zeros_like(F_theta)
+        return F_theta, F_theta.detach(), cs_dFdt.detach()
 
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         sd, r = self.sigma_data, self.tangent_ratio(step)
@@ -182,8 +203,11 @@ class SCM(Method):
         finite = torch.isfinite(target.flatten(1)).all(dim=1)
         target = torch.where(append_dims(finite, target.ndim), target, torch.zeros_like(target))
         mse = (F_theta.double() - target).pow(2).flatten(1).mean(dim=1)
-        w = self.weighting(t).double()
-        per_sample = torch.where(finite, torch.exp(w) * mse - w, torch.zeros_like(mse))
+        weighted = mse / (sd * torch.tan(t.double())) if self.prior_weighting else mse  # 1 / sigma_t
+        if self.adaptive_weighting:
+            w = self.weighting(t).double()
+            weighted = torch.exp(w) * weighted - w
+        per_sample = torch.where(finite, weighted, torch.zeros_like(mse))
         loss = per_sample.sum() / finite.sum().clamp(min=1)
         return {
             "loss": loss.float(),
@@ -197,7 +221,7 @@ class SCM(Method):
         """TrigFlow times ``[t_max, re-noising times..., 0]`` for ``nfe`` steps (float64)."""
         if nfe < 1 or nfe > len(self.multistep_times) + 1:
             raise ValueError(f"nfe={nfe} not supported: 1..{len(self.multistep_times) + 1} (method.multistep_times)")
-        mids = [] if nfe == 1 else [self.t_mid] if nfe == 2 else self.multistep_times[: nfe - 1]
+        mids = [self.t_mid] if nfe == 2 and self.t_mid is not None else self.multistep_times[: nfe - 1]
         return torch.tensor([self.t_max, *mids, 0.0], dtype=torch.float64)
 
     def sample_times(self, nfe: int) -> Tensor:

@@ -144,6 +144,69 @@ def test_jvp_forward_and_gradient_forward_share_dropout_masks(mode):
     assert not torch.equal(student(x_t, t.float()), student(x_t, t.float()))  # dropout is really on
 
 
+class KernelDependent(nn.Module):
+    """A velocity net whose output shifts when no gradient is recorded: a stand-in for a JVP forward
+    that runs other kernels (math attention, another precision) than the gradient forward."""
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.lin = nn.Linear(dim + 1, dim)
+
+    def forward(self, x, s):
+        out = self.lin(torch.cat([x, s[:, None].to(x.dtype)], dim=1))
+        return out if torch.is_grad_enabled() else out + 10.0
+
+
+@pytest.mark.parametrize("mode", ["exact", "finite_difference"])
+def test_f_minus_is_the_gradient_forward_detached(mode):
+    """F^- = F_theta.detach() (rCM t2v_model_distill_rcm.py:545-546, FastGen sCM.py:254): the target
+    is exactly F_theta + g, so the mse is ||g||^2 / D whatever a second forward would have returned."""
+    teacher, _ = tiny_pair()
+    torch.manual_seed(0)
+    student = KernelDependent()
+    method = SCM(tangent="teacher", tangent_warmup=0, jvp=mode)
+    x_t, dxdt, t = torch.randn(8, 2), torch.randn(8, 2), torch.rand(8, dtype=torch.float64) + 0.2
+    F_theta, F_sg, cs_dFdt = method.student_F_and_tangent(student, x_t, t, dxdt, r=1.0)
+    torch.testing.assert_close(F_theta.detach(), F_sg, rtol=0, atol=0)
+    terms = method.loss("student", torch.randn(16, 2), teacher, student, step=0)
+    assert float(terms["mse"]) < 1 / 2  # ||g / (||g|| + c)||^2 / D < 1 / D; a second forward's +10 gives ~100
+
+
+def test_without_adaptive_weighting_the_loss_is_the_plain_mse_and_w_is_not_trained():
+    """rCM has no adaptive weight (t2v_model_distill_rcm.py:573-574): its sCM term is the plain squared error."""
+    teacher, student = tiny_pair()
+    method = SCM(tangent="teacher", tangent_warmup=0, adaptive_weighting=False)
+    with torch.no_grad():
+        for p in method.weighting.parameters():
+            p.normal_()  # would change the loss if it were applied
+    terms = method.loss("student", torch.randn(16, 2), teacher, student, step=0)
+    torch.testing.assert_close(terms["loss"], terms["mse"])
+    trained = {id(p) for p in method.trainable_parameters("student", student)}
+    assert trained == {id(p) for p in student.parameters()}
+    assert not any(p.requires_grad for p in method.weighting.parameters())
+
+
+def test_prior_weighting_divides_each_samples_mse_by_sigma_d_tan_t():
+    teacher, student = tiny_pair()
+    x0 = torch.randn(16, 2)
+    losses = {}
+    for prior in (False, True):
+        method = SCM(tangent="teacher", tangent_warmup=0, adaptive_weighting=False, prior_weighting=prior)
+        torch.manual_seed(0)
+        losses[prior] = float(method.loss("student", x0, teacher, student, step=0)["loss"])
+    assert losses[True] != pytest.approx(losses[False])  # the exact weight is checked in tests/parity/test_scm.py
+
+
+def test_t_mid_none_samples_with_the_first_nfe_minus_1_multistep_times():
+    """rCM's sampler: ``mid_t = backward_timesteps[: num_steps - 1]`` at every NFE (t2v_model_distill_rcm.py:768-769)."""
+    method = SCM(t_mid=None, multistep_times=[1.5, 1.4, 1.0])
+    assert method.trig_sample_times(2)[1:-1].tolist() == [1.5]
+    assert method.trig_sample_times(3)[1:-1].tolist() == [1.5, 1.4]
+    assert SCM(t_mid=1.1, multistep_times=[1.5, 1.4, 1.0]).trig_sample_times(2)[1:-1].tolist() == [1.1]
+    with pytest.raises(ValueError, match="t_mid"):
+        SCM(t_mid=None, multistep_times=[])
+
+
 def test_sampling_times_and_reproducibility_per_sample():
     method = SCM(sigma_data=0.5)
     times = method.trig_sample_times(2)
