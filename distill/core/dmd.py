@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.core.grids import karras_grid
 from distill.core.tensors import append_dims
+
+# DMD2's EDM noise table (tianweiy/DMD2 main/edm/train_edm.py:473-479): 1000 Karras sigmas, rho 7.
+KARRAS_STEPS, KARRAS_SIGMA_MIN, KARRAS_SIGMA_MAX, KARRAS_RHO = 1000, 0.002, 80.0, 7.0
 
 
 def dm_gradient(x_hat: Tensor, mu_real: Tensor, mu_fake: Tensor) -> Tensor:
@@ -32,6 +36,40 @@ def dm_loss(x_hat: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * F.mse_loss(x_hat, target)
 
 
-def flow_score_loss(v_pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
-    """Flow-matching velocity MSE ``|v - (eps - x0)|^2`` (mean): the fake-score net's denoising loss."""
-    return F.mse_loss(v_pred, eps - x0)
+def flow_score_loss(v_pred: Tensor, x0: Tensor, eps: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Flow-matching velocity MSE ``|v - (eps - x0)|^2`` (mean): the fake-score net's denoising loss.
+
+    Args:
+        v_pred: (B, ...) the fake score's velocity at ``x_s = (1 - s) x0 + s eps``.
+        x0, eps: (B, ...) its clean sample and noise.
+        weight: (B,) per-sample weight (``edm_score_weight``); None weighs every sample 1.
+    """
+    if weight is None:
+        return F.mse_loss(v_pred, eps - x0)
+    return (append_dims(weight.to(v_pred.dtype), v_pred.ndim) * (v_pred - (eps - x0)).pow(2)).mean()
+
+
+def edm_score_weight(s: Tensor, sigma_data: float) -> Tensor:
+    """EDM's loss weight ``1 / sigma^2 + 1 / sigma_data^2`` on the x0 error, moved onto the velocity error.
+
+    With ``sigma = s / (1 - s)`` and ``x0_pred - x0 = -s (v_pred - v)``, the x0 loss
+    ``(1 / sigma^2 + 1 / sigma_d^2) |x0_pred - x0|^2`` is ``((1 - s)^2 + s^2 / sigma_d^2) |v_pred - v|^2``
+    exactly: DMD2's fake-score loss (``edm_guidance.py:152-161``); with sigma_d = 1 it is also rCM's
+    critic loss ``|x0_pred - x0|^2 / sin^2 t`` (TrigFlow with sigma_d = 1). (B,) -> (B,).
+    """
+    return (1 - s) ** 2 + (s / sigma_data) ** 2
+
+
+def karras_times(n: int = KARRAS_STEPS, sigma_min: float = KARRAS_SIGMA_MIN, sigma_max: float = KARRAS_SIGMA_MAX,
+                 rho: float = KARRAS_RHO) -> Tensor:
+    """DMD2's noise table as FM times ``s = sigma / (1 + sigma)``, float64 (n,), index 0 the least noise.
+
+    The same Karras sigmas as ``get_sigmas_karras`` flipped to small-first (``edm_guidance.py:9-15, 61-67``).
+    """
+    return karras_grid(n, sigma_min, sigma_max, rho)[:-1].flip(0)
+
+
+def karras_index_range(min_fraction: float, max_fraction: float, n: int = KARRAS_STEPS) -> tuple[int, int]:
+    """``[lo, hi)`` of the table indices DMD2 draws from for fractions of its n steps
+    (``int(min n)`` .. ``int(max n)`` inclusive, capped at n - 1: ``edm_guidance.py:69-70, 82-84``)."""
+    return int(min_fraction * n), min(int(max_fraction * n) + 1, n)

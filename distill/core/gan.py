@@ -57,19 +57,24 @@ def hinge_g_loss_pcm(fake: Logits) -> Tensor:
     return average_heads(lambda f: F.relu(1 - f).mean(), fake)
 
 
-def r1_penalty(real_x: Tensor, real_logits: Logits, gamma: float) -> Tensor:
+def r1_penalty(real_x: Tensor, real_logits: Logits, gamma: float, heads_reduction: str = "mean") -> Tensor:
     """``gamma / 2 * E ||grad_x D(x_real)||^2``, differentiable (``create_graph``) for D's update.
 
-    ``D(x)`` of one sample is the sum of its logits (all locations), averaged over heads; samples
-    are independent, so the gradient of the batch sum is every sample's own gradient.
+    ``D(x)`` of one sample is the sum of its logits (all locations), averaged over heads (``sum``:
+    summed, as GDD's ``training/loss.py:303``); samples are independent, so the gradient of the
+    batch sum is every sample's own gradient.
 
     Args:
         real_x: (B, ...) the real input, with ``requires_grad`` set before D was applied.
         real_logits: D's logits on ``real_x``.
         gamma: R1 weight (GDD: 1e-4).
+        heads_reduction: ``mean`` or ``sum`` over heads.
     """
+    if heads_reduction not in ("mean", "sum"):
+        raise ValueError(f"heads_reduction={heads_reduction!r}; choose mean or sum")
     heads = _heads(real_logits)
-    total = torch.stack([h.sum() for h in heads]).mean()
+    sums = torch.stack([h.sum() for h in heads])
+    total = sums.sum() if heads_reduction == "sum" else sums.mean()
     (grad,) = torch.autograd.grad(total, real_x, create_graph=True)
     return 0.5 * gamma * grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
 

@@ -38,7 +38,15 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.conditioning import condition_rows, conditioned
-from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
+from distill.core.dmd import (
+    KARRAS_STEPS,
+    dm_gradient,
+    dm_loss,
+    edm_score_weight,
+    flow_score_loss,
+    karras_index_range,
+    karras_times,
+)
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
@@ -52,6 +60,7 @@ from distill.nets.freezing import frozen
 from distill.students.flow_map import student_from_teacher
 from distill.students.generator import (
     check_generator_times,
+    clamp_generator_times,
     generator_x0,
     sampling_times,
     training_sample,
@@ -61,6 +70,9 @@ from distill.students.lora import add_lora, share_frozen_weights
 log = logging.getLogger(__name__)
 
 GAN_BACKBONES = ("fake_score", "teacher")
+TIME_DISTS = ("uniform", "karras")
+SCORE_WEIGHTINGS = ("uniform", "edm")
+GAN_HEADS = ("patch", "dmd2")
 
 
 def network_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
@@ -75,14 +87,29 @@ def network_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
 
 class DMD2(Method):
     """Args:
-    generator_times: the generator's FM times, decreasing from 1 (DMD2 4-step: 1, .75, .5, .25).
-    min_time, max_time: range of the DM noise level s ~ U (DMD2: 0.02, 0.98 of T).
-    time_shift: SD3 shift of that draw (rCM: 5, which favours high noise); 1 leaves it uniform.
+    generator_times: the generator's FM times, decreasing from 1 (DMD2 4-step: 1, .75, .5, .25). A
+        time above the student's largest noise level (EDM: s = 80/81, sigma 80) is lowered to it
+        when the networks attach, so the one-step generator computes ``D(80 z; 80)`` as DMD2 does.
+    dm_time_dist: the law of the DM noise level, which the fake score trains on too (FastGen
+        ``dmd2.py:118-121, 344-362``; rCM's critic): ``uniform``: ``s ~ U(min_time, max_time)``,
+        then ``time_shift``; ``karras``: DMD2's EDM law, a uniform index of a 1000-point Karras
+        table (sigma 0.002..80, rho 7) in ``[min_time, max_time]`` of its steps for the DM term, all
+        of its steps for the fake score, ``[0, gan_max_time)`` of them for the GAN noise
+        (``edm_guidance.py:61-92, 138-145, 175-180``).
+    min_time, max_time: range of the DM noise level: FM times (uniform) or fractions of the Karras
+        table's steps (karras; DMD2: 0.02, 0.98).
+    time_shift: SD3 shift of the uniform draw (rCM: 5, which favours high noise); 1 leaves it uniform.
+    fake_score_weighting: ``uniform`` (velocity MSE) or ``edm`` (DMD2's EDM weight
+        ``1 / sigma^2 + 1 / sigma_data^2`` on the x0 error, restated exactly on the velocity error).
+    sigma_data: sigma_data of the ``edm`` weighting (EDM: 0.5; rCM's critic: 1).
     fake_updates_per_generator: TTUR ratio (DMD2: 5; DMD: 1).
     fake_lr_ratio: fake-score (and GAN head) lr / generator lr.
     gan_weight: weight of the generator's GAN loss (DMD2 ImageNet: 3e-3); 0 disables the GAN.
     gan_d_weight: weight of the D loss added to the fake-score loss (DMD2: 1e-2).
-    gan_max_time: GAN inputs are noised to s ~ U(0, gan_max_time) (DMD2: all of [0, 1)).
+    gan_max_time: GAN inputs are noised to s ~ U(0, gan_max_time) (DMD2: all of [0, 1)); with
+        ``dm_time_dist: karras``, the fraction of the Karras table's steps.
+    gan_head: ``patch`` (conv head to about 2x2 logits, averaged) or ``dmd2`` (DMD2's
+        ``cls_pred_branch``: down to 4x4, then a 4x4/s4 conv to one logit, ``edm_guidance.py:47-56``).
     gan_backbone: ``fake_score`` (DMD2: heads on the trainable fake net's bottleneck) or
         ``teacher`` (heads on the frozen teacher's bottleneck: no gradient into any backbone).
     gan_layers: layers the heads read; None picks the backbone's bottleneck.
@@ -106,6 +133,9 @@ class DMD2(Method):
         min_time: float = 0.02,
         max_time: float = 0.98,
         time_shift: float = 1.0,
+        dm_time_dist: str = "uniform",
+        fake_score_weighting: str = "uniform",
+        sigma_data: float = 0.5,
         fake_updates_per_generator: int = 5,
         fake_lr_ratio: float = 1.0,
         gan_weight: float = 0.0,
@@ -114,6 +144,7 @@ class DMD2(Method):
         gan_backbone: str = "fake_score",
         gan_layers: Sequence[str] | None = None,
         gan_head_width: int = 128,
+        gan_head: str = "patch",
         teacher_sample_fraction: float = 0.0,
         teacher_sample_steps: int = 8,
         regression_weight: float = 0.0,
@@ -125,6 +156,13 @@ class DMD2(Method):
     ):
         super().__init__()
         check_choice("gan_backbone", gan_backbone, GAN_BACKBONES)
+        check_choice("dm_time_dist", dm_time_dist, TIME_DISTS)
+        check_choice("fake_score_weighting", fake_score_weighting, SCORE_WEIGHTINGS)
+        check_choice("gan_head", gan_head, GAN_HEADS)
+        if dm_time_dist == "karras" and time_shift != 1:
+            raise ValueError(f"method.time_shift={time_shift} shifts FM times; the karras law has its own: set it to 1")
+        if sigma_data <= 0:
+            raise ValueError(f"method.sigma_data={sigma_data} must be > 0")
         if fake_updates_per_generator < 1:
             raise ValueError(f"method.fake_updates_per_generator={fake_updates_per_generator} must be >= 1")
         if not 0 <= min_time < max_time <= 1:
@@ -134,6 +172,8 @@ class DMD2(Method):
         self.name = name
         self.times = check_generator_times(generator_times)
         self.min_time, self.max_time, self.time_shift = min_time, max_time, time_shift
+        self.dm_time_dist, self.fake_score_weighting, self.sigma_data = dm_time_dist, fake_score_weighting, sigma_data
+        self.gan_head = gan_head
         self.ratio, self.fake_lr_ratio = fake_updates_per_generator, fake_lr_ratio
         self.gan_weight, self.gan_d_weight, self.gan_max_time = gan_weight, gan_d_weight, gan_max_time
         self.gan_backbone, self.gan_layers, self.gan_head_width = gan_backbone, gan_layers, gan_head_width
@@ -153,6 +193,7 @@ class DMD2(Method):
 
     # --- networks -------------------------------------------------------------------------
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        self.times = clamp_generator_times(self.times, student)
         if self.fake_score is None:
             self.fake_score = network_copy(teacher, student)
             if self.fake_score_lora:
@@ -172,7 +213,7 @@ class DMD2(Method):
         x, s = torch.zeros(2, *data_shape_of(student), device=device), torch.full((2,), 0.5, device=device)
         with torch.no_grad():
             shapes = [tuple(f.shape[1:]) for f in self.gan_features(x, s, teacher)]
-        return FeatureHeads(shapes, width=self.gan_head_width).to(device)
+        return FeatureHeads(shapes, width=self.gan_head_width, single_logit=self.gan_head == "dmd2").to(device)
 
     def gan_features(self, x_s: Tensor, s: Tensor, teacher: nn.Module) -> list[Tensor]:
         """The backbone's features at the GAN layers (an analytic teacher's: the state itself)."""
@@ -200,15 +241,34 @@ class DMD2(Method):
         return self.fake_lr_ratio if optimizer == "fake_score" else 1.0
 
     # --- the generator ----------------------------------------------------------------------
+    def _karras_times(self, lo: int, hi: int, n: int, like: Tensor) -> Tensor:
+        """n FM times of the Karras table at indices uniform on [lo, hi)."""
+        index = torch.randint(lo, hi, (n,), device=like.device)
+        return karras_times().to(device=like.device, dtype=like.dtype)[index]
+
     def _dm_times(self, n: int, like: Tensor) -> Tensor:
+        """The DM term's noise levels (B,) (``dm_time_dist``)."""
+        if self.dm_time_dist == "karras":
+            return self._karras_times(*karras_index_range(self.min_time, self.max_time), n, like)
         u = self.min_time + (self.max_time - self.min_time) * torch.rand(n, device=like.device, dtype=like.dtype)
         return shift_time(u, self.time_shift) if self.time_shift != 1 else u
 
-    def dm_term(self, x_hat: Tensor, teacher: nn.Module) -> Tensor:
-        """The distribution-matching loss of generator samples x_hat (grad flows into x_hat only)."""
+    def _fake_times(self, n: int, like: Tensor) -> Tensor:
+        """The fake score's training noise levels: the DM term's law, so it is trained where it is
+        read; DMD2's karras law trains it on every step of its table."""
+        if self.dm_time_dist == "karras":
+            return self._karras_times(0, KARRAS_STEPS, n, like)
+        return self._dm_times(n, like)
+
+    def dm_term(self, x_hat: Tensor, teacher: nn.Module, s: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+        """The distribution-matching loss of generator samples x_hat (grad flows into x_hat only).
+
+        ``s`` (B,) and ``eps`` (like x_hat) fix the noise level and noise (None: drawn).
+        """
         with torch.no_grad():
-            s = self._dm_times(x_hat.shape[0], x_hat)
-            x_s = fm_noise(x_hat.detach(), torch.randn_like(x_hat), s)
+            s = self._dm_times(x_hat.shape[0], x_hat) if s is None else s
+            eps = torch.randn_like(x_hat) if eps is None else eps
+            x_s = fm_noise(x_hat.detach(), eps, s)
             mu_real = velocity_to_x0(x_s, s, teacher(x_s, s))
             mu_fake = generator_x0(self.fake_score, x_s, s)
             grad = dm_gradient(x_hat.detach(), mu_real, mu_fake)
@@ -216,6 +276,8 @@ class DMD2(Method):
 
     # --- the GAN --------------------------------------------------------------------------
     def _gan_times(self, n: int, like: Tensor) -> Tensor:
+        if self.dm_time_dist == "karras":  # DMD2: index ~ randint(0, diffusion_gan_max_timestep)
+            return self._karras_times(0, max(1, int(self.gan_max_time * KARRAS_STEPS)), n, like)
         return self.gan_max_time * torch.rand(n, device=like.device, dtype=like.dtype)
 
     def gan_logits(self, x: Tensor, teacher: nn.Module) -> list[Tensor]:
@@ -260,7 +322,8 @@ class DMD2(Method):
         self.grow_pairs(teacher, like)
         idx = torch.randint(len(self.pair_noise), (like.shape[0],), device=like.device)
         noise = self.pair_noise[idx]
-        pred = generator_x0(student, noise, torch.ones(len(noise), device=like.device, dtype=like.dtype))
+        s = self.times[0].to(like).expand(len(noise))  # the one-step generator's time (EDM: 80/81)
+        pred = generator_x0(student, s[0] * noise, s)
         return (pred - self.pair_target[idx]).pow(2).mean()
 
     # --- losses ---------------------------------------------------------------------------
@@ -272,8 +335,7 @@ class DMD2(Method):
     def fake_score_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         with torch.no_grad():
             x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
-        s, eps = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype), torch.randn_like(x0)
-        score = flow_score_loss(self.fake_score(fm_noise(x_hat, eps, s), s), x_hat, eps)
+        score = self.fake_score_term(x_hat, self._fake_times(x0.shape[0], x0), torch.randn_like(x0))
         if self.gan_heads is None:
             return {"loss": score, "score": score.detach()}
         real_logits = self.gan_logits(self.gan_real(x0, teacher), teacher)
@@ -283,6 +345,12 @@ class DMD2(Method):
             "loss": score + self.gan_d_weight * d_loss, "score": score.detach(), "gan_d": d_loss.detach(),
             "p_real": mean_probability(real_logits), "p_fake": mean_probability(fake_logits),
         }
+
+    def fake_score_term(self, x_hat: Tensor, s: Tensor, eps: Tensor) -> Tensor:
+        """The fake score's denoising loss on detached generator samples x_hat (B, ...) noised to
+        FM times s (B,) with eps (``fake_score_weighting``)."""
+        weight = edm_score_weight(s, self.sigma_data) if self.fake_score_weighting == "edm" else None
+        return flow_score_loss(self.fake_score(fm_noise(x_hat, eps, s), s), x_hat, eps, weight)
 
     def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)

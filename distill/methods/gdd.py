@@ -4,8 +4,8 @@ The teacher is only the initialisation: a one-step generator ``G(z) = z - v(z, 1
 data estimate at pure noise) is trained with a GAN loss against *real data* and nothing else: no
 teacher targets, so the student is free to leave the teacher's local minimum and beat it.
 
-GDD-I freezes most of the generator (``frozen_layers``, by default every convolution) and trains
-what is left: norms, embeddings, attention. The share that trains is logged as
+GDD-I freezes most of the generator (``frozen_layers``, by default GDD's own name rule: the
+convolutions and projections of its blocks) and trains what is left: norms, embeddings, attention. The share that trains is logged as
 ``student/trainable_fraction``.
 
 The discriminator is projected-GAN style: frozen pretrained features at several scales, one small
@@ -34,6 +34,7 @@ from distill.nets.features import encoder_layers, read_features
 from distill.nets.freezing import freeze_, frozen, frozen_parameter_names, trainable_fraction
 from distill.students.generator import (
     check_generator_times,
+    clamp_generator_times,
     sampling_times,
     training_sample,
 )
@@ -41,19 +42,25 @@ from distill.students.generator import (
 log = logging.getLogger(__name__)
 
 LOSSES = ("ns", "hinge")
+HEADS_REDUCTIONS = ("mean", "sum")
 
 
 class GDD(Method):
     """Args:
-    generator_times: the generator's FM times (GDD: [1.0]; the 2-step variant adds one more).
-    frozen_layers: ``none`` (GDD), ``conv`` (GDD-I: every convolution), ``gdd`` (the GDD code's
-        name rule) or a list of parameter-name patterns.
+    generator_times: the generator's FM times (GDD: [1.0]; the 2-step variant adds one more). A
+        time above the student's largest noise level (EDM: s = 80/81, sigma 80) is lowered to it
+        when the networks attach, so the generator computes GDD's ``g(80 z, 80)``.
+    frozen_layers: ``none`` (GDD), ``gdd`` (GDD-I: the GDD code's name rule), ``conv`` (every
+        convolution) or a list of parameter-name patterns.
     feature_network: a frozen image network (``distill.nets.feature_network.FrozenFeatureNetwork``)
         to read instead of the teacher's encoder; never saved in checkpoints.
     feature_layers: teacher layers to read; None: every down block and the middle block.
     feature_time: FM time at which the teacher reads the images (fresh noise; 0 reads them clean).
     head_width: hidden width of vector heads (MLP teachers, token features).
     loss: ``ns`` (GDD) or ``hinge``.
+    heads_reduction: ``mean`` or ``sum`` (GDD's code, ``training/loss.py:239, 273, 282, 303``) of the
+        D, G and R1 losses over the discriminator's heads; with Adam only R1's weight relative to
+        the D loss changes (by the number of heads).
     r1_gamma: R1 weight on real data (GDD: 1e-4); 0 disables.
     r1_every: lazy R1: apply every k discriminator steps, scaled by k (StyleGAN2).
     disc_lr_ratio: discriminator lr / generator lr (GDD ImageNet: 4e-5 / 8e-6 = 5).
@@ -73,6 +80,7 @@ class GDD(Method):
         feature_time: float = 0.0,
         head_width: int = 128,
         loss: str = "ns",
+        heads_reduction: str = "mean",
         r1_gamma: float = 1e-4,
         r1_every: int = 1,
         disc_lr_ratio: float = 1.0,
@@ -80,6 +88,7 @@ class GDD(Method):
     ):
         super().__init__()
         check_choice("loss", loss, LOSSES)
+        check_choice("heads_reduction", heads_reduction, HEADS_REDUCTIONS)
         if not 0 <= feature_time < 1:
             raise ValueError(f"method.feature_time={feature_time} must be in [0, 1)")
         if r1_every < 1:
@@ -91,6 +100,7 @@ class GDD(Method):
         self.external: tuple[nn.Module, ...] = (feature_network,) if feature_network is not None else ()
         self.feature_layers, self.feature_time, self.head_width = feature_layers, feature_time, head_width
         self.d_loss, self.g_loss = D_LOSSES[loss], G_LOSSES[loss]
+        self.heads_reduction = heads_reduction
         self.r1_gamma, self.r1_every, self.disc_lr_ratio = r1_gamma, r1_every, disc_lr_ratio
         self.frozen_names: set[str] = set()
         self.fraction = 1.0
@@ -98,6 +108,7 @@ class GDD(Method):
 
     # --- networks ---------------------------------------------------------------------------
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        self.times = clamp_generator_times(self.times, student)
         if self.heads is not None:
             return
         self.frozen_names = frozen_parameter_names(student, self.frozen_layers)
@@ -148,7 +159,8 @@ class GDD(Method):
             return self.discriminator_loss(x0, teacher, student, step)
         x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
         with frozen(self.heads):  # G's step: gradients reach the generator only
-            g_loss = self.g_loss(self.discriminate(x_hat, teacher))
+            logits = self.discriminate(x_hat, teacher)
+            g_loss = self._over_heads(self.g_loss(logits), logits)
         return {"loss": g_loss, "trainable_fraction": torch.tensor(self.fraction)}
 
     def discriminator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
@@ -159,14 +171,18 @@ class GDD(Method):
         with twice_differentiable_attention() if use_r1 else nullcontext():  # R1 differentiates a gradient
             real_logits = self.discriminate(real, teacher)
         fake_logits = self.discriminate(x_hat, teacher)
-        d_loss = self.d_loss(real_logits, fake_logits)
+        d_loss = self._over_heads(self.d_loss(real_logits, fake_logits), real_logits)
         terms = {"gan_d": d_loss.detach(), "p_real": mean_probability(real_logits),
                  "p_fake": mean_probability(fake_logits)}
         if use_r1:
-            r1 = self.r1_every * r1_penalty(real, real_logits, self.r1_gamma)
+            r1 = self.r1_every * r1_penalty(real, real_logits, self.r1_gamma, self.heads_reduction)
             d_loss = d_loss + r1
             terms["r1"] = r1.detach()
         return {"loss": d_loss, **terms}
+
+    def _over_heads(self, mean_loss: Tensor, logits: list[Tensor]) -> Tensor:
+        """A loss averaged over heads (``distill.core.gan``), summed instead where ``heads_reduction`` says."""
+        return mean_loss * len(logits) if self.heads_reduction == "sum" else mean_loss
 
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -139,13 +139,19 @@ class ConvHead(nn.Module):
         channels: feature channels.
         num_downsamples: stride-2 convs (the head of a 4x4 bottleneck needs one, 2x2 none).
         groups: GroupNorm groups (reduced to a divisor of ``channels``).
+        final_kernel: 0, or the side left after the downsamples: one more conv of that kernel and
+            stride (GroupNorm, SiLU) reduces the map to a single logit, as DMD2's 4x4/s4 conv
+            (tianweiy/DMD2 main/edm/edm_guidance.py:47-56).
     """
 
-    def __init__(self, channels: int, num_downsamples: int, groups: int = 32):
+    def __init__(self, channels: int, num_downsamples: int, groups: int = 32, final_kernel: int = 0):
         super().__init__()
         layers: list[nn.Module] = []
         for _ in range(num_downsamples):
             layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+                       nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU()]
+        if final_kernel > 0:
+            layers += [nn.Conv2d(channels, channels, final_kernel, stride=final_kernel),
                        nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU()]
         self.body = nn.Sequential(*layers, nn.Conv2d(channels, 1, 1))
 
@@ -172,12 +178,16 @@ class VectorHead(nn.Module):
         return self.body(h).squeeze(-1)
 
 
-def head_for(shape: Sequence[int], width: int = 128, groups: int = 32) -> nn.Module:
+def head_for(shape: Sequence[int], width: int = 128, groups: int = 32, single_logit: bool = False) -> nn.Module:
     """The head for per-sample features of ``shape``: conv for (C, H, W) maps (downsampled to about
-    2x2, at most 3 times), a vector head for (D,) vectors and (N, D) tokens."""
+    2x2, at most 3 times; ``single_logit``: to at most 4x4, then one conv over the whole map, DMD2's
+    head), a vector head for (D,) vectors and (N, D) tokens."""
     shape = tuple(shape)
     if len(shape) == 3:
         side = min(shape[1:])
+        if single_logit:
+            downs = max(0, (side // 4).bit_length() - 1)  # 8x8 -> one stride-2 conv to 4x4
+            return ConvHead(shape[0], downs, groups, final_kernel=max(1, side >> downs))
         return ConvHead(shape[0], min(3, max(0, side.bit_length() - 2)), groups)
     if len(shape) in (1, 2):
         return VectorHead(shape[-1], width, normalize=shape[-1] >= 16)
@@ -190,9 +200,10 @@ class FeatureHeads(nn.Module):
     Logits come back as a list (one entry per head), the multi-head form ``distill.core.gan`` averages.
     """
 
-    def __init__(self, shapes: Sequence[Sequence[int]], width: int = 128, groups: int = 32):
+    def __init__(self, shapes: Sequence[Sequence[int]], width: int = 128, groups: int = 32,
+                 single_logit: bool = False):
         super().__init__()
-        self.heads = nn.ModuleList(head_for(s, width, groups) for s in shapes)
+        self.heads = nn.ModuleList(head_for(s, width, groups, single_logit) for s in shapes)
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         if len(features) != len(self.heads):

@@ -25,7 +25,8 @@ def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[s
 
     Args:
         rule: ``none``; ``conv`` (every convolution's weight and bias); ``gdd`` (the GDD code's
-            rule: the name holds "block" or "in", and "conv" or "proj"); or a list of fnmatch
+            rule for the parameters its optimizer never steps, Zyriix/GDD training/training_loop.py:163-167:
+            the name holds "block", "up", "down" or "in", and "conv" or "proj"); or a list of fnmatch
             patterns over parameter names, e.g. ``["*down_blocks*conv*"]``.
     """
     names = [name for name, _ in model.named_parameters()]
@@ -36,7 +37,10 @@ def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[s
             return {f"{module_name}.{p}".lstrip(".") for module_name, module in model.named_modules()
                     if is_convolution(module) for p, _ in module.named_parameters(recurse=False)}
         if rule == "gdd":
-            return {n for n in names if ("block" in n or "in" in n) and ("conv" in n or "proj" in n)}
+            # loss.py:225 only stops gradients for "block"/"in" names; training_loop.py:166 also leaves
+            # the "up"/"down" ones (every resampling block's conv0/conv1) out of the optimizer.
+            return {n for n in names if any(k in n for k in ("block", "up", "down", "in"))
+                    and ("conv" in n or "proj" in n)}
         raise ValueError(f"method.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
     return {n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in rule)}
 

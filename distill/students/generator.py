@@ -26,6 +26,39 @@ def check_generator_times(times: Sequence[float]) -> Tensor:
     return t
 
 
+def top_time(model: nn.Module) -> float:
+    """The largest FM time ``model`` can be asked about: its process's clamp point
+    ``to_fm_time(t_max)`` (EDM: 80 / 81, sigma 80; a VP-discrete SD teacher: t = 999), 1 for FM.
+
+    The model is read through its ``process`` (an EDM / diffusers adapter's, found one wrapper deep);
+    a model without one is taken as flow matching.
+    """
+    for holder in (model, getattr(model, "model", None), getattr(model, "net", None)):
+        process = getattr(holder, "process", None)
+        if process is not None:
+            return float(process.to_fm_time(process.t_max))
+    return 1.0
+
+
+def clamp_generator_times(times: Tensor, model: nn.Module) -> Tensor:
+    """``times`` with any time above ``top_time(model)`` lowered to it.
+
+    A non-FM network's process clamps larger times anyway, but its adapter would still scale the
+    state as if at s = 1: an EDM generator at s = 1 computes ``(81/80) D(81 z; 80) - z / 80`` instead
+    of DMD2's and GDD's ``D(80 z; 80)`` (tianweiy/DMD2 main/edm/train_edm.py:218-225, Zyriix/GDD
+    training/loss.py:181-184, 216-219), which ``s = 80/81`` gives exactly.
+
+    Raises:
+        ValueError: two times become equal (more than one of them lay above the clamp point).
+    """
+    top = top_time(model)
+    clamped = times.clamp(max=top)
+    if not bool((clamped[1:] < clamped[:-1]).all()):
+        raise ValueError(f"method.generator_times={times.tolist()}: at most the first may lie above this network's "
+                         f"largest noise level s = {top:.6g}; lower the others below it")
+    return clamped
+
+
 def sampling_times(times: Tensor, nfe: int) -> Tensor:
     """``nfe`` sampling times, then 0.
 

@@ -160,6 +160,80 @@ def test_generator_times_and_options_are_validated():
         DMD2(gan_backbone="dino")
 
 
+def test_karras_law_and_new_options_are_validated():
+    with pytest.raises(ValueError, match="time_shift"):
+        DMD2(dm_time_dist="karras", time_shift=5.0)
+    for key in ("dm_time_dist", "fake_score_weighting", "gan_head"):
+        with pytest.raises(ValueError, match=key):
+            DMD2(**{key: "nope"})
+
+
+class RecordingTimes(nn.Module):
+    """A velocity model that records the times it is asked about."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x, s):
+        self.seen.append(s.detach().clone())
+        return self.model(x, s)
+
+
+@pytest.mark.parametrize("dist", ["uniform", "karras"])
+def test_fake_score_trains_on_the_dm_terms_noise_law(dist):
+    """FastGen dmd2.py:118-121, 344-362 and rCM draw the fake score's times from the DM term's law;
+    DMD2's karras law trains it on every step of its table."""
+    torch.manual_seed(0)
+    teacher = Teacher(mlp(), (2,))
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    kwargs = dict(min_time=0.5, max_time=0.9, time_shift=5.0) if dist == "uniform" else dict(dm_time_dist="karras")
+    method = DMD2(generator_times=[1.0], **kwargs)
+    method.attach(teacher, student)
+    method.fake_score = RecordingTimes(method.fake_score)
+    method.fake_score_loss(torch.zeros(4096, 2), teacher, student)
+    s = method.fake_score.seen[0]
+    if dist == "uniform":  # shift 5 of U(0.5, 0.9): [5/6, 45/46]
+        assert s.min() >= 5 / 6 - 1e-6 and s.max() <= 45 / 46 + 1e-6
+    else:  # sigma 0.002 .. 80 over all 1000 steps: both ends are reached
+        assert s.min() < 0.0021 and s.max() > 0.98
+
+
+def test_edm_weighting_weighs_the_velocity_error_as_edm_weighs_the_x0_error():
+    teacher = Teacher(mlp(), (2,))
+    method = DMD2(fake_score_weighting="edm", sigma_data=0.5)
+    method.attach(teacher, copy.deepcopy(teacher.model))
+    x0, eps, s = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), torch.tensor(
+        [0.1, 0.5, 0.9], dtype=torch.float64)
+    method.fake_score.double()
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * eps
+    x0_pred = x_s - s[:, None] * method.fake_score(x_s, s)
+    sigma = s / (1 - s)
+    expected = ((1 / sigma**2 + 1 / 0.5**2)[:, None] * (x0_pred - x0) ** 2).mean()
+    torch.testing.assert_close(method.fake_score_term(x0, s, eps), expected)
+
+
+def test_generator_starts_at_the_students_largest_noise_level():
+    """An EDM student's first time is 80/81 (sigma 80): its one-step sample is D(80 z; 80)."""
+    from distill.teachers.edm import edm_teacher
+    from tests.teachers.edm_pickles import tiny_edm
+
+    teacher = edm_teacher(tiny_edm("song")[0].double(), {})
+    student = copy.deepcopy(teacher.model)
+    method = DMD2(generator_times=[1.0, 0.5])
+    method.attach(teacher, student)
+    assert method.times.tolist() == [80 / 81, 0.5]
+    z = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    torch.manual_seed(0)
+    sample = method.sample(student, z, 1)
+    torch.testing.assert_close(sample, student.net(80 * z, torch.full((2,), 80.0, dtype=torch.float64)))
+    fm = DMD2(generator_times=[1.0, 0.5])
+    fm.attach(Teacher(mlp(), (2,)), mlp())
+    assert fm.times.tolist() == [1.0, 0.5]  # flow matching reaches s = 1
+    with pytest.raises(ValueError, match="generator_times"):
+        DMD2(generator_times=[1.0, 0.99]).attach(teacher, student)
+
+
 def test_sampling_is_reproducible_per_sample():
     assert_sampling_reproducible_per_sample(DMD2(), mlp(), 4)
 
