@@ -256,6 +256,7 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
         raise ConfigError(f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels or "
                           "prompts: use an unconditional teacher with it")
     method.set_budget(cfg.train.max_steps)
+    method.set_batch(cfg.train.get("global_batch_size") or cfg.train.batch_size * world_size(cfg.hardware))
     student = build_student(cfg, teacher)
 
     def prepare(plain: nn.Module) -> nn.Module:  # so a LoRA run can start from a LoRA run's weights too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +52,26 @@ GRIDS: dict[str, Callable[..., Tensor]] = {
     "karras": karras_grid,
     "cosine": cosine_grid,
 }
+
+
+def ddim_timesteps(num_train_timesteps: int, n: int) -> Tensor:
+    """LCM/PCM's ``DDIMSolver`` timesteps ``arange(1, n + 1) * (T // n) - 1`` (SD, n = 50: 19, 39, ..., 999)."""
+    if not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"a DDIM grid of {n} steps needs 1 <= n <= the teacher's {num_train_timesteps} timesteps")
+    return torch.arange(1, n + 1, dtype=torch.float64) * (num_train_timesteps // n) - 1
+
+
+def ddim_grid_timesteps(num_train_timesteps: int, n: int) -> Tensor:
+    """The n + 1 points of LCM/PCM's ``DDIMSolver``, decreasing: its timesteps, then its lowest
+    ``ddim_timesteps_prev[0] = 0`` (SD, n = 50: 999, 979, ..., 19, 0)."""
+    return torch.cat([ddim_timesteps(num_train_timesteps, n).flip(0), torch.zeros(1, dtype=torch.float64)])
+
+
+def ddim_grid(process: Any, n: int) -> Tensor:
+    """``ddim_grid_timesteps`` of a discrete teacher ``process`` (``VPDiscrete``) as FM times,
+    decreasing. Unlike the other grids it spans ``[s(0), s(T - 1)]`` (SD: [0.028, 0.936]), not [0, 1]."""
+    steps = ddim_grid_timesteps(int(process.num_train_timesteps), n)
+    return process.to_fm_time(steps).to(torch.float64)
 
 
 def make_grid(name: str, n: int, **kwargs: float) -> Tensor:

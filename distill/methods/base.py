@@ -112,6 +112,10 @@ class Method(nn.Module):
     def set_budget(self, max_steps: int) -> None:
         """Fit the method's own schedule into the run's training length (default: nothing to fit)."""
 
+    def set_batch(self, global_batch: int) -> None:
+        """The run's samples per optimizer step over all devices, for schedules stated in training
+        images (default: unused)."""
+
     def prepare_student(self, student: nn.Module) -> nn.Module:
         """Give the freshly built student the parameterization this method trains (default: as is)."""
         return student

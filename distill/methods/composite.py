@@ -60,6 +60,10 @@ class WeightedSum(Method):
         for term in self.terms.values():
             term.set_budget(max_steps)
 
+    def set_batch(self, global_batch: int) -> None:
+        for term in self.terms.values():
+            term.set_batch(global_batch)
+
     def prepare_student(self, student: nn.Module) -> nn.Module:
         for term in self.terms.values():
             student = term.prepare_student(student)

@@ -9,6 +9,8 @@ later, at ``s_n``, on the Karras grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -16,6 +18,7 @@ from distill.core.ema import ema_update_
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
@@ -31,11 +34,32 @@ def consistency_fn(model: nn.Module, x: Tensor, s: Tensor) -> Tensor:
 
 @torch.no_grad()
 def heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-    """One teacher Heun step from ``s`` to ``s_next`` (both (B,), s_next > 0): CD's ODE step."""
+    """One teacher Heun step from ``s`` to ``s_next`` (both (B,), s_next > 0) in FM coordinates (s, v)."""
     h = append_dims(s_next - s, x.ndim)
     v = teacher(x, s)
     x_euler = x + h * v
     return x + h * 0.5 * (v + teacher(x_euler, s_next))
+
+
+@torch.no_grad()
+def edm_heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+    """CD's own step (``karras_diffusion.py`` ``heun_solver``): Heun in EDM coordinates (sigma, d).
+
+    ``x_sigma = x_s / (1 - s)`` with ``sigma = s / (1 - s)`` and ``d = (x_sigma - D) / sigma``. The
+    Euler part equals the FM one (both are DDIM); the correction averages d instead of v, so the
+    result differs from ``heun_step`` at second order. Needs s, s_next in (0, 1): (B,) each.
+    """
+    a, b = append_dims(s, x.ndim), append_dims(s_next, x.ndim)
+    sigma, sigma_next = a / (1 - a), b / (1 - b)
+    x_sigma = x / (1 - a)
+    d = (x_sigma - velocity_to_x0(x, s, teacher(x, s))) / sigma
+    x_euler = x_sigma + (sigma_next - sigma) * d
+    x_euler_fm = (1 - b) * x_euler
+    d_next = (x_euler - velocity_to_x0(x_euler_fm, s_next, teacher(x_euler_fm, s_next))) / sigma_next
+    return (1 - b) * (x_sigma + 0.5 * (sigma_next - sigma) * (d + d_next))
+
+
+SOLVERS = {"heun": heun_step, "edm_heun": edm_heun_step}
 
 
 class ConsistencyFlowMap(nn.Module):
@@ -49,11 +73,29 @@ class ConsistencyFlowMap(nn.Module):
         return consistency_fn(self.model, x, s)
 
 
-def consistency_sampling_times(start: float | Tensor, nfe: int, grid: str = "cosine") -> Tensor:
-    """``[start, re-noising times..., 0]``: the interior points of an ``nfe``-step ``grid``."""
-    interior = make_grid(grid, nfe)[1:-1]
+def consistency_sampling_times(
+    start: float | Tensor, nfe: int, grid: str = "cosine", sigmas: Sequence[float] | None = None
+) -> Tensor:
+    """``[start, re-noising times..., 0]``: the first ``nfe - 1`` of ``sigmas`` (EDM sigmas, mapped to
+    FM time) where there are that many, else the interior points of an ``nfe``-step ``grid``."""
+    if sigmas is not None and nfe - 1 <= len(sigmas):
+        interior = torch.tensor(list(sigmas[: nfe - 1]), dtype=torch.float64)
+        interior = interior / (1 + interior)
+    else:
+        interior = make_grid(grid, nfe)[1:-1]
     start = torch.as_tensor(start, dtype=interior.dtype).reshape(1)
     return torch.cat([start, interior, torch.zeros(1, dtype=interior.dtype)])
+
+
+def check_sampling_sigmas(sigmas: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``method.sampling_sigmas`` as a tuple, refused unless strictly decreasing and positive."""
+    if sigmas is None:
+        return None
+    sigmas = tuple(float(x) for x in sigmas)
+    if not sigmas or any(x <= 0 for x in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:], strict=False)):
+        raise ValueError(f"method.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
+                         "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid")
+    return sigmas
 
 
 @torch.no_grad()
@@ -67,21 +109,43 @@ def multistep_consistency_sample(student: nn.Module, noise: Tensor, times: Tenso
 class ConsistencyDistillation(Method):
     """Args:
     num_scales: N, points of the Karras grid (CIFAR-10: 18).
-    ema_target: mu, decay of the target network theta^- (methods.md: 0.95).
+    ema_target: mu, decay of the target network theta^- (CM's ImageNet-64/LSUN: 0.95). 0 is CM's
+        CIFAR-10 recipe: theta^- = stopgrad(theta), the online student itself under no_grad with
+        the same dropout masks as the prediction (no copy is kept).
     loss: ``l2`` or ``pseudo_huber`` (c = 0.00054 sqrt(dim), as in iCT).
+    solver: the teacher's step, ``heun`` (Heun in FM coordinates) or ``edm_heun`` (CM's Heun in
+        EDM coordinates, ``edm_heun_step``).
     sampling_grid: grid whose interior points are the multistep re-noising times.
+    sampling_sigmas: explicit decreasing re-noising EDM sigmas; an nfe-step sample uses the first
+        nfe - 1 of them (where there are that many, else ``sampling_grid``). CM CIFAR-10's 2-step
+        point is the Karras grid's index 11 of 18, sigma 0.5853.
     """
 
     name = "consistency"
 
-    def __init__(self, num_scales: int = 18, ema_target: float = 0.95, loss: str = "l2", sampling_grid: str = "cosine"):
+    def __init__(
+        self,
+        num_scales: int = 18,
+        ema_target: float = 0.95,
+        loss: str = "l2",
+        solver: str = "heun",
+        sampling_grid: str = "cosine",
+        sampling_sigmas: Sequence[float] | None = None,
+    ):
         super().__init__()
         check_choice("loss", loss, LOSSES)
+        check_choice("solver", solver, SOLVERS)
+        if not 0.0 <= ema_target < 1.0:
+            raise ValueError(f"method.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)")
+        self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
         self.grid = make_grid("karras", num_scales)[:-1]  # drop the final 0: pairs live on sigma >= sigma_min
         self.ema_target, self.loss_kind, self.sampling_grid = ema_target, loss, sampling_grid
+        self.solver = SOLVERS[solver]
         self.target: nn.Module | None = None
 
     def _ensure_target(self, student: nn.Module) -> nn.Module:
+        if self.ema_target == 0:
+            return student  # stop-grad of the online student: nothing to copy or checkpoint
         if self.target is None:
             self.target = frozen_copy(student)
         return self.target
@@ -96,9 +160,12 @@ class ConsistencyDistillation(Method):
         n = torch.randint(0, len(grid) - 1, (x0.shape[0],), device=x0.device)
         s_hi, s_lo = grid[n], grid[n + 1]
         x_hi = fm_noise(x0, torch.randn_like(x0), s_hi)
-        with torch.no_grad():
-            target = consistency_fn(target_net, heun_step(teacher, x_hi, s_hi, s_lo), s_lo)
+        rng = capture_rng(x0.device)
         pred = consistency_fn(student, x_hi, s_hi)
+        with torch.no_grad():
+            x_lo = self.solver(teacher, x_hi, s_hi, s_lo)
+            restore_rng(rng, x0.device)  # an online target drops out as the prediction did (CM's dropout_rng)
+            target = consistency_fn(target_net, x_lo, s_lo)
         if self.loss_kind == "l2":
             per_sample = per_sample_mse(pred, target)
         else:
@@ -106,12 +173,13 @@ class ConsistencyDistillation(Method):
         return {"loss": per_sample.mean()}
 
     def on_step_end(self, step: int, student: nn.Module) -> list[str]:
-        ema_update_(self._ensure_target(student), student, self.ema_target)
+        if self.ema_target > 0:
+            ema_update_(self._ensure_target(student), student, self.ema_target)
         return []
 
     def sample_times(self, nfe: int) -> Tensor:
-        """Start at the largest trained time, re-noise at the sampling grid's interior points."""
-        return consistency_sampling_times(self.grid[0], nfe, self.sampling_grid)
+        """Start at the largest trained time, re-noise at ``sampling_sigmas`` or the grid's interior points."""
+        return consistency_sampling_times(self.grid[0], nfe, self.sampling_grid, self.sampling_sigmas)
 
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)

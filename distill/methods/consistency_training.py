@@ -18,6 +18,7 @@ The teacher is never called: ``loss`` ignores it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,13 +29,16 @@ from distill.core.prediction import fm_noise
 from distill.core.rng import capture_rng, restore_rng
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import (
+    check_sampling_sigmas,
     consistency_fn,
     consistency_sampling_times,
     multistep_consistency_sample,
 )
+from distill.nets.ecm_precond import ecm_wrap
 
 SCHEDULES = ("ict", "ect")
 WEIGHTINGS = ("inverse_gap", "snr_plus_k")
+PRECONDS = ("keep", "edm")
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 
@@ -72,12 +76,21 @@ class ConsistencyTraining(Method):
     schedule: ``ict`` (discrete curriculum) or ``ect`` (continuous, shrinking ``t - r``).
     p_mean, p_std: lognormal proposal of sigma (both papers: -1.1, 2.0).
     s0, s1: iCT's initial and final number of grid intervals.
-    q, k, b: ECT's gap decay per stage and its sigmoid adjustment; ``num_stages`` stages
-        split the training budget evenly.
+    q, k, b: ECT's gap decay per stage and its sigmoid adjustment.
+    num_stages: stages that split the training budget evenly (``max_steps``); null with
+        ``images_per_stage``.
+    images_per_stage: ECT's own schedule instead: a new stage every this many training images
+        (``run_ecm.sh``: ``--double=250`` ticks of ``--tick=12.8`` kimg = 3.2 Mimg, 25k iterations at
+        batch 128), with no last stage; needs ``num_stages: null``.
     huber_c: pseudo-Huber c in units of ``sqrt(dim)`` (iCT: 0.00054; 0 gives ECT's plain L2 norm).
     weighting: ``inverse_gap`` ``1 / (t - r)`` (iCT, ECT's CIFAR code) or ``snr_plus_k``
         ``1 / t^2 + 1 / sigma_data^2`` (ECT's EDM2 code).
     sampling_grid: grid whose interior points are the multistep re-noising times.
+    sampling_sigmas: explicit decreasing re-noising EDM sigmas, the first nfe - 1 for an nfe-step
+        sample (ECT ``ct_train.py --mid_t``: [0.821]); null: ``sampling_grid``.
+    student_precond: ``keep`` the student's preconditioning, or ``edm``: run an EDM network's
+        inner UNet under EDM's scalings with c_noise = ln(sigma) / 4, as ECT's ``ECMPrecond`` does
+        with the VP pickle (``distill.nets.ecm_precond``).
     """
 
     name = "ct"
@@ -93,16 +106,29 @@ class ConsistencyTraining(Method):
         q: float = 2.0,
         k: float = 8.0,
         b: float = 1.0,
-        num_stages: int = 8,
+        num_stages: int | None = 8,
         huber_c: float = 0.00054,
         weighting: str = "inverse_gap",
         sigma_data: float = 0.5,
         sampling_grid: str = "cosine",
         name: str | None = None,
+        images_per_stage: int | None = None,
+        sampling_sigmas: Sequence[float] | None = None,
+        student_precond: str = "keep",
     ):
         super().__init__()
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("weighting", weighting, WEIGHTINGS)
+        check_choice("student_precond", student_precond, PRECONDS)
+        if (num_stages is None) == (images_per_stage is None):
+            raise ValueError(f"method.objective.num_stages={num_stages} and images_per_stage={images_per_stage}: set "
+                             "exactly one (num_stages spreads the stages over max_steps, images_per_stage is ECT's "
+                             "stage length in training images); null the other")
+        if (num_stages is not None and num_stages < 1) or (images_per_stage is not None and images_per_stage < 1):
+            raise ValueError(f"method.objective.num_stages={num_stages} / images_per_stage={images_per_stage} must be >= 1")
+        self.images_per_stage, self.student_precond = images_per_stage, student_precond
+        self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
+        self.global_batch: int | None = None
         self.schedule, self.weighting = schedule, weighting
         self.p_mean, self.p_std, self.s0, self.s1 = p_mean, p_std, s0, s1
         self.q, self.k, self.b, self.num_stages = q, k, b, num_stages
@@ -113,8 +139,19 @@ class ConsistencyTraining(Method):
     def set_budget(self, max_steps: int) -> None:
         self.total_steps = max(1, max_steps)
 
+    def set_batch(self, global_batch: int) -> None:
+        self.global_batch = global_batch
+
+    def prepare_student(self, student: nn.Module) -> nn.Module:
+        return ecm_wrap(student, self.sigma_data) if self.student_precond == "edm" else student
+
     def stage(self, step: int) -> int:
-        return min(self.num_stages - 1, step * self.num_stages // self.total_steps)
+        if self.images_per_stage is None:
+            return min(self.num_stages - 1, step * self.num_stages // self.total_steps)
+        if self.global_batch is None:
+            raise RuntimeError("method.objective.images_per_stage needs the run's global batch (set_batch), which the "
+                               "trainer gives the method before training")
+        return step * self.global_batch // self.images_per_stage
 
     def sigma_pairs(self, batch: int, step: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """``(t, r)`` sigmas of shape (B,), ``t > r >= 0``, for this step of the curriculum."""
@@ -144,7 +181,8 @@ class ConsistencyTraining(Method):
         return {"loss": (weight * distance).mean(), "distance": distance.mean().detach(), "gap": (t - r).mean().float()}
 
     def sample_times(self, nfe: int) -> Tensor:
-        return consistency_sampling_times(sigma_to_fm_time(torch.tensor(SIGMA_MAX)), nfe, self.sampling_grid)
+        start = sigma_to_fm_time(torch.tensor(SIGMA_MAX))
+        return consistency_sampling_times(start, nfe, self.sampling_grid, self.sampling_sigmas)
 
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from distill.core.ema import ema_update_
 from distill.core.gan import hinge_d_loss, hinge_g_loss_pcm, r1_penalty
-from distill.core.grids import make_grid
+from distill.core.grids import ddim_grid, make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
@@ -69,6 +69,14 @@ def phase_bounds(n: Tensor, edges: Tensor, num_steps: int) -> tuple[Tensor, Tens
     return edges[m], upper_edges[m + 1]
 
 
+def teacher_process(teacher: nn.Module) -> object | None:
+    """The noise process of a teacher's velocity model (``teacher.process`` or ``teacher.model.process``)."""
+    for module in (teacher, getattr(teacher, "model", None)):
+        if module is not None and getattr(module, "process", None) is not None:
+            return module.process
+    return None
+
+
 def phased_consistency_fn(model: nn.Module, x: Tensor, s: Tensor, s_edge: Tensor) -> Tensor:
     """``f^m(x_s, s) = x_s + (s_edge - s) v(x_s, s)``: one DDIM jump to the phase edge; x at s = s_edge."""
     return ddim_step(model, x, s, s_edge)
@@ -91,11 +99,14 @@ class PhasedConsistency(Method):
     """Args:
     phases: M, number of phases = the NFE the student is trained for.
     num_euler_timesteps: N, steps of the teacher's Euler grid (PCM: 50).
-    grid: family of that grid (``distill.core.grids``; PCM's FM scheduler: ``uniform``).
+    grid: family of that grid (``distill.core.grids``; PCM's FM scheduler: ``uniform``), or ``ddim``:
+        the SD1.5/SDXL scripts' ``DDIMSolver`` timesteps of a discrete (DDPM) teacher, 19, 39, ...,
+        999 for N = 50, mapped to FM time by the teacher's process (``distill.core.grids.ddim_grid``).
     shift: SD3 time shift ``k s / (1 + (k - 1) s)`` applied to the grid (PCM's scheduler ``shift``;
         SD3 uses 3). k < 1 moves the grid, hence the phase edges, towards data.
-    target: ``ema`` (SD1.5/SDXL scripts) or ``online`` (the SD3 script: the student under no_grad).
-    ema_target: decay of the EMA target network.
+    target: ``online`` (every released PCM script: the student under no_grad,
+        ``train_pcm_lora_sd15.py:1261-1281``) or ``ema`` (a lagged copy).
+    ema_target: decay of the EMA target network (``target: ema`` only).
     loss: ``l2`` (mean squared error) or ``huber`` (element-wise pseudo-Huber with ``huber_c``).
     huber_c: c of the pseudo-Huber loss (PCM: 1e-3).
     adv_weight: weight of the adversarial G loss; 0 disables the discriminator.
@@ -116,7 +127,7 @@ class PhasedConsistency(Method):
         num_euler_timesteps: int = 50,
         grid: str = "uniform",
         shift: float = 1.0,
-        target: str = "ema",
+        target: str = "online",
         ema_target: float = 0.95,
         loss: str = "l2",
         huber_c: float = 1e-3,
@@ -137,8 +148,11 @@ class PhasedConsistency(Method):
         self.num_euler_timesteps, self.num_phases = num_euler_timesteps, phases
         if shift <= 0:
             raise ValueError(f"method.shift={shift} must be > 0 (1 leaves the grid as it is)")
-        # Ascending: times[0] = 0, times[N] = the top (1 for every grid but karras).
-        self.times = shift_time(make_grid(grid, num_euler_timesteps), shift).flip(0)
+        self.grid_name, self.shift = grid, shift
+        # Ascending: times[0] = 0, times[N] = the top (1 for every grid but karras and ddim). The ddim
+        # grid needs the teacher's process: ``attach`` builds it.
+        self._times = None if grid == "ddim" else shift_time(make_grid(grid, num_euler_timesteps), shift).flip(0)
+        self._state_scale: Tensor | None = None  # per grid point, native state / FM state (ddim grid only)
         self.edges = phase_edges(num_euler_timesteps, phases)
         self.target_kind, self.ema_target = target, ema_target
         self.loss_kind, self.huber_c = loss, huber_c
@@ -150,6 +164,25 @@ class PhasedConsistency(Method):
             self.optimizer_names = ("student", "discriminator")
         self.target_net: nn.Module | None = None
         self.discriminator: nn.Module | None = None
+
+    @property
+    def times(self) -> Tensor:
+        if self._times is None:
+            raise RuntimeError("method.objective.grid=ddim: the grid is read from the teacher when the method is "
+                               "attached to it (attach)")
+        return self._times
+
+    def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        if self.grid_name == "ddim":
+            process = teacher_process(teacher)
+            if not hasattr(process, "num_train_timesteps"):
+                raise ValueError(f"method.objective.grid=ddim needs a discrete-timestep (DDPM) teacher such as a "
+                                 f"diffusers SD1.5 pipeline; this teacher's process is {type(process).__name__}: "
+                                 "use grid=uniform")
+            self._times = shift_time(ddim_grid(process, self.num_euler_timesteps), self.shift).flip(0)
+            # PCM compares the edge states in the teacher's own (VP) coordinates: x_t = (alpha + sigma) x_s.
+            native_t = process.from_fm_time(self._times)
+            self._state_scale = process.alpha(native_t) + process.sigma(native_t)
 
     # --- networks the method owns (checkpointed as method.target_net.*, method.discriminator.*) ---
     def _target(self, student: nn.Module) -> nn.Module:
@@ -212,6 +245,14 @@ class PhasedConsistency(Method):
         pred = phased_consistency_fn(student, x_s, s, s_edge)
         return pred, target, s_edge, times[upper]
 
+    def native_scale(self, s_edge: Tensor, like: Tensor) -> Tensor | float:
+        """Factor from FM states at the edge times ``s_edge`` (B,) to the teacher's native states
+        (``grid: ddim``), shaped for ``like``; 1 on the other grids, whose states are FM's."""
+        if self._state_scale is None:
+            return 1.0
+        index = torch.searchsorted(self.times.to(s_edge), s_edge)
+        return append_dims(self._state_scale.to(like)[index], like.ndim)
+
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.loss_kind == "l2":
             return per_sample_mse(pred, target)
@@ -229,7 +270,8 @@ class PhasedConsistency(Method):
             return self._discriminator_loss(x0, teacher, student)
         n, eps = self._draw(x0)
         pred, target, s_edge, s_upper = self.consistency_pair(x0, eps, n, teacher, student)
-        consistency = self._distance(pred, target).mean()
+        scale = self.native_scale(s_edge, pred)
+        consistency = self._distance(scale * pred, scale * target).mean()
         if self.adv_weight == 0:
             return {"loss": consistency}
         s_adv = self._adversarial_time(s_edge, s_upper)
@@ -266,7 +308,9 @@ class PhasedConsistency(Method):
     def sample_times(self, nfe: int) -> Tensor:
         """Deterministic stops ``[s_N, ..., 0]``: the top and the edges of an nfe-phase split of the grid."""
         stops = self.times[phase_edges(self.num_euler_timesteps, nfe)]
-        return torch.cat([self.times[-1:], stops.flip(0)])
+        # The last stop is the data (s = 0) even where the grid's lowest point is above it (ddim): the
+        # final jump extends the last phase's map to clean data, as DDIM's last step does.
+        return torch.cat([self.times[-1:], stops[1:].flip(0), stops.new_zeros(1)])
 
     def last_phase_times(self, nfe: int) -> Tensor:
         """``[s_{e_1}, re-noising times..., 0]``: the nfe - M + 1 jumps spent inside the last phase."""

@@ -1,10 +1,11 @@
 """Consistency distillation: boundary condition, the teacher step, and a flow map that learns."""
 
+import pytest
 import torch
 
 from distill.core.gmm import ring_mixture
 from distill.core.samplers import sample_heun
-from distill.methods.consistency import ConsistencyDistillation, consistency_fn, heun_step
+from distill.methods.consistency import ConsistencyDistillation, consistency_fn, edm_heun_step, heun_step
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.teachers import GMMTeacher
@@ -49,3 +50,48 @@ def test_multistep_sampling_is_reproducible_per_sample():
     method = ConsistencyDistillation()
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
     assert_sampling_reproducible_per_sample(method, student, nfe=3)
+
+
+def test_mu_zero_target_is_the_online_student_under_stop_grad():
+    """CM CIFAR-10's theta^- = stopgrad(theta): no copy is kept, nothing lags, the target has no grad."""
+    torch.manual_seed(0)
+    teacher = GMMTeacher(ring_mixture())
+    student = VelocityModel(TimeMLP((2,), width=16, depth=1))
+    method = ConsistencyDistillation(num_scales=6, ema_target=0.0)
+    out = method.loss("student", teacher.sample_data(8), teacher, student, 0)
+    out["loss"].backward()
+    method.on_step_end(0, student)
+    assert method.target is None and not any(k.startswith("target") for k in method.state_dict())
+    assert method._ensure_target(student) is student
+
+
+def test_ema_target_outside_zero_one_is_refused_with_the_key():
+    with pytest.raises(ValueError, match="ema_target"):
+        ConsistencyDistillation(ema_target=1.0)
+
+
+def test_explicit_sampling_sigmas_override_the_grid_where_given():
+    method = ConsistencyDistillation(sampling_sigmas=[0.821])
+    times = method.sample_times(2)
+    torch.testing.assert_close(times[1], torch.tensor(0.821 / 1.821, dtype=torch.float64))
+    assert times[-1] == 0 and len(times) == 3
+    # Three steps need two re-noising points: back to the grid's interior.
+    grid_only = ConsistencyDistillation()
+    torch.testing.assert_close(method.sample_times(3), grid_only.sample_times(3))
+    with pytest.raises(ValueError, match="sampling_sigmas"):
+        ConsistencyDistillation(sampling_sigmas=[0.5, 0.821])
+
+
+def test_edm_heun_euler_part_is_the_fm_euler_step_and_the_correction_differs():
+    """Both solvers share the DDIM Euler predictor; only Heun's average (d vs v) differs."""
+    teacher = GMMTeacher(ring_mixture())
+    x = torch.randn(5, 2, dtype=torch.float64)
+    s, s_next = torch.full((5,), 0.7, dtype=torch.float64), torch.full((5,), 0.4, dtype=torch.float64)
+    fm, edm = heun_step(teacher, x, s, s_next), edm_heun_step(teacher, x, s, s_next)
+    assert not torch.allclose(fm, edm)
+    # A teacher predicting one x0 = c everywhere has straight DDIM paths: both solvers are exact on it.
+    c = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    constant_x0 = lambda x, s: (x - c) / s[:, None]  # noqa: E731  (v = (x_s - x0) / s)
+    exact = (1 - 0.4) * c + 0.4 * (x - (1 - 0.7) * c) / 0.7
+    torch.testing.assert_close(edm_heun_step(constant_x0, x, s, s_next), exact)
+    torch.testing.assert_close(heun_step(constant_x0, x, s, s_next), exact)

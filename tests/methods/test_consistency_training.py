@@ -113,3 +113,56 @@ def test_unknown_schedule_or_weighting_names_the_choices():
         ConsistencyTraining(schedule="ctm")
     with pytest.raises(ValueError, match="inverse_gap"):
         ConsistencyTraining(weighting="edm")
+
+
+def test_ect_stages_in_images_follow_the_global_batch_not_the_budget():
+    # run_ecm.sh: a stage is 250 ticks of 12.8 kimg = 3.2 Mimg, 25k iterations at batch 128, with no last stage.
+    method = ConsistencyTraining(schedule="ect", num_stages=None, images_per_stage=3_200_000)
+    method.set_budget(400_000)
+    with pytest.raises(RuntimeError, match="global batch"):
+        method.stage(0)
+    method.set_batch(128)
+    assert [method.stage(s) for s in (0, 24_999, 25_000, 199_999, 399_999)] == [0, 0, 1, 7, 15]
+    method.set_batch(512)  # four times the batch: four times as fast through the stages
+    assert method.stage(25_000) == 4
+
+
+def test_stage_options_must_name_exactly_one_schedule():
+    with pytest.raises(ValueError, match="images_per_stage"):
+        ConsistencyTraining(schedule="ect", num_stages=8, images_per_stage=3_200_000)
+    with pytest.raises(ValueError, match="num_stages"):
+        ConsistencyTraining(schedule="ect", num_stages=None)
+
+
+def test_ect_sampling_sigmas_put_the_two_step_point_at_ects_mid_t():
+    method = ConsistencyTraining(schedule="ect", sampling_sigmas=[0.821])
+    times = method.sample_times(2)
+    torch.testing.assert_close(times[1], torch.tensor(0.821 / 1.821, dtype=torch.float64))
+
+
+def tiny_vp_student():
+    from distill.nets.edm import VPPrecond
+    from distill.teachers.edm import EDMVelocity
+
+    torch.manual_seed(0)
+    net = VPPrecond(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
+                    attn_resolutions=[], dropout=0.0)
+    return EDMVelocity(net).double()
+
+
+def test_edm_preconditioning_rewraps_the_vp_unet_as_ects_ecmprecond():
+    """locuslab/ect training/networks.py:697-718 (training branch): D = c_skip x + c_out F(c_in x, ln(sigma)/4)."""
+    student = tiny_vp_student()
+    inner = student.net.model
+    names = sorted(n for n, _ in student.named_parameters())
+    method = ConsistencyTraining(schedule="ect", student_precond="edm")
+    wrapped = method.prepare_student(student)
+    assert wrapped.net.model is inner and sorted(n for n, _ in wrapped.named_parameters()) == names
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    sigma = torch.tensor([0.01, 0.821, 80.0], dtype=torch.float64)
+    s4 = sigma.reshape(-1, 1, 1, 1)
+    c_skip, c_out, c_in = 0.25 / (s4**2 + 0.25), s4 * 0.5 / (s4**2 + 0.25).sqrt(), 1 / (0.25 + s4**2).sqrt()
+    expected = c_skip * x + c_out * inner(c_in * x, sigma.log() / 4, class_labels=None)
+    torch.testing.assert_close(wrapped.net(x, sigma), expected)
+    with pytest.raises(ValueError, match="student_precond"):
+        method.prepare_student(VelocityModel(TimeMLP((2,), width=8, depth=1)))

@@ -249,13 +249,13 @@ def test_alternating_rule_and_disabled_term():
 def test_target_and_discriminator_round_trip_through_method_state():
     teacher = GMMTeacher(ring_mixture())
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
-    method = adversarial_method()
+    method = adversarial_method(target="ema")
     method.prepare_student(student)
     method.loss("student", teacher.sample_data(8), teacher, student, 0)
     method.on_step_end(0, student)
     state = method.state_dict()
     assert any(k.startswith("target_net.") for k in state) and any(k.startswith("discriminator.") for k in state)
-    fresh = PhasedConsistency(phases=2, num_euler_timesteps=10, adv_weight=0.1)
+    fresh = PhasedConsistency(phases=2, num_euler_timesteps=10, adv_weight=0.1, target="ema")
     fresh.prepare_to_load(state, student)
     fresh.load_state_dict(state)  # strict: every key has a home
     for key, value in fresh.state_dict().items():
@@ -273,3 +273,50 @@ def test_learned_phased_sampler_approaches_the_exact_teacher_flow():
     train_method(method, teacher, student, data, steps=150, lr=3e-3, batch_size=128)
     after = sample_error(method, student, noise, exact, nfe=2)
     assert after < 0.25 * before, (before, after)
+
+
+def test_default_target_is_the_online_student_as_in_every_released_pcm_script():
+    # G-U-N/Phased-Consistency-Model train_pcm_lora_sd15.py:1261-1281 (update_ema is never called).
+    method = PhasedConsistency()
+    assert method.target_kind == "online"
+    student = VelocityModel(TimeMLP((2,), width=8, depth=1))
+    assert method._target(student) is student and method.target_net is None
+
+
+class SDLikeTeacher(nn.Module):
+    """A velocity model on SD's discrete schedule (scaled_linear 0.00085..0.012, 1000 steps)."""
+
+    def __init__(self):
+        super().__init__()
+        from distill.core.process import VPDiscrete
+
+        self.process = VPDiscrete(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+    def forward(self, x, s):
+        return -x
+
+
+def test_ddim_grid_is_the_teachers_ddim_timesteps_in_fm_time():
+    # train_pcm_lora_sd15.py:289-303 (DDIMSolver): timesteps 19, 39, ..., 999 and the lowest point 0.
+    teacher = SDLikeTeacher()
+    method = PhasedConsistency(phases=4, num_euler_timesteps=50, grid="ddim")
+    with pytest.raises(RuntimeError, match="ddim"):
+        method.sample_times(4)
+    method.attach(teacher, None)
+    timesteps = torch.tensor([0.0] + [20.0 * k - 1 for k in range(1, 51)], dtype=torch.float64)
+    torch.testing.assert_close(method.times, teacher.process.to_fm_time(timesteps))
+    assert 0.93 < float(method.times[-1]) < 0.94  # s(999) on SD's schedule, not 1
+    # Phase edges at the DDIM timesteps PCM jumps to (ddim_timesteps_prev of indices 0, 12, 25, 37).
+    edges = teacher.process.from_fm_time(method.times[method.edges])
+    torch.testing.assert_close(edges, torch.tensor([0.0, 239.0, 499.0, 739.0], dtype=torch.float64))
+    stops = method.sample_times(4)
+    assert float(stops[0]) == float(method.times[-1]) and float(stops[-1]) == 0.0  # ends at the data
+    # Distances are measured on the teacher's native states: FM state times (alpha + sigma).
+    t = teacher.process.from_fm_time(method.times[12:13])
+    expected = teacher.process.alpha(t) + teacher.process.sigma(t)
+    torch.testing.assert_close(method.native_scale(method.times[12:13], torch.zeros(1, 2, dtype=torch.float64)).flatten(), expected)
+
+
+def test_ddim_grid_refuses_a_teacher_without_discrete_timesteps():
+    with pytest.raises(ValueError, match="grid=ddim"):
+        PhasedConsistency(grid="ddim").attach(GMMTeacher(ring_mixture()), None)
