@@ -4,6 +4,8 @@ Each term is a complete method with its own auxiliary networks and optimizers. T
 steps the union of their optimizers; in a phase, every term that owns that optimizer contributes
 ``weight * its loss``. One term decides when each optimizer steps (``schedule``, e.g. DMD's two
 time scales) and one term samples (``sampler``, e.g. sCM's multistep consistency sampler).
+A warm-up can train some terms alone first (rCM: sCM alone while its tangent warms up, then DMD
+and its two time scales join).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.methods.base import Method, Renoise, SamplingPlan
+from distill.methods.scm import FALLBACK_BUDGET
 
 
 class WeightedSum(Method):
@@ -23,6 +26,12 @@ class WeightedSum(Method):
     sampler: the term whose sampler and NFEs are the composite's.
     schedule: the term whose ``phases(step)`` the composite follows; None: every optimizer every step.
     name: the sampler name on result rows.
+    warmup: steps (>= 1) or a fraction of the run's budget (< 1) during which only
+        ``warmup_terms`` train, their optimizers every step; afterwards every term trains, on
+        ``schedule``'s phases counted from the warm-up's end. rCM: sCM alone for its
+        ``tangent_warmup`` iterations, then sCM + DMD, the student every 5th
+        (``t2v_model_distill_rcm.py:294-299`` ``is_student_phase``, ``:709`` ``emit_dmd``). 0: none.
+    warmup_terms: the terms that train during the warm-up.
     """
 
     def __init__(
@@ -32,6 +41,8 @@ class WeightedSum(Method):
         sampler: str | None = None,
         schedule: str | None = None,
         name: str = "composite",
+        warmup: float = 0,
+        warmup_terms: Sequence[str] = (),
     ):
         super().__init__()
         if not terms:
@@ -42,6 +53,16 @@ class WeightedSum(Method):
         if unknown:
             raise ValueError(f"method.weights/sampler/schedule name {unknown}, not among the terms {list(self.terms)}")
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.terms}
+        if warmup < 0:
+            raise ValueError(f"method.warmup={warmup} must be >= 0 (steps, or a fraction of the budget below 1)")
+        self.warmup_terms = tuple(warmup_terms)
+        if sorted(set(self.warmup_terms) - set(self.terms)):
+            raise ValueError(f"method.warmup_terms {sorted(set(self.warmup_terms) - set(self.terms))} are not among "
+                             f"the terms {list(self.terms)}")
+        if warmup > 0 and not self.warmup_terms:
+            raise ValueError(f"method.warmup={warmup} needs method.warmup_terms: the terms that train during it")
+        self.warmup = warmup
+        self.warmup_steps = int(warmup) if warmup >= 1 or warmup == 0 else None  # a fraction waits for set_budget
         self.sampler = sampler or next(iter(self.terms))
         self.schedule = schedule
         self.name = name
@@ -55,8 +76,13 @@ class WeightedSum(Method):
     def _owners(self, optimizer: str) -> list[tuple[str, Method]]:
         return [(k, t) for k, t in self.terms.items() if optimizer in t.optimizer_names]
 
+    def _warmup_length(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else round(self.warmup * FALLBACK_BUDGET)
+
     # --- plumbing: forwarded to every term ---------------------------------------------------
     def set_budget(self, max_steps: int) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = max(1, round(self.warmup * max_steps))
         for term in self.terms.values():
             term.set_budget(max_steps)
 
@@ -88,7 +114,13 @@ class WeightedSum(Method):
                     yield p
 
     def phases(self, step: int) -> Sequence[str]:
-        return self.terms[self.schedule].phases(step) if self.schedule else self.optimizer_names
+        if step < self._warmup_length():
+            names: list[str] = []
+            for key in self.warmup_terms:
+                names += [n for n in self.terms[key].optimizer_names if n not in names]
+            return tuple(names)
+        after = step - self._warmup_length()
+        return self.terms[self.schedule].phases(after) if self.schedule else self.optimizer_names
 
     def lr_scale(self, optimizer: str, step: int) -> float:
         return self._owners(optimizer)[0][1].lr_scale(optimizer, step)
@@ -103,7 +135,10 @@ class WeightedSum(Method):
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         total: Tensor | None = None
         logs: dict[str, Tensor] = {}
+        warming_up = step < self._warmup_length()
         for key, term in self._owners(phase):
+            if warming_up and key not in self.warmup_terms:
+                continue
             terms = term.loss(phase, x0, teacher, student, step)
             weighted = self.weights[key] * terms["loss"]
             total = weighted if total is None else total + weighted

@@ -88,3 +88,41 @@ def test_unknown_term_names_are_refused():
         WeightedSum(terms={"scm": SCM()}, sampler="dmd")
     with pytest.raises(ValueError, match="empty"):
         WeightedSum(terms={})
+
+
+def rcm_with_warmup(warmup=10) -> WeightedSum:
+    return WeightedSum(
+        terms={"scm": SCM(jvp="finite_difference", fd_step=0.1, adaptive_weighting=False),
+               "dmd": DMD2(generator_times=[0.98, 0.5], fake_updates_per_generator=5)},
+        weights={"scm": 1.0, "dmd": 0.02}, sampler="scm", schedule="dmd", name="rcm",
+        warmup=warmup, warmup_terms=["scm"])
+
+
+def test_warmup_trains_only_the_warmup_terms_then_follows_the_schedule_from_its_end():
+    """rCM: sCM alone on every iteration while iteration < tangent_warmup, then sCM + DMD with the
+    student every 5th iteration counted from there (t2v_model_distill_rcm.py:294-299, 709)."""
+    method = rcm_with_warmup(warmup=10)
+    teacher, student = setup(method)
+    assert [tuple(method.phases(s)) for s in (0, 9)] == [("student",)] * 2
+    assert [tuple(method.phases(s)) for s in range(10, 16)] == [("fake_score", "student")] + [("fake_score",)] * 4 + [
+        ("fake_score", "student")]
+    x0 = torch.randn(16, 2)
+    torch.manual_seed(0)
+    during = method.loss("student", x0, teacher, student, step=3)
+    assert not any(k.startswith("dmd_") for k in during)
+    torch.manual_seed(0)
+    torch.testing.assert_close(during["loss"], method.terms["scm"].loss("student", x0, teacher, student, 3)["loss"])
+    after = method.loss("student", x0, teacher, student, step=10)
+    assert "dmd_dm" in after
+
+
+def test_fractional_warmup_follows_the_budget_and_bad_values_are_refused():
+    method = rcm_with_warmup(warmup=0.2)
+    method.set_budget(50)
+    assert tuple(method.phases(9)) == ("student",) and tuple(method.phases(10)) == ("fake_score", "student")
+    with pytest.raises(ValueError, match="warmup_terms"):
+        WeightedSum(terms={"scm": SCM()}, warmup=5)
+    with pytest.raises(ValueError, match="not among the terms"):
+        WeightedSum(terms={"scm": SCM()}, warmup=5, warmup_terms=["dmd"])
+    with pytest.raises(ValueError, match="warmup"):
+        WeightedSum(terms={"scm": SCM()}, warmup=-1, warmup_terms=["scm"])
