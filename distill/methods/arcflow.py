@@ -18,7 +18,7 @@ ArcFlow trains LoRA adapters plus the new heads (``student=lora``, set by ``conf
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +76,11 @@ class ArcFlow(Method):
     component_dropout: probability of dropping a component from the rollout policy.
     loss_scale: constant factor on the loss (the paper: 30).
     bias_noise: std of the noise on the replicated output biases (symmetry breaking).
+    rate_lr_scale: learning-rate multiplier of the rate head (the paper: 0.1, ``lr_mult`` on
+        ``proj_out_loggamma``); other than 1 it needs ``optimizer_lr``.
+    optimizer_lr: the optimizer's learning rate (``${method.optimizer.lr}``), scaled for the rate head.
+    bias_noise_group: consecutive output units sharing one noise value (the paper: 4, one per latent
+        channel of a FLUX / Qwen-Image 2x2 patch token; 1 for conv outputs, already per channel).
     """
 
     name = "arcflow"
@@ -94,6 +99,9 @@ class ArcFlow(Method):
         component_dropout: float = 0.1,
         loss_scale: float = 1.0,
         bias_noise: float = 0.05,
+        bias_noise_group: int = 1,
+        rate_lr_scale: float = 1.0,
+        optimizer_lr: float | None = None,
     ):
         super().__init__()
         if not train_nfes or min(train_nfes) < 1:
@@ -107,6 +115,10 @@ class ArcFlow(Method):
         self.intermediate_states, self.teacher_mix_steps = intermediate_states, teacher_mix_steps
         self.window_substeps, self.total_substeps = window_substeps, total_substeps
         self.component_dropout, self.loss_scale, self.bias_noise = component_dropout, loss_scale, bias_noise
+        if rate_lr_scale <= 0 or (rate_lr_scale != 1 and optimizer_lr is None):
+            raise ValueError(f"method.rate_lr_scale={rate_lr_scale} must be > 0 and, other than 1, needs "
+                             "method.optimizer_lr (set it to ${method.optimizer.lr})")
+        self.bias_noise_group, self.rate_lr_scale, self.optimizer_lr = bias_noise_group, rate_lr_scale, optimizer_lr
         self.fraction = 1.0
 
     def set_budget(self, max_steps: int) -> None:
@@ -114,10 +126,22 @@ class ArcFlow(Method):
             self.teacher_mix_steps = max(1, max_steps // 15)
 
     def prepare_student(self, student: nn.Module) -> nn.Module:
-        return momentum_student_from(student, self.components, bias_noise=self.bias_noise)
+        return momentum_student_from(student, self.components, bias_noise=self.bias_noise,
+                                     bias_noise_group=self.bias_noise_group)
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         self.fraction = trainable_fraction(student)  # after LoRA froze the body, if it did
+
+    def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter] | list[dict]:
+        """All trainable parameters; with ``rate_lr_scale`` != 1, two optimizer groups, the rate head's
+        at ``optimizer_lr * rate_lr_scale`` (pnotp/ArcFlow configs/qwen/_ddp_train.py paramwise_cfg)."""
+        params = [p for p in student.parameters() if p.requires_grad]
+        if self.rate_lr_scale == 1:
+            return params
+        heads = [m for m in student.modules() if isinstance(m, MomentumStudent)]
+        rate_ids = {id(p) for m in heads for p in m.rates.parameters()}
+        return [{"params": [p for p in params if id(p) not in rate_ids]},
+                {"params": [p for p in params if id(p) in rate_ids], "lr": self.optimizer_lr * self.rate_lr_scale}]
 
     def teacher_share(self, step: int) -> float:
         mix = self.teacher_mix_steps or 1

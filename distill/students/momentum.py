@@ -28,13 +28,21 @@ def output_layer(net: nn.Module) -> tuple[str, nn.Module]:
     return layers[-1]
 
 
-def _replicate(layer: nn.Module, copies: int, bias_noise: float) -> nn.Module:
-    """``layer`` with its output units repeated ``copies`` times (component-major), noisy biases."""
-    wide = _like(layer, layer.weight.shape[0] * copies)
+def _replicate(layer: nn.Module, copies: int, bias_noise: float, noise_group: int = 1) -> nn.Module:
+    """``layer`` with its output units repeated ``copies`` times (component-major), noisy biases:
+    one noise value per ``noise_group`` consecutive units of a copy (4 for the 2x2 patch tokens of
+    FLUX / Qwen-Image, whose units are channel-major: one value per (component, latent channel), as
+    pnotp/ArcFlow arcqwen.py:252-257)."""
+    units = layer.weight.shape[0]
+    if noise_group < 1 or units % noise_group:
+        raise ValueError(f"method.bias_noise_group={noise_group} must be >= 1 and divide the output layer's "
+                         f"{units} units")
+    wide = _like(layer, units * copies)
     with torch.no_grad():
         wide.weight.copy_(layer.weight.repeat(copies, *[1] * (layer.weight.ndim - 1)))
         bias = layer.bias.repeat(copies) if layer.bias is not None else torch.zeros_like(wide.bias)
-        wide.bias.copy_(bias + bias_noise * torch.randn_like(bias))
+        noise = torch.randn(bias.numel() // noise_group, dtype=bias.dtype, device=bias.device)
+        wide.bias.copy_(bias + bias_noise * noise.repeat_interleave(noise_group))
     return wide
 
 
@@ -54,11 +62,12 @@ class MomentumStudent(nn.Module):
         model: the teacher copy (a ``VelocityModel`` with scheme ``fm``: its output is a velocity).
         components: K.
         bias_noise: std of the noise added to the replicated output biases.
+        bias_noise_group: consecutive output units that share one noise value (4: a 2x2 patch token).
         rate_range: the initial rates of components 2..K are log-spaced over this range.
     """
 
     def __init__(self, model: VelocityModel, components: int = 8, bias_noise: float = 0.05,
-                 rate_range: tuple[float, float] = (0.2, 4.0)):
+                 rate_range: tuple[float, float] = (0.2, 4.0), bias_noise_group: int = 1):
         super().__init__()
         if getattr(model, "scheme", None) != "fm":
             raise ValueError("ArcFlow's components are velocities: the student must be an fm-scheme "
@@ -71,7 +80,7 @@ class MomentumStudent(nn.Module):
         self.per_element = isinstance(out, nn.Linear)
         units = self.units = out.weight.shape[0]
         gates = units if self.per_element else 1  # conv outputs: one mixture per pixel, shared by channels
-        self.means = _replicate(out, components, bias_noise)
+        self.means = _replicate(out, components, bias_noise, bias_noise_group)
         self.logits = _like(out, gates * components, pointwise=True)
         self.rates = _like(out, gates * max(components - 1, 1), pointwise=True)
         nn.init.zeros_(self.logits.weight)

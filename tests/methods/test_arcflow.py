@@ -91,3 +91,23 @@ def test_learns_two_step_arcs_of_the_ring_teacher_and_its_arcs_are_exact():
         for i in range(n):
             y = y - 0.5 / n * velocity_at(m, torch.full((64,), 0.5 * (i + 0.5) / n, dtype=torch.float64))
         torch.testing.assert_close(advance(x, m, s_src, s_src, s_src - 0.5), y, rtol=1e-6, atol=1e-6)
+
+
+def test_paper_config_gives_the_rate_head_a_tenth_of_the_learning_rate(tmp_path):
+    # pnotp/ArcFlow configs/qwen/_ddp_train.py: paramwise_cfg lr_mult 0.1 on proj_out_loggamma
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["experiment=paper_arcflow_qwen_image"], tmp_path)
+    method = instantiate(cfg.method.objective)
+    student = method.prepare_student(VelocityModel(TimeMLP((4,), width=8, depth=1)))
+    optimizer = instantiate(cfg.method.optimizer)(method.trainable_parameters("student", student))
+    rates = {id(p) for p in student.rates.parameters()}
+    lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert set(lrs) == {id(p) for p in student.parameters()}
+    assert [lrs[i] for i in rates] == pytest.approx([1e-5] * len(rates))
+    others = [lr for i, lr in lrs.items() if i not in rates]
+    assert others == pytest.approx([1e-4] * len(others))
+    with pytest.raises(ValueError, match="method.optimizer_lr"):
+        ArcFlow(rate_lr_scale=0.1)

@@ -128,3 +128,17 @@ def test_flux_gates_are_the_logit_heads_tokens_unpacked_per_pixel():
     tokens = student.logits(h[0]).detach().view(2, 16, 3, 8)  # (B, tokens, K, 2x2 patch x 2 channels)
     logits = torch.stack([unpack(tokens[:, :, k], 2, 8, 8).mean(1, keepdim=True) for k in range(3)], dim=1)
     torch.testing.assert_close(m.weights, torch.softmax(logits, dim=1))
+
+
+def test_bias_noise_is_shared_by_each_group_of_units():
+    # pnotp/ArcFlow arcqwen.py:252-257: one noise value per (component, latent channel), shared by
+    # the 2x2 patch positions of a token (4 consecutive, channel-major units)
+    torch.manual_seed(0)
+    model = VelocityModel(TimeMLP((8,), width=16, depth=1))
+    student = MomentumStudent(model, components=3, bias_noise=0.05, bias_noise_group=4)
+    layer = dict(model.net.named_modules())[student.out_name]
+    noise = (student.means.bias - layer.bias.repeat(3)).detach().view(3 * 8 // 4, 4)
+    torch.testing.assert_close(noise, noise[:, :1].expand(-1, 4))
+    assert noise[:, 0].unique().numel() == 6 and noise.abs().max() > 0
+    with pytest.raises(ValueError, match="method.bias_noise_group"):
+        MomentumStudent(VelocityModel(TimeMLP((8,), width=16, depth=1)), components=3, bias_noise_group=3)
