@@ -108,3 +108,29 @@ def test_exact_mode_falls_back_to_finite_differences_with_a_warning(monkeypatch)
 def test_unknown_mode_raises():
     with pytest.raises(ValueError, match="finite_difference"):
         jvp(torch.sin, (torch.ones(2),), (torch.ones(2),), mode="forward")
+
+
+@pytest.mark.parametrize("mode", ["exact", "finite_difference"])
+def test_jvp_under_bf16_autocast_runs_in_float32(mode):
+    """Under bf16-mixed (autocast) the JVP, its primal and a bf16 tangent are computed in fp32, as
+    py-meanflow (meanflow/models/meanflow.py:54-57) and FastGen (precision_amp_jvp="float32") do."""
+    torch.manual_seed(0)
+    model = UNet(8, channels=1, block_out_channels=(8, 16), attention=True, norm_num_groups=4)
+    gen = torch.Generator().manual_seed(1)
+    x, dx = (torch.randn(3, 1, 8, 8, generator=gen) for _ in range(2))
+    t = torch.rand(3, generator=gen)
+    primals, tangents = (x, t), (dx, torch.ones(3))
+    out32, tangent32 = jvp(model, primals, tangents, mode=mode, fd_step=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            teacher_like = torch.nn.functional.linear(dx.flatten(1), torch.eye(64)).view_as(dx)
+        assert teacher_like.dtype == torch.bfloat16  # a tangent as an autocast forward returns it
+        out, tangent = jvp(model, primals, tangents, mode=mode, fd_step=1e-2)
+        _, from_bf16 = jvp(model, primals, (teacher_like, torch.ones(3)), mode=mode, fd_step=1e-2)
+        assert torch.is_autocast_enabled("cpu")  # restored after the JVP
+    assert out.dtype == tangent.dtype == from_bf16.dtype == torch.float32
+    torch.testing.assert_close(out, out32, rtol=0, atol=0)
+    torch.testing.assert_close(tangent, tangent32, rtol=0, atol=0)
+    # A bf16 tangent is promoted: fp32 arithmetic on its (rounded) values.
+    _, expected = jvp(model, primals, (teacher_like.float(), torch.ones(3)), mode=mode, fd_step=1e-2)
+    torch.testing.assert_close(from_bf16, expected, rtol=0, atol=0)
