@@ -1,4 +1,5 @@
-"""``train.lr_*``: linear warm-up and decay as the officials schedule them, applied by DistillModule."""
+"""What each optimizer step applies: ``train.lr_*`` (linear warm-up and decay as the officials schedule
+them) and ``method.grad_clip`` (0: no clipping)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from distill.core.gmm import ring_mixture
 from distill.core.lr_schedule import lr_factor
 from distill.errors import ConfigError
 from distill.lit.distill import DistillModule
+from distill.methods.base import Method
 from distill.methods.progressive import ProgressiveDistillation
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
@@ -141,3 +143,28 @@ def test_build_module_passes_the_train_schedule_to_the_module(tmp_path):
                                    "train.lr_decay_steps=9"], tmp_path)
     module = build_module(cfg, teacher)
     assert module.lr_schedule == dict(schedule="inverse_sqrt", warmup_steps=5, decay_steps=9)
+
+
+class ConstantGradient(Method):
+    """Every student parameter gets gradient 100 (a global norm far above 1)."""
+
+    def loss(self, phase, x0, teacher, student, step):
+        return {"loss": 100 * sum(p.sum() for p in student.parameters())}
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_grad_clip_zero_leaves_the_gradient_unclipped(grad_clip, tmp_path):
+    torch.manual_seed(0)
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=8, depth=1)), (2,))
+    student = student_from_teacher(teacher.model)
+    before = [p.detach().clone() for p in student.parameters()]
+    module = DistillModule(teacher, student, ConstantGradient(), lambda p: torch.optim.SGD(p, lr=0.01),
+                           grad_clip=grad_clip)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4))
+    moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.student.parameters(), strict=True)])
+    if grad_clip == 0:
+        torch.testing.assert_close(moved, torch.ones_like(moved))  # lr 0.01 x gradient 100, as given
+    else:
+        assert moved.norm() == pytest.approx(0.01, rel=1e-4)  # lr x the clipped norm 1
