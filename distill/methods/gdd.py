@@ -5,8 +5,8 @@ data estimate at pure noise) is trained with a GAN loss against *real data* and 
 teacher targets, so the student is free to leave the teacher's local minimum and beat it.
 
 GDD-I freezes most of the generator (``frozen_layers``, by default GDD's own name rule: the
-convolutions and projections of its blocks) and trains what is left: norms, embeddings, attention. The share that trains is logged as
-``student/trainable_fraction``.
+convolutions and projections of its blocks) and trains what is left: norms, embeddings,
+attention. The share that trains is logged as ``student/trainable_fraction``.
 
 The discriminator is projected-GAN style: frozen pretrained features at several scales, one small
 trainable head per scale. By default the features are the frozen teacher's own encoder (its down

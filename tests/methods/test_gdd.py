@@ -101,6 +101,25 @@ def test_external_feature_network_loads_local_weights_and_stays_frozen(tmp_path)
         id(p) for p in method.heads.parameters()]
 
 
+@pytest.mark.parametrize("kind", ["song", "dhariwal"])
+def test_discriminator_features_and_losses_are_finite_on_an_edm_teacher(kind):
+    """feature_time 0 reads the teacher at sigma_min, not at sigma = 0 (c_noise = log(0) / 4)."""
+    from distill.teachers.edm import edm_teacher
+    from tests.teachers.edm_pickles import tiny_edm
+
+    teacher = edm_teacher(tiny_edm(kind)[0], {})
+    student = copy.deepcopy(teacher.model).requires_grad_(True)
+    method = GDD(frozen_layers="gdd", r1_gamma=1e-2)
+    method.attach(teacher, student)
+    x0 = torch.randn(4, 1, 8, 8).clamp(-1, 1)
+    assert all(torch.isfinite(f).all() for f in method.features(x0, teacher))
+    for phase in ("student", "discriminator"):
+        terms = method.loss(phase, x0, teacher, student, 0)
+        assert all(torch.isfinite(v).all() for v in terms.values()), phase
+        terms["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
 def test_gdd_learns_the_ring_mixture_in_one_step_from_real_data_only():
     (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(GDD(r1_gamma=1e-2))
     assert sw_after < 0.25 * sw_before
@@ -115,7 +134,8 @@ def test_a_gdd_i_run_keeps_the_teachers_convolutions_bit_identical(compose_train
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)["state_dict"]
     teacher_model = load_teacher(Path(cfg.paths.cache) / "teachers" / "digits").model
-    teacher, frozen = teacher_model.state_dict(), frozen_parameter_names(teacher_model, "conv")
+    teacher, frozen = teacher_model.state_dict(), frozen_parameter_names(teacher_model, "gdd")
+    assert cfg.method.objective.frozen_layers == "gdd" and frozen  # GDD's own rule is gdd_i's default
     for prefix in ("student.", "ema.copies.0."):
         assert all(torch.equal(state[prefix + n], teacher[n]) for n in frozen)
         assert any(not torch.equal(state[prefix + n], teacher[n]) for n in teacher if n not in frozen)

@@ -10,6 +10,7 @@ from distill.nets.discriminator import (
     MLPDiscriminator,
     build_discriminator,
     data_shape_of,
+    head_for,
 )
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
@@ -37,6 +38,16 @@ def test_the_noise_level_changes_the_logits(shape):
     assert not torch.allclose(logits[0], logits[1])
     logits.sum().backward()  # every parameter takes part
     assert all(p.grad is not None for p in disc.parameters())
+
+
+@pytest.mark.parametrize("side", [2, 4, 8, 16])
+def test_single_logit_head_reduces_any_map_to_one_logit_as_dmd2s(side):
+    head = head_for((32, side, side), single_logit=True)
+    assert head(torch.randn(3, 32, side, side)).shape == (3, 1, 1)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    if side == 8:  # DMD2's cls_pred_branch (edm_guidance.py:47-56): 4x4/s2, 4x4/s4, 1x1
+        assert [(c.kernel_size, c.stride) for c in convs] == [((4, 4), (2, 2)), ((4, 4), (4, 4)), ((1, 1), (1, 1))]
+    assert head_for((32, 8, 8))(torch.randn(3, 32, 8, 8)).shape == (3, 2, 2)  # the default: patch logits
 
 
 def test_data_shape_is_read_from_our_students():
