@@ -213,6 +213,24 @@ def test_edm_weighting_weighs_the_velocity_error_as_edm_weighs_the_x0_error():
     torch.testing.assert_close(method.fake_score_term(x0, s, eps), expected)
 
 
+def test_edm_weighting_with_unit_sigma_data_is_rcms_critic_loss():
+    """NVlabs/rcm rcm/models/t2v_model_distill_rcm.py:686-693: x_t = cos t x0 + sin t eps, loss
+    |x0 - x0_fake|^2 / sin^2 t (summed over dims; here the mean), at FM time s = sin t / (cos t + sin t)."""
+    torch.manual_seed(0)
+    teacher = Teacher(mlp(), (2,))
+    method = DMD2(fake_score_weighting="edm", sigma_data=1.0)
+    method.attach(teacher, copy.deepcopy(teacher.model))
+    method.fake_score.double()
+    x0, eps = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.7, 1.2, 1.5], dtype=torch.float64)
+    s = torch.sin(t) / (torch.cos(t) + torch.sin(t))
+    x_t = torch.cos(t)[:, None] * x0 + torch.sin(t)[:, None] * eps
+    x_s = x_t / (torch.cos(t) + torch.sin(t))[:, None]  # the same state in FM coordinates
+    x0_fake = x_s - s[:, None] * method.fake_score(x_s, s)
+    official = ((x0 - x0_fake) ** 2 / torch.sin(t)[:, None] ** 2).mean()
+    torch.testing.assert_close(method.fake_score_term(x0, s, eps), official)
+
+
 def test_generator_starts_at_the_students_largest_noise_level():
     """An EDM student's first time is 80/81 (sigma 80): its one-step sample is D(80 z; 80)."""
     from distill.teachers.edm import edm_teacher
