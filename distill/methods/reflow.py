@@ -25,6 +25,7 @@ from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.pairs import PairShards, fingerprint, shard_labels
 from distill.core.prediction import fm_noise
+from distill.core.process import FlowMatching
 from distill.core.samplers import prior_state, sample_euler
 from distill.core.straightness import ode_pairs, straightness
 from distill.core.tensors import batch_time
@@ -41,6 +42,26 @@ from distill.methods.base import (
 from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
+STUDENT_HEADS = ("teacher", "velocity")
+
+
+def velocity_head(student: nn.Module) -> nn.Module:
+    """The student's network read as an FM velocity ``v(x_s, s) = net(x_s, 1000 s)``: InstaFlow's
+    re-parameterisation of the SD1.5 UNet (gnobitab/InstaFlow code/pipeline_rf.py:638-668 feeds the
+    raw latents and ``t * 1000``; its sign, ``latents + dt v`` as t falls, is the negative of this FM
+    velocity, the one diffusers' FlowMatch scheduler reads, so an export samples with it).
+
+    An epsilon- or v-predicting teacher copy otherwise yields its velocity through ``eps / (1 - s)``,
+    which amplifies errors by 15.6 at SD's last timestep and conditions the one-step map badly
+    (the PD paper's warning about epsilon at 1-2 steps). A flow network is returned as it is.
+    """
+    if getattr(student, "prediction", None) == "flow":
+        return student
+    if not (hasattr(student, "native") and hasattr(student, "prediction") and hasattr(student, "net")):
+        raise ValueError(f"method.student_head=velocity re-reads a diffusers network's output; this student is "
+                         f"{type(student).__name__}: use method.student_head=teacher")
+    student.prediction, student.scheme, student.process = "flow", "fm", FlowMatching()
+    return student
 
 
 class Reflow(Method):
@@ -57,6 +78,8 @@ class Reflow(Method):
         pair_dir: cache directory (a subdirectory per model and settings); None: memory only.
         seed: base seed of the pairs' noise (each stage gets its own).
         straightness_samples: noise samples of the per-round straightness metric.
+        student_head: ``teacher`` keeps the teacher's parameterisation; ``velocity`` reads the
+            student's network output as the FM velocity (InstaFlow's SD1.5 student; ``velocity_head``).
     """
 
     name = "reflow"
@@ -76,6 +99,7 @@ class Reflow(Method):
         pair_dir: str | None = None,
         seed: int = 0,
         straightness_samples: int = 128,
+        student_head: str = "teacher",
     ):
         super().__init__()
         check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
@@ -83,6 +107,8 @@ class Reflow(Method):
         if rounds < 0 or (rounds == 0 and not distill):
             raise ValueError(f"method.rounds={rounds} must be >= 1, or >= 0 with method.distill=true")
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
+        check_choice("student_head", student_head, STUDENT_HEADS)
+        self.student_head = student_head
         make_grid(ode_grid, 1)  # unknown grid names fail here, not at the first step
         self.rounds, self.steps_per_round = rounds, steps_per_round
         self.distill, self.distill_steps = distill, distill_steps
@@ -100,6 +126,9 @@ class Reflow(Method):
         self._shards_stage = -1
         self._like: Tensor | None = None  # (1, *sample shape) on the training device and dtype
         self._teacher: tuple[nn.Module, ...] = ()  # what labels mean; a tuple, so never a submodule or checkpointed
+
+    def prepare_student(self, student: nn.Module) -> nn.Module:
+        return velocity_head(student) if self.student_head == "velocity" else student
 
     # --- schedule ---------------------------------------------------------------------------
     @property

@@ -103,3 +103,38 @@ def test_reflow_straightens_the_flow_and_distils_better_in_one_step():
     # ... and its samples are closer to the data.
     reference = data[:2000]
     assert sliced_wasserstein(one_step["reflow"], reference) < sliced_wasserstein(one_step["plain"], reference)
+
+
+class _EpsUNet(torch.nn.Module):
+    """A diffusers-style stand-in: ``net(sample, timestep).sample``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, sample, timestep):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=self.conv(sample) * (1 + timestep.view(-1, 1, 1, 1) / 1000))
+
+
+def test_velocity_head_reads_the_unet_output_as_the_fm_velocity():
+    # InstaFlow (gnobitab/InstaFlow code/pipeline_rf.py:638-668): v = unet(latents, 1000 t), raw latents in
+    from distill.teachers.diffusers_dir import DiffusersVelocity, parameterization
+
+    process, prediction, _ = parameterization({"_class_name": "DDPMScheduler", "prediction_type": "epsilon",
+                                               "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                               "beta_end": 0.012, "num_train_timesteps": 1000})
+    torch.manual_seed(0)
+    student = DiffusersVelocity(_EpsUNet(), process, prediction)
+    x, s = torch.randn(3, 2, 4, 4), torch.tensor([0.9, 0.5, 0.1])
+    with torch.no_grad():
+        as_eps = student(x, s)
+        head = Reflow(student_head="velocity").prepare_student(student)
+        raw = student.net(x, 1000 * s).sample
+        torch.testing.assert_close(head(x, s), raw)
+    assert not torch.allclose(as_eps, raw, atol=1e-3)  # the epsilon reading differed
+    assert head.scheme == "fm"  # so it exports to diffusers' FlowMatch scheduler, which reads this velocity
+    assert Reflow().prepare_student(student) is student
+    with pytest.raises(ValueError, match="method.student_head"):
+        Reflow(student_head="eps")
