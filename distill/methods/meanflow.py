@@ -38,16 +38,20 @@ def sample_time_pair(
     n: int, p_mean: float, p_std: float, equal_ratio: float, device: torch.device | str | None = None,
     dtype: torch.dtype | None = None, dist: str = "logit_normal",
 ) -> tuple[Tensor, Tensor]:
-    """``(r, t)``, each (n,): two times (logit-normal, or uniform) sorted so t >= r; a random
-    ``equal_ratio`` of the batch (rounded) gets r = t, where the MeanFlow loss is plain flow matching."""
+    """``(r, t)``, each (n,): two times (logit-normal, or uniform) sorted so t >= r; each sample gets
+    r = t with probability ``equal_ratio`` (there the MeanFlow loss is plain flow matching).
+
+    py-meanflow's v0 sampler (``meanflow/models/time_sampler.py:22-39``), whose ``--ratio`` is the
+    probability of r != t, i.e. ``1 - equal_ratio``: t, then r, drawn independently, sorted, and a
+    per-sample Bernoulli draw for r = t.
+    """
     if dist == "uniform":
         pair = sample_uniform(2 * n, dtype=dtype, device=device).view(2, n)
     else:
         pair = sample_logit_normal(2 * n, p_mean, p_std, dtype=dtype, device=device).view(2, n)
-    t, r = pair.max(dim=0).values, pair.min(dim=0).values
-    equal = torch.randperm(n, device=device)[: round(equal_ratio * n)]
-    r[equal] = t[equal]
-    return r, t
+    t, r = torch.maximum(pair[0], pair[1]), torch.minimum(pair[0], pair[1])
+    equal = torch.rand(n, device=device, dtype=dtype) < equal_ratio
+    return torch.where(equal, t, r), t
 
 
 def inward_difference(
@@ -90,7 +94,8 @@ class MeanFlow(Method):
     """Args:
     time_dist: ``logit_normal`` (the paper) or ``uniform`` draws of (t, r).
     p_mean, p_std: logit-normal parameters of the (t, r) draws (paper: -0.4, 1.0).
-    equal_ratio: fraction of the batch with r = t (paper: 0.75).
+    equal_ratio: probability of r = t per sample (ImageNet: 0.75; CIFAR-10: 0.25; py-meanflow's
+        ``--ratio`` is the probability of r != t, ``1 - equal_ratio``).
     velocity: ``data`` (eps - x0, the paper) or ``teacher`` (the teacher's v(z_t, t): distillation).
     jvp: ``exact`` (forward-mode AD) or ``finite_difference``.
     fd_step: the finite-difference step in t (1e-3 is ~10% off on nets fed 1000 t: their
@@ -98,6 +103,9 @@ class MeanFlow(Method):
     adaptive_power, adaptive_eps: p and c of the adaptive weight (paper: 1.0, 1e-3).
     sampling_grid: grid whose points are the jump times of n-step sampling.
     sampling_shift: SD3 time shift k of those jump times (k < 1 moves them towards data; 1 keeps them).
+    time_scale: k of the student's time inputs (``AverageVelocityModel``): 1000 for a copy of a
+        diffusers-style fm teacher (what it was trained with), 1 for raw times as py-meanflow's
+        from-scratch UNet (use with ``student=fresh``); an edm-scheme student scales only t - r.
     """
 
     name = "meanflow"
@@ -116,6 +124,7 @@ class MeanFlow(Method):
         adaptive_eps: float = 1e-3,
         sampling_grid: str = "uniform",
         sampling_shift: float = 1.0,
+        time_scale: float = 1000.0,
     ):
         super().__init__()
         check_choice("velocity", velocity, VELOCITIES)
@@ -131,10 +140,13 @@ class MeanFlow(Method):
             raise ValueError(f"method.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps
         self.sampling_shift = sampling_shift
+        if time_scale <= 0:
+            raise ValueError(f"method.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+        self.time_scale = time_scale
 
     def prepare_student(self, student: nn.Module) -> nn.Module:
         """The student as ``u(z, r, t)``; an already converted one (checkpoint reload) is kept."""
-        return average_velocity_from(student)
+        return average_velocity_from(student, self.time_scale)
 
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         if not isinstance(student, AverageVelocityModel):

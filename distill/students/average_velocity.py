@@ -1,17 +1,25 @@
 """Average-velocity students (MeanFlow, Geng et al. 2025; methods.md 10.3).
 
 ``u(z_t, r, t) = 1/(t - r) int_r^t v(z_tau, tau) dtau`` in FM coordinates (t = s, noise at 1).
-One network with a second time input gives it: ``net(z, 1000 t, 1000 (t - r))``. At r = t it is
-the instantaneous velocity, so a teacher copy whose new time input starts at zero *is* the
-teacher, and every jump ``t -> r`` is a single call.
+One network with a second time input gives it: ``net(z, k t, k (t - r))`` for an fm-scheme net,
+with k = 1000 (diffusers' convention, what a teacher copy was trained with) or k = 1 (raw times,
+py-meanflow's from-scratch UNet: a JVP in t then sees no high-frequency time features). An
+edm-scheme net keeps its EDM preconditioning at time t and takes ``k (t - r)`` as its second
+input (FastGen's MeanFlow on EDM networks likewise preconditions at t and feeds r as an extra
+label): its x0 estimate is read as the velocity at t. At r = t it is the instantaneous velocity,
+so a teacher copy whose new time input starts at zero *is* the teacher, and every jump
+``t -> r`` is a single call.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from distill.core.adapt import to_velocity_model
+from distill.core.losses import edm_precond
+from distill.core.process import EDM
 from distill.core.tensors import append_dims
-from distill.nets.denoiser import VelocityModel
+from distill.nets.denoiser import SCHEMES, VelocityModel
 from distill.nets.factory import rebuild_with_extra_time
 
 TIME_SCALE = 1000.0  # the diffusers convention every fm-scheme net was trained with
@@ -22,16 +30,36 @@ class AverageVelocityModel(nn.Module):
 
     Args:
         net: a network built with ``extra_time=True``: ``net(x, c_noise, c_extra)``.
+        time_scale: k of the time inputs ``(k t, k (t - r))`` (fm) or ``k (t - r)`` (edm).
+        scheme: ``fm`` (the net predicts the velocity) or ``edm`` (EDM-preconditioned x0
+            prediction at time t, ``c_noise = 1000 ln(sigma) / 4`` as in ``VelocityModel``).
+        sigma_data: EDM's data standard deviation (``edm`` only).
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, time_scale: float = TIME_SCALE, scheme: str = "fm", sigma_data: float = 0.5):
         super().__init__()
         if not getattr(net, "extra_time", False):
             raise ValueError(f"{type(net).__name__} has no second time input: build it with extra_time=True")
-        self.net = net
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme={scheme!r} is unknown; choose one of {SCHEMES}")
+        if time_scale <= 0:
+            raise ValueError(f"method.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+        self.net, self.time_scale, self.scheme, self.sigma_data = net, float(time_scale), scheme, sigma_data
+        self.process = EDM(sigma_data=sigma_data) if scheme == "edm" else None
 
     def forward(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor:
-        return self.net(z, TIME_SCALE * t, TIME_SCALE * (t - r))
+        c_extra = self.time_scale * (t - r)
+        if self.scheme == "fm":
+            return self.net(z, self.time_scale * t, c_extra)
+
+        def denoiser(x: Tensor, sigma: Tensor) -> Tensor:  # VelocityModel.native's EDM branch, plus c_extra
+            c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.sigma_data)
+            out = self.net((append_dims(c_in, x.ndim) * x.double()).to(x.dtype), (1000 * c_noise).to(x.dtype),
+                           c_extra.to(x.dtype))
+            return (append_dims(c_skip, x.ndim) * x.double() + append_dims(c_out, x.ndim) * out.double()).to(x.dtype)
+
+        # The velocity at t of the x0 estimate: (z - x0) / t, with t clamped to EDM's [sigma_min, sigma_max].
+        return to_velocity_model(denoiser, self.process, "x0")(z, t)
 
     def velocity(self, z: Tensor, s: Tensor) -> Tensor:
         """The instantaneous velocity ``v(z, s) = u(z, s, s)`` (the canonical ``model(x, s)`` contract)."""
@@ -54,28 +82,28 @@ class AverageVelocityFlowMap(nn.Module):
         return flow_map(self.model, x, s, s_next)
 
 
-def average_velocity_from(student: nn.Module) -> AverageVelocityModel:
+def average_velocity_from(student: nn.Module, time_scale: float = TIME_SCALE) -> AverageVelocityModel:
     """Turn a velocity-model student (a teacher copy or a random init) into ``u(z, r, t)``.
 
     The net is rebuilt with ``extra_time=True`` and the student's weights loaded into it; only the
     new (zero-initialised) time input may be missing, so the result equals the student at r = t.
     An ``AverageVelocityModel`` is returned as is (a student rebuilt for a checkpoint reload).
+    Both schemes convert (``fm``: ``net(z, k t, k (t - r))``; ``edm``: preconditioned at t).
+
+    Args:
+        time_scale: k of the time inputs. A teacher copy in the fm scheme was trained with 1000;
+            any other k changes what its time input means (use it with a fresh student).
 
     Raises:
-        ValueError: the student is not an fm-scheme ``VelocityModel``, or the weights do not fit.
+        ValueError: the student is not a ``VelocityModel``, or the weights do not fit.
     """
     if isinstance(student, AverageVelocityModel):
         return student
     if not isinstance(student, VelocityModel):
         raise ValueError(f"an average-velocity student is made from a VelocityModel, not a {type(student).__name__}")
-    if student.scheme != "fm":
-        raise ValueError(
-            f"an average-velocity student needs an fm-scheme velocity net (net(x, 1000 s) -> v), but this one is "
-            f"{student.scheme!r}: pretrain the teacher with scheme=fm, or use a random-init student "
-            "(student=mlp, student.scheme=fm)"
-        )
+    kwargs = {"time_scale": time_scale, "scheme": student.scheme, "sigma_data": student.sigma_data}
     if getattr(student.net, "extra_time", False):
-        return AverageVelocityModel(student.net)
+        return AverageVelocityModel(student.net, **kwargs)
     net = rebuild_with_extra_time(student.net).to(next(student.net.parameters()))
     result = net.load_state_dict(student.net.state_dict(), strict=False)
     new_keys = set(net.state_dict()) - set(student.net.state_dict())
@@ -84,4 +112,4 @@ def average_velocity_from(student: nn.Module) -> AverageVelocityModel:
             f"the student's weights do not fit its rebuilt net: missing {sorted(set(result.missing_keys) - new_keys)[:5]}, "
             f"unexpected {sorted(result.unexpected_keys)[:5]}"
         )
-    return AverageVelocityModel(net.train(student.training).requires_grad_(True))
+    return AverageVelocityModel(net.train(student.training).requires_grad_(True), **kwargs)
