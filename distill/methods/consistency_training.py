@@ -27,6 +27,7 @@ from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.prediction import fm_noise
 from distill.core.rng import capture_rng, restore_rng
+from distill.core.tensors import append_dims
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import (
     check_sampling_sigmas,
@@ -176,6 +177,8 @@ class ConsistencyTraining(Method):
         with torch.no_grad():
             restore_rng(rng, x0.device)  # the same dropout masks in both branches (ECT)
             target = consistency_fn(student, fm_noise(x0, eps, s_r), s_r)
+            # ECT's mask (locuslab/ect training/loss.py:70-79): at r = 0 the target is the data itself.
+            target = torch.where(append_dims(r > 0, x0.ndim), target.nan_to_num(), x0)
         distance = pseudo_huber(pred, target, self.huber_c * x0[0].numel() ** 0.5)
         weight = self.weight(t, r).to(distance)
         return {"loss": (weight * distance).mean(), "distance": distance.mean().detach(), "gap": (t - r).mean().float()}

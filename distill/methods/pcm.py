@@ -242,6 +242,9 @@ class PhasedConsistency(Method):
         with torch.no_grad():
             x_prev = ddim_step(teacher, x_s, s, s_prev)  # the teacher's Euler step (no CFG here)
             target = phased_consistency_fn(self._target(student), x_prev, s_prev, s_edge)
+            # At a phase's first grid point the target is x_prev itself (PCM's c_skip = 1 boundary); the
+            # network is not asked, which an x0-predicting one could not answer at s = 0.
+            target = torch.where(append_dims(s_prev == s_edge, x0.ndim), x_prev, target.nan_to_num())
         pred = phased_consistency_fn(student, x_s, s, s_edge)
         return pred, target, s_edge, times[upper]
 

@@ -115,6 +115,27 @@ def test_unknown_schedule_or_weighting_names_the_choices():
         ConsistencyTraining(weighting="edm")
 
 
+def test_ect_targets_at_r_zero_are_the_data_even_where_the_network_is_undefined():
+    # locuslab/ect training/loss.py:70-79: rows with r = 0 take y itself as the target (an x0-predicting
+    # network has no velocity at sigma = 0, and 0 * nan is nan).
+    class UndefinedAtCleanData(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = VelocityModel(TimeMLP((2,), width=16, depth=1), "fm").double()
+
+        def forward(self, x, s):
+            return torch.where((s == 0)[:, None], torch.nan, self.inner(x, s))
+
+    torch.manual_seed(0)
+    method = ConsistencyTraining(schedule="ect", huber_c=0.0)
+    method.set_budget(1000)
+    x0 = torch.randn(256, 2, dtype=torch.float64)
+    t, r = method.sigma_pairs(256, 0, x0.device)
+    assert bool((r == 0).any()), "stage 0 draws r = 0 for most small t"
+    terms = method.loss("student", x0, None, UndefinedAtCleanData(), step=0)
+    assert torch.isfinite(terms["loss"])
+
+
 def test_ect_stages_in_images_follow_the_global_batch_not_the_budget():
     # run_ecm.sh: a stage is 250 ticks of 12.8 kimg = 3.2 Mimg, 25k iterations at batch 128, with no last stage.
     method = ConsistencyTraining(schedule="ect", num_stages=None, images_per_stage=3_200_000)

@@ -275,6 +275,31 @@ def test_learned_phased_sampler_approaches_the_exact_teacher_flow():
     assert after < 0.25 * before, (before, after)
 
 
+class UndefinedAtCleanData(nn.Module):
+    """A student whose velocity is NaN at s = 0, as an x0-predicting network's is at sigma = 0."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, s):
+        v = self.inner(x, s)
+        return torch.where((s == 0)[:, None], torch.nan, v)
+
+
+def test_first_grid_point_targets_never_ask_the_network_about_clean_data():
+    # PCM's boundary (c_skip = 1): one step onto the lowest edge makes x_prev the target as it is.
+    teacher = GMMTeacher(ring_mixture())
+    method = PhasedConsistency(phases=2, num_euler_timesteps=10, target="online")
+    student = UndefinedAtCleanData(mlp_student())
+    x0, eps, n = teacher.sample_data(4).double(), torch.randn(4, 2, dtype=F64), torch.tensor([1, 1, 3, 6])
+    pred, target, _, _ = method.consistency_pair(x0, eps, n, teacher, student)
+    assert torch.isfinite(target).all()
+    s1 = method.times[1]
+    x_s = (1 - s1) * x0[:2] + s1 * eps[:2]
+    torch.testing.assert_close(target[:2], x_s - s1 * teacher(x_s, s1.expand(2)))
+
+
 def test_default_target_is_the_online_student_as_in_every_released_pcm_script():
     # G-U-N/Phased-Consistency-Model train_pcm_lora_sd15.py:1261-1281 (update_ema is never called).
     method = PhasedConsistency()
