@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.core.conditioning import conditioned
+from distill.core.conditioning import Condition, conditioned, guided
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.pairs import PairShards, fingerprint, shard_labels
@@ -64,6 +64,32 @@ def velocity_head(student: nn.Module) -> nn.Module:
     return student
 
 
+def with_null_rows(condition: Condition | None, null: Condition | None, drop: Tensor) -> Condition | None:
+    """``condition`` (batch B) with the rows where ``drop`` (B,) is true replaced by ``null`` (batch 1):
+    condition dropout, so a reflowed flow also learns the unconditional field that CFG needs."""
+    if condition is None or null is None or not bool(drop.any()):
+        return condition
+    if set(null) != set(condition):
+        raise ValueError(f"method.condition_dropout needs a null condition with the condition's keys "
+                         f"{sorted(condition)}, got {sorted(null)}: set method.condition_dropout=0")
+    out = {}
+    for key, value in condition.items():
+        empty = null[key].to(value.device).expand_as(value)
+        out[key] = torch.where(drop.to(value.device).view(-1, *[1] * (value.ndim - 1)), empty, value)
+    return out
+
+
+class GuidedFlow(nn.Module):
+    """A conditional flow behind classifier-free guidance ``v_null + scale (v_cond - v_null)``."""
+
+    def __init__(self, flow: nn.Module, scale: float, null: Condition):
+        super().__init__()
+        self.flow, self.scale, self.null = flow, scale, null
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        return guided(self.flow, x, s, self.scale, self.null)
+
+
 class Reflow(Method):
     """``rounds`` reflow rounds (the student becomes the (rounds+1)-rectified flow), then distil.
 
@@ -78,6 +104,12 @@ class Reflow(Method):
         pair_dir: cache directory (a subdirectory per model and settings); None: memory only.
         seed: base seed of the pairs' noise (each stage gets its own).
         straightness_samples: noise samples of the per-round straightness metric.
+        condition_dropout: with a conditional teacher, the share of reflow-stage samples trained on
+            the null condition (empty prompt / null class), so the reflowed flow is CFG-able.
+        distill_guidance: CFG scale of the reflowed flow when it makes the distillation pairs
+            (InstaFlow: 1.5 for its 2-RF); needs ``rounds >= 1`` and, to mean anything, condition dropout.
+        stage_warmup_steps: linear lr warm-up from 0 at the start of every stage (the official
+            reflow and distillation runs each warm up over 5000 steps, ``optim.warmup``).
         student_head: ``teacher`` keeps the teacher's parameterisation; ``velocity`` reads the
             student's network output as the FM velocity (InstaFlow's SD1.5 student; ``velocity_head``).
     """
@@ -100,6 +132,9 @@ class Reflow(Method):
         seed: int = 0,
         straightness_samples: int = 128,
         student_head: str = "teacher",
+        condition_dropout: float = 0.0,
+        distill_guidance: float = 1.0,
+        stage_warmup_steps: int = 0,
     ):
         super().__init__()
         check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
@@ -109,6 +144,16 @@ class Reflow(Method):
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
         check_choice("student_head", student_head, STUDENT_HEADS)
         self.student_head = student_head
+        if not 0 <= condition_dropout < 1:
+            raise ValueError(f"method.condition_dropout={condition_dropout} must be in [0, 1)")
+        if distill_guidance != 1.0 and (rounds < 1 or not distill):
+            raise ValueError(f"method.distill_guidance={distill_guidance} guides the reflowed flow that makes the "
+                             "distillation pairs: it needs method.rounds >= 1 and method.distill=true "
+                             "(the teacher's own pairs use teacher.guidance)")
+        self.condition_dropout, self.distill_guidance = condition_dropout, distill_guidance
+        if stage_warmup_steps < 0:
+            raise ValueError(f"method.stage_warmup_steps={stage_warmup_steps} must be >= 0 (0: no warm-up)")
+        self.stage_warmup_steps = stage_warmup_steps
         make_grid(ode_grid, 1)  # unknown grid names fail here, not at the first step
         self.rounds, self.steps_per_round = rounds, steps_per_round
         self.distill, self.distill_steps = distill, distill_steps
@@ -152,6 +197,15 @@ class Reflow(Method):
         """The step count at which ``stage`` is over."""
         return min(stage + 1, self.rounds) * self.steps_per_round + (self.distill_steps if stage >= self.rounds else 0)
 
+    def lr_scale(self, optimizer: str, step: int) -> float:
+        """Linear warm-up from 0 over ``stage_warmup_steps`` at the start of each stage: each stage of
+        the official code is a fresh run (gnobitab/RectifiedFlow ImageGeneration/losses.py:40-46)."""
+        if not self.stage_warmup_steps:
+            return 1.0
+        stage = int(self.stage)
+        begin = self.stage_end(stage - 1) if stage > 0 else 0
+        return min(1.0, (step - begin) / self.stage_warmup_steps)
+
     @property
     def distilling(self) -> bool:
         return int(self.stage) >= self.rounds
@@ -168,6 +222,10 @@ class Reflow(Method):
         settings = (self.seed, stage, self.shard_size, self.ode_steps, self.ode_sampler, self.ode_grid,
                     *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)]
                       if num_labels else []))
+        null = getattr(teacher, "null_condition", None)
+        if num_labels and null is not None and stage >= self.rounds > 0 and self.distill_guidance != 1.0:
+            source = GuidedFlow(source, self.distill_guidance, null)  # InstaFlow's guided 2-RF pairs
+            settings = (*settings, "distill_guidance", self.distill_guidance)
         directory = None if self.pair_dir is None else self.pair_dir / fingerprint(source, shape, *settings)
 
         def endpoint(noise: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -210,7 +268,12 @@ class Reflow(Method):
                 per_sample = per_sample_mse(x_pred, x_hat)
             else:  # flow matching on the coupling: x_s = (1 - s) x_hat + s eps, v = eps - x_hat
                 s = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
-                per_sample = per_sample_mse(student(fm_noise(x_hat, eps, s), s), eps - x_hat)
+                condition = label_condition(teacher, labels)
+                if self.condition_dropout > 0 and condition is not None:
+                    drop = torch.rand(x0.shape[0]) < self.condition_dropout
+                    condition = with_null_rows(condition, teacher.null_condition, drop)
+                with conditioned(condition):
+                    per_sample = per_sample_mse(student(fm_noise(x_hat, eps, s), s), eps - x_hat)
         # Every step reports the straightness of the stage's pair source (the logger keeps only
         # every n-th step): a step curve falling round by round.
         source_straightness = self.straightness[min(int(self.stage), self.rounds)].clone()

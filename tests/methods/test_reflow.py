@@ -138,3 +138,76 @@ def test_velocity_head_reads_the_unet_output_as_the_fm_velocity():
     assert Reflow().prepare_student(student) is student
     with pytest.raises(ValueError, match="method.student_head"):
         Reflow(student_head="eps")
+
+
+def test_condition_dropout_replaces_rows_with_the_null_condition():
+    from distill.core.conditioning import LABELS, PROMPTS
+    from distill.methods.reflow import with_null_rows
+
+    drop = torch.tensor([True, False, True, False])
+    labels = with_null_rows({LABELS: torch.arange(4)}, {LABELS: torch.tensor([10])}, drop)
+    assert labels[LABELS].tolist() == [10, 1, 10, 3]
+    prompts = torch.randn(4, 2, 3)
+    empty = torch.zeros(1, 2, 3)
+    mixed = with_null_rows({PROMPTS: prompts}, {PROMPTS: empty}, drop)[PROMPTS]
+    assert (mixed[0] == 0).all() and (mixed[2] == 0).all() and torch.equal(mixed[1::2], prompts[1::2])
+    with pytest.raises(ValueError, match="method.condition_dropout"):
+        with_null_rows({PROMPTS: prompts}, {LABELS: torch.tensor([10])}, drop)
+
+
+def test_distillation_pairs_come_from_the_guided_reflowed_flow():
+    # InstaFlow model card (XCLiu/instaflow_0_9B_from_sd_1_5): "the guidance scale of the teacher model,
+    # 2-Rectified Flow, is set to 1.5" in the distillation stage
+    from distill.core.conditioning import LABELS, conditioned, guided
+    from distill.teachers.base import Teacher
+
+    torch.manual_seed(0)
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3)), (2,), guidance=2.0)
+    student = VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3))
+    method = Reflow(rounds=1, steps_per_round=1, distill_steps=1, pairs_per_round=16, shard_size=16, ode_steps=3,
+                    straightness_samples=4, condition_dropout=0.5, distill_guidance=1.5)
+    x0 = torch.zeros(8, 2)
+    method.loss("student", x0, teacher, student, 0)
+    method.on_step_end(0, student)
+    method.loss("student", x0, teacher, student, 1)  # opens the distillation stage's pairs
+    noise, x_hat, labels = method._shards.shard(0)
+    flow = method.snapshots["flow"]
+    with conditioned({LABELS: labels}):
+        expected = ode_pairs(lambda x, s: guided(flow, x, s, 1.5, teacher.null_condition), noise, 3, "heun", "cosine")
+        unguided = ode_pairs(flow, noise, 3, "heun", "cosine")
+    torch.testing.assert_close(x_hat, expected)
+    assert not torch.allclose(x_hat, unguided, atol=1e-4)
+    with pytest.raises(ValueError, match="method.distill_guidance"):
+        Reflow(rounds=0, distill_guidance=1.5)
+
+
+def test_reflow_stage_trains_a_share_of_samples_on_the_null_condition():
+    from distill.core.conditioning import LABELS, current_condition
+    from distill.teachers.base import Teacher
+
+    torch.manual_seed(0)
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3)), (2,))
+    method = Reflow(rounds=1, steps_per_round=1, distill=False, pairs_per_round=64, shard_size=64, ode_steps=2,
+                    straightness_samples=4, condition_dropout=0.5)
+    seen = []
+
+    def student(x, s):
+        seen.append(current_condition()[LABELS].clone())
+        return torch.zeros_like(x)
+
+    method.loss("student", torch.zeros(64, 2), teacher, student, 0)
+    null = int(teacher.null_condition[LABELS])
+    assert 16 < int((seen[-1] == null).sum()) < 48 and (seen[-1] < null).any()
+
+
+def test_every_stage_warms_its_learning_rate_up_from_zero():
+    # gnobitab/RectifiedFlow losses.py:40-46: lr * min(step / warmup, 1), and each stage is a fresh run
+    teacher, data = ring_teacher_and_data(256)
+    method = Reflow(rounds=1, steps_per_round=4, distill_steps=4, pairs_per_round=16, shard_size=16, ode_steps=2,
+                    straightness_samples=4, stage_warmup_steps=2)
+    student, scales = mlp(), []
+    for step in range(8):
+        scales.append(method.lr_scale("student", step))
+        method.loss("student", data[:4], teacher, student, step)
+        method.on_step_end(step, student)
+    assert scales == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
