@@ -1,5 +1,5 @@
-"""The paper configs that distil EDM's published checkpoints start: a CPU ``fast_dev_run`` on a tiny
-EDM-format pickle of the same network (DDPM++ for ``-vp``, NCSN++ for ``-ve``, ADM for ``-adm``, as
+"""The paper configs that distil EDM's published checkpoints train: 30 CPU steps (across a stage change
+where the method has one) on a tiny EDM-format pickle of the same network (DDPM++ for ``-vp``, NCSN++ for ``-ve``, ADM for ``-adm``, as
 NVlabs/edm's train.py builds them), class-conditional where the official file is, at the stand-in
 data's resolution. ``test_paper_configs.py`` leaves these configs to this file."""
 
@@ -15,7 +15,14 @@ from omegaconf import DictConfig
 from distill.build import build_datamodule
 from distill.nets.edm import EDMPrecond
 from distill.train import train
-from tests.app.test_paper_configs import PAPER_CONFIGS, REPO, STAND_IN, stand_in_data
+from tests.app.test_paper_configs import (
+    PAPER_CONFIGS,
+    REPO,
+    STAND_IN,
+    assert_trained,
+    compressed,
+    stand_in_data,
+)
 from tests.conftest import compose_config
 from tests.teachers.edm_pickles import randomized, write_edm_pickle
 
@@ -56,7 +63,7 @@ def test_every_edm_paper_config_is_started_here():
 
 
 @pytest.mark.parametrize("experiment", EDM_PAPER_RUNS)
-def test_edm_paper_config_starts_on_a_stand_in_of_its_checkpoint(experiment, cache_dir, tmp_path, request):
+def test_edm_paper_config_trains_on_a_stand_in_of_its_checkpoint(experiment, cache_dir, tmp_path, request):
     probe: DictConfig = compose_config("train", [experiment], tmp_path / "probe")
     path = Path(probe.teacher.path)
     assert path.parent == Path(probe.paths.models)  # the user downloads the official file there
@@ -64,9 +71,11 @@ def test_edm_paper_config_starts_on_a_stand_in_of_its_checkpoint(experiment, cac
     overrides = [experiment, *data, *STAND_IN]
     dm = build_datamodule(compose_config("train", overrides, tmp_path / "probe2"))
     pickle_path = stand_in_pickle(path.name, dm.data_shape[-1], dm.num_classes, tmp_path)
-    cfg = compose_config("train", [*overrides, f"paths.models={pickle_path.parent}"], tmp_path / "run")
+    cfg = compose_config("train", [*overrides, f"paths.models={pickle_path.parent}",
+                                   *compressed(experiment.removeprefix("experiment="))], tmp_path / "run")
     train(cfg)
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"}
     assert all(r["value"] == r["value"] for r in rows)
+    assert_trained(tmp_path / "run", experiment.removeprefix("experiment="))
     assert not (tmp_path / "executed").exists()

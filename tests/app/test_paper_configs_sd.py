@@ -1,4 +1,4 @@
-"""Paper configs on Stable-Diffusion-class teachers start on CPU with the tiny SD stand-in."""
+"""Paper configs on Stable-Diffusion-class teachers train 30 CPU steps with the tiny SD stand-in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from distill.train import train
 from tests.app.sd_stand_in import captioned_rgb_images, save_sd_pipeline
-from tests.app.test_paper_configs import STAND_IN
+from tests.app.test_paper_configs import STAND_IN, assert_trained, compressed
 from tests.conftest import compose_config
 
 
@@ -21,12 +21,13 @@ def sd_stand_in(tmp_path_factory):
 def start(name: str, sd_stand_in, tmp_path) -> list[dict]:
     pipe, images = sd_stand_in
     cfg = compose_config("train", [f"experiment={name}", f"teacher.path={pipe}", f"dataset.path={images}",
-                                   "dataset.resolution=8", *STAND_IN], tmp_path / "run")
+                                   "dataset.resolution=8", *STAND_IN, *compressed(name)], tmp_path / "run")
     train(cfg)
+    assert_trained(tmp_path / "run", name)
     return json.loads((tmp_path / "run" / "results.json").read_text())
 
 
-def test_pcm_sd15_lora_starts(cache_dir, sd_stand_in, tmp_path):
+def test_pcm_sd15_lora_trains(cache_dir, sd_stand_in, tmp_path):
     rows = start("paper_pcm_sd15_lora", sd_stand_in, tmp_path)  # experiment=paper_pcm_sd15_lora
     assert {r["model"] for r in rows} == {"teacher", "student"}
     assert all(r["value"] == r["value"] for r in rows)
@@ -44,7 +45,7 @@ def test_an_image_folder_is_scored_in_pixels_under_a_latent_teacher(compose_trai
     assert dm.reference_samples(4).shape == (4, 3, 8, 8)  # scores against the images
 
 
-def test_instaflow_sd_starts_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
+def test_instaflow_sd_trains_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
     """experiment=paper_instaflow_sd: reflow of the SD stand-in on a prompt file, pairs labelled by prompt."""
     from safetensors.torch import load_file
 
@@ -56,8 +57,9 @@ def test_instaflow_sd_starts_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
                                    f"dataset.path={tmp_path / 'prompts.txt'}", "dataset.resolution=8",
                                    "dataset.sample_steps=2", "method.objective.shard_size=4",
                                    "method.objective.ode_steps=2", f"method.objective.pair_dir={tmp_path / 'pairs'}",
-                                   *STAND_IN], tmp_path / "run")
+                                   *STAND_IN, *compressed("paper_instaflow_sd")], tmp_path / "run")
     train(cfg)
+    assert_trained(tmp_path / "run", "paper_instaflow_sd")
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"} and all(r["value"] == r["value"] for r in rows)
     shard = next((tmp_path / "pairs").rglob("shard_*.safetensors"))  # this run's pairs, not another test's

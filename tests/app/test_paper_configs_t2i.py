@@ -1,4 +1,4 @@
-"""Paper configs on text-to-image transformer teachers (Qwen-Image, FLUX.1-dev, SD3) start on CPU
+"""Paper configs on text-to-image transformer teachers (Qwen-Image, FLUX.1-dev, SD3) train 30 CPU steps
 with tiny stand-ins of the same classes (tests/teachers/tiny_text_transformers.py, with VAEs)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distill.train import train
-from tests.app.test_paper_configs import STAND_IN
+from tests.app.test_paper_configs import STAND_IN, assert_trained, compressed
 from tests.conftest import compose_config
 from tests.teachers.tiny_text_transformers import (
     captioned_rgb_images,
@@ -30,23 +30,25 @@ def stand_ins(tmp_path_factory):
 
 def start(name: str, pipeline: Path, stand_ins, run_dir: Path, *extra: str) -> list[dict]:
     cfg = compose_config("train", [f"experiment={name}", f"teacher.path={pipeline}", f"dataset.path={stand_ins['images']}",
-                                   "dataset.resolution=8", "teacher.max_sequence_length=8", *STAND_IN, *extra], run_dir)
+                                   "dataset.resolution=8", "teacher.max_sequence_length=8", *STAND_IN, *compressed(name),
+                                   *extra], run_dir)
     train(cfg)
+    assert_trained(run_dir, name)
     rows = json.loads((run_dir / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"}
     assert all(r["value"] == r["value"] for r in rows)
     return rows
 
 
-def test_arcflow_qwen_image_starts(cache_dir, stand_ins, tmp_path):
+def test_arcflow_qwen_image_trains(cache_dir, stand_ins, tmp_path):
     start("paper_arcflow_qwen_image", stand_ins["qwen"], stand_ins, tmp_path / "run")  # experiment=paper_arcflow_qwen_image
 
 
-def test_arcflow_flux_dev_starts(cache_dir, stand_ins, tmp_path):
+def test_arcflow_flux_dev_trains(cache_dir, stand_ins, tmp_path):
     start("paper_arcflow_flux_dev", stand_ins["flux_dev"], stand_ins, tmp_path / "run")  # experiment=paper_arcflow_flux_dev
 
 
-def test_rcm_t2i_starts(cache_dir, stand_ins, tmp_path):
+def test_rcm_t2i_trains(cache_dir, stand_ins, tmp_path):
     start("paper_rcm_t2i", stand_ins["sd3"], stand_ins, tmp_path / "run")  # experiment=paper_rcm_t2i
 
 
