@@ -270,9 +270,9 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
     return DistillModule(
         teacher, student, method, build_optimizer(cfg),
         ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
-    )
         lr_schedule=cfg.train.get("lr_schedule", "constant"), lr_warmup_steps=cfg.train.get("lr_warmup_steps", 0),
         lr_decay_steps=cfg.train.get("lr_decay_steps"),
+    )
 
 
 def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:
