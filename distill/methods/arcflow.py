@@ -73,7 +73,7 @@ class ArcFlow(Method):
     total_substeps: substeps of raw time [0, 1] that measure the window (the paper: 128; 3/128 at 2 NFE).
     teacher_mix_steps: steps over which the teacher's share of each rollout falls 1 -> 0;
         None: 1/15 of the budget (1k of the paper's 15k iterations).
-    component_dropout: probability of dropping a component from the rollout policy.
+    component_dropout: probability of dropping a component from a sample's rollout policy (for all its elements).
     loss_scale: constant factor on the loss (the paper: 30).
     bias_noise: std of the noise on the replicated output biases (symmetry breaking).
     rate_lr_scale: learning-rate multiplier of the rate head (the paper: 0.1, ``lr_mult`` on
