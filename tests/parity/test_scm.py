@@ -9,6 +9,8 @@ project's conventions. FastGen's ``logvar`` is ``-w``, the project's adaptive we
 at the same times. Everything is float64 on fixed tiny inputs.
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -47,7 +49,9 @@ def fastgen_trig_F(net: nn.Module, x_t_hat: torch.Tensor, t_hat: torch.Tensor) -
     return flow / SD
 
 
-def fastgen_scm_loss(student, teacher, x0, logvar_fn, r, prior_weighting, use_cd, seed):
+def fastgen_scm_loss(
+    student, teacher, x0, logvar_fn, r, prior_weighting, use_cd, seed, finish=None
+):
     """FastGen's sCM training step (sCM.py:183-287), per-sample losses (B,)."""
     torch.manual_seed(seed)
     # The time law: ln sigma ~ N(P_mean, P_std^2), t_hat = atan2(sigma, sigma_d) (sCM.py:198-203; rCM
@@ -76,9 +80,11 @@ def fastgen_scm_loss(student, teacher, x0, logvar_fn, r, prior_weighting, use_cd
     g1 = -(c * c) * (SD * F_ - dxt_dt)
     g2 = -(c * s * x_t_hat + SD * F_jvp)
     g = g1 + r * g2
-    g = g / (torch.linalg.vector_norm(g, dim=1, keepdim=True) + 0.1)  # spatial invariance off
     weight = 1.0 / sigma_t if prior_weighting else 1.0  # sCM.py:278
     logvar = logvar_fn(t_hat)
+    if finish is not None:
+        return finish(g, lambda g_: torch.mean((F_theta - F_ - g_) ** 2, dim=1), weight, logvar)
+    g = g / (torch.linalg.vector_norm(g, dim=1, keepdim=True) + 0.1)  # spatial invariance off
     unweighted = torch.mean((F_theta - F_ - g) ** 2, dim=1)
     return weight / torch.exp(logvar) * unweighted + logvar  # D = 1 (divide_x_0_spatial_dim off)
 
@@ -126,6 +132,44 @@ def test_scm_loss_and_gradient_equal_fastgens(tangent, prior_weighting, step):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_fastgen_default_rms_normalisation_is_tangent_norm_0_1_sqrt_d():
+    """FastGen's defaults g_norm_spatial_invariance and divide_x_0_spatial_dim (config_scm.py:57-59,
+    sCM.py:272-285): g / (RMS(g) + 0.1) and a loss divided by D equal tangent_norm = 0.1 sqrt(D)."""
+    dim, n = 4, 6
+    teacher, student = Velocity(dim, seed=1), Velocity(dim, seed=2)
+    x0 = torch.randn(n, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    method = SCM(
+        tangent="teacher",
+        sigma_data=SD,
+        p_mean=P_MEAN,
+        p_std=P_STD,
+        tangent_warmup=0,
+        jvp="exact",
+        tangent_norm=0.1 * dim**0.5,
+        prior_weighting=True,
+    ).double()
+    torch.manual_seed(0)
+    ours = method.loss("student", x0, teacher, student, 0)["loss"]
+
+    def fastgen_default(g, unweighted_of, weight, logvar):  # sCM.py:272-285 with both options on
+        g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True) * math.sqrt(1 / dim)
+        g = g / (g_norm + 0.1)
+        return weight / (torch.exp(logvar) * dim) * unweighted_of(g) + logvar
+
+    theirs = fastgen_scm_loss(
+        student,
+        teacher,
+        x0,
+        lambda t: -method.weighting(t).double(),
+        1.0,
+        True,
+        True,
+        0,
+        finish=fastgen_default,
+    ).mean()
+    torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=1e-9)
+
+
 def test_time_law_is_scms_log_normal_sigma():
     """ln(sigma_d tan t) ~ N(P_mean, P_std^2): rCM's ``LogNormal`` (rcm/utils/timestep_utils.py:47-61,
     at sigma_d = 1) and FastGen's ``t_hat = atan2(sigma, sigma_d)`` (sCM.py:203), drawn in float64."""
@@ -138,3 +182,59 @@ def test_time_law_is_scms_log_normal_sigma():
     torch.testing.assert_close(
         ours, torch.atan2(sigma, torch.full_like(sigma, SD)), rtol=1e-12, atol=1e-12
     )
+
+
+def compose_experiment(name):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    conf = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return compose("train", overrides=[f"experiment={name}"])
+
+
+@pytest.mark.parametrize(
+    ("name", "side", "fastgen"),
+    [
+        # config_scm.py + EDM/config_sct_cifar10.py: RAdam (0.9, 0.99) wd 0, grad_norm 1e6, fp32, 350k x 512
+        (
+            "paper_scm_cifar10",
+            32,
+            dict(p=(-1.0, 1.4), sigma=0.821, clip=0, lr=1e-4, steps=350000, batch=512),
+        ),
+        # EDM/config_scd_in64.py: Adam 7e-5 (0.9, 0.99) eps 1e-11, clip 10, inverse sqrt 35k, 600k x 1024
+        (
+            "paper_scm_imagenet64",
+            64,
+            dict(p=(-1.0, 1.6), sigma=1.1, clip=10, lr=7e-5, steps=600000, batch=1024),
+        ),
+    ],
+)
+def test_paper_configs_are_fastgens(name, side, fastgen):
+    cfg = compose_experiment(name)
+    obj = cfg.method.objective
+    assert (obj.p_mean, obj.p_std) == fastgen["p"] and obj.sigma_data == 0.5
+    assert obj.tangent_warmup == 10000 and obj.prior_weighting and obj.adaptive_weighting
+    assert obj.tangent_norm == pytest.approx(
+        0.1 * math.sqrt(3 * side * side), rel=1e-6
+    )  # RMS norm + 0.1
+    assert obj.t_mid == pytest.approx(
+        math.atan(fastgen["sigma"] / 0.5), abs=1e-6
+    )  # recommended 2-step sigma
+    assert (
+        list(cfg.method.optimizer.betas) == [0.9, 0.99] and cfg.method.optimizer.lr == fastgen["lr"]
+    )
+    assert cfg.method.grad_clip == fastgen["clip"]
+    assert list(cfg.method.ema_decays) == [0.9999, 0.99995, 0.9996]  # EMA_CONST_CALLBACKS
+    assert (
+        cfg.train.max_steps == fastgen["steps"] and cfg.train.global_batch_size == fastgen["batch"]
+    )
+    if side == 32:
+        assert (
+            cfg.method.optimizer._target_ == "torch.optim.RAdam"
+            and cfg.hardware.precision == "32-true"
+        )
+    else:
+        assert cfg.method.optimizer.eps == 1e-11
+        assert (cfg.train.lr_schedule, cfg.train.lr_decay_steps) == ("inverse_sqrt", 35000)
