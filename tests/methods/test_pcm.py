@@ -266,7 +266,7 @@ def test_learned_phased_sampler_approaches_the_exact_teacher_flow():
     """M-NFE samples approach the exact teacher's ODE endpoints (analytic GMM teacher, MLP student)."""
     teacher, data = ring_teacher_and_data()
     student = VelocityModel(TimeMLP((2,), width=64, depth=2))
-    method = PhasedConsistency(phases=2, num_euler_timesteps=20, ema_target=0.9)
+    method = PhasedConsistency(phases=2, num_euler_timesteps=20, target="ema", ema_target=0.9)
     noise = evaluation_noise()
     exact = exact_endpoints(teacher, noise, grid="uniform")
     before = sample_error(method, student, noise, exact, nfe=2)
