@@ -44,7 +44,8 @@ COMPRESSED = {
     "paper_dmd2_imagenet64": ["train.lr_warmup_steps=10"],
     "paper_arcflow_qwen_image": ["method.objective.teacher_mix_steps=15", "train.lr_warmup_steps=10"],
     "paper_arcflow_flux_dev": ["method.objective.teacher_mix_steps=15", "train.lr_warmup_steps=10"],
-    "paper_reflow_cifar10": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15"],
+    "paper_reflow_cifar10": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15",
+                             "method.objective.stage_warmup_steps=5"],   # each stage warms up within the run
     "paper_instaflow_sd": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15"],
 }
 
