@@ -31,6 +31,7 @@ from distill.lit.resume import ResumePoint
 from distill.lit.speedups import Speedups
 from distill.methods.base import Method, label_count
 from distill.nets.denoiser import VelocityModel
+from distill.nets.dropout import set_residual_dropout
 from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
 from distill.students.flow_map import fresh_student_like, student_from_teacher
@@ -118,6 +119,8 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         teacher: Teacher = GMMTeacher(ring_mixture(**as_dict(cfg.teacher.mixture)))
     elif kind == "checkpoint":
         teacher = load_teacher(cfg.teacher.path)
+        if cfg.teacher.get("train_dropout") is not None:  # the rate of its trained copies (student, fake score)
+            set_residual_dropout(teacher.model, float(cfg.teacher.train_dropout))
     elif kind == "diffusers":
         teacher = load_diffusers_teacher(cfg.teacher.path, dm.data_shape[-1], cfg.teacher.get("embedded_guidance"),
                                          cfg.teacher.get("max_sequence_length"), cfg.teacher.get("dtype"))

@@ -126,6 +126,7 @@ def test_paper_config_is_the_cifar10_v0_script():
     assert (obj.adaptive_power, obj.adaptive_eps) == (ARGS.norm_p, ARGS.norm_eps)
     assert obj.velocity == "data" and obj.jvp == "exact" and obj.time_scale == 1.0
     assert cfg.student.init == "fresh"  # trained from scratch
+    assert cfg.teacher.train_dropout == 0.2  # cifar10_v0.sh --dropout 0.2, in the student's residual blocks
     assert cfg.method.optimizer.lr == 6e-4 and list(cfg.method.optimizer.betas) == [
         0.9,
         0.999,
