@@ -165,3 +165,10 @@ def test_sampling_times_are_rcms_mid_t():
     # the DMD term's generator times are the same times in FM coordinates (rcm.yaml: sigma_d 0.5)
     fm = scm.sample_times(4)[:-1].tolist()
     assert cfg.method.objective.terms.dmd.generator_times == pytest.approx(fm, abs=1e-5)
+
+
+def test_fake_score_learns_rcms_critic_loss():
+    """rCM's critic: x0-MSE / sin^2 t at sigma_d = 1 (t2v_model_distill_rcm.py:686-693), which is the
+    DMD term's ``edm`` weighting at sigma_data 1 (tests/methods/test_dmd.py checks that equality)."""
+    dmd = instantiate(compose_rcm().method.objective.terms.dmd)
+    assert (dmd.fake_score_weighting, dmd.sigma_data) == ("edm", 1.0)
