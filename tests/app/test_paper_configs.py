@@ -94,6 +94,8 @@ def test_paper_config_header_names_paper_table_and_figure(name):
     header = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().split("defaults:")[0]
     assert "Paper:" in header and "Table" in header
     assert REPORTED_FIGURE.search(header), "the header must quote the reported figure (or say it is not verified)"
+    assert "Official code:" in header, "the header must name the official code (and commit) it follows, or say none"
+    assert "Differences from the official code" in header, "the header must list what still differs"
 
 
 def started_elsewhere(name: str) -> list[Path]:
