@@ -24,9 +24,8 @@ class ECMPrecond(EDMPrecond):
     """
 
     def __init__(self, precond: _Precond, sigma_data: float = 0.5):
-        nn.Module.__init__(
-            self
-        )  # EDMPrecond.__init__ would build a new inner network; this one is reused
+        # Not EDMPrecond.__init__, which would build a new inner network: this one is reused.
+        nn.Module.__init__(self)
         self.img_resolution, self.img_channels = precond.img_resolution, precond.img_channels
         self.label_dim, self.use_fp16 = precond.label_dim, precond.use_fp16
         self.model = precond.model

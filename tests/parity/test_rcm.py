@@ -19,21 +19,12 @@ from torch import nn
 
 from distill.core.dmd import dm_gradient, dm_loss
 from distill.methods import DMD2, SCM, WeightedSum
+from tests.parity.nets import Velocity
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
 LOSS_SCALE, LOSS_SCALE_DMD = 100.0, 1.0
 
 
-class Velocity(nn.Module):
-    """A float64 rectified-flow velocity net ``v(x, s)`` with raw time input (t_scaling_factor 1)."""
-
-    def __init__(self, dim: int, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Linear(dim + 1, 32), nn.Tanh(), nn.Linear(32, dim)).double()
-
-    def forward(self, x, s):
-        return self.body(torch.cat([x, s[:, None].to(x.dtype)], dim=1))
 
 
 def rcm_F(net: nn.Module, xt: torch.Tensor, time: torch.Tensor) -> torch.Tensor:

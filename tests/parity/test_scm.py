@@ -16,21 +16,12 @@ import torch
 from torch import nn
 
 from distill.methods.scm import SCM
+from tests.parity.nets import Velocity
 
 SD = 0.5
 P_MEAN, P_STD = -1.0, 1.4
 
 
-class Velocity(nn.Module):
-    """A float64 FM velocity net ``v(x_s, s)`` with smooth time input."""
-
-    def __init__(self, dim: int, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Linear(dim + 1, 32), nn.Tanh(), nn.Linear(32, dim)).double()
-
-    def forward(self, x, s):
-        return self.body(torch.cat([x, s[:, None].to(x.dtype)], dim=1))
 
 
 def fastgen_trig_F(net: nn.Module, x_t_hat: torch.Tensor, t_hat: torch.Tensor) -> torch.Tensor:
