@@ -50,17 +50,19 @@ from distill.core.dmd import (
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
-from distill.core.samplers import sample_heun
+from distill.core.samplers import prior_state, sample_flow_map, sample_heun
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import bottleneck_layer, has_parameters, read_features
 from distill.nets.freezing import frozen
-from distill.students.flow_map import student_from_teacher
+from distill.students.flow_map import EulerFlowMap, student_from_teacher
 from distill.students.generator import (
+    TRANSITIONS,
     check_generator_times,
     clamp_generator_times,
+    deterministic_sample,
     generator_x0,
     sampling_times,
     training_sample,
@@ -119,6 +121,11 @@ class DMD2(Method):
     regression_weight: DMD's regression on teacher ODE pairs (0: DMD2, no regression).
     regression_pairs, regression_steps: size of the fixed pair set and the teacher's Heun steps.
     pairs_per_step: pairs added to the set per generator step until it is full.
+    transition: how the K-step generator moves between its times, in training and sampling:
+        ``renoise`` (DMD2: jump to x0, re-noise with fresh noise; one random step carries the
+        gradient, reached by backward simulation) or ``deterministic`` (DDIM jumps with the model's
+        own noise estimate, the DM and GAN losses on the last step's x0, the gradient through every
+        step): what a PCM-warm-started student's edge-to-edge sampler does.
     fake_score_lora: None trains the whole fake-score copy; ``{rank, alpha, targets}`` trains LoRA
         adapters on it instead, its frozen body being the teacher's own tensors (one copy in memory).
     name: the sampler name on result rows.
@@ -152,10 +159,13 @@ class DMD2(Method):
         regression_steps: int = 32,
         pairs_per_step: int = 16,
         fake_score_lora: dict | None = None,
+        transition: str = "renoise",
         name: str = "dmd2",
     ):
         super().__init__()
         check_choice("gan_backbone", gan_backbone, GAN_BACKBONES)
+        check_choice("transition", transition, TRANSITIONS)
+        self.transition = transition
         check_choice("dm_time_dist", dm_time_dist, TIME_DISTS)
         check_choice("fake_score_weighting", fake_score_weighting, SCORE_WEIGHTINGS)
         check_choice("gan_head", gan_head, GAN_HEADS)
@@ -334,7 +344,7 @@ class DMD2(Method):
 
     def fake_score_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         with torch.no_grad():
-            x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
+            x_hat = self.generator_sample(student, torch.randn_like(x0))
         score = self.fake_score_term(x_hat, self._fake_times(x0.shape[0], x0), torch.randn_like(x0))
         if self.gan_heads is None:
             return {"loss": score, "score": score.detach()}
@@ -352,8 +362,13 @@ class DMD2(Method):
         weight = edm_score_weight(s, self.sigma_data) if self.fake_score_weighting == "edm" else None
         return flow_score_loss(self.fake_score(fm_noise(x_hat, eps, s), s), x_hat, eps, weight)
 
+    def generator_sample(self, student: nn.Module, noise: Tensor) -> Tensor:
+        """The generator output the DM, GAN and fake-score losses see, by ``transition``."""
+        sample = deterministic_sample if self.transition == "deterministic" else training_sample
+        return sample(student, noise, self.times)[0]
+
     def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
-        x_hat, _ = training_sample(student, torch.randn_like(x0), self.times)
+        x_hat = self.generator_sample(student, torch.randn_like(x0))
         dm = self.dm_term(x_hat, teacher)
         terms: dict[str, Tensor] = {"dm": dm.detach()}
         total = dm
@@ -371,7 +386,12 @@ class DMD2(Method):
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        return multistep_consistency_sample(student, noise, sampling_times(self.times, nfe), renoise)
+        times = sampling_times(self.times, nfe)
+        if self.transition == "deterministic":  # the DDIM chain through the times (its last jump lands on x0)
+            times = times.to(noise)
+            return sample_flow_map(EulerFlowMap(student), prior_state(noise, times[0]), times)
+        return multistep_consistency_sample(student, noise, times, renoise)
 
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
-        return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=True)
+        renoise = self.transition == "renoise"
+        return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=renoise)

@@ -1,5 +1,6 @@
 """Few-step generators (DMD2, GDD, rCM's DMD term): a velocity model read as an x0 predictor at a
-fixed set of times, sampled by jumping to data and re-noising to the next time.
+fixed set of times, sampled by jumping to data and re-noising to the next time (``renoise``), or
+by deterministic DDIM jumps between its times and one jump to data at the last (``deterministic``).
 
 A K-step generator is trained at its times ``s_0 = 1 > s_1 > ... > s_{K-1}`` only. Its training
 input at ``s_k`` comes from *backward simulation* (methods.md 5.4): run the current generator
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.tensors import batch_time
+from distill.students.flow_map import ddim_step
+
+TRANSITIONS = ("renoise", "deterministic")
 
 
 def check_generator_times(times: Sequence[float]) -> Tensor:
@@ -99,4 +103,17 @@ def training_sample(student: nn.Module, noise: Tensor, times: Tensor) -> tuple[T
     k = int(torch.randint(len(times), ()))
     x = backward_simulate(student, noise, times, k)
     s = times[k].expand(noise.shape[0])
+    return generator_x0(student, x, s), s
+
+
+def deterministic_sample(student: nn.Module, noise: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
+    """A generator sample along its deterministic chain, with gradient through every step: DDIM jumps
+    ``x + (s_next - s) v`` between the times (the edge maps a PCM warm start learned; a DDIM jump is
+    the x0 jump re-noised with the model's own noise estimate), then the data estimate at the last
+    time. Returns (x_hat, its (B,) time)."""
+    times = times.to(noise)
+    x = times[0] * noise
+    for s, s_next in zip(times[:-1], times[1:], strict=True):
+        x = ddim_step(student, x, batch_time(s, x), batch_time(s_next, x))
+    s = batch_time(times[-1], x)
     return generator_x0(student, x, s), s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.errors import ConfigError
@@ -25,6 +26,10 @@ def test_stage_two_starts_from_stage_one_and_mixes_teacher_samples(cache_dir, tm
     ema = {k.removeprefix("ema.copies.0."): v for k, v in last["state_dict"].items() if k.startswith("ema.copies.0.")}
     for name, p in module.student.state_dict().items():
         torch.testing.assert_close(p, ema[name])
+    # stage 2's generator samples the warm start exactly as stage 1's PCM sampler does at 2 NFE
+    pcm, noise = instantiate(stage1.method.objective), torch.randn(8, *dm.data_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(module.method.sample(module.student, noise, 2), pcm.sample(module.student, noise, 2))
     train(cfg)
     assert (tmp_path / "stage2" / "results.json").is_file()
 

@@ -317,3 +317,43 @@ def test_lora_fake_score_trains_adapters_on_the_teachers_own_weights():
     assert any(p.grad is not None and p.grad.abs().sum() > 0
                for n, p in method.fake_score.named_parameters() if "lora_B" in n)
     assert not has_gradients(teacher)
+
+
+# --- deterministic transitions (a PCM-warm-started generator) ----------------------------------
+def test_deterministic_generator_sample_is_the_ddim_chain_with_gradient_through_every_step():
+    from distill.students.generator import deterministic_sample
+
+    torch.manual_seed(0)
+    student, noise, times = mlp().double(), torch.randn(6, 2, dtype=torch.float64), torch.tensor([1.0, 0.6, 0.3])
+    x_hat, s = deterministic_sample(student, noise, times.double())
+    x = noise.clone()  # times[0] = 1: the state is the noise itself
+    for a, b in ((1.0, 0.6), (0.6, 0.3)):
+        x = x + (b - a) * student(x, torch.full((6,), a, dtype=torch.float64))
+    expected = x - 0.3 * student(x, torch.full((6,), 0.3, dtype=torch.float64))
+    torch.testing.assert_close(x_hat, expected)
+    torch.testing.assert_close(s, torch.full((6,), 0.3, dtype=torch.float64))
+    # the gradient is the whole chain's: the same as differentiating the explicit chain
+    grads = torch.autograd.grad(x_hat.square().sum(), list(student.parameters()))
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(student.parameters()))
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_deterministic_dmd2_samples_a_pcm_student_exactly_as_pcm_does():
+    # The turbo recipe's stage 2 starts from a 2-phase PCM student: with deterministic transitions
+    # its DMD2 sampler is PCM's edge-to-edge sampler, while DMD2's fresh re-noising is not.
+    from distill.methods import PhasedConsistency
+
+    torch.manual_seed(0)
+    student, noise = mlp(), torch.randn(16, 2)
+    pcm = PhasedConsistency(phases=2, num_euler_timesteps=100)
+    edges = pcm.sample_times(2)[:-1].tolist()  # [1, 0.5]
+    deterministic = DMD2(generator_times=edges, transition="deterministic")
+    renoising = DMD2(generator_times=edges)
+    with torch.no_grad():
+        reference = pcm.sample(student, noise, 2)
+        torch.testing.assert_close(deterministic.sample(student, noise, 2), reference)
+        assert not torch.allclose(renoising.sample(student, noise, 2), reference)
+    assert deterministic.sampling_plan(student, 2).renoise is False
+    with pytest.raises(ValueError, match="transition"):
+        DMD2(transition="fresh")
