@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from distill.core.ema import ema_update_
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse, pseudo_huber
+from distill.core.precision import full_precision
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import prior_state, sample_flow_map
@@ -162,7 +163,7 @@ class ConsistencyDistillation(Method):
         x_hi = fm_noise(x0, torch.randn_like(x0), s_hi)
         rng = capture_rng(x0.device)
         pred = consistency_fn(student, x_hi, s_hi)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():  # the target in fp32 under bf16-mixed
             x_lo = self.solver(teacher, x_hi, s_hi, s_lo)
             restore_rng(rng, x0.device)  # an online target drops out as the prediction did (CM's dropout_rng)
             target = consistency_fn(target_net, x_lo, s_lo)

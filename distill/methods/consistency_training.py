@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
+from distill.core.precision import full_precision
 from distill.core.prediction import fm_noise
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.tensors import append_dims
@@ -174,7 +175,7 @@ class ConsistencyTraining(Method):
         eps = torch.randn_like(x0)  # one eps for both points: the pair lies on one noising path
         rng = capture_rng(x0.device)
         pred = consistency_fn(student, fm_noise(x0, eps, s_t), s_t)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():  # the target in fp32 under bf16-mixed
             restore_rng(rng, x0.device)  # the same dropout masks in both branches (ECT)
             target = consistency_fn(student, fm_noise(x0, eps, s_r), s_r)
             # ECT's mask (locuslab/ect training/loss.py:70-79): at r = 0 the target is the data itself.

@@ -42,6 +42,7 @@ from distill.core.ema import ema_update_
 from distill.core.gan import hinge_d_loss, hinge_g_loss_pcm, r1_penalty
 from distill.core.grids import ddim_grid, make_grid
 from distill.core.losses import per_sample_mse
+from distill.core.precision import full_precision
 from distill.core.prediction import fm_noise
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
@@ -239,7 +240,7 @@ class PhasedConsistency(Method):
         lower, upper = phase_bounds(n, self.edges.to(n.device), self.num_euler_timesteps)
         s, s_prev, s_edge = times[n], times[n - 1], times[lower]
         x_s = fm_noise(x0, eps, s)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():  # the teacher step and target in fp32 under bf16-mixed
             x_prev = ddim_step(teacher, x_s, s, s_prev)  # the teacher's Euler step (no CFG here)
             target = phased_consistency_fn(self._target(student), x_prev, s_prev, s_edge)
             # At a phase's first grid point the target is x_prev itself (PCM's c_skip = 1 boundary); the
