@@ -23,9 +23,10 @@ from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
+from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import frozen_copy
 
-LOSSES = ("l2", "pseudo_huber")
+LOSSES = ("l2", "pseudo_huber", "lpips")
 
 
 def consistency_fn(model: nn.Module, x: Tensor, s: Tensor) -> Tensor:
@@ -113,7 +114,9 @@ class ConsistencyDistillation(Method):
     ema_target: mu, decay of the target network theta^- (CM's ImageNet-64/LSUN: 0.95). 0 is CM's
         CIFAR-10 recipe: theta^- = stopgrad(theta), the online student itself under no_grad with
         the same dropout masks as the prediction (no copy is kept).
-    loss: ``l2`` or ``pseudo_huber`` (c = 0.00054 sqrt(dim), as in iCT).
+    loss: ``l2``, ``pseudo_huber`` (c = 0.00054 sqrt(dim), as in iCT) or ``lpips`` (CM's; RGB images).
+    lpips: with ``loss: lpips``, ``{backbone, linear, resize}``: local weight files of
+        ``distill.nets.lpips.LPIPS`` (nothing is downloaded).
     solver: the teacher's step, ``heun`` (Heun in FM coordinates) or ``edm_heun`` (CM's Heun in
         EDM coordinates, ``edm_heun_step``).
     sampling_grid: grid whose interior points are the multistep re-noising times.
@@ -132,9 +135,11 @@ class ConsistencyDistillation(Method):
         solver: str = "heun",
         sampling_grid: str = "cosine",
         sampling_sigmas: Sequence[float] | None = None,
+        lpips: dict | None = None,
     ):
         super().__init__()
         check_choice("loss", loss, LOSSES)
+        self.lpips = PerceptualDistance(lpips) if loss == "lpips" else None
         check_choice("solver", solver, SOLVERS)
         if not 0.0 <= ema_target < 1.0:
             raise ValueError(f"method.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)")
@@ -169,6 +174,8 @@ class ConsistencyDistillation(Method):
             target = consistency_fn(target_net, x_lo, s_lo)
         if self.loss_kind == "l2":
             per_sample = per_sample_mse(pred, target)
+        elif self.lpips is not None:
+            per_sample = self.lpips(pred, target)
         else:
             per_sample = pseudo_huber(pred, target, 0.00054 * x0[0].numel() ** 0.5)
         return {"loss": per_sample.mean()}

@@ -57,6 +57,7 @@ from distill.methods.consistency import multistep_consistency_sample
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import bottleneck_layer, has_parameters, read_features
 from distill.nets.freezing import frozen
+from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import EulerFlowMap, student_from_teacher
 from distill.students.generator import (
     TRANSITIONS,
@@ -120,6 +121,8 @@ class DMD2(Method):
     teacher_sample_steps: Heun steps for those teacher samples.
     regression_weight: DMD's regression on teacher ODE pairs (0: DMD2, no regression).
     regression_pairs, regression_steps: size of the fixed pair set and the teacher's Heun steps.
+    regression_lpips: None regresses with MSE; ``{backbone, linear, resize}`` (local weight files of
+        ``distill.nets.lpips.LPIPS``) regresses with LPIPS, as DMD does (RGB images).
     pairs_per_step: pairs added to the set per generator step until it is full.
     transition: how the K-step generator moves between its times, in training and sampling:
         ``renoise`` (DMD2: jump to x0, re-noise with fresh noise; one random step carries the
@@ -160,9 +163,12 @@ class DMD2(Method):
         pairs_per_step: int = 16,
         fake_score_lora: dict | None = None,
         transition: str = "renoise",
+        regression_lpips: dict | None = None,
         name: str = "dmd2",
     ):
         super().__init__()
+        # LPIPS for DMD's regression (a plain attribute: its VGG is never checkpointed)
+        self.regression_lpips = PerceptualDistance(regression_lpips) if regression_lpips else None
         check_choice("gan_backbone", gan_backbone, GAN_BACKBONES)
         check_choice("transition", transition, TRANSITIONS)
         self.transition = transition
@@ -334,6 +340,8 @@ class DMD2(Method):
         noise = self.pair_noise[idx]
         s = self.times[0].to(like).expand(len(noise))  # the one-step generator's time (EDM: 80/81)
         pred = generator_x0(student, s[0] * noise, s)
+        if self.regression_lpips is not None:  # DMD's own distance
+            return self.regression_lpips(pred, self.pair_target[idx]).mean()
         return (pred - self.pair_target[idx]).pow(2).mean()
 
     # --- losses ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from distill.methods.base import (
     label_condition,
     label_count,
 )
+from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
@@ -112,6 +113,10 @@ class Reflow(Method):
             reflow and distillation runs each warm up over 5000 steps, ``optim.warmup``).
         student_head: ``teacher`` keeps the teacher's parameterisation; ``velocity`` reads the
             student's network output as the FM velocity (InstaFlow's SD1.5 student; ``velocity_head``).
+        distill_loss: the one-step distillation's distance, ``l2`` or ``lpips`` (RectifiedFlow's k = 1
+            distillation and InstaFlow's last stage; RGB images).
+        lpips: with ``distill_loss: lpips``, ``{backbone, linear, resize}``: local weight files of
+            ``distill.nets.lpips.LPIPS``.
     """
 
     name = "reflow"
@@ -135,8 +140,12 @@ class Reflow(Method):
         condition_dropout: float = 0.0,
         distill_guidance: float = 1.0,
         stage_warmup_steps: int = 0,
+        distill_loss: str = "l2",
+        lpips: dict | None = None,
     ):
         super().__init__()
+        check_choice("distill_loss", distill_loss, ("l2", "lpips"))
+        self.lpips = PerceptualDistance(lpips) if distill_loss == "lpips" else None
         check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
                      straightness_samples=straightness_samples)
         if rounds < 0 or (rounds == 0 and not distill):
@@ -265,7 +274,7 @@ class Reflow(Method):
         with conditioned(label_condition(teacher, labels)):  # the pairs' conditions, not the data batch's
             if self.distilling:  # InstaFlow: the one Euler step from s = 1 lands on the coupled endpoint
                 x_pred = eps - student(eps, batch_time(1.0, eps))
-                per_sample = per_sample_mse(x_pred, x_hat)
+                per_sample = per_sample_mse(x_pred, x_hat) if self.lpips is None else self.lpips(x_pred, x_hat)
             else:  # flow matching on the coupling: x_s = (1 - s) x_hat + s eps, v = eps - x_hat
                 s = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
                 condition = label_condition(teacher, labels)
