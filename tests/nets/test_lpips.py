@@ -22,7 +22,7 @@ def reference_and_backbone(tmp_path_factory):
         warnings.simplefilter("ignore")
         reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
     trunk = {}
-    for i, (a, _) in enumerate(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))):
+    for i in range(5):  # the reference keeps VGG features[a:b] as slice1..slice5, numbered as in features
         for name, tensor in getattr(reference.net, f"slice{i + 1}").state_dict().items():
             index, kind = name.split(".")
             trunk[f"features.{index}.{kind}"] = tensor
