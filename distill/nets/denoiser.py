@@ -11,6 +11,8 @@ Two schemes are built in, one per pretraining loss:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
@@ -19,6 +21,15 @@ from distill.core.process import EDM, FlowMatching, NoiseProcess
 from distill.core.tensors import append_dims
 
 SCHEMES = ("fm", "edm")
+
+
+def edm_denoise(net: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
+    """EDM's denoiser ``c_skip x + c_out net(c_in x, 1000 ln(sigma) / 4)`` (methods.md 1.3), the
+    scalings in float64. x: (B, ...); sigma: (B,); returns x's shape and dtype."""
+    c_skip, c_out, c_in, c_noise = edm_precond(sigma, sigma_data)
+    x64 = x.double()
+    out = net((append_dims(c_in, x.ndim) * x64).to(x.dtype), (1000 * c_noise).to(x.dtype))
+    return (append_dims(c_skip, x.ndim) * x64 + append_dims(c_out, x.ndim) * out.double()).to(x.dtype)
 
 
 class VelocityModel(nn.Module):
@@ -44,10 +55,7 @@ class VelocityModel(nn.Module):
         """The prediction in the scheme's own process: FM velocity, or EDM's denoised x0."""
         if self.scheme == "fm":
             return self.net(x, 1000 * t)
-        c_skip, c_out, c_in, c_noise = edm_precond(t, self.sigma_data)
-        x64 = x.double()
-        out = self.net((append_dims(c_in, x.ndim) * x64).to(x.dtype), (1000 * c_noise).to(x.dtype))
-        return (append_dims(c_skip, x.ndim) * x64 + append_dims(c_out, x.ndim) * out.double()).to(x.dtype)
+        return edm_denoise(self.net, x, t, self.sigma_data)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         if self.scheme == "fm":

@@ -16,10 +16,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
-from distill.core.losses import edm_precond
 from distill.core.process import EDM
 from distill.core.tensors import append_dims
-from distill.nets.denoiser import SCHEMES, VelocityModel
+from distill.nets.denoiser import SCHEMES, VelocityModel, edm_denoise
 from distill.nets.factory import rebuild_with_extra_time
 
 TIME_SCALE = 1000.0  # the diffusers convention every fm-scheme net was trained with
@@ -52,11 +51,9 @@ class AverageVelocityModel(nn.Module):
         if self.scheme == "fm":
             return self.net(z, self.time_scale * t, c_extra)
 
-        def denoiser(x: Tensor, sigma: Tensor) -> Tensor:  # VelocityModel.native's EDM branch, plus c_extra
-            c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.sigma_data)
-            out = self.net((append_dims(c_in, x.ndim) * x.double()).to(x.dtype), (1000 * c_noise).to(x.dtype),
-                           c_extra.to(x.dtype))
-            return (append_dims(c_skip, x.ndim) * x.double() + append_dims(c_out, x.ndim) * out.double()).to(x.dtype)
+        def denoiser(x: Tensor, sigma: Tensor) -> Tensor:  # the net takes k (t - r) as its second input
+            return edm_denoise(lambda x_in, c_noise: self.net(x_in, c_noise, c_extra.to(x.dtype)), x, sigma,
+                               self.sigma_data)
 
         # The velocity at t of the x0 estimate: (z - x0) / t, with t clamped to EDM's [sigma_min, sigma_max].
         return to_velocity_model(denoiser, self.process, "x0")(z, t)
