@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from distill.core.conditioning import Condition, conditioned, guided
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
+from distill.core.lr_schedule import lr_factor
 from distill.core.pairs import PairShards, fingerprint, shard_labels
 from distill.core.prediction import fm_noise
 from distill.core.process import FlowMatching
@@ -209,11 +210,9 @@ class Reflow(Method):
     def lr_scale(self, optimizer: str, step: int) -> float:
         """Linear warm-up from 0 over ``stage_warmup_steps`` at the start of each stage: each stage of
         the official code is a fresh run (gnobitab/RectifiedFlow ImageGeneration/losses.py:40-46)."""
-        if not self.stage_warmup_steps:
-            return 1.0
         stage = int(self.stage)
         begin = self.stage_end(stage - 1) if stage > 0 else 0
-        return min(1.0, (step - begin) / self.stage_warmup_steps)
+        return lr_factor(step - begin, warmup_steps=self.stage_warmup_steps)
 
     @property
     def distilling(self) -> bool:
