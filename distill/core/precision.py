@@ -16,10 +16,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
-from torch import Tensor
 
 AUTOCAST_DEVICES = ("cuda", "cpu", "mps", "xpu")
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @contextmanager
@@ -34,8 +32,3 @@ def full_precision() -> Iterator[None]:
             if torch.is_autocast_enabled(device):
                 stack.enter_context(torch.autocast(device, enabled=False))
         yield
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 when it is fp16 or bf16 (an autocast op's output), else unchanged (float64 stays)."""
-    return x.float() if x.dtype in LOW_PRECISION else x

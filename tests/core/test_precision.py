@@ -2,7 +2,7 @@
 
 import torch
 
-from distill.core.precision import at_least_float32, full_precision
+from distill.core.precision import full_precision
 
 
 def test_full_precision_turns_autocast_off_and_back_on():
@@ -22,10 +22,3 @@ def test_full_precision_outside_autocast_changes_nothing():
     with full_precision():
         assert not torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
-
-
-def test_at_least_float32_promotes_half_types_only():
-    assert at_least_float32(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
-    assert at_least_float32(torch.ones(2, dtype=torch.float16)).dtype == torch.float32
-    assert at_least_float32(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
-    assert at_least_float32(torch.ones(2, dtype=torch.long)).dtype == torch.long
