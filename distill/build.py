@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -237,12 +239,40 @@ def with_lora(cfg: DictConfig, student: nn.Module, method: Method, teacher: Teac
     return student
 
 
+def instantiation_message(err: InstantiationException) -> str:
+    """Hydra's multi-line "Error in call to target ..." as one line that starts with the failing key.
+
+    A method's own ``ConfigError`` already names its ``method.objective.<x>`` key; inside a composite
+    (``method.objective.terms.<term>``) the key is moved under the node that failed.
+    """
+    text = str(err)
+    found = re.search(r"^full_key: (\S+)$", text, flags=re.MULTILINE)
+    key = found.group(1) if found else "method"
+    cause = err.__cause__
+    if isinstance(cause, ConfigError):
+        return str(cause).replace("method.objective.", f"{key}.") if key != "method.objective" else str(cause)
+    if text.startswith("Error locating target"):
+        target = re.search(r"'([^']*)'", text)
+        return f"{key}._target_={target.group(1) if target else '?'} cannot be imported: check its module and class name"
+    detail = str(cause) if cause is not None and text.startswith("Error in call to target") else text
+    detail = " ".join(line for line in detail.splitlines() if not line.startswith("full_key:"))
+    return f"{key}: {' '.join(detail.split())}"
+
+
+def instantiate_config(node: DictConfig) -> Any:
+    """``hydra.utils.instantiate``, whose failures become one-line ``ConfigError``s naming the key."""
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        raise ConfigError(instantiation_message(err)) from err
+
+
 def build_method(cfg: DictConfig) -> Method:
-    return instantiate(cfg.method.objective, _convert_="all")
+    return instantiate_config(cfg.method.objective)
 
 
 def build_optimizer(cfg: DictConfig):
-    return instantiate(cfg.method.optimizer, _convert_="all")
+    return instantiate_config(cfg.method.optimizer)
 
 
 def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> DistillModule:

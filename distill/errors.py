@@ -8,14 +8,11 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from distill.core.errors import ConfigError
 from distill.data.errors import DatasetError
 from distill.teachers.checkpoint import TeacherCheckpointError
 
 F = TypeVar("F", bound=Callable)
-
-
-class ConfigError(ValueError):
-    """A config value or combination that cannot work."""
 
 
 class CheckpointError(RuntimeError):

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.grids import shifted_grid, uniform_grid
 from distill.core.losses import per_sample_mse
 from distill.core.momentum import advance, average_velocity, drop_components, velocity_at
@@ -105,19 +106,19 @@ class ArcFlow(Method):
     ):
         super().__init__()
         if not train_nfes or min(train_nfes) < 1:
-            raise ValueError(f"method.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1")
+            raise ConfigError(f"method.objective.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1")
         check_counts(intermediate_states=intermediate_states, total_substeps=total_substeps)
         if not 0 <= component_dropout < 1:
-            raise ValueError(f"method.component_dropout={component_dropout} must be in [0, 1)")
+            raise ConfigError(f"method.objective.component_dropout={component_dropout} must be in [0, 1)")
         if window_substeps < 0 or shift <= 0:
-            raise ValueError(f"method.window_substeps={window_substeps} must be >= 0 and method.shift={shift} > 0")
+            raise ConfigError(f"method.objective.window_substeps={window_substeps} must be >= 0 and method.objective.shift={shift} > 0")
         self.components, self.train_nfes, self.shift = components, list(train_nfes), shift
         self.intermediate_states, self.teacher_mix_steps = intermediate_states, teacher_mix_steps
         self.window_substeps, self.total_substeps = window_substeps, total_substeps
         self.component_dropout, self.loss_scale, self.bias_noise = component_dropout, loss_scale, bias_noise
         if rate_lr_scale <= 0 or (rate_lr_scale != 1 and optimizer_lr is None):
-            raise ValueError(f"method.rate_lr_scale={rate_lr_scale} must be > 0 and, other than 1, needs "
-                             "method.optimizer_lr (set it to ${method.optimizer.lr})")
+            raise ConfigError(f"method.objective.rate_lr_scale={rate_lr_scale} must be > 0 and, other than 1, needs "
+                             "method.objective.optimizer_lr (set it to ${method.optimizer.lr})")
         self.bias_noise_group, self.rate_lr_scale, self.optimizer_lr = bias_noise_group, rate_lr_scale, optimizer_lr
         self.fraction = 1.0
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.conditioning import LABELS, Condition, table_rows, table_size
+from distill.core.errors import ConfigError
 
 Renoise = Callable[[int], Tensor]
 """Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
@@ -73,17 +74,17 @@ def condition_digest(teacher: nn.Module) -> list[tuple[str, tuple[int, ...], flo
 
 
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
-    """Refuse a config value outside ``choices``, naming the ``method.<option>`` key and its options."""
+    """Refuse a config value outside ``choices``, naming the ``method.objective.<option>`` key and its options."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"method.{option}={value!r}; choose one of {choices}")
+        raise ConfigError(f"method.objective.{option}={value!r}; choose one of {choices}")
 
 
 def check_counts(**counts: int) -> None:
-    """Refuse a count below 1, naming its ``method.<option>`` key."""
+    """Refuse a count below 1, naming its ``method.objective.<option>`` key."""
     for option, value in counts.items():
         if value < 1:
-            raise ValueError(f"method.{option}={value} must be >= 1")
+            raise ConfigError(f"method.objective.{option}={value} must be >= 1")
 
 
 class Method(nn.Module):

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from distill.core.bezier import bezier, bezier_velocity, fit_interior
 from distill.core.conditioning import conditioned
+from distill.core.errors import ConfigError
 from distill.core.grids import GRIDS, make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.pairs import PairShards, fingerprint
@@ -152,12 +153,12 @@ class BezierDistillation(Method):
         check_counts(degree=degree, num_pairs=num_pairs, shard_size=shard_size, ode_steps=ode_steps)
         times = tuple(float(t) for t in record_times)
         if any(not 0.0 < t < 1.0 for t in times) or len(set(times)) != len(times):
-            raise ValueError(f"method.record_times={list(times)} must be distinct FM times in (0, 1)")
+            raise ConfigError(f"method.objective.record_times={list(times)} must be distinct FM times in (0, 1)")
         if control == "least_squares" and len(times) < degree - 1:
-            raise ValueError(f"method.record_times: a degree-{degree} least-squares fit needs at least "
+            raise ConfigError(f"method.objective.record_times: a degree-{degree} least-squares fit needs at least "
                              f"{degree - 1} record times, got {len(times)}")
         if not 0.0 <= start_ratio <= 1.0:
-            raise ValueError(f"method.start_ratio={start_ratio} must lie in [0, 1]")
+            raise ConfigError(f"method.objective.start_ratio={start_ratio} must lie in [0, 1]")
         self.degree, self.control, self.endpoint, self.record_times = degree, control, endpoint, times
         self.num_shards, self.shard_size = math.ceil(num_pairs / shard_size), shard_size
         self.ode_steps, self.ode_sampler, self.ode_grid = ode_steps, ode_sampler, ode_grid
@@ -169,7 +170,7 @@ class BezierDistillation(Method):
         self.combine = combine
         count = self.num_trajectories
         if not (endpoint in ENDPOINTS or (type(endpoint) is int and 0 <= endpoint < count)):
-            raise ValueError(f"method.endpoint={endpoint!r}; choose one of {ENDPOINTS} or a teacher index below {count}")
+            raise ConfigError(f"method.objective.endpoint={endpoint!r}; choose one of {ENDPOINTS} or a teacher index below {count}")
         self._shards: PairShards | None = None
 
     @property
@@ -190,7 +191,7 @@ class BezierDistillation(Method):
         shape = tuple(like.shape[1:])
         for i, member in enumerate(self.teachers):
             if tuple(member.data_shape) != shape:
-                raise ValueError(f"method.teachers[{i}] makes samples of shape {tuple(member.data_shape)}, the run's "
+                raise ConfigError(f"method.objective.teachers[{i}] makes samples of shape {tuple(member.data_shape)}, the run's "
                                  f"data has shape {shape}")
             member.to(like.device)
         teachers = self.teachers or [teacher]
@@ -201,7 +202,7 @@ class BezierDistillation(Method):
         prints = [fingerprint(t, shape, *settings) for t in teachers]
         for i, key in enumerate(prints[1:]):
             if key in prints[: i + 1]:
-                raise ValueError(f"method.teachers[{i + 1}] repeats an earlier teacher: list each once")
+                raise ConfigError(f"method.objective.teachers[{i + 1}] repeats an earlier teacher: list each once")
         directory = None if self.pair_dir is None else self.pair_dir / fingerprint(teachers[0], shape, *settings, prints)
         times = (*self.record_times, 0.0)
         sources = [MeanVelocity(teachers)] if self.combine == "ensemble" else teachers

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.methods.base import Method, Renoise, SamplingPlan
 from distill.methods.scm import FALLBACK_BUDGET
 
@@ -46,21 +47,21 @@ class WeightedSum(Method):
     ):
         super().__init__()
         if not terms:
-            raise ValueError("method.terms is empty: a weighted sum needs at least one term")
+            raise ConfigError("method.objective.terms is empty: a weighted sum needs at least one term")
         self.terms = nn.ModuleDict(dict(terms))
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms)) + sorted({sampler, schedule} - set(self.terms) - {None})
         if unknown:
-            raise ValueError(f"method.weights/sampler/schedule name {unknown}, not among the terms {list(self.terms)}")
+            raise ConfigError(f"method.objective.weights/sampler/schedule name {unknown}, not among the terms {list(self.terms)}")
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.terms}
         if warmup < 0:
-            raise ValueError(f"method.warmup={warmup} must be >= 0 (steps, or a fraction of the budget below 1)")
+            raise ConfigError(f"method.objective.warmup={warmup} must be >= 0 (steps, or a fraction of the budget below 1)")
         self.warmup_terms = tuple(warmup_terms)
         if sorted(set(self.warmup_terms) - set(self.terms)):
-            raise ValueError(f"method.warmup_terms {sorted(set(self.warmup_terms) - set(self.terms))} are not among "
+            raise ConfigError(f"method.objective.warmup_terms {sorted(set(self.warmup_terms) - set(self.terms))} are not among "
                              f"the terms {list(self.terms)}")
         if warmup > 0 and not self.warmup_terms:
-            raise ValueError(f"method.warmup={warmup} needs method.warmup_terms: the terms that train during it")
+            raise ConfigError(f"method.objective.warmup={warmup} needs method.objective.warmup_terms: the terms that train during it")
         self.warmup = warmup
         self.warmup_steps = int(warmup) if warmup >= 1 or warmup == 0 else None  # a fraction waits for set_budget
         self.sampler = sampler or next(iter(self.terms))

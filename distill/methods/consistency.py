@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.ema import ema_update_
+from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.precision import full_precision
@@ -90,12 +91,12 @@ def consistency_sampling_times(
 
 
 def check_sampling_sigmas(sigmas: Sequence[float] | None) -> tuple[float, ...] | None:
-    """``method.sampling_sigmas`` as a tuple, refused unless strictly decreasing and positive."""
+    """``method.objective.sampling_sigmas`` as a tuple, refused unless strictly decreasing and positive."""
     if sigmas is None:
         return None
     sigmas = tuple(float(x) for x in sigmas)
     if not sigmas or any(x <= 0 for x in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:], strict=False)):
-        raise ValueError(f"method.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
+        raise ConfigError(f"method.objective.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
                          "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid")
     return sigmas
 
@@ -142,7 +143,7 @@ class ConsistencyDistillation(Method):
         self.lpips = PerceptualDistance(lpips) if loss == "lpips" else None
         check_choice("solver", solver, SOLVERS)
         if not 0.0 <= ema_target < 1.0:
-            raise ValueError(f"method.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)")
+            raise ConfigError(f"method.objective.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)")
         self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
         self.grid = make_grid("karras", num_scales)[:-1]  # drop the final 0: pairs live on sigma >= sigma_min
         self.ema_target, self.loss_kind, self.sampling_grid = ema_target, loss, sampling_grid

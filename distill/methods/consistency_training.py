@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.precision import full_precision
@@ -123,11 +124,11 @@ class ConsistencyTraining(Method):
         check_choice("weighting", weighting, WEIGHTINGS)
         check_choice("student_precond", student_precond, PRECONDS)
         if (num_stages is None) == (images_per_stage is None):
-            raise ValueError(f"method.objective.num_stages={num_stages} and images_per_stage={images_per_stage}: set "
+            raise ConfigError(f"method.objective.num_stages={num_stages} and images_per_stage={images_per_stage}: set "
                              "exactly one (num_stages spreads the stages over max_steps, images_per_stage is ECT's "
                              "stage length in training images); null the other")
         if (num_stages is not None and num_stages < 1) or (images_per_stage is not None and images_per_stage < 1):
-            raise ValueError(f"method.objective.num_stages={num_stages} / images_per_stage={images_per_stage} must be >= 1")
+            raise ConfigError(f"method.objective.num_stages={num_stages} / images_per_stage={images_per_stage} must be >= 1")
         self.images_per_stage, self.student_precond = images_per_stage, student_precond
         self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
         self.global_batch: int | None = None

@@ -47,6 +47,7 @@ from distill.core.dmd import (
     karras_index_range,
     karras_times,
 )
+from distill.core.errors import ConfigError
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
@@ -176,15 +177,15 @@ class DMD2(Method):
         check_choice("fake_score_weighting", fake_score_weighting, SCORE_WEIGHTINGS)
         check_choice("gan_head", gan_head, GAN_HEADS)
         if dm_time_dist == "karras" and time_shift != 1:
-            raise ValueError(f"method.time_shift={time_shift} shifts FM times; the karras law has its own: set it to 1")
+            raise ConfigError(f"method.objective.time_shift={time_shift} shifts FM times; the karras law has its own: set it to 1")
         if sigma_data <= 0:
-            raise ValueError(f"method.sigma_data={sigma_data} must be > 0")
+            raise ConfigError(f"method.objective.sigma_data={sigma_data} must be > 0")
         if fake_updates_per_generator < 1:
-            raise ValueError(f"method.fake_updates_per_generator={fake_updates_per_generator} must be >= 1")
+            raise ConfigError(f"method.objective.fake_updates_per_generator={fake_updates_per_generator} must be >= 1")
         if not 0 <= min_time < max_time <= 1:
-            raise ValueError(f"method.min_time={min_time}, max_time={max_time}: need 0 <= min < max <= 1")
+            raise ConfigError(f"method.objective.min_time={min_time}, max_time={max_time}: need 0 <= min < max <= 1")
         if not 0 <= teacher_sample_fraction <= 1:
-            raise ValueError(f"method.teacher_sample_fraction={teacher_sample_fraction} must be in [0, 1]")
+            raise ConfigError(f"method.objective.teacher_sample_fraction={teacher_sample_fraction} must be in [0, 1]")
         self.name = name
         self.times = check_generator_times(generator_times)
         self.min_time, self.max_time, self.time_shift = min_time, max_time, time_shift

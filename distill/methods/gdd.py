@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.attention import twice_differentiable_attention
+from distill.core.errors import ConfigError
 from distill.core.gan import D_LOSSES, G_LOSSES, mean_probability, r1_penalty
 from distill.core.prediction import fm_noise
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
@@ -90,9 +91,9 @@ class GDD(Method):
         check_choice("loss", loss, LOSSES)
         check_choice("heads_reduction", heads_reduction, HEADS_REDUCTIONS)
         if not 0 <= feature_time < 1:
-            raise ValueError(f"method.feature_time={feature_time} must be in [0, 1)")
+            raise ConfigError(f"method.objective.feature_time={feature_time} must be in [0, 1)")
         if r1_every < 1:
-            raise ValueError(f"method.r1_every={r1_every} must be >= 1")
+            raise ConfigError(f"method.objective.r1_every={r1_every} must be >= 1")
         self.name = name
         self.times = check_generator_times(generator_times)
         self.frozen_layers = frozen_layers if isinstance(frozen_layers, str) else list(frozen_layers)
@@ -118,7 +119,7 @@ class GDD(Method):
             log.info("GDD-I: %d parameter tensors frozen, %.1f%% of parameters train",
                      len(self.frozen_names), 100 * self.fraction)
             if not self.frozen_names:
-                log.warning("method.frozen_layers=%r froze nothing in this network", self.frozen_layers)
+                log.warning("method.objective.frozen_layers=%r froze nothing in this network", self.frozen_layers)
         device = next(student.parameters()).device
         x = torch.zeros(2, *data_shape_of(student), device=device)
         self.heads = FeatureHeads(self._probe(teacher, x), width=self.head_width).to(device)

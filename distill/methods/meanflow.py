@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.grids import GRIDS, make_grid
 from distill.core.jvp import JVP_MODES, jvp
 from distill.core.prediction import fm_noise
@@ -132,16 +133,16 @@ class MeanFlow(Method):
         check_choice("sampling_grid", sampling_grid, sorted(GRIDS))
         check_choice("time_dist", time_dist, TIME_DISTS)
         if not 0.0 <= equal_ratio <= 1.0:
-            raise ValueError(f"method.equal_ratio={equal_ratio} must lie in [0, 1]")
+            raise ConfigError(f"method.objective.equal_ratio={equal_ratio} must lie in [0, 1]")
         self.time_dist, self.p_mean, self.p_std, self.equal_ratio = time_dist, p_mean, p_std, equal_ratio
         self.velocity, self.jvp_mode, self.fd_step, self.sampling_grid = velocity, jvp, fd_step, sampling_grid
         self.data_role = "real" if velocity == "data" else "marginal"
         if sampling_shift <= 0:
-            raise ValueError(f"method.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
+            raise ConfigError(f"method.objective.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps
         self.sampling_shift = sampling_shift
         if time_scale <= 0:
-            raise ValueError(f"method.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+            raise ConfigError(f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
         self.time_scale = time_scale
 
     def prepare_student(self, student: nn.Module) -> nn.Module:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.ema import ema_update_
+from distill.core.errors import ConfigError
 from distill.core.gan import hinge_d_loss, hinge_g_loss_pcm, r1_penalty
 from distill.core.grids import ddim_grid, make_grid
 from distill.core.losses import per_sample_mse
@@ -145,10 +146,10 @@ class PhasedConsistency(Method):
         check_choice("target", target, TARGETS)
         check_choice("extra_nfe", extra_nfe, EXTRA_NFE)
         if adv_weight < 0:
-            raise ValueError(f"method.adv_weight={adv_weight} must be >= 0 (0 disables the adversarial term)")
+            raise ConfigError(f"method.objective.adv_weight={adv_weight} must be >= 0 (0 disables the adversarial term)")
         self.num_euler_timesteps, self.num_phases = num_euler_timesteps, phases
         if shift <= 0:
-            raise ValueError(f"method.shift={shift} must be > 0 (1 leaves the grid as it is)")
+            raise ConfigError(f"method.objective.shift={shift} must be > 0 (1 leaves the grid as it is)")
         self.grid_name, self.shift = grid, shift
         # Ascending: times[0] = 0, times[N] = the top (1 for every grid but karras and ddim). The ddim
         # grid needs the teacher's process: ``attach`` builds it.
@@ -177,7 +178,7 @@ class PhasedConsistency(Method):
         if self.grid_name == "ddim":
             process = teacher_process(teacher)
             if not hasattr(process, "num_train_timesteps"):
-                raise ValueError(f"method.objective.grid=ddim needs a discrete-timestep (DDPM) teacher such as a "
+                raise ConfigError(f"method.objective.grid=ddim needs a discrete-timestep (DDPM) teacher such as a "
                                  f"diffusers SD1.5 pipeline; this teacher's process is {type(process).__name__}: "
                                  "use grid=uniform")
             self._times = shift_time(ddim_grid(process, self.num_euler_timesteps), self.shift).flip(0)

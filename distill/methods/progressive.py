@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
@@ -67,8 +68,8 @@ class ProgressiveDistillation(Method):
         super().__init__()
         rounds = math.log2(start_steps / final_steps)
         if start_steps < 2 * final_steps or not rounds.is_integer():
-            raise ValueError(
-                f"method.start_steps={start_steps} must be final_steps={final_steps} times a power of two >= 2"
+            raise ConfigError(
+                f"method.objective.start_steps={start_steps} must be final_steps={final_steps} times a power of two >= 2"
             )
         check_choice("weighting", weighting, WEIGHTINGS)
         self.start_steps, self.final_steps = start_steps, final_steps

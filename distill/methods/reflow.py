@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.conditioning import Condition, conditioned, guided
+from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.lr_schedule import lr_factor
@@ -60,8 +61,8 @@ def velocity_head(student: nn.Module) -> nn.Module:
     if getattr(student, "prediction", None) == "flow":
         return student
     if not (hasattr(student, "native") and hasattr(student, "prediction") and hasattr(student, "net")):
-        raise ValueError(f"method.student_head=velocity re-reads a diffusers network's output; this student is "
-                         f"{type(student).__name__}: use method.student_head=teacher")
+        raise ConfigError(f"method.objective.student_head=velocity re-reads a diffusers network's output; this student is "
+                         f"{type(student).__name__}: use method.objective.student_head=teacher")
     student.prediction, student.scheme, student.process = "flow", "fm", FlowMatching()
     return student
 
@@ -72,8 +73,8 @@ def with_null_rows(condition: Condition | None, null: Condition | None, drop: Te
     if condition is None or null is None or not bool(drop.any()):
         return condition
     if set(null) != set(condition):
-        raise ValueError(f"method.condition_dropout needs a null condition with the condition's keys "
-                         f"{sorted(condition)}, got {sorted(null)}: set method.condition_dropout=0")
+        raise ConfigError(f"method.objective.condition_dropout needs a null condition with the condition's keys "
+                         f"{sorted(condition)}, got {sorted(null)}: set method.objective.condition_dropout=0")
     out = {}
     for key, value in condition.items():
         empty = null[key].to(value.device).expand_as(value)
@@ -150,19 +151,19 @@ class Reflow(Method):
         check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
                      straightness_samples=straightness_samples)
         if rounds < 0 or (rounds == 0 and not distill):
-            raise ValueError(f"method.rounds={rounds} must be >= 1, or >= 0 with method.distill=true")
+            raise ConfigError(f"method.objective.rounds={rounds} must be >= 1, or >= 0 with method.objective.distill=true")
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
         check_choice("student_head", student_head, STUDENT_HEADS)
         self.student_head = student_head
         if not 0 <= condition_dropout < 1:
-            raise ValueError(f"method.condition_dropout={condition_dropout} must be in [0, 1)")
+            raise ConfigError(f"method.objective.condition_dropout={condition_dropout} must be in [0, 1)")
         if distill_guidance != 1.0 and (rounds < 1 or not distill):
-            raise ValueError(f"method.distill_guidance={distill_guidance} guides the reflowed flow that makes the "
-                             "distillation pairs: it needs method.rounds >= 1 and method.distill=true "
+            raise ConfigError(f"method.objective.distill_guidance={distill_guidance} guides the reflowed flow that makes the "
+                             "distillation pairs: it needs method.objective.rounds >= 1 and method.objective.distill=true "
                              "(the teacher's own pairs use teacher.guidance)")
         self.condition_dropout, self.distill_guidance = condition_dropout, distill_guidance
         if stage_warmup_steps < 0:
-            raise ValueError(f"method.stage_warmup_steps={stage_warmup_steps} must be >= 0 (0: no warm-up)")
+            raise ConfigError(f"method.objective.stage_warmup_steps={stage_warmup_steps} must be >= 0 (0: no warm-up)")
         self.stage_warmup_steps = stage_warmup_steps
         make_grid(ode_grid, 1)  # unknown grid names fail here, not at the first step
         self.rounds, self.steps_per_round = rounds, steps_per_round

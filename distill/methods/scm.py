@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.jvp import JVP_MODES, jvp
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.tensors import append_dims
@@ -121,7 +122,7 @@ class SCM(Method):
         check_choice("tangent", tangent, TANGENTS)
         check_choice("jvp", jvp, JVP_MODES)
         if tangent_warmup < 0:
-            raise ValueError(f"method.tangent_warmup={tangent_warmup} must be >= 0")
+            raise ConfigError(f"method.objective.tangent_warmup={tangent_warmup} must be >= 0")
         self.name, self.tangent = name, tangent
         self.data_role = "marginal" if tangent == "teacher" else "real"  # sCT's tangent is cos t z - sin t x0
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
@@ -130,7 +131,7 @@ class SCM(Method):
         self.t_max = float(trig_time(sigma_max, sigma_data))
         self.t_mid, self.multistep_times = t_mid, list(multistep_times)
         if t_mid is None and not self.multistep_times:
-            raise ValueError("method.t_mid=null takes the 2-step time from method.multistep_times, which is empty")
+            raise ConfigError("method.objective.t_mid=null takes the 2-step time from method.objective.multistep_times, which is empty")
         self.prior_weighting, self.adaptive_weighting = prior_weighting, adaptive_weighting
         self.warmup_steps = tangent_warmup if tangent_warmup >= 1 or tangent_warmup == 0 else None
         self.weighting = AdaptiveWeight()  # kept when unused: checkpoints have the same keys either way
@@ -220,7 +221,7 @@ class SCM(Method):
     def trig_sample_times(self, nfe: int) -> Tensor:
         """TrigFlow times ``[t_max, re-noising times..., 0]`` for ``nfe`` steps (float64)."""
         if nfe < 1 or nfe > len(self.multistep_times) + 1:
-            raise ValueError(f"nfe={nfe} not supported: 1..{len(self.multistep_times) + 1} (method.multistep_times)")
+            raise ValueError(f"nfe={nfe} not supported: 1..{len(self.multistep_times) + 1} (method.objective.multistep_times)")
         mids = [self.t_mid] if nfe == 2 and self.t_mid is not None else self.multistep_times[: nfe - 1]
         return torch.tensor([self.t_max, *mids, 0.0], dtype=torch.float64)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def set_residual_dropout(net: nn.Module, p: float) -> int:

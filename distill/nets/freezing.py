@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from distill.core.errors import ConfigError
 from distill.nets.edm2 import MPConv
 from distill.nets.edm_layers import Conv2d as EDMConv2d
 
@@ -41,7 +42,7 @@ def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[s
             # the "up"/"down" ones (every resampling block's conv0/conv1) out of the optimizer.
             return {n for n in names if any(k in n for k in ("block", "up", "down", "in"))
                     and ("conv" in n or "proj" in n)}
-        raise ValueError(f"method.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
+        raise ConfigError(f"method.objective.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
     return {n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in rule)}
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # features[a:b] ends at relu1_2 ... relu5_3
 CHANNELS = (64, 128, 256, 512, 512)

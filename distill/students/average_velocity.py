@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from distill.core.adapt import to_velocity_model
+from distill.core.errors import ConfigError
 from distill.core.process import EDM
 from distill.core.tensors import append_dims
 from distill.nets.denoiser import SCHEMES, VelocityModel, edm_denoise
@@ -42,7 +43,7 @@ class AverageVelocityModel(nn.Module):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme={scheme!r} is unknown; choose one of {SCHEMES}")
         if time_scale <= 0:
-            raise ValueError(f"method.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+            raise ConfigError(f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
         self.net, self.time_scale, self.scheme, self.sigma_data = net, float(time_scale), scheme, sigma_data
         self.process = EDM(sigma_data=sigma_data) if scheme == "edm" else None
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.tensors import batch_time
 from distill.students.flow_map import ddim_step
@@ -26,7 +27,7 @@ def check_generator_times(times: Sequence[float]) -> Tensor:
     """The training times as a float64 tensor; refuse anything but a decreasing list in (0, 1]."""
     t = torch.tensor([float(s) for s in times], dtype=torch.float64)
     if len(t) == 0 or not bool(((t > 0) & (t <= 1)).all()) or not bool((t[1:] < t[:-1]).all()):
-        raise ValueError(f"method.generator_times={list(times)} must be a decreasing list of FM times in (0, 1]")
+        raise ConfigError(f"method.objective.generator_times={list(times)} must be a decreasing list of FM times in (0, 1]")
     return t
 
 
@@ -58,7 +59,7 @@ def clamp_generator_times(times: Tensor, model: nn.Module) -> Tensor:
     top = top_time(model)
     clamped = times.clamp(max=top)
     if not bool((clamped[1:] < clamped[:-1]).all()):
-        raise ValueError(f"method.generator_times={times.tolist()}: at most the first may lie above this network's "
+        raise ConfigError(f"method.objective.generator_times={times.tolist()}: at most the first may lie above this network's "
                          f"largest noise level s = {top:.6g}; lower the others below it")
     return clamped
 

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.core.momentum import Momentum, velocity_at
 from distill.nets.denoiser import VelocityModel
 
@@ -35,7 +36,7 @@ def _replicate(layer: nn.Module, copies: int, bias_noise: float, noise_group: in
     pnotp/ArcFlow arcqwen.py:252-257)."""
     units = layer.weight.shape[0]
     if noise_group < 1 or units % noise_group:
-        raise ValueError(f"method.bias_noise_group={noise_group} must be >= 1 and divide the output layer's "
+        raise ConfigError(f"method.objective.bias_noise_group={noise_group} must be >= 1 and divide the output layer's "
                          f"{units} units")
     wide = _like(layer, units * copies)
     with torch.no_grad():
@@ -73,7 +74,7 @@ class MomentumStudent(nn.Module):
             raise ValueError("ArcFlow's components are velocities: the student must be an fm-scheme "
                              f"VelocityModel, got {type(model).__name__} scheme={getattr(model, 'scheme', None)}")
         if components < 1:
-            raise ValueError(f"method.components={components} must be >= 1")
+            raise ConfigError(f"method.objective.components={components} must be >= 1")
         self.model, self.components = model, components
         self.out_name, out = output_layer(model.net)
         # a Linear output: one gate per output unit (flat MLPs keep them; token outputs average them per pixel)

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from distill import train as train_app
+from distill.build import build_method, build_optimizer
 from distill.config_schema import validate_train_config
 from distill.data import DatasetError
 from distill.errors import CheckpointError, ConfigError, DivergenceError, friendly_errors
@@ -78,6 +79,38 @@ def test_the_cli_prints_the_mistake_in_one_line(cache_dir, tmp_path, monkeypatch
     assert stopped.value.code == 2 and "error: unknown config key train.max_step: train takes" in err
     assert "Traceback" not in err
     assert not {"checkpoints", "results.json"} & {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_a_bad_method_value_is_one_line_naming_its_key_and_exit_2(cache_dir, tmp_path, monkeypatch, capsys):
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["distill-train", "dataset=gmm", "teacher=gmm_exact", "student=mlp", "method=scd",
+                                      "method.objective.jvp=foo", "logger=csv", f"hydra.run.dir={tmp_path}/run"])
+    with pytest.raises(SystemExit) as stopped:
+        train_app.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err == "error: method.objective.jvp='foo'; choose one of ('exact', 'finite_difference')\n"
+
+
+METHOD_MISTAKES = [  # what Hydra's instantiate raises, as one line that starts with the key to fix
+    (["method=rcm", "method.objective.terms.scm.jvp=foo"], "method.objective.terms.scm.jvp='foo'; choose one of"),
+    (["method=scd", "+method.objective.jvp_mode=exact"],
+     "method.objective: SCM.__init__() got an unexpected keyword argument 'jvp_mode'"),
+    (["method=scd", "method.objective._target_=distill.methods.SCMM"],
+     "method.objective._target_=distill.methods.SCMM cannot be imported: check its module and class name"),
+    (["method=scd", "method.optimizer._target_=torch.optim.Adamm"], "method.optimizer._target_=torch.optim.Adamm cannot"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), METHOD_MISTAKES)
+def test_a_method_that_cannot_be_built_is_a_one_line_config_error(overrides, message):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides)
+    with pytest.raises(ConfigError) as refused:
+        build_method(cfg)
+        build_optimizer(cfg)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("error", [ConfigError("c"), CheckpointError("k"), DivergenceError("d"), DatasetError("s"),

@@ -109,5 +109,5 @@ def test_paper_config_gives_the_rate_head_a_tenth_of_the_learning_rate(tmp_path)
     assert [lrs[i] for i in rates] == pytest.approx([1e-5] * len(rates))
     others = [lr for i, lr in lrs.items() if i not in rates]
     assert others == pytest.approx([1e-4] * len(others))
-    with pytest.raises(ValueError, match="method.optimizer_lr"):
+    with pytest.raises(ValueError, match="method.objective.optimizer_lr"):
         ArcFlow(rate_lr_scale=0.1)

@@ -150,7 +150,7 @@ def test_an_ensemble_solves_one_ode_of_the_mean_velocity():
     # The shifts cancel in the mean velocity: the ensemble is the exact teacher.
     exact = ode_states(teacher, eps, (0.75, 0.5, 0.25, 0.0), 4, "heun", "cosine").movedim(0, 1)
     torch.testing.assert_close(states[:, 0], exact, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="method.endpoint"):
+    with pytest.raises(ValueError, match="method.objective.endpoint"):
         BezierDistillation(teachers=[left, right], combine="ensemble", endpoint=1)
 
 
@@ -158,17 +158,17 @@ def test_bad_teachers_are_refused_by_their_index():
     teacher, data = ring_teacher_and_data(64)
     student = mlp_student(BezierDistillation())
     wrong = Teacher(VelocityModel(TimeMLP((3,), width=8, depth=1)), (3,))
-    with pytest.raises(ValueError, match=r"method.teachers\[0\] makes samples of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"method.objective.teachers\[0\] makes samples of shape \(3,\)"):
         BezierDistillation(teachers=[wrong], **SMALL).loss("student", data[:4], teacher, student, 0)
-    with pytest.raises(ValueError, match=r"method.teachers\[1\] repeats"):
+    with pytest.raises(ValueError, match=r"method.objective.teachers\[1\] repeats"):
         BezierDistillation(teachers=[teacher, teacher], **SMALL).loss("student", data[:4], teacher, student, 0)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"control": "spline"}, "method.control"), ({"endpoint": "best"}, "method.endpoint"),
-     ({"degree": 0}, "method.degree"), ({"endpoint": 1}, "method.endpoint"), ({"combine": "max"}, "method.combine"), ({"record_times": [1.0]}, "method.record_times"),
-     ({"degree": 4, "record_times": [0.5, 0.2]}, "method.record_times"), ({"ode_grid": "log"}, "unknown grid")],
+    [({"control": "spline"}, "method.objective.control"), ({"endpoint": "best"}, "method.objective.endpoint"),
+     ({"degree": 0}, "method.objective.degree"), ({"endpoint": 1}, "method.objective.endpoint"), ({"combine": "max"}, "method.objective.combine"), ({"record_times": [1.0]}, "method.objective.record_times"),
+     ({"degree": 4, "record_times": [0.5, 0.2]}, "method.objective.record_times"), ({"ode_grid": "log"}, "unknown grid")],
 )
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):

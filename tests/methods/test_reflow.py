@@ -67,8 +67,8 @@ def test_budget_is_split_over_rounds_and_distillation():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"rounds": 0, "distill": False}, "method.rounds"), ({"ode_sampler": "rk4"}, "method.ode_sampler"),
-     ({"shard_size": 0}, "method.shard_size")],
+    [({"rounds": 0, "distill": False}, "method.objective.rounds"), ({"ode_sampler": "rk4"}, "method.objective.ode_sampler"),
+     ({"shard_size": 0}, "method.objective.shard_size")],
 )
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -136,7 +136,7 @@ def test_velocity_head_reads_the_unet_output_as_the_fm_velocity():
     assert not torch.allclose(as_eps, raw, atol=1e-3)  # the epsilon reading differed
     assert head.scheme == "fm"  # so it exports to diffusers' FlowMatch scheduler, which reads this velocity
     assert Reflow().prepare_student(student) is student
-    with pytest.raises(ValueError, match="method.student_head"):
+    with pytest.raises(ValueError, match="method.objective.student_head"):
         Reflow(student_head="eps")
 
 
@@ -151,7 +151,7 @@ def test_condition_dropout_replaces_rows_with_the_null_condition():
     empty = torch.zeros(1, 2, 3)
     mixed = with_null_rows({PROMPTS: prompts}, {PROMPTS: empty}, drop)[PROMPTS]
     assert (mixed[0] == 0).all() and (mixed[2] == 0).all() and torch.equal(mixed[1::2], prompts[1::2])
-    with pytest.raises(ValueError, match="method.condition_dropout"):
+    with pytest.raises(ValueError, match="method.objective.condition_dropout"):
         with_null_rows({PROMPTS: prompts}, {LABELS: torch.tensor([10])}, drop)
 
 
@@ -177,7 +177,7 @@ def test_distillation_pairs_come_from_the_guided_reflowed_flow():
         unguided = ode_pairs(flow, noise, 3, "heun", "cosine")
     torch.testing.assert_close(x_hat, expected)
     assert not torch.allclose(x_hat, unguided, atol=1e-4)
-    with pytest.raises(ValueError, match="method.distill_guidance"):
+    with pytest.raises(ValueError, match="method.objective.distill_guidance"):
         Reflow(rounds=0, distill_guidance=1.5)
 
 

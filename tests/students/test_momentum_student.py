@@ -140,5 +140,5 @@ def test_bias_noise_is_shared_by_each_group_of_units():
     noise = (student.means.bias - layer.bias.repeat(3)).detach().view(3 * 8 // 4, 4)
     torch.testing.assert_close(noise, noise[:, :1].expand(-1, 4))
     assert noise[:, 0].unique().numel() == 6 and noise.abs().max() > 0
-    with pytest.raises(ValueError, match="method.bias_noise_group"):
+    with pytest.raises(ValueError, match="method.objective.bias_noise_group"):
         MomentumStudent(VelocityModel(TimeMLP((8,), width=16, depth=1)), components=3, bias_noise_group=3)
