@@ -311,8 +311,9 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
 def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:
     metric = cfg.eval.metric or metric_for(dm.kind, dm.name)
     reference = None if cfg.eval.reference_stats else dm.reference_samples(cfg.eval.num_reference, seed=12345)
+    data_root = dm.fashion_mnist_root if dm.name == "fashion_mnist" else None  # fd_fmnist's classifier trains there
     return Scorer(metric, reference, Path(cfg.paths.cache), cfg.eval.inception_weights, cfg.eval.reference_stats,
-                  progress=progress)
+                  progress=progress, data_root=data_root)
 
 
 def build_eval_spec(cfg: DictConfig) -> EvalSpec:

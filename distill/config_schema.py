@@ -96,7 +96,7 @@ class LoggerSchema:
 
 @dataclass(kw_only=True)
 class EvalSchema:
-    metric: str | None = choice((None, "fd_digits", "sw", "fid"))
+    metric: str | None = choice((None, "fd_digits", "fd_fmnist", "sw", "fid"))
     num_samples: int = positive()
     num_reference: int = positive()
     batch_size: int = positive()
@@ -245,6 +245,9 @@ def check_combinations(cfg: DictConfig) -> None:
     if metric == "fd_digits" and dataset != "digits":
         raise ConfigError(f"eval.metric=fd_digits scores 8x8 digits, not dataset={dataset}: use eval.metric=sw "
                           "(or fid on images), or leave eval.metric=null for the dataset's own metric")
+    if metric == "fd_fmnist" and dataset != "fashion_mnist":
+        raise ConfigError(f"eval.metric=fd_fmnist scores Fashion-MNIST images, not dataset={dataset}: use the "
+                          "dataset's own metric (eval.metric=null)")
     if metric == "fid" and dataset in TOY2D_NAMES:
         raise ConfigError(f"eval.metric=fid needs images, and dataset={dataset} is 2-D points: use eval.metric=sw")
     if cfg.teacher.get("kind") == "gmm_exact" and cfg.student.get("init") == "teacher":

@@ -8,6 +8,9 @@ evaluation reference, which never overlaps the training data:
   seed ``2 s' + 1``, so the two streams differ for every pair of seeds.
 - digits: the fixed held-out split (``distill.data.digits``).
 - cifar10: the 10k test split. image_folder: the training images themselves (there is no split).
+- fashion_mnist: the split ``reference_split`` names, ``test`` (reported numbers) or ``validation``
+  (choosing defaults); training images 55,000-59,999 are the validation split and never train.
+- array: its validation split, a fixed seeded share of the file's rows that never trains.
 - prompts: no images at all; the teacher's samples for the prompts, once the build has made them.
 """
 
@@ -21,15 +24,24 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from distill.data.array import array_num_classes, load_array_split
 from distill.data.cifar10 import CIFAR10_NUM_CLASSES, load_cifar10
 from distill.data.digits import DIGITS_NUM_CLASSES, load_digits_split
 from distill.data.errors import DatasetError
+from distill.data.fashion_mnist import (
+    FASHION_MNIST_NUM_CLASSES,
+    FASHION_MNIST_SHAPE,
+    find_root,
+    load_fashion_mnist,
+)
+from distill.data.fashion_mnist import download as download_fashion_mnist
 from distill.data.image_folder import ImageFolderDataset, class_folders
 from distill.data.prompts import PromptDataset, check_prompts, read_prompts
 from distill.data.resumable import ResumableLoader, ResumableSampler
 from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
-DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "image_folder", "cifar10", "prompts")
+DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "fashion_mnist", "image_folder", "cifar10", "array", "prompts")
+REFERENCE_SPLITS = ("test", "validation")
 DEFAULT_2D_REFERENCE_SIZE = 10_000  # methods.md §12.4: SW / MMD want n >= 10k
 
 
@@ -88,13 +100,18 @@ class DataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: seeds the 2-D training draw and the shuffling order.
         num_train: number of generated training points (2-D toys only).
-        path: image folder (``image_folder``), or text file of prompts, one a line (``prompts``).
-        root: folder holding ``cifar-10-batches-py`` (``cifar10`` only).
+        path: image folder (``image_folder``), text file of prompts, one a line (``prompts``), or
+            ``.npy`` / ``.npz`` file (``array``, see ``distill.data.array``).
+        root: folder holding ``cifar-10-batches-py`` (``cifar10``), or the four IDX files
+            (``fashion_mnist``; None: found as ``distill.data.fashion_mnist`` describes).
+        download_root: where ``fashion_mnist`` downloads to, and looks for torchvision's layout.
+        reference_split: what evaluation scores against (``fashion_mnist``): ``test`` or ``validation``.
+        validation_fraction: share of an ``array`` file's rows held out as its validation split.
         resolution: output size for ``image_folder`` and ``prompts`` (cifar10 is 32, digits 8).
         channels: 3 or 1 for ``image_folder`` and ``prompts``.
         class_folders: ``image_folder`` labelled by first-level subfolder (class-conditional teachers).
         captions: ``image_folder`` with a caption per image (text-conditional teachers; ``captions``).
-        download: let ``prepare_data`` fetch CIFAR-10 (needs network).
+        download: let ``prepare_data`` fetch CIFAR-10 or Fashion-MNIST (needs network).
         prompts: the prompts of ``prompts`` listed in the config (instead of ``path``).
         repeats: rows per prompt of ``prompts`` (each its own noise, so its own teacher sample).
         sample_steps: Heun steps of the teacher samples that stand in for images (``prompts``).
@@ -109,6 +126,9 @@ class DataModule(L.LightningDataModule):
         num_train: int = 20_000,
         path: str | Path | None = None,
         root: str | Path | None = None,
+        download_root: str | Path | None = None,
+        reference_split: str = "test",
+        validation_fraction: float = 0.1,
         resolution: int | None = None,
         channels: int = 3,
         download: bool = False,
@@ -132,6 +152,11 @@ class DataModule(L.LightningDataModule):
         if name == "prompts" and (resolution is None or (path is None) == (prompts is None)):
             raise DatasetError("dataset prompts needs dataset.resolution=<int> (of the teacher's images) and one of "
                                "dataset.path=<text file, one prompt a line> or dataset.prompts=[...]")
+        if name == "array" and path is None:
+            raise DatasetError("dataset array needs dataset.path=<file.npy or file.npz>")
+        if reference_split not in REFERENCE_SPLITS:
+            raise DatasetError(f"dataset.reference_split={reference_split!r}; choose test (reported numbers) or "
+                               "validation (choosing defaults)")
         if name == "cifar10" and root is None:
             raise DatasetError(
                 "dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>"
@@ -142,6 +167,8 @@ class DataModule(L.LightningDataModule):
         self.download, self.channels = download, channels
         self.path = None if path is None else Path(path)
         self.root = None if root is None else Path(root)
+        self.download_root = download_root
+        self.reference_split, self.validation_fraction = reference_split, validation_fraction
         self.resolution = resolution
         self.class_folders, self.captioned = class_folders, captions
         self.prompts, self.repeats, self.sample_steps = prompts, repeats, sample_steps
@@ -154,6 +181,9 @@ class DataModule(L.LightningDataModule):
 
     @property
     def kind(self) -> Literal["2d", "image"]:
+        """``2d`` for point sets (the 2-D toys, and an array of points of any dimension), else ``image``."""
+        if self.name == "array":
+            return "2d" if self.train_dataset[0][0].ndim == 1 else "image"
         return "2d" if self.name in TOY2D_NAMES else "image"
 
     @property
@@ -185,17 +215,24 @@ class DataModule(L.LightningDataModule):
         """Number of label classes; 0 for unconditional sets."""
         if self.name == "image_folder" and self.class_folders:
             return len(class_folders(self.path)) if self.path.is_dir() else 0
-        return {"digits": DIGITS_NUM_CLASSES, "cifar10": CIFAR10_NUM_CLASSES}.get(self.name, 0)
+        if self.name == "array":
+            return array_num_classes(self.path)
+        return {"digits": DIGITS_NUM_CLASSES, "cifar10": CIFAR10_NUM_CLASSES,
+                "fashion_mnist": FASHION_MNIST_NUM_CLASSES}.get(self.name, 0)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
-        """Shape of one sample: (2,), (1, 8, 8), (3, 32, 32) or (channels, res, res)."""
+        """Shape of one sample: (2,), (1, 8, 8), (1, 28, 28), (3, 32, 32), an array's rows, or (channels, res, res)."""
+        if self.name == "array":
+            return tuple(self.train_dataset[0][0].shape)
         if self.kind == "2d":
             return (2,)
         if self.name == "digits":
             return (1, 8, 8)
         if self.name == "cifar10":
             return (3, 32, 32)
+        if self.name == "fashion_mnist":
+            return FASHION_MNIST_SHAPE
         return (self.channels, self.resolution, self.resolution)
 
     # ---- Lightning hooks -------------------------------------------------------------------
@@ -205,6 +242,8 @@ class DataModule(L.LightningDataModule):
         if self.name == "cifar10" and self.download:
             for train in (True, False):
                 load_cifar10(self.root, train=train, download=True)
+        if self.name == "fashion_mnist" and self.download:
+            download_fashion_mnist(self.root if self.root is not None else self.download_root)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the training set (idempotent)."""
@@ -290,6 +329,9 @@ class DataModule(L.LightningDataModule):
         Returns:
             (n', *data_shape) float32.
         """
+        if self.name == "array":
+            images = load_array_split(self.path, "validation", self.validation_fraction)[0]
+            return images[seeded_subset(len(images), n, seed)]
         if self.kind == "2d":
             count = DEFAULT_2D_REFERENCE_SIZE if n is None else n
             return make_toy2d(self.name, count, reference_seed(seed))
@@ -304,13 +346,26 @@ class DataModule(L.LightningDataModule):
             if self._cifar_test is None:
                 self._cifar_test = load_cifar10(self.root, train=False)[0]
             images = self._cifar_test
+        elif self.name == "fashion_mnist":
+            images = load_fashion_mnist(self.fashion_mnist_root, self.reference_split)[0]
         else:
             dataset = self._pixel_reference if self._pixel_reference is not None else self.train_dataset
             idx = seeded_subset(len(dataset), n, seed)
             return torch.stack([dataset[int(i)][0] for i in idx])
         return images[seeded_subset(len(images), n, seed)]
 
+    @property
+    def fashion_mnist_root(self) -> Path:
+        """The folder the four Fashion-MNIST files are read from (downloaded first if asked)."""
+        if self.download and not self.trainer:  # outside Lightning, prepare_data has not run
+            self.prepare_data()
+        return find_root(self.root, self.download_root)
+
     def _build_train(self) -> Dataset:
+        if self.name == "array":
+            return TensorPairDataset(*load_array_split(self.path, "train", self.validation_fraction))
+        if self.name == "fashion_mnist":
+            return TensorPairDataset(*load_fashion_mnist(self.fashion_mnist_root, "train"))
         if self.kind == "2d":
             x = make_toy2d(self.name, self.num_train, train_seed(self.seed))
             return TensorPairDataset(x, torch.zeros(len(x), dtype=torch.int64))

@@ -2,6 +2,8 @@
 
 - digits: ``fd_digits``, the Frechet distance in the features of a small digits classifier,
   against the held-out split that no model trains on.
+- Fashion-MNIST: ``fd_fmnist``, the same in the features of a CNN trained on its train split,
+  against the test split (or the validation split while choosing defaults).
 - 2-D sets: ``sw``, the sliced Wasserstein distance to fresh samples of the true distribution
   (also usable on flattened pixels, e.g. where no Inception weights are at hand).
 - other images: ``fid`` with Inception features loaded from a local weights path, against the
@@ -21,7 +23,13 @@ from torch import Tensor
 
 from distill.metrics.coverage import class_histogram, coverage_from_histogram
 from distill.metrics.digits_classifier import load_or_train_digits_classifier
-from distill.metrics.features import DigitsFeatures, InceptionFeatures, extract_features
+from distill.metrics.features import (
+    ClassifierFeatures,
+    DigitsFeatures,
+    InceptionFeatures,
+    extract_features,
+)
+from distill.metrics.fmnist_classifier import load_or_train_fmnist_classifier
 from distill.metrics.frechet import frechet_distance, gaussian_stats, load_npz_stats
 from distill.metrics.precision_recall import knn_radii, precision_recall
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
@@ -33,19 +41,20 @@ COLLAPSE_METRICS = ("class_tv", "classes_covered", "recall", "precision")
 class Scorer:
     """One main metric plus collapse metrics, with the reference side computed once.
 
-    Collapse metrics (``collapse``): digits get ``class_tv`` and ``classes_covered`` from the
-    classifier's class histogram; every metric whose reference is held as features (digits and
+    Collapse metrics (``collapse``): digits and Fashion-MNIST get ``class_tv`` and ``classes_covered``
+    from their classifier's class histogram; every metric whose reference is held as features (digits and
     Inception features, 2-D points) gets ``recall`` and ``precision`` (k-NN manifolds, k = ``k``).
     Sets with at most ``k`` points, pixels under ``sw`` and Inception stats without reference
     images get none.
 
     Args:
-        metric: ``fd_digits``, ``sw`` or ``fid``.
+        metric: ``fd_digits``, ``fd_fmnist``, ``sw`` or ``fid``.
         reference: reference samples (images in [-1, 1] or 2-D points).
-        cache_dir: where the digits classifier is cached.
+        cache_dir: where the digits and Fashion-MNIST classifiers are cached.
         inception_weights: local path of torch-fidelity's Inception weights (``fid`` only).
         reference_stats: optional ``.npz`` with precomputed ``mu``/``sigma`` (``fid`` only).
         k: neighbour rank of precision/recall.
+        data_root: the Fashion-MNIST files, to train its classifier when it is not cached (``fd_fmnist``).
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class Scorer:
         reference_stats: str | None = None,
         progress: bool = False,
         k: int = 3,
+        data_root: str | Path | None = None,
     ):
         self.metric = metric
         self.progress = progress
@@ -69,10 +79,15 @@ class Scorer:
                 self.ref_features = reference.double()
         elif metric == "fd_digits":
             self.extractor = DigitsFeatures(load_or_train_digits_classifier(Path(cache_dir)))
+        elif metric == "fd_fmnist":
+            if data_root is None and not (Path(cache_dir) / "fmnist_classifier.safetensors").exists():
+                raise ValueError("fd_fmnist trains its classifier on the Fashion-MNIST train split: pass data_root")
+            classifier = load_or_train_fmnist_classifier(Path(cache_dir), Path(data_root or "."), progress=progress)
+            self.extractor = ClassifierFeatures(classifier, (1, 28, 28))
         elif metric == "fid":
             self.extractor = InceptionFeatures(inception_weights)
         else:
-            raise ValueError(f"eval metric {metric!r} is unknown; choose fd_digits, sw or fid")
+            raise ValueError(f"eval metric {metric!r} is unknown; choose fd_digits, fd_fmnist, sw or fid")
         if self.extractor is not None:
             if reference is not None:
                 self.ref_features = self._features(reference)
@@ -101,7 +116,7 @@ class Scorer:
 
     def _collapse(self, features: Tensor) -> dict[str, float]:
         out: dict[str, float] = {}
-        if isinstance(self.extractor, DigitsFeatures):
+        if isinstance(self.extractor, ClassifierFeatures):
             logits = self.extractor.logits(features)
             coverage = coverage_from_histogram(class_histogram(logits, logits.shape[1]))
             out.update(class_tv=coverage.tv_to_uniform, classes_covered=coverage.covered)
@@ -114,11 +129,11 @@ class Scorer:
     @torch.no_grad()
     def score_all(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """The main metric first (keyed by ``self.metric``), then ``collapse``'s; features extracted once.
-        With the classes the samples were asked for (``labels``), digits also get ``class_accuracy``:
-        the share the digits classifier reads as the asked class."""
+        With the classes the samples were asked for (``labels``), digits and Fashion-MNIST also get
+        ``class_accuracy``: the share their classifier reads as the asked class."""
         features = self._features(samples)
         out = {self.metric: self._main(features), **self._collapse(features)}
-        if labels is not None and isinstance(self.extractor, DigitsFeatures):
+        if labels is not None and isinstance(self.extractor, ClassifierFeatures):
             predicted = self.extractor.logits(features).argmax(dim=1).cpu()
             out["class_accuracy"] = (predicted == labels.cpu()).double().mean().item()
         return out
@@ -135,7 +150,7 @@ class Scorer:
 
 
 def metric_for(kind: str, name: str) -> str:
-    """The default metric of a dataset: 2-D sets -> sw, digits -> fd_digits, else fid."""
+    """The default metric of a dataset: 2-D sets -> sw, digits -> fd_digits, Fashion-MNIST -> fd_fmnist, else fid."""
     if kind == "2d":
         return "sw"
-    return "fd_digits" if name == "digits" else "fid"
+    return {"digits": "fd_digits", "fashion_mnist": "fd_fmnist"}.get(name, "fid")

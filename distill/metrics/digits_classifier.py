@@ -41,6 +41,11 @@ class DigitsClassifier(nn.Module):
         self.fc1 = nn.Linear(64 * 4 * 4, feature_dim)
         self.fc2 = nn.Linear(feature_dim, num_classes)
 
+    @property
+    def head(self) -> nn.Linear:
+        """The last layer, features -> logits."""
+        return self.fc2
+
     def features(self, x: Tensor) -> Tensor:
         """(N, 1, 8, 8) images in [-1, 1] -> (N, 64) penultimate (post-ReLU) features."""
         h = F.relu(self.conv1(x))

@@ -33,31 +33,43 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-class DigitsFeatures(nn.Module):
-    """64-d penultimate features of a ``DigitsClassifier`` (for (N, 1, 8, 8) digits)."""
+class ClassifierFeatures(nn.Module):
+    """Penultimate features of a data set's own classifier (``features(x)``, then a linear ``head``).
 
-    def __init__(self, classifier: DigitsClassifier) -> None:
+    Args:
+        classifier: trained on the data set's train split only.
+        image_shape: the (C, H, W) it reads; other shapes are refused.
+    """
+
+    def __init__(self, classifier: nn.Module, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.classifier = classifier.eval().requires_grad_(False)
+        self.image_shape = tuple(image_shape)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
-            raise ValueError(
-                f"DigitsFeatures expects (N, 1, 8, 8) digits, got {tuple(images.shape)}"
-            )
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"{type(self.classifier).__name__} features read (N, {', '.join(map(str, self.image_shape))}) "
+                             f"images, got {tuple(images.shape)}")
         device = next(self.classifier.parameters()).device
         return self.classifier.features(images.to(device, torch.float32)).float()
 
     @torch.no_grad()
     def logits(self, features: Tensor) -> Tensor:
-        """(N, 64) features from ``forward`` -> (N, 10) class logits on the CPU.
+        """(N, D) features from ``forward`` -> (N, classes) logits on the CPU.
 
         Only the classifier's last layer: one feature pass serves both the Fréchet distance and
         the class histogram.
         """
-        head = self.classifier.fc2
+        head = self.classifier.head
         return head(features.to(head.weight.device, torch.float32)).cpu()
+
+
+class DigitsFeatures(ClassifierFeatures):
+    """64-d penultimate features of a ``DigitsClassifier`` (for (N, 1, 8, 8) digits)."""
+
+    def __init__(self, classifier: DigitsClassifier) -> None:
+        super().__init__(classifier, (1, 8, 8))
 
 
 class InceptionFeatures(nn.Module):

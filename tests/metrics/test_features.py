@@ -39,7 +39,7 @@ def test_digits_features_contract(digits_classifier: DigitsClassifier) -> None:
     f = DigitsFeatures(digits_classifier)(x)
     assert f.shape == (5, 64) and f.dtype == torch.float32
     assert torch.equal(f, digits_classifier.features(x))
-    with pytest.raises(ValueError, match=r"expects \(N, 1, 8, 8\) digits, got \(5, 3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"read \(N, 1, 8, 8\) images, got \(5, 3, 8, 8\)"):
         DigitsFeatures(digits_classifier)(torch.zeros(5, 3, 8, 8))
 
 
