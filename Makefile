@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget clean
+.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -53,7 +53,8 @@ run: teacher ## the main job: digits teacher -> progressive distillation -> tabl
 	$(PY) -m distill.train
 	@echo "results.json and samples/ are in the run dir named above (outputs/<run>/<time>/)"
 
-test: setup ## run the fast test suite
+test: setup ## build the docs strictly (a dead link fails) and run the fast test suite
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d "$$site"
 	$(PY) -m pytest -q
 
 test-slow: setup ## run the slow tests too
@@ -84,6 +85,11 @@ reflow-budget: setup teacher teacher-reflow ## 1-step students distilled from th
 		teacher.path=$(CACHE)/teachers/digits,$(CACHE)/teachers/digits_2rf eval.teacher=false progress=false \
 		hydra.sweep.dir=experiments/runs/reflow_budget
 	$(PY) experiments/reflow_budget.py experiments/runs/reflow_budget --out experiments/results
+
+docs: setup ## refresh the README's benchmark table from experiments/results and build the docs site into .venv/site
+	$(PY) experiments/readme_table.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d $(VENV)/site
+	@echo "docs built in $(VENV)/site (or serve them: $(VENV)/bin/mkdocs serve)"
 
 clean: ## remove run outputs and caches (not the venv, not the teacher cache)
 	rm -rf outputs multirun experiments/runs .pytest_cache .ruff_cache
