@@ -59,7 +59,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose like the CLI would, with ``${hydra:...}`` usable (style.md trap 5)."""
+    """Compose like the CLI would, with ``${hydra:...}`` usable (outside an app it resolves
+    only after ``HydraConfig().set_config``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

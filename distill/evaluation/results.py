@@ -1,4 +1,4 @@
-"""``results.json``: the one record every table and plot is made from (design.md run contract)."""
+"""``results.json``: the one record every table and plot is made from (docs/guide.md, run directories)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A flat FSDP unit holds parameters that are either all trainable or all frozen, so the frozen
 teacher, the trainable student, its frozen EMA copies and the method's auxiliaries (fake score,
-discriminator) cannot share one (style.md trap 8). ``SeparateNetworks`` wraps each *maximal
+discriminator) cannot share one (docs/scaling.md, FSDP). ``SeparateNetworks`` wraps each *maximal
 uniform subtree* (the largest modules whose parameters all train, or all do not) as a unit, and
 inside those every block of at least ``min_params`` parameters, so that a large network is
 gathered block by block rather than whole.
