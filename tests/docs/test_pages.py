@@ -3,6 +3,7 @@ page points outside the repository or at how the work was organised."""
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -49,3 +50,41 @@ def test_a_page_speaks_to_users(page):
     text = page.read_text()
     assert OFF_LIMITS.findall(text) == []
     assert re.findall(r"\]\((?:\.\./){2,}", text) == [], "links must stay inside the repository"
+
+
+# Where docs/extending.md tells the reader to save its example: not files of this repository.
+EXAMPLE = {"distill/methods/direct_regression.py", "conf/method/direct_regression.yaml"}
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``distill.a.b.C`` names a module, or an attribute of one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_every_module_and_class_the_pages_name_exists():
+    names = {n for page in PAGES for n in re.findall(r"`(distill(?:\.\w+)+)`", page.read_text())}
+    assert names, "the pages name the code they describe"
+    assert sorted(n for n in names if not resolves(n)) == []
+
+
+def test_every_repository_path_the_pages_name_exists():
+    paths = {
+        p
+        for page in PAGES
+        for p in re.findall(
+            r"`((?:distill|conf|tests|experiments)/[\w./-]+\.(?:py|yaml|md))`", page.read_text()
+        )
+    }
+    assert paths, "the pages name files"
+    assert sorted(p for p in paths - EXAMPLE if not (REPO / p).exists()) == []
