@@ -97,7 +97,7 @@ def replace_block(readme: str, block: str) -> str:
         raise ValueError(f"README.md needs exactly one {START} and one {END}")
     head, rest = readme.split(START)
     _, tail = rest.split(END)
-    return f"{head}{START}\n{block}\n{END}{tail}"
+    return f"{head}{START}\n\n{block}\n\n{END}{tail}"  # blank lines: the table stays a table
 
 
 def main(argv: list[str] | None = None) -> int:
