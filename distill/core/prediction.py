@@ -105,6 +105,12 @@ def velocity_to_x0(x: Tensor, s: Tensor, v: Tensor) -> Tensor:
     return x - append_dims(s, x.ndim) * v
 
 
+def consistency_fn(model: VelocityModel, x: Tensor, s: Tensor) -> Tensor:
+    """A velocity model's consistency function, its one-jump DDIM estimate ``f(x_s, s) = x_s - s v(x_s, s)``
+    (methods.md 3.2); equals x at s = 0 (the boundary condition)."""
+    return velocity_to_x0(x, s, model(x, s))
+
+
 def velocity_to_eps(x: Tensor, s: Tensor, v: Tensor) -> Tensor:
     """FM noise estimate ``eps = x + (1 - s) v``. x, v: (B, ...); s: (B,)."""
     return x + (1 - append_dims(s, x.ndim)) * v

@@ -5,22 +5,31 @@ Every sampler is ``sample_<name>(model, x, grid, *, progress=False, callback=Non
 and ``grid`` a decreasing 1-D tensor of FM times (usually ending at 0, see ``distill.core.grids``).
 ``callback(i, x, s)`` is called after step i with the new state and its time ``grid[i + 1]``.
 Time tensors given to the model are (B,) in x's dtype.
+
+Few-step students sample by ``sample_flow_map`` with a flow map; a ``SamplingPlan`` states such a
+walk in a scheduler's terms, and ``follow_plan`` runs it (``Method.sample``'s default).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from tqdm.auto import trange
 
-from distill.core.prediction import VelocityModel
-from distill.core.tensors import batch_time
+from distill.core.grids import make_grid
+from distill.core.prediction import VelocityModel, consistency_fn
+from distill.core.tensors import append_dims, batch_time
 
 FlowMap = Callable[[Tensor, Tensor, Tensor], Tensor]
 """Student ``flow_map(x, s, s_next) -> state at s_next``, times of shape (B,)."""
 Callback = Callable[[int, Tensor, Tensor], None]
+Renoise = Callable[[int], Tensor]
+"""Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
 
 
 def prior_state(noise: Tensor, s0: float | Tensor = 1.0) -> Tensor:
@@ -176,3 +185,61 @@ def sample_flow_map(
         if callback is not None:
             callback(i, x, s_next)
     return x
+
+
+def ddim_step(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+    """One DDIM (= flow-matching Euler) step of a velocity model from ``s`` to ``s_next`` (both (B,)).
+    As a flow map (``partial(ddim_step, model)``) it is the map PD students learn."""
+    return x + append_dims(s_next - s, x.ndim) * model(x, s)
+
+
+def consistency_jump(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+    """The flow map of multistep consistency sampling: a jump to data, whatever ``s_next``
+    (``sample_flow_map`` re-noises to it)."""
+    return consistency_fn(model, x, s)
+
+
+@torch.no_grad()
+def multistep_consistency_sample(model: VelocityModel, noise: Tensor, times: Tensor, renoise: Renoise | None = None) -> Tensor:
+    """Multistep consistency sampling (methods.md 3.6) from ``times[0] * noise``: jump to data,
+    re-noise to the next time with ``renoise(i)`` (else the global RNG), repeat."""
+    times = times.to(noise)
+    renoise = renoise or (lambda i: torch.randn_like(noise))
+    return sample_flow_map(partial(consistency_jump, model), prior_state(noise, times[0]), times, renoise_fn=renoise)
+
+
+def consistency_sampling_times(
+    start: float | Tensor, nfe: int, grid: str = "cosine", sigmas: Sequence[float] | None = None
+) -> Tensor:
+    """``[start, re-noising times..., 0]``: the first ``nfe - 1`` of ``sigmas`` (EDM sigmas, mapped to
+    FM time) where there are that many, else the interior points of an ``nfe``-step ``grid``."""
+    if sigmas is not None and nfe - 1 <= len(sigmas):
+        interior = torch.tensor(list(sigmas[: nfe - 1]), dtype=torch.float64)
+        interior = interior / (1 + interior)
+    else:
+        interior = make_grid(grid, nfe)[1:-1]
+    start = torch.as_tensor(start, dtype=interior.dtype).reshape(1)
+    return torch.cat([start, interior, torch.zeros(1, dtype=interior.dtype)])
+
+
+@dataclass
+class SamplingPlan:
+    """How a student samples at one NFE, in the terms of diffusers' ``FlowMatchEulerDiscreteScheduler``
+    (what ``distill-export`` writes): the velocity network, the FM times, and whether each step is
+    an Euler step (``renoise=False``) or a jump to data re-noised to the next time (its
+    ``stochastic_sampling``, i.e. multistep consistency sampling). Sampling starts at
+    ``sigmas[0] * noise``."""
+
+    network: nn.Module
+    sigmas: list[float]
+    renoise: bool
+
+
+@torch.no_grad()
+def follow_plan(plan: SamplingPlan, noise: Tensor, renoise: Renoise | None = None) -> Tensor:
+    """Run a ``SamplingPlan`` exactly as the scheduler it describes would: Euler steps through
+    ``plan.sigmas``, or multistep consistency sampling where the plan re-noises."""
+    sigmas = torch.tensor(plan.sigmas, dtype=torch.float64).to(noise)
+    if plan.renoise:
+        return multistep_consistency_sample(plan.network, noise, sigmas, renoise)
+    return sample_flow_map(partial(ddim_step, plan.network), prior_state(noise, sigmas[0]), sigmas)

@@ -7,45 +7,17 @@ lands in checkpoints exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from distill.core.conditioning import LABELS, Condition, table_rows, table_size
 from distill.core.errors import ConfigError
+from distill.core.samplers import Renoise, SamplingPlan, follow_plan
 
-Renoise = Callable[[int], Tensor]
-"""Fresh unit noise for re-noising step i, of the samples' shape (per-sample seeded in evaluation)."""
-
-
-@dataclass
-class SamplingPlan:
-    """How a student samples at one NFE, in the terms of diffusers' ``FlowMatchEulerDiscreteScheduler``
-    (what ``distill-export`` writes): the velocity network, the FM times, and whether each step is
-    an Euler step (``renoise=False``) or a jump to data re-noised to the next time (its
-    ``stochastic_sampling``, i.e. multistep consistency sampling). Sampling starts at
-    ``sigmas[0] * noise``."""
-
-    network: nn.Module
-    sigmas: list[float]
-    renoise: bool
-
-
-def follow_plan(plan: SamplingPlan, noise: Tensor, renoise: Renoise | None = None) -> Tensor:
-    """Run a ``SamplingPlan`` exactly as the scheduler it describes would (the export's reference)."""
-    sigmas = torch.tensor(plan.sigmas, dtype=torch.float64).to(noise)
-    x = sigmas[0] * noise
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i].expand(x.shape[0]), sigmas[i + 1]
-        v = plan.network(x, s)
-        if plan.renoise:
-            fresh = renoise(i) if renoise is not None else torch.randn_like(x)
-            x = (1 - s_next) * (x - sigmas[i] * v) + s_next * fresh
-        else:
-            x = x + (s_next - sigmas[i]) * v
-    return x
+FALLBACK_BUDGET = 1000
+"""What a warm-up given as a fraction of the budget is a fraction of when no budget was set."""
 
 
 def label_count(teacher: nn.Module) -> int:
@@ -78,6 +50,17 @@ def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"method.objective.{option}={value!r}; choose one of {choices}")
+
+
+def check_sampling_sigmas(sigmas: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``method.objective.sampling_sigmas`` as a tuple, refused unless strictly decreasing and positive."""
+    if sigmas is None:
+        return None
+    sigmas = tuple(float(x) for x in sigmas)
+    if not sigmas or any(x <= 0 for x in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:], strict=False)):
+        raise ConfigError(f"method.objective.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
+                         "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid")
+    return sigmas
 
 
 def check_counts(**counts: int) -> None:
@@ -149,9 +132,13 @@ class Method(nn.Module):
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations.
 
-        Stochastic samplers draw step i's fresh noise from ``renoise(i)`` (else the global RNG).
+        Stochastic samplers draw step i's fresh noise from ``renoise(i)`` (else the global RNG). The
+        default walks ``sampling_plan``; only a method whose sampling no plan states overrides this.
         """
-        raise NotImplementedError
+        plan = self.sampling_plan(student, nfe)
+        if plan is None:
+            raise NotImplementedError(f"{type(self).__name__} states no sampling plan at nfe={nfe}: override sample")
+        return follow_plan(plan, noise, renoise)
 
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan | None:
         """``sample`` as a ``SamplingPlan``, or None where a scheduler cannot express it (default)."""

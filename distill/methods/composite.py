@@ -1,4 +1,4 @@
-"""Objectives as weighted loss terms on one student (design.md: rCM = sCM + lambda DMD).
+"""Objectives as weighted loss terms on one student (methods.md §4.6: rCM = sCM + lambda DMD).
 
 Each term is a complete method with its own auxiliary networks and optimizers. The composite
 steps the union of their optimizers; in a phase, every term that owns that optimizer contributes
@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
-from distill.methods.base import Method, Renoise, SamplingPlan
-from distill.methods.scm import FALLBACK_BUDGET
+from distill.methods.base import FALLBACK_BUDGET, Method, Renoise, SamplingPlan
 
 
 class WeightedSum(Method):

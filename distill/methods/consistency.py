@@ -19,20 +19,15 @@ from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.precision import full_precision
-from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.prediction import consistency_fn, fm_noise, velocity_to_x0
 from distill.core.rng import capture_rng, restore_rng
-from distill.core.samplers import prior_state, sample_flow_map
+from distill.core.samplers import consistency_sampling_times
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
+from distill.methods.base import Method, SamplingPlan, check_choice, check_sampling_sigmas
 from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "pseudo_huber", "lpips")
-
-
-def consistency_fn(model: nn.Module, x: Tensor, s: Tensor) -> Tensor:
-    """``f(x_s, s) = x_s - s v(x_s, s)``; equals x at s = 0 (the boundary condition)."""
-    return velocity_to_x0(x, s, model(x, s))
 
 
 @torch.no_grad()
@@ -64,49 +59,6 @@ def edm_heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> T
 
 SOLVERS = {"heun": heun_step, "edm_heun": edm_heun_step}
 
-
-class ConsistencyFlowMap(nn.Module):
-    """Jump to data with the consistency function; ``sample_flow_map`` re-noises in between."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-        return consistency_fn(self.model, x, s)
-
-
-def consistency_sampling_times(
-    start: float | Tensor, nfe: int, grid: str = "cosine", sigmas: Sequence[float] | None = None
-) -> Tensor:
-    """``[start, re-noising times..., 0]``: the first ``nfe - 1`` of ``sigmas`` (EDM sigmas, mapped to
-    FM time) where there are that many, else the interior points of an ``nfe``-step ``grid``."""
-    if sigmas is not None and nfe - 1 <= len(sigmas):
-        interior = torch.tensor(list(sigmas[: nfe - 1]), dtype=torch.float64)
-        interior = interior / (1 + interior)
-    else:
-        interior = make_grid(grid, nfe)[1:-1]
-    start = torch.as_tensor(start, dtype=interior.dtype).reshape(1)
-    return torch.cat([start, interior, torch.zeros(1, dtype=interior.dtype)])
-
-
-def check_sampling_sigmas(sigmas: Sequence[float] | None) -> tuple[float, ...] | None:
-    """``method.objective.sampling_sigmas`` as a tuple, refused unless strictly decreasing and positive."""
-    if sigmas is None:
-        return None
-    sigmas = tuple(float(x) for x in sigmas)
-    if not sigmas or any(x <= 0 for x in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:], strict=False)):
-        raise ConfigError(f"method.objective.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
-                         "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid")
-    return sigmas
-
-
-@torch.no_grad()
-def multistep_consistency_sample(student: nn.Module, noise: Tensor, times: Tensor, renoise: Renoise | None) -> Tensor:
-    """Multistep consistency sampling (methods.md 3.6): jump to data, re-noise to the next time, repeat."""
-    times = times.to(noise)
-    renoise = renoise or (lambda i: torch.randn_like(noise))
-    return sample_flow_map(ConsistencyFlowMap(student), prior_state(noise, times[0]), times, renoise_fn=renoise)
 
 
 class ConsistencyDistillation(Method):
@@ -189,9 +141,6 @@ class ConsistencyDistillation(Method):
     def sample_times(self, nfe: int) -> Tensor:
         """Start at the largest trained time, re-noise at ``sampling_sigmas`` or the grid's interior points."""
         return consistency_sampling_times(self.grid[0], nfe, self.sampling_grid, self.sampling_sigmas)
-
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
 
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)

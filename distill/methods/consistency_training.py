@@ -27,16 +27,11 @@ from distill.core.errors import ConfigError
 from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.precision import full_precision
-from distill.core.prediction import fm_noise
+from distill.core.prediction import consistency_fn, fm_noise
 from distill.core.rng import capture_rng, restore_rng
+from distill.core.samplers import consistency_sampling_times
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
-from distill.methods.consistency import (
-    check_sampling_sigmas,
-    consistency_fn,
-    consistency_sampling_times,
-    multistep_consistency_sample,
-)
+from distill.methods.base import Method, SamplingPlan, check_choice, check_sampling_sigmas
 from distill.nets.ecm_precond import ecm_wrap
 
 SCHEDULES = ("ict", "ect")
@@ -188,9 +183,6 @@ class ConsistencyTraining(Method):
     def sample_times(self, nfe: int) -> Tensor:
         start = sigma_to_fm_time(torch.tensor(SIGMA_MAX))
         return consistency_sampling_times(start, nfe, self.sampling_grid, self.sampling_sigmas)
-
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
 
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)

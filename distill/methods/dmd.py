@@ -51,15 +51,14 @@ from distill.core.errors import ConfigError
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
-from distill.core.samplers import prior_state, sample_flow_map, sample_heun
+from distill.core.samplers import sample_heun
 from distill.core.time_sampling import shift_time
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
-from distill.methods.consistency import multistep_consistency_sample
+from distill.methods.base import Method, SamplingPlan, check_choice
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import bottleneck_layer, has_parameters, read_features
 from distill.nets.freezing import frozen
 from distill.nets.lpips import PerceptualDistance
-from distill.students.flow_map import EulerFlowMap, student_from_teacher
+from distill.students.flow_map import student_from_teacher
 from distill.students.generator import (
     TRANSITIONS,
     check_generator_times,
@@ -393,14 +392,8 @@ class DMD2(Method):
         return {"loss": total, **terms}
 
     # --- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        times = sampling_times(self.times, nfe)
-        if self.transition == "deterministic":  # the DDIM chain through the times (its last jump lands on x0)
-            times = times.to(noise)
-            return sample_flow_map(EulerFlowMap(student), prior_state(noise, times[0]), times)
-        return multistep_consistency_sample(student, noise, times, renoise)
-
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        """Multistep consistency sampling through the generator times, or (``transition:
+        deterministic``) the DDIM chain through them, whose last jump lands on x0."""
         renoise = self.transition == "renoise"
         return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=renoise)

@@ -28,8 +28,7 @@ from distill.core.attention import twice_differentiable_attention
 from distill.core.errors import ConfigError
 from distill.core.gan import D_LOSSES, G_LOSSES, mean_probability, r1_penalty
 from distill.core.prediction import fm_noise
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
-from distill.methods.consistency import multistep_consistency_sample
+from distill.methods.base import Method, SamplingPlan, check_choice
 from distill.nets.discriminator import FeatureHeads, data_shape_of
 from distill.nets.features import encoder_layers, read_features
 from distill.nets.freezing import freeze_, frozen, frozen_parameter_names, trainable_fraction
@@ -186,9 +185,5 @@ class GDD(Method):
         return mean_loss * len(logits) if self.heads_reduction == "sum" else mean_loss
 
     # --- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        return multistep_consistency_sample(student, noise, sampling_times(self.times, nfe), renoise)
-
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         return SamplingPlan(student, sampling_times(self.times, nfe).tolist(), renoise=True)

@@ -32,6 +32,7 @@ counts batches); ``alternate=True`` is PCM's every-other-batch rule.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -45,12 +46,12 @@ from distill.core.grids import ddim_grid, make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.precision import full_precision
 from distill.core.prediction import fm_noise
-from distill.core.samplers import prior_state, sample_flow_map
+from distill.core.samplers import ddim_step, prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
 from distill.nets.discriminator import build_discriminator, data_shape_of
-from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
+from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "huber")
 TARGETS = ("ema", "online")
@@ -333,11 +334,10 @@ class PhasedConsistency(Method):
 
     @torch.no_grad()
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        """Edge-to-edge jumps; a budget above M re-noises inside the last phase with ``renoise(i)``."""
-        flow_map = EulerFlowMap(student)
+        """Edge-to-edge jumps (the plan); a budget above M re-noises inside the last phase with ``renoise(i)``."""
         if nfe <= self.num_phases or self.extra_nfe == "euler":
-            times = self.sample_times(nfe).to(noise)
-            return sample_flow_map(flow_map, prior_state(noise, times[0]), times)
+            return super().sample(student, noise, nfe, renoise)
+        flow_map = partial(ddim_step, student)
         edges = self.sample_times(self.num_phases).to(noise)
         x = sample_flow_map(flow_map, prior_state(noise, edges[0]), edges[:-1])  # to the last phase's top
         renoise = renoise or (lambda i: torch.randn_like(noise))

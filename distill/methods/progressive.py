@@ -17,10 +17,10 @@ from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse
 from distill.core.prediction import fm_noise
-from distill.core.samplers import prior_state, sample_flow_map
+from distill.core.samplers import ddim_step
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
-from distill.students.flow_map import EulerFlowMap, ddim_step, frozen_copy
+from distill.methods.base import Method, SamplingPlan, check_choice
+from distill.students.flow_map import frozen_copy
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
 
@@ -134,13 +134,7 @@ class ProgressiveDistillation(Method):
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if self.final_steps <= n <= self.start_steps]
 
-    @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        """DDIM with the round's student that was trained for exactly ``nfe`` steps, if any."""
-        plan = self.sampling_plan(student, nfe)
-        grid = torch.tensor(plan.sigmas, dtype=torch.float64).to(noise)
-        return sample_flow_map(EulerFlowMap(plan.network), prior_state(noise, grid[0]), grid)
-
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        """DDIM with the round's student that was trained for exactly ``nfe`` steps, if any."""
         model = self.snapshots[str(nfe)] if str(nfe) in self.snapshots else student
         return SamplingPlan(model, self.round_grid(nfe)[::2].tolist(), renoise=False)

@@ -28,12 +28,10 @@ from distill.core.lr_schedule import lr_factor
 from distill.core.pairs import PairShards, fingerprint, shard_labels
 from distill.core.prediction import fm_noise
 from distill.core.process import FlowMatching
-from distill.core.samplers import prior_state, sample_euler
 from distill.core.straightness import ode_pairs, straightness
 from distill.core.tensors import batch_time
 from distill.methods.base import (
     Method,
-    Renoise,
     SamplingPlan,
     check_choice,
     check_counts,
@@ -306,14 +304,9 @@ class Reflow(Method):
             self.snapshots["flow"] = frozen_copy(student)
 
     # --- sampling -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
+    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         """Euler with ``nfe`` uniform steps; after distillation the student is the 1-step map and
         the reflowed flow (its snapshot) takes the multi-step rows."""
-        plan = self.sampling_plan(student, nfe)
-        return sample_euler(plan.network, prior_state(noise), torch.tensor(plan.sigmas, dtype=torch.float64).to(noise))
-
-    def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         reflowed = self.distill and self.distilling and "flow" in self.snapshots
         model = self.snapshots["flow"] if nfe > 1 and reflowed else student
         return SamplingPlan(model, make_grid("uniform", nfe).tolist(), renoise=False)

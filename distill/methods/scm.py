@@ -23,11 +23,9 @@ from distill.core.jvp import JVP_MODES, jvp
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.tensors import append_dims
 from distill.core.trigflow import fm_time, sample_trig_time, trig_F, trig_noise, trig_time
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
-from distill.methods.consistency import multistep_consistency_sample
+from distill.methods.base import FALLBACK_BUDGET, Method, SamplingPlan, check_choice
 
 TANGENTS = ("teacher", "data")
-FALLBACK_BUDGET = 1000  # what a fractional warm-up is a fraction of when no budget was set
 
 
 def scm_tangent(F_sg: Tensor, cs_dFdt: Tensor, x_t: Tensor, dxdt: Tensor, t: Tensor, sigma_data: float, r: float) -> Tensor:
@@ -232,11 +230,7 @@ class SCM(Method):
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if 1 <= n <= len(self.multistep_times) + 1]
 
-    @torch.no_grad()
-    def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
-        """Multistep consistency sampling (methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
-        return multistep_consistency_sample(student, noise, self.sample_times(nfe), renoise)
-
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
+        """Multistep consistency sampling (methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
         return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)
 

@@ -1,31 +1,13 @@
-"""Flow maps: how a student moves a state from time s to an earlier time s_next in one call.
+"""Students made from the teacher's network, and frozen copies of a network.
 
-Every few-step sampler walks a grid with one of these (``distill.core.samplers.sample_flow_map``).
+(The flow maps a few-step student samples with live in ``distill.core.samplers``.)
 """
 
 from __future__ import annotations
 
 import copy
 
-from torch import Tensor, nn
-
-from distill.core.tensors import append_dims
-
-
-def ddim_step(model: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-    """One DDIM (= flow-matching Euler) step of a velocity model from ``s`` to ``s_next`` (both (B,))."""
-    return x + append_dims(s_next - s, x.ndim) * model(x, s)
-
-
-class EulerFlowMap(nn.Module):
-    """``ddim_step`` as a flow map: the map PD students learn."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-        return ddim_step(self.model, x, s, s_next)
+from torch import nn
 
 
 def student_from_teacher(teacher_model: nn.Module) -> nn.Module:

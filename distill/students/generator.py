@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
 from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.samplers import ddim_step
 from distill.core.tensors import batch_time
-from distill.students.flow_map import ddim_step
 
 TRANSITIONS = ("renoise", "deterministic")
 
