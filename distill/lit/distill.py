@@ -177,9 +177,10 @@ class DistillModule(L.LightningModule):
         millisecond (it moves its result holder to the device): a dozen terms on every batch were ~4% of
         a CPU step on digits (experiments/bench.py).
         """
-        connector = getattr(self.trainer, "_logger_connector", None)
+        every = self.trainer.log_every_n_steps
         last = self.max_batches is not None and step + 1 >= self.max_batches
-        return connector is None or connector.should_update_logs or last
+        # Lightning's own rule: the batch that completes a multiple of log_every_n_steps, or a stopping one.
+        return every > 0 and ((step + 1) % every == 0 or last or self.trainer.should_stop)
 
     def loss_and_backward(self, phase: str, batch, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """The phase's loss terms, back-propagated. With ``micro_batches`` k > 1 the batch runs in k equal

@@ -1,7 +1,10 @@
 """DistillModule: the teacher stays frozen and out of checkpoints; students train."""
 
+import csv
+
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.core.gmm import ring_mixture
@@ -72,3 +75,17 @@ def test_checkpoint_from_another_method_is_refused(tmp_path):
     state["method.unknown_buffer"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="does not match this method"):
         make_module().load_state_dict(state)
+
+
+def test_metrics_reach_the_logger_every_log_every_n_steps_batches_and_on_the_last(tmp_path):
+    module = make_module()
+    module.max_batches = 8
+    data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, logger=CSVLogger(tmp_path, name="", version=""),
+                        log_every_n_steps=3, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(module, DataLoader(TensorDataset(data), batch_size=64))
+    with open(tmp_path / "metrics.csv") as f:
+        logged = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("loss")})
+    assert logged == [2, 5, 7]  # batches 3 and 6 complete a multiple of 3; batch 8 is the run's last
+
