@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget docs clean
+.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget docs data teacher-fmnist table-fmnist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -77,6 +77,21 @@ table: setup teacher teachers-extra ## benchmark table: every method x {digits, 
 	$(PY) -m distill.evaluate dataset=gmm teacher=gmm_exact eval.num_samples=2000 eval.batch_size=2000 progress=false \
 		hydra.run.dir=experiments/runs/benchmark/teacher_gmm
 	$(PY) -m distill.table experiments/runs/benchmark --out experiments/results
+
+# Fashion-MNIST: Debian's dataset-fashion-mnist package where apt and root are at hand, else torchvision's download.
+FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
+HARDWARE ?= gpu
+data: setup ## Fashion-MNIST's four IDX files (apt package, else torchvision's download into the cache)
+	@if ls $(FMNIST_DEBIAN)/t10k-labels-idx1-ubyte* >/dev/null 2>&1; then echo "Fashion-MNIST: $(FMNIST_DEBIAN)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; then \
+		echo "Fashion-MNIST: $(FMNIST_DEBIAN)"; \
+	else $(PY) -c "from distill.data.fashion_mnist import download; print('Fashion-MNIST:', download('$(CACHE)'))"; fi
+
+teacher-fmnist: data ## train the Fashion-MNIST teacher of HARDWARE=gpu|cpu (cached)
+	$(PY) experiments/table_fmnist.py hardware=$(HARDWARE) stage=teacher
+
+table-fmnist: data ## Fashion-MNIST table: every method, HARDWARE=gpu (3 seeds) or cpu (1 seed) -> experiments/results/fashion_mnist/
+	$(PY) experiments/table_fmnist.py hardware=$(HARDWARE)
 
 REFLOW_BUDGETS ?= 100,250,500,750,1500
 reflow-budget: setup teacher teacher-reflow ## 1-step students distilled from the teacher vs from its 2-RF, per distillation budget x 3 seeds -> experiments/results/reflow_budget.{md,png}

@@ -110,6 +110,7 @@ class EvalSchema:
     inception_weights: str | None = None
     reference_stats: str | None = None
     flow_map_error: bool = False
+    save_arrays: bool = False
 
 
 @dataclass(kw_only=True)

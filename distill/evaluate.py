@@ -23,6 +23,7 @@ from distill.build import (
     build_teacher,
 )
 from distill.errors import ConfigError, friendly_errors
+from distill.evaluation.plots import save_sample_sets
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.evaluation.runner import evaluate_student, evaluate_teacher
 from distill.lit.distill import DistillModule
@@ -51,11 +52,15 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     spec.prompt_table = getattr(teacher, "prompt_table", None)  # a text teacher: the dataset's prompts
     spec.decode = teacher.codec.decode if teacher.codec is not None else None  # latent teachers: score pixels
     # A run's student alone with eval.teacher=false: re-scoring many runs needs the teacher rows once.
-    rows = evaluate_teacher(teacher, teacher.data_shape, scorer, spec)[0] if cfg.eval.teacher or not cfg.run_dir else []
+    rows, arrays = [], cfg.eval.get("save_arrays", False)
+    if cfg.eval.teacher or not cfg.run_dir:
+        rows, samples = evaluate_teacher(teacher, teacher.data_shape, scorer, spec)
+        save_sample_sets(out / "samples", "teacher", samples, arrays)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
-        student_rows, _ = evaluate_student(module.method, module.sampling_student(), teacher.data_shape, scorer, spec,
-                                           int(module.step_count))
+        student_rows, samples = evaluate_student(module.method, module.sampling_student(), teacher.data_shape, scorer,
+                                                 spec, int(module.step_count))
+        save_sample_sets(out / "samples", "student", samples, arrays)
         rows += student_rows
     append_results(out / RESULTS_NAME, rows)
     print(format_rows(rows, title=f"evaluation on {dm.name} -> {out / RESULTS_NAME}"))

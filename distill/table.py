@@ -206,6 +206,8 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path | None:
     """One panel per dataset: main metric against NFE (log2), a line per teacher sampler and method."""
     # The flow-map error has one NFE only: plotted against steps instead.
     agg = [a for a in agg if is_quality(a["metric"]) and a["metric"] != FLOW_MAP_METRIC]
+    floors = [a for a in agg if a["nfe"] == 0]  # real data against the reference: no NFE, a level to reach
+    agg = [a for a in agg if a["nfe"] > 0]
     if not agg:
         return None
     plt = pyplot()
@@ -221,6 +223,8 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path | None:
             style = "--o" if label[0] == "teacher" else "-" + markers[i % len(markers)]
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, label=name,
                         capsize=2, markersize=4, color=colors[i % len(colors)])
+        for floor in (f for f in floors if f["dataset"] == dataset):
+            ax.axhline(floor["mean"], color="grey", linestyle=":", label=floor["method"])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("NFE")

@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     evaluation = EvaluationCallback(
         build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), teacher.data_shape, run_dir,
         evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
-        flow_map_error=cfg.eval.flow_map_error,
+        flow_map_error=cfg.eval.flow_map_error, save_arrays=cfg.eval.get("save_arrays", False),
     )
     # No version counter: a last.ckpt that the preemption or final-step callback wrote is the run's
     # own, to overwrite, not to keep beside a new last-v1.ckpt (distill-eval reads last.ckpt).

@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from distill.evaluation.plots import save_samples_png
+from distill.evaluation.plots import save_samples_array, save_samples_png
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results, write_results
 from distill.evaluation.runner import (
     EvalSpec,
@@ -64,6 +64,7 @@ class EvaluationCallback(L.Callback):
     side by side, so a collapsing student shows before its main metric moves.
     With ``flow_map_error``, each student evaluation also scores its one-step map against the
     teacher's ODE endpoints from the same noise (exact for the analytic GMM teacher).
+    With ``save_arrays``, every sample set is also saved whole, as an ``.npy`` beside its grid.
     """
 
     def __init__(
@@ -75,11 +76,12 @@ class EvaluationCallback(L.Callback):
         evaluate_teacher: bool = True,
         every_n_steps: int = 0,
         flow_map_error: bool = False,
+        save_arrays: bool = False,
     ):
         self.scorer, self.spec, self.shape = scorer, spec, tuple(shape)
         self.run_dir = Path(run_dir)
         self.evaluate_teacher, self.every_n_steps = evaluate_teacher, every_n_steps
-        self.flow_map_error = flow_map_error
+        self.flow_map_error, self.save_arrays = flow_map_error, save_arrays
         self.endpoints: Tensor | None = None
         self.rows: list[ResultRow] = []
 
@@ -93,6 +95,8 @@ class EvaluationCallback(L.Callback):
                 x, self.run_dir / "samples" / f"{tag}_{sampler}_nfe{nfe}_step{step}.png", f"{tag} {sampler} NFE={nfe}"
             )
             log_image(pl_module, f"samples/{tag}/{sampler}/nfe{nfe}", path, step)
+            if self.save_arrays:
+                save_samples_array(x, path.with_suffix(".npy"))
 
     # --- resuming: the rows so far travel in the checkpoint, results.json is rewritten from them --
     def state_dict(self) -> dict[str, Any]:

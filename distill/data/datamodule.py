@@ -107,6 +107,7 @@ class DataModule(L.LightningDataModule):
         download_root: where ``fashion_mnist`` downloads to, and looks for torchvision's layout.
         reference_split: what evaluation scores against (``fashion_mnist``): ``test`` or ``validation``.
         validation_fraction: share of an ``array`` file's rows held out as its validation split.
+        subset: train on this many training examples only, a subset chosen by ``seed`` (quick runs; None: all).
         resolution: output size for ``image_folder`` and ``prompts`` (cifar10 is 32, digits 8).
         channels: 3 or 1 for ``image_folder`` and ``prompts``.
         class_folders: ``image_folder`` labelled by first-level subfolder (class-conditional teachers).
@@ -129,6 +130,7 @@ class DataModule(L.LightningDataModule):
         download_root: str | Path | None = None,
         reference_split: str = "test",
         validation_fraction: float = 0.1,
+        subset: int | None = None,
         resolution: int | None = None,
         channels: int = 3,
         download: bool = False,
@@ -169,6 +171,9 @@ class DataModule(L.LightningDataModule):
         self.root = None if root is None else Path(root)
         self.download_root = download_root
         self.reference_split, self.validation_fraction = reference_split, validation_fraction
+        if subset is not None and subset < 1:
+            raise DatasetError(f"dataset.subset={subset}; give a positive number of training examples, or null for all")
+        self.subset = subset
         self.resolution = resolution
         self.class_folders, self.captioned = class_folders, captions
         self.prompts, self.repeats, self.sample_steps = prompts, repeats, sample_steps
@@ -250,6 +255,12 @@ class DataModule(L.LightningDataModule):
         if self._train is not None:
             return
         self._train = self._build_train()
+        if self.subset is not None:
+            if not isinstance(self._train, TensorPairDataset):
+                raise DatasetError(f"dataset.subset is for in-memory sets (toys, digits, fashion_mnist, cifar10, array), "
+                                   f"not {self.name}: leave it null")
+            keep = seeded_subset(len(self._train), self.subset, self.seed)
+            self._train = TensorPairDataset(self._train.x[keep], self._train.y[keep])
         if len(self._train) == 0:
             raise DatasetError(
                 f"the training set of dataset {self.name!r} is empty; "

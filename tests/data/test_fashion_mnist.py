@@ -131,3 +131,13 @@ def test_datamodule_trains_on_train_and_scores_on_the_chosen_split(tmp_path: Pat
     assert torch.equal(encoded_index(validation.reference_samples()), torch.arange(55_000, 55_010))
     with pytest.raises(DatasetError, match="dataset.reference_split='train'; choose test"):
         DataModule("fashion_mnist", batch_size=4, root=tmp_path, reference_split="train")
+
+
+def test_subset_trains_on_a_seeded_share_of_the_train_split(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path, n_train=300, n_test=4)
+    first = DataModule("fashion_mnist", batch_size=4, root=tmp_path, subset=32, seed=1).train_tensor()
+    again = DataModule("fashion_mnist", batch_size=4, root=tmp_path, subset=32, seed=1).train_tensor()
+    other = DataModule("fashion_mnist", batch_size=4, root=tmp_path, subset=32, seed=2).train_tensor()
+    assert len(first) == 32 and torch.equal(first, again) and not torch.equal(first, other)
+    with pytest.raises(DatasetError, match="dataset.subset=0"):
+        DataModule("fashion_mnist", batch_size=4, root=tmp_path, subset=0)

@@ -1,0 +1,341 @@
+"""The Fashion-MNIST benchmark in one invocation: teacher rows, a noise floor, every method x seeds.
+
+    make data && make table-fmnist                    # HARDWARE=gpu (default) or HARDWARE=cpu
+    python experiments/table_fmnist.py hardware=gpu   # three seeds of every method, runs side by side
+    python experiments/table_fmnist.py hardware=cpu   # one seed of every method on the CPU
+    python experiments/table_fmnist.py hardware=cpu methods=progressive,dmd2 seeds=0,1 parallel=2
+    python experiments/table_fmnist.py hardware=cpu stage=teacher      # only train (or find) the teacher
+    python experiments/table_fmnist.py hardware=cpu fast_dev_run=true  # 20 steps on 256 images, 64 samples
+
+Every student trains on the train split with the profile's budget (stated in images), the teacher
+is sampled with Euler, Heun and DPM-Solver++(2M), and every row is ``fd_fmnist`` of 10,000 samples
+against the test split. Writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png`` into
+``out`` (default ``experiments/results/fashion_mnist``), a grid per row under ``grids/``, and the
+10,000 samples of the teacher's best row and of each method's best row as ``<model>_<sampler>_nfe<k>.npy``.
+Any other ``key=value`` is passed to every training run as a Hydra override.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
+CACHE = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+DATASET = "fashion_mnist"
+METRIC = "fd_fmnist"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where and how big: everything that differs between the GPU table and the CPU table."""
+
+    hardware: str
+    seeds: tuple[int, ...]
+    parallel: int  # training runs side by side
+    teacher: str  # teacher dir name under <cache>/teachers
+    teacher_recipe: tuple[str, ...]  # distill-pretrain overrides that make it
+    images: int  # training budget of every method, in images
+    batch_size: int
+    teacher_samplers: tuple[str, ...] = ("euler", "heun", "dpmpp_2m")
+    teacher_nfes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    num_samples: int = 10_000
+    eval_batch: int = 1000
+    subset: int | None = None  # train on this many images (fast_dev_run)
+
+
+PROFILES = {
+    # One H100: the 6.5 M-parameter UNet of conf/dataset/fashion_mnist.yaml, six runs at a time.
+    "gpu": Profile(
+        hardware="gpu", seeds=(0, 1, 2), parallel=6, teacher="fashion_mnist",
+        teacher_recipe=("hardware=gpu", "train.batch_size=256", "train.max_steps=20000", "train.lr=1e-3"),
+        images=192_000, batch_size=128, eval_batch=2000,
+    ),
+    # Two CPU cores: a 1.1 M-parameter UNet teacher (three levels, attention at 7x7) and a short
+    # budget, so that one seed of every method fits in about three hours.
+    "cpu": Profile(
+        hardware="cpu", seeds=(0,), parallel=1, teacher="fashion_mnist_cpu",
+        teacher_recipe=("net=unet", "net.block_out_channels=[32,64,64]", "net.attention=true",
+                        "train.max_steps=2500", "train.lr=1e-3"),
+        images=12_800, batch_size=64, teacher_nfes=(1, 2, 4, 8, 16),
+    ),
+}
+
+
+def fast_dev(profile: Profile) -> Profile:
+    """20 training steps on 256 images and 64 samples per row: proves the pipeline, measures nothing."""
+    return replace(profile, seeds=profile.seeds[:1], images=20 * 16, batch_size=16, teacher_nfes=(1, 2),
+                   num_samples=64, eval_batch=64, subset=256,
+                   teacher_recipe=(*profile.teacher_recipe, "train.max_steps=5", "train.batch_size=16",
+                                   "dataset.subset=256"))
+
+
+def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments: the runner's own keys, and the rest as overrides for every run."""
+    own_keys = {"hardware", "methods", "seeds", "parallel", "out", "runs", "stage", "fast_dev_run", "cache"}
+    own, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"{arg!r}: arguments are key=value (see the docstring: python {__file__} --help)")
+        (own.__setitem__(key, value) if key in own_keys else overrides.append(arg))
+    return own, overrides
+
+
+def hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def ensure_teacher(profile: Profile, cache: Path, log: Path) -> Path:
+    """The profile's teacher dir, trained by distill-pretrain when it is not cached yet."""
+    out = cache / "teachers" / profile.teacher
+    if (out / "teacher.json").is_file():
+        print(f"teacher: {out} (cached)", flush=True)
+        return out
+    print(f"teacher: training {out} ({' '.join(profile.teacher_recipe)}); log in {log}", flush=True)
+    start = time.time()
+    cmd = python("distill.pretrain", f"dataset={DATASET}", f"paths.cache={cache}", f"out={out}", "progress=false",
+                 *profile.teacher_recipe)
+    with open(log, "w") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode:
+            raise SystemExit(f"teacher training failed; see {log}")
+    print(f"teacher: done in {hms(time.time() - start)}", flush=True)
+    return out
+
+
+def common_overrides(profile: Profile, cache: Path, teacher: Path) -> list[str]:
+    return [f"paths.cache={cache}", f"teacher.path={teacher}", f"hardware={profile.hardware}",
+            f"eval.num_samples={profile.num_samples}", f"eval.batch_size={profile.eval_batch}",
+            *([f"dataset.subset={profile.subset}"] if profile.subset else [])]
+
+
+def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path) -> None:
+    """Every teacher sampler x NFE, scored once (``distill-eval``), with a grid and array per row."""
+    out = runs / "teacher"
+    cmd = python("distill.evaluate", f"dataset={DATASET}", *common_overrides(profile, cache, teacher),
+                 f"eval.teacher_samplers=[{','.join(profile.teacher_samplers)}]",
+                 f"eval.teacher_nfes=[{','.join(map(str, profile.teacher_nfes))}]", "eval.save_arrays=true",
+                 "progress=false", f"hydra.run.dir={out}")
+    start = time.time()
+    print(f"teacher rows: {', '.join(profile.teacher_samplers)} at NFE {list(profile.teacher_nfes)}", flush=True)
+    with open(runs / "teacher.log", "w") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode:
+            raise SystemExit(f"teacher evaluation failed; see {runs / 'teacher.log'}")
+    print(f"teacher rows: done in {hms(time.time() - start)}", flush=True)
+
+
+def noise_floor(profile: Profile, cache: Path, runs: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """``fd_fmnist`` of real training images against the test split, one subset per seed: the
+    best any model can score with this many samples, and the metric's own seed-to-seed spread."""
+    from omegaconf import OmegaConf
+
+    from distill.data.datamodule import DataModule, seeded_subset
+    from distill.evaluation.results import ResultRow, write_results
+    from distill.evaluation.scorer import Scorer
+
+    dm = DataModule(DATASET, batch_size=1)
+    scorer = Scorer(METRIC, dm.reference_samples(), cache, data_root=dm.fashion_mnist_root)
+    images = dm.train_tensor()
+    for seed in seeds:
+        x = images[seeded_subset(len(images), profile.num_samples, seed)]
+        rows = [ResultRow("data", "train split", 0, metric, value, len(x), 0)
+                for metric, value in scorer.score_all(x).items()]
+        run = runs / "noise_floor" / f"s{seed}"
+        (run / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save({"table_label": "noise floor", "dataset": {"name": DATASET}, "seed": seed},
+                       run / ".hydra" / "config.yaml")
+        write_results(run / "results.json", rows)
+    print(f"noise floor: {len(seeds)} subsets of {profile.num_samples} training images scored", flush=True)
+
+
+@dataclass
+class Run:
+    method: str
+    seed: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+    start: float = 0.0
+    seconds: float = 0.0
+
+
+def train_all(profile: Profile, methods: list[str], cache: Path, teacher: Path, runs: Path,
+              overrides: list[str], invocation: str) -> list[Run]:
+    """Every method x seed as its own distill-train process, ``profile.parallel`` at a time, with a
+    line per finished run and the ETA of the rest."""
+    todo = [Run(m, s, runs / m / f"s{s}") for s in profile.seeds for m in methods]
+    pending, active, finished, failed = list(todo), [], [], []
+    begin = time.time()
+    print(f"training: {len(todo)} runs ({len(methods)} methods x seeds {list(profile.seeds)}), {profile.parallel} "
+          f"at a time, {profile.images:,} images each", flush=True)
+    while pending or active:
+        while pending and len(active) < profile.parallel:
+            run = pending.pop(0)
+            run.dir.mkdir(parents=True, exist_ok=True)
+            (run.dir / "invocation").write_text(invocation + "\n")
+            cmd = python("distill.train", "experiment=bench_fmnist", f"method={run.method}", f"seed={run.seed}",
+                         *common_overrides(profile, cache, teacher), f"train.images={profile.images}",
+                         f"train.batch_size={profile.batch_size}", f"hydra.run.dir={run.dir}", *overrides)
+            log = open(run.dir / "train.log", "w")  # noqa: SIM115 (closed when the process ends)
+            run.proc, run.start = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), time.time()
+            active.append(run)
+        time.sleep(1.0)
+        for run in [r for r in active if r.proc.poll() is not None]:
+            active.remove(run)
+            run.seconds = time.time() - run.start
+            (finished if run.proc.returncode == 0 else failed).append(run)
+            done = len(finished) + len(failed)
+            mean = statistics.fmean(r.seconds for r in finished + failed)
+            eta = mean * math.ceil((len(todo) - done) / profile.parallel)
+            status = "ok" if run.proc.returncode == 0 else f"FAILED (exit {run.proc.returncode}, see {run.dir / 'train.log'})"
+            print(f"[{done:>3}/{len(todo)}] {run.method:<15} seed {run.seed}  {status}  {hms(run.seconds)}  "
+                  f"elapsed {hms(time.time() - begin)}  ETA {hms(eta)}", flush=True)
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(f'{r.method}/s{r.seed}' for r in failed)}", flush=True)
+    return finished
+
+
+def best_rows(rows: list[dict]) -> dict[str, dict]:
+    """The lowest mean ``fd_fmnist`` row of each model (teacher: any sampler and NFE)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["metric"] == METRIC and r["dataset"] == DATASET and r["nfe"] > 0:
+            if r["method"] not in best or r["mean"] < best[r["method"]]["mean"]:
+                best[r["method"]] = r
+    return best
+
+
+def targets(agg: list[dict]) -> list[str]:
+    """The benchmark's targets, each line saying whether it holds."""
+    main = [a for a in agg if a["metric"] == METRIC and a["nfe"] > 0]
+    teacher = [a for a in main if a["method"] == "teacher"]
+    students = [a for a in main if a["method"] not in ("teacher", "noise floor")]
+    if not teacher or not students:
+        return ["(targets need teacher and student rows)"]
+    teacher_best = min(teacher, key=lambda a: a["mean"])
+    def at(nfe: int, sampler: str | None = None) -> list[dict]:
+        return [a for a in (teacher if sampler else students) if a["nfe"] == nfe and (not sampler or a["sampler"] == sampler)]
+    lines = [f"Teacher's best row: {teacher_best['sampler']} at {teacher_best['nfe']} NFE, {teacher_best['mean']:.3f}."]
+    for nfe, factor in ((2, 1.0), (1, 1.2)):
+        if at(nfe):
+            best = min(at(nfe), key=lambda a: a["mean"])
+            ratio = best["mean"] / teacher_best["mean"]
+            lines.append(f"- Best method at {nfe} NFE ({best['method']}, {best['mean']:.3f}) is {ratio:.2f}x the "
+                         f"teacher's best (target <= {factor}x): {'holds' if ratio <= factor else 'missed'}.")
+    euler2, dpm4 = at(2, "euler"), at(4, "dpmpp_2m")
+    if euler2 and dpm4:
+        misses = [a["method"] for a in at(2) if not (a["mean"] * 5 <= euler2[0]["mean"] and a["mean"] < dpm4[0]["mean"])]
+        lines.append(f"- Every method at 2 NFE at least 5x below the teacher's Euler at 2 NFE ({euler2[0]['mean']:.3f}) "
+                     f"and below DPM-Solver++(2M) at 4 NFE ({dpm4[0]['mean']:.3f}): "
+                     + ("holds." if not misses else f"missed by {', '.join(misses)}."))
+    return lines
+
+
+def publish(profile: Profile, cache: Path, runs: Path, out: Path, invocation: str, wall: float,
+            overrides: list[str]) -> None:
+    """The table, plot, grids and best-row arrays, from this invocation's run dirs only."""
+    from distill.table import write_benchmark
+
+    out.mkdir(parents=True, exist_ok=True)
+    agg = write_benchmark([runs], out)
+    grids = out / "grids"
+    shutil.rmtree(grids, ignore_errors=True)
+    grids.mkdir()
+    for png in sorted(runs.rglob("samples/*.png")):
+        model = "teacher" if png.parts[-3] == "teacher" else png.parts[-4]
+        if model == "teacher" or png.parts[-3] == f"s{profile.seeds[0]}":
+            # teacher_<sampler>_nfe<k>.png stays as it is; student_<method>_nfe<k>_step<s>.png -> <method>_nfe<k>.png
+            shutil.copy(png, grids / (png.stem.removeprefix("student_").split("_step")[0] + ".png"))
+    for stale in out.glob("*.npy"):
+        stale.unlink()
+    for model, row in best_rows(agg).items():
+        pattern = (f"teacher/samples/teacher_{row['sampler']}_nfe{row['nfe']}.npy" if model == "teacher"
+                   else f"{model}/s{profile.seeds[0]}/samples/student_{row['sampler']}_nfe{row['nfe']}_step*.npy")
+        found = sorted(runs.glob(pattern))
+        if found:
+            shutil.copy(found[-1], out / f"{model}_{row['sampler']}_nfe{row['nfe']}.npy")
+    header = [
+        "# Fashion-MNIST benchmark", "",
+        f"`python experiments/table_fmnist.py hardware={profile.hardware}"
+        + "".join(f" {o}" for o in overrides) + "`, one invocation"
+        f" ({invocation}, {hms(wall)} wall on {machine(profile)}).", "",
+        f"fd_fmnist: Fréchet distance in the 128-d features of a CNN trained on the train split "
+        f"({classifier_accuracy(cache)}), {profile.num_samples:,} samples per row against the 10,000 test images. "
+        f"Every method trains on training images 0-54,999 for {profile.images:,} images "
+        f"(batch {profile.batch_size}); seeds {list(profile.seeds)}; mean ± std over seeds. The noise floor is "
+        f"{profile.num_samples:,} training images against the test split, three subsets.", "",
+        "## Targets", "", *targets(agg), "",
+    ]
+    body = (out / "benchmark.md").read_text()
+    (out / "benchmark.md").write_text("\n".join(header) + "\n" + body)
+    print((out / "benchmark.md").read_text())
+
+
+def machine(profile: Profile) -> str:
+    import torch
+
+    if profile.hardware == "gpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()} CPU cores"
+
+
+def classifier_accuracy(cache: Path) -> str:
+    record = cache / "fmnist_classifier.json"
+    if record.is_file():
+        return f"test accuracy {json.loads(record.read_text())['test_accuracy']:.1%}"
+    return "test accuracy in its record"
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    own, overrides = parse(argv)
+    hardware = own.get("hardware", "gpu")
+    if hardware not in PROFILES:
+        raise SystemExit(f"hardware={hardware!r}; choose {' or '.join(PROFILES)}")
+    profile = PROFILES[hardware]
+    if own.get("fast_dev_run", "false").lower() == "true":
+        profile = fast_dev(profile)
+    if "seeds" in own:
+        profile = replace(profile, seeds=tuple(int(s) for s in own["seeds"].split(",")))
+    if "parallel" in own:
+        profile = replace(profile, parallel=int(own["parallel"]))
+    methods = own["methods"].split(",") if "methods" in own else METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"methods={','.join(unknown)} unknown; choose from {','.join(METHODS)}")
+    cache = Path(own.get("cache", CACHE)).expanduser()
+    runs = Path(own.get("runs", REPO / "experiments" / "runs" / f"fashion_mnist_{hardware}")).resolve()
+    out = Path(own.get("out", REPO / "experiments" / "results" / "fashion_mnist")).resolve()
+    invocation = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    begin = time.time()
+    logs = runs.parent / f"{runs.name}_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    teacher = ensure_teacher(profile, cache, logs / "pretrain.log")
+    if own.get("stage") == "teacher":
+        return
+    shutil.rmtree(runs, ignore_errors=True)  # every row of the table comes from this invocation
+    runs.mkdir(parents=True)
+    teacher_rows(profile, cache, teacher, runs)
+    noise_floor(profile, cache, runs)
+    train_all(profile, methods, cache, teacher, runs, overrides, invocation)
+    publish(profile, cache, runs, out, invocation, time.time() - begin, overrides)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

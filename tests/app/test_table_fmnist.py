@@ -1,0 +1,87 @@
+"""experiments/table_fmnist.py: the Fashion-MNIST table's runner, its targets and one end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_UNET, train_tiny_teacher
+from tests.data.test_fashion_mnist import write_fashion_mnist
+
+SCRIPT = Path(__file__).parents[2] / "experiments" / "table_fmnist.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("table_fmnist", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def agg_row(method: str, sampler: str, nfe: int, mean: float) -> dict:
+    return {"dataset": "fashion_mnist", "method": method, "sampler": sampler, "nfe": nfe, "metric": "fd_fmnist",
+            "mean": mean, "std": 0.0, "seeds": 1, "train_steps": 10}
+
+
+def test_targets_say_which_hold_and_who_misses() -> None:
+    table = load_script()
+    teacher = [agg_row("teacher", "euler", 2, 100.0), agg_row("teacher", "dpmpp_2m", 4, 30.0),
+               agg_row("teacher", "heun", 63, 10.0)]
+    students = [agg_row("dmd2", "dmd2", 1, 11.0), agg_row("dmd2", "dmd2", 2, 9.0),
+                agg_row("progressive", "progressive", 2, 25.0), agg_row("noise floor", "train split", 0, 1.0)]
+    lines = "\n".join(table.targets(teacher + students))
+    assert "Best method at 2 NFE (dmd2, 9.000) is 0.90x the teacher's best (target <= 1.0x): holds" in lines
+    assert "Best method at 1 NFE (dmd2, 11.000) is 1.10x the teacher's best (target <= 1.2x): holds" in lines
+    assert "missed by progressive." in lines  # 25 * 5 > 100: not 5x below Euler at 2 NFE
+    assert table.best_rows(teacher + students)["teacher"]["nfe"] == 63  # the noise floor is no model's best
+
+
+def test_arguments_split_into_the_runners_keys_and_run_overrides() -> None:
+    table = load_script()
+    own, overrides = table.parse(["hardware=cpu", "seeds=0,1", "method.optimizer.lr=1e-4"])
+    assert own == {"hardware": "cpu", "seeds": "0,1"} and overrides == ["method.optimizer.lr=1e-4"]
+    with pytest.raises(SystemExit, match="arguments are key=value"):
+        table.parse(["--hardware", "cpu"])
+    with pytest.raises(SystemExit, match="methods=nope unknown"):
+        table.main(["hardware=cpu", "methods=nope"])
+
+
+def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 steps on a 256-image subset of fake Fashion-MNIST files, two methods, 64 samples per row."""
+    table = load_script()
+    write_fashion_mnist(tmp_path / "data" / "fashion-mnist", n_train=300, n_test=64)
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
+    cache = tmp_path / "cache"
+    images = table_images(tmp_path / "data" / "fashion-mnist")
+    train_tiny_teacher(cache / "teachers" / "fashion_mnist_cpu", images, TINY_UNET, steps=3)
+    out = tmp_path / "out"
+    table.main(["hardware=cpu", "fast_dev_run=true", "methods=progressive,dmd2", f"cache={cache}",
+                f"runs={tmp_path / 'runs'}", f"out={out}", "method.ema_decays=[0.9]"])
+    rows = json.loads((out / "benchmark.json").read_text())
+    scored = {(r["method"], r["sampler"], r["nfe"]) for r in rows if r["metric"] == "fd_fmnist"}
+    # Heun's one step is Euler's (no row of its own), so at NFE <= 2 only Euler and DPM-Solver++(2M) have rows.
+    assert {("teacher", "euler", 1), ("teacher", "euler", 2), ("teacher", "dpmpp_2m", 2),
+            ("noise floor", "train split", 0), ("dmd2", "dmd2", 1), ("progressive", "progressive", 1)} <= scored
+    assert all(np.isfinite(r["value"]) for r in rows)
+    markdown = (out / "benchmark.md").read_text()
+    assert "hardware=cpu fast_dev_run=true" not in markdown  # the runner's own keys are not run overrides
+    assert "## Targets" in markdown and "| dmd2 | dmd2 | 1 |" in markdown
+    assert (out / "benchmark.png").stat().st_size > 1000
+    assert (out / "grids" / "teacher_dpmpp_2m_nfe2.png").is_file() and (out / "grids" / "dmd2_nfe1.png").is_file()
+    best = {p.name.split("_")[0] for p in out.glob("*.npy")}
+    assert best == {"teacher", "dmd2", "progressive"}
+    samples = np.load(next(out.glob("dmd2_*.npy")))
+    assert samples.shape == (64, 28, 28) and samples.dtype == np.uint8
+    assert json.loads((cache / "fmnist_classifier.json").read_text())["trained_on"].startswith("Fashion-MNIST train")
+
+
+def table_images(folder: Path):
+    from distill.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(folder, "train")[0]
