@@ -53,6 +53,7 @@ class Scorer:
         cache_dir: where the digits and Fashion-MNIST classifiers are cached.
         inception_weights: local path of torch-fidelity's Inception weights (``fid`` only).
         reference_stats: optional ``.npz`` with precomputed ``mu``/``sigma`` (``fid`` only).
+            Given with ``fd_digits`` or ``fd_fmnist``, ``inception_weights`` adds ``fid`` to ``score_all``.
         k: neighbour rank of precision/recall.
         data_root: the Fashion-MNIST files, to train its classifier when it is not cached (``fd_fmnist``).
     """
@@ -97,6 +98,10 @@ class Scorer:
                 self.ref_stats = gaussian_stats(self.ref_features)
             else:
                 raise ValueError("Frechet metrics need reference images or eval.reference_stats=<npz>")
+        # A data set's own classifier is the main metric; with Inception weights at hand, FID comes too.
+        self.inception: Scorer | None = None
+        if metric in ("fd_digits", "fd_fmnist") and inception_weights and reference is not None:
+            self.inception = Scorer("fid", reference, cache_dir, inception_weights, progress=progress, k=k)
 
     @cached_property
     def ref_radii(self) -> Tensor:
@@ -133,6 +138,8 @@ class Scorer:
         ``class_accuracy``: the share their classifier reads as the asked class."""
         features = self._features(samples)
         out = {self.metric: self._main(features), **self._collapse(features)}
+        if self.inception is not None:
+            out["fid"] = self.inception(samples)
         if labels is not None and isinstance(self.extractor, ClassifierFeatures):
             predicted = self.extractor.logits(features).argmax(dim=1).cpu()
             out["class_accuracy"] = (predicted == labels.cpu()).double().mean().item()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import distill.evaluation.scorer as scorer_module
 from distill.core.gmm import ring_mixture
 from distill.data.digits import load_digits_split
 from distill.evaluation.runner import EvalSpec, evaluate_student
@@ -95,3 +96,23 @@ def test_evaluate_student_emits_a_row_per_metric_and_collapse_shows(tmp_path: Pa
     assert {(r.model, r.sampler, r.step, r.num_samples) for r in rows} == {("student", "one_mode", 5, 200)}
     by_metric = {r.metric: r.value for r in rows if r.nfe == 1}
     assert by_metric["recall"] < 0.2 < 0.9 < by_metric["precision"]  # 1 of 8 modes, all on it
+
+
+def test_inception_weights_add_fid_next_to_the_datasets_own_metric(
+    classifier_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class PooledPixels(torch.nn.Module):  # stands in for Inception: any (N, C, H, W) -> (N, D) extractor
+        def __init__(self, weights_path) -> None:
+            super().__init__()
+            assert weights_path == "inception.pth"
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(images, 2).flatten(1)
+
+    monkeypatch.setattr(scorer_module, "InceptionFeatures", PooledPixels)
+    reference = load_digits_split("heldout")[0]
+    samples = load_digits_split("train")[0][:300]
+    scores = Scorer("fd_digits", reference, classifier_cache, inception_weights="inception.pth").score_all(samples)
+    fid_alone = Scorer("fid", reference, classifier_cache, inception_weights="inception.pth")(samples)
+    assert scores["fid"] == pytest.approx(fid_alone) and scores["fid"] > 0
+    assert "fid" not in Scorer("fd_digits", reference, classifier_cache).score_all(samples)
