@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.callbacks.progress import StepProgressBar
 from distill.core.conditioning import table_rows
 from distill.core.gmm import ring_mixture
 from distill.core.io import cache_key
@@ -359,7 +360,7 @@ def build_trainer(
         max_epochs=-1,
         default_root_dir=str(run_dir),
         logger=build_loggers(cfg, run_dir, resume),
-        callbacks=callbacks,
+        callbacks=[*callbacks, StepProgressBar()] if cfg.progress else callbacks,
         log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,

@@ -16,6 +16,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
 from distill.build import CONF_DIR, as_dict, build_datamodule
+from distill.callbacks.progress import StepProgressBar
 from distill.core.conditioning import conditioned
 from distill.core.grids import make_grid
 from distill.core.samplers import prior_state, sample_heun
@@ -50,6 +51,7 @@ def pretrain(cfg: DictConfig) -> Path:
     trainer = L.Trainer(
         accelerator=cfg.hardware.accelerator, devices=1, precision=cfg.hardware.precision,
         max_steps=cfg.train.max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+        callbacks=[StepProgressBar()] if cfg.progress else [],
         enable_progress_bar=cfg.progress, enable_model_summary=False, default_root_dir=str(out),
         gradient_clip_val=1.0,
     )
