@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 CACHE = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+COMMITTED_TEACHERS = REPO / "experiments" / "teachers"
 DATASET = "fashion_mnist"
 METRIC = "fd_fmnist"
 
@@ -102,11 +103,13 @@ def python(*args: str) -> list[str]:
 
 
 def ensure_teacher(profile: Profile, cache: Path, log: Path) -> Path:
-    """The profile's teacher dir, trained by distill-pretrain when it is not cached yet."""
+    """The profile's teacher dir: the cached one, else the one committed under ``experiments/teachers``
+    (its RECORD.md names the command, seed and hash that made it), else trained by distill-pretrain."""
     out = cache / "teachers" / profile.teacher
-    if (out / "teacher.json").is_file():
-        print(f"teacher: {out} (cached)", flush=True)
-        return out
+    for found in (out, COMMITTED_TEACHERS / profile.teacher):
+        if (found / "teacher.json").is_file():
+            print(f"teacher: {found} ({'cached' if found == out else 'committed'})", flush=True)
+            return found
     print(f"teacher: training {out} ({' '.join(profile.teacher_recipe)}); log in {log}", flush=True)
     start = time.time()
     cmd = python("distill.pretrain", f"dataset={DATASET}", f"paths.cache={cache}", f"out={out}", "progress=false",

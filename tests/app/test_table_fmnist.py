@@ -85,3 +85,12 @@ def table_images(folder: Path):
     from distill.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(folder, "train")[0]
+
+
+def test_every_method_config_says_what_was_tuned_on_which_split() -> None:
+    configs = sorted((SCRIPT.parents[1] / "conf" / "method").glob("*.yaml"))
+    assert [p.stem for p in configs] == load_script().METHODS  # the table runs every method config
+    for path in configs:
+        text = path.read_text()
+        assert "# Tuned on data: " in text, path.name
+        assert "held-out split" in text or "Tuned on data: nothing" in text, path.name
