@@ -3,6 +3,17 @@
 A method never owns the teacher or the student: ``DistillModule`` does, and passes them in. It
 owns only what is its own (auxiliary networks, round snapshots, counters), so that what it holds
 lands in checkpoints exactly once.
+
+Which hook builds what:
+
+- ``prepare_student`` changes the student itself (a new head, a wrapper, new inputs). It runs on
+  the freshly built student, before LoRA adapters and ``init_from`` weights, and builds nothing else.
+- ``attach`` builds every network the method owns (fake score, discriminator, GAN heads, target
+  copy) once, eagerly, from the teacher and the final student (after LoRA and ``init_from``). It
+  runs in ``DistillModule.__init__``: before any optimizer asks for parameters, before a checkpoint
+  loads into them, and before the strategy moves, casts or shards the module.
+- ``prepare_to_load`` only resizes state that grows during training (PD's and reflow's round
+  snapshots, DMD2's regression pairs) to a checkpoint's, before it loads.
 """
 
 from __future__ import annotations
@@ -43,6 +54,13 @@ def condition_digest(teacher: nn.Module) -> list[tuple[str, tuple[int, ...], flo
         return []
     rows = table_rows(table, torch.arange(table_size(table)))
     return [(k, tuple(v.shape), float(v.double().sum())) for k, v in sorted(rows.items())]
+
+
+def attached(network: nn.Module | None, what: str) -> nn.Module:
+    """``network`` as ``attach`` built it; a clear error where a caller skipped ``attach``."""
+    if network is None:
+        raise RuntimeError(f"{what} is built by Method.attach(teacher, student): call it first (DistillModule does)")
+    return network
 
 
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:
@@ -101,12 +119,14 @@ class Method(nn.Module):
         images (default: unused)."""
 
     def prepare_student(self, student: nn.Module) -> nn.Module:
-        """Give the freshly built student the parameterization this method trains (default: as is)."""
+        """Give the freshly built student the parameterization this method trains (default: as is).
+        Runs before LoRA and ``init_from``; builds no other network (that is ``attach``'s)."""
         return student
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
-        """Build the auxiliary networks that start from the teacher (a fake-score net), or that read
-        the student's shape, before any optimizer asks for their parameters (default: none)."""
+        """Build every network the method owns (fake score, discriminator, heads, target copy) from
+        the teacher and the final student, once, before any optimizer or checkpoint needs it
+        (default: none)."""
 
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         return (p for p in student.parameters() if p.requires_grad)
@@ -127,7 +147,8 @@ class Method(nn.Module):
         return []
 
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
-        """Create the submodules a checkpoint's ``method.*`` keys need before it is loaded."""
+        """Resize the state that grows during training (snapshots, pair sets) to the checkpoint's
+        ``method.*`` keys before it loads (default: nothing grows; ``attach`` built the rest)."""
 
     def sample(self, student: nn.Module, noise: Tensor, nfe: int, renoise: Renoise | None = None) -> Tensor:
         """Generate from unit Gaussian ``noise`` with ``nfe`` student evaluations.

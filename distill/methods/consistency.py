@@ -23,7 +23,7 @@ from distill.core.prediction import consistency_fn, fm_noise, velocity_to_x0
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import consistency_sampling_times
 from distill.core.tensors import append_dims
-from distill.methods.base import Method, SamplingPlan, check_choice, check_sampling_sigmas
+from distill.methods.base import Method, SamplingPlan, attached, check_choice, check_sampling_sigmas
 from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import frozen_copy
 
@@ -102,19 +102,15 @@ class ConsistencyDistillation(Method):
         self.solver = SOLVERS[solver]
         self.target: nn.Module | None = None
 
-    def _ensure_target(self, student: nn.Module) -> nn.Module:
-        if self.ema_target == 0:
-            return student  # stop-grad of the online student: nothing to copy or checkpoint
-        if self.target is None:
+    def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        if self.ema_target > 0 and self.target is None:  # ema_target 0: the online student, nothing to copy
             self.target = frozen_copy(student)
-        return self.target
 
-    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
-        if any(k.startswith("target.") for k in state_dict):
-            self._ensure_target(student)
+    def _target_net(self, student: nn.Module) -> nn.Module:
+        return student if self.ema_target == 0 else attached(self.target, "CD's EMA target")
 
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
-        target_net = self._ensure_target(student)
+        target_net = self._target_net(student)
         grid = self.grid.to(x0)
         n = torch.randint(0, len(grid) - 1, (x0.shape[0],), device=x0.device)
         s_hi, s_lo = grid[n], grid[n + 1]
@@ -135,7 +131,7 @@ class ConsistencyDistillation(Method):
 
     def on_step_end(self, step: int, student: nn.Module) -> list[str]:
         if self.ema_target > 0:
-            ema_update_(self._ensure_target(student), student, self.ema_target)
+            ema_update_(self._target_net(student), student, self.ema_target)
         return []
 
     def sample_times(self, nfe: int) -> Tensor:

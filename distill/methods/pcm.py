@@ -49,7 +49,7 @@ from distill.core.prediction import fm_noise
 from distill.core.samplers import ddim_step, prior_state, sample_flow_map
 from distill.core.tensors import append_dims
 from distill.core.time_sampling import shift_time
-from distill.methods.base import Method, Renoise, SamplingPlan, check_choice
+from distill.methods.base import Method, Renoise, SamplingPlan, attached, check_choice
 from distill.nets.discriminator import build_discriminator, data_shape_of
 from distill.students.flow_map import frozen_copy
 
@@ -186,36 +186,23 @@ class PhasedConsistency(Method):
             # PCM compares the edge states in the teacher's own (VP) coordinates: x_t = (alpha + sigma) x_s.
             native_t = process.from_fm_time(self._times)
             self._state_scale = process.alpha(native_t) + process.sigma(native_t)
-
-    # --- networks the method owns (checkpointed as method.target_net.*, method.discriminator.*) ---
-    def _target(self, student: nn.Module) -> nn.Module:
-        if self.target_kind == "online":
-            return student
-        if self.target_net is None:
+        # The networks the method owns (checkpointed as method.target_net.*, method.discriminator.*).
+        if self.target_kind != "online" and self.target_net is None:
             self.target_net = frozen_copy(student)
-        return self.target_net
-
-    def _discriminator(self, student: nn.Module) -> nn.Module:
-        if self.discriminator is None:
+        if self.adv_weight > 0 and self.discriminator is None:
             shape = self.data_shape or data_shape_of(student)
             device = next(student.parameters()).device
             self.discriminator = build_discriminator(shape, **self.discriminator_kwargs).to(device)
-        return self.discriminator
 
-    def prepare_student(self, student: nn.Module) -> nn.Module:
-        if self.adv_weight > 0:
-            self._discriminator(student)  # before configure_optimizers asks for its parameters
-        return student
+    def _target(self, student: nn.Module) -> nn.Module:
+        return student if self.target_kind == "online" else attached(self.target_net, "PCM's EMA target")
 
-    def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
-        if any(k.startswith("target_net.") for k in state_dict):
-            self._target(student)
-        if any(k.startswith("discriminator.") for k in state_dict):
-            self._discriminator(student)
+    def _discriminator(self) -> nn.Module:
+        return attached(self.discriminator, "PCM's discriminator")
 
     def trainable_parameters(self, optimizer: str, student: nn.Module):
         if optimizer == "discriminator":
-            return self._discriminator(student).parameters()
+            return self._discriminator().parameters()
         return super().trainable_parameters(optimizer, student)
 
     def phases(self, step: int) -> Sequence[str]:
@@ -282,11 +269,11 @@ class PhasedConsistency(Method):
             return {"loss": consistency}
         s_adv = self._adversarial_time(s_edge, s_upper)
         fake = renoise_within_phase(pred, s_edge, s_adv, torch.randn_like(pred))
-        adversarial = hinge_g_loss_pcm(self._discriminator(student)(fake, s_adv))
+        adversarial = hinge_g_loss_pcm(self._discriminator()(fake, s_adv))
         return {"loss": consistency + self.adv_weight * adversarial, "consistency": consistency, "adversarial": adversarial}
 
     def _discriminator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
-        disc = self._discriminator(student)
+        disc = self._discriminator()
         n, eps = self._draw(x0)
         with torch.no_grad():
             pred, target, s_edge, s_upper = self.consistency_pair(x0, eps, n, teacher, student)

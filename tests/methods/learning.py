@@ -74,7 +74,8 @@ def train_method(
     method: Method, teacher: GMMTeacher | None, student: nn.Module, data: Tensor, steps: int, lr: float,
     batch_size: int = 256,
 ) -> None:
-    """Plain single-optimizer training: the method's loss, Adam, and its per-step hook."""
+    """Plain single-optimizer training: the method's networks attached, its loss, Adam, and its per-step hook."""
+    method.attach(teacher, student)
     opt = torch.optim.Adam(list(method.trainable_parameters("student", student)), lr=lr)
     for step in range(steps):
         loss = method.loss("student", data[torch.randint(0, len(data), (batch_size,))], teacher, student, step)

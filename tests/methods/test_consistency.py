@@ -59,11 +59,34 @@ def test_mu_zero_target_is_the_online_student_under_stop_grad():
     teacher = GMMTeacher(ring_mixture())
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
     method = ConsistencyDistillation(num_scales=6, ema_target=0.0)
+    method.attach(teacher, student)
     out = method.loss("student", teacher.sample_data(8), teacher, student, 0)
     out["loss"].backward()
     method.on_step_end(0, student)
     assert method.target is None and not any(k.startswith("target") for k in method.state_dict())
-    assert method._ensure_target(student) is student
+    assert method._target_net(student) is student
+
+
+def test_attach_builds_the_ema_target_that_a_checkpoint_loads_into():
+    torch.manual_seed(0)
+    teacher = GMMTeacher(ring_mixture())
+    student = VelocityModel(TimeMLP((2,), width=16, depth=1))
+    method = ConsistencyDistillation(num_scales=6, ema_target=0.5)
+    with pytest.raises(RuntimeError, match="built by Method.attach"):
+        method.loss("student", teacher.sample_data(8), teacher, student, 0)
+    method.attach(teacher, student)
+    assert all(torch.equal(a, b) for a, b in zip(method.target.parameters(), student.parameters(), strict=True))
+    assert not any(p.requires_grad for p in method.target.parameters())
+    method.loss("student", teacher.sample_data(8), teacher, student, 0)["loss"].backward()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    method.on_step_end(0, student)
+    state = method.state_dict()
+    fresh = ConsistencyDistillation(num_scales=6, ema_target=0.5)
+    fresh.attach(teacher, VelocityModel(TimeMLP((2,), width=16, depth=1)))
+    fresh.load_state_dict(state)  # strict: attach gave every target.* key its home
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
 
 
 def test_ema_target_outside_zero_one_is_refused_with_the_key():

@@ -79,6 +79,7 @@ def test_target_is_the_teacher_euler_step_then_the_target_nets_phased_map():
     teacher = GMMTeacher(ring_mixture())
     method = PhasedConsistency(phases=2, num_euler_timesteps=10, target="ema", ema_target=0.5)
     student = mlp_student()
+    method.attach(teacher, student)
     target_net = method._target(student)
     with torch.no_grad():
         for p in student.parameters():
@@ -209,6 +210,7 @@ def test_adversarial_term_trains_two_optimizers_each_on_its_own_loss():
     teacher = GMMTeacher(ring_mixture())
     method = adversarial_method(r1_gamma=0.1)
     student = method.prepare_student(VelocityModel(TimeMLP((2,), width=16, depth=1)))
+    method.attach(teacher, student)
     assert method.optimizer_names == ("student", "discriminator")
     disc_params = list(method.trainable_parameters("discriminator", student))
     assert disc_params and all(any(p is q for q in method.discriminator.parameters()) for p in disc_params)
@@ -235,7 +237,8 @@ def test_alternating_rule_and_disabled_term():
     assert [method.phases(k) for k in range(3)] == [("student",), ("discriminator",), ("student",)]
     plain = PhasedConsistency()
     assert plain.optimizer_names == ("student",) and plain.phases(0) == ("student",)
-    assert plain.prepare_student(mlp_student()) is not None and plain.discriminator is None
+    plain.attach(GMMTeacher(ring_mixture()), mlp_student())
+    assert plain.discriminator is None and plain.target_net is None  # online target, no adversarial term
     with pytest.raises(ValueError, match="adv_weight"):
         PhasedConsistency(adv_weight=-1.0)
     with pytest.raises(ValueError, match="target"):
@@ -250,14 +253,14 @@ def test_target_and_discriminator_round_trip_through_method_state():
     teacher = GMMTeacher(ring_mixture())
     student = VelocityModel(TimeMLP((2,), width=16, depth=1))
     method = adversarial_method(target="ema")
-    method.prepare_student(student)
+    method.attach(teacher, student)
     method.loss("student", teacher.sample_data(8), teacher, student, 0)
     method.on_step_end(0, student)
     state = method.state_dict()
     assert any(k.startswith("target_net.") for k in state) and any(k.startswith("discriminator.") for k in state)
     fresh = PhasedConsistency(phases=2, num_euler_timesteps=10, adv_weight=0.1, target="ema")
-    fresh.prepare_to_load(state, student)
-    fresh.load_state_dict(state)  # strict: every key has a home
+    fresh.attach(teacher, student)  # attach alone gives every key a home: nothing of PCM's grows
+    fresh.load_state_dict(state)  # strict
     for key, value in fresh.state_dict().items():
         torch.testing.assert_close(value, state[key])
 
