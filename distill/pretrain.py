@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
@@ -28,6 +29,16 @@ from distill.nets.factory import build_net
 from distill.teachers.checkpoint import CONFIG_NAME, load_teacher, save_teacher
 
 
+def pretrain_net_spec(cfg: DictConfig) -> dict:
+    """The teacher's architecture: ``net`` (conf/net/<dataset>.yaml unless ``net=`` picks another)."""
+    if cfg.get("net"):
+        return as_dict(cfg.net)
+    if cfg.dataset.get("teacher_net"):  # a dataset config that still carries its network
+        return as_dict(cfg.dataset.teacher_net)
+    raise ConfigError(f"dataset={cfg.dataset.name} has no teacher network: pass net=mlp or net=unet, "
+                      f"or add conf/net/{cfg.dataset.name}.yaml")
+
+
 def pretrain(cfg: DictConfig) -> Path:
     """Train (or reuse) the teacher at ``cfg.out``; returns its directory."""
     out = Path(cfg.out)
@@ -36,7 +47,7 @@ def pretrain(cfg: DictConfig) -> Path:
         return out
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
-    net_spec = as_dict(cfg.net) if cfg.get("net") else as_dict(cfg.dataset.teacher_net)
+    net_spec = pretrain_net_spec(cfg)
     if cfg.get("conditional"):
         if dm.num_classes < 2:
             raise ConfigError(f"conditional=true needs class labels; dataset={dm.name} has none")
@@ -69,12 +80,20 @@ def pretrain(cfg: DictConfig) -> Path:
     return out
 
 
+def net_overridden() -> bool:
+    """Whether ``net=`` picked another network than the dataset's own (conf/net/<dataset>.yaml)."""
+    if not HydraConfig.initialized():
+        return False
+    choices = HydraConfig.get().runtime.choices
+    return choices.get("net") not in (None, choices.get("dataset"))
+
+
 def starting_teacher(cfg: DictConfig, net_spec: dict, data_shape: tuple[int, ...]):
     """The teacher at ``cfg.init_from``, checked against this run: training continues from it (a
     fine-tuned sibling keeps its noise-to-data map), with its own net and a fresh optimizer."""
     start = load_teacher(Path(cfg.init_from).expanduser())
     spec = dict(start.meta["net"])
-    if cfg.get("net") and net_spec != spec:
+    if net_overridden() and net_spec != spec:
         raise ConfigError(f"init_from={cfg.init_from} holds net {spec}, but net= asks for {net_spec}: "
                           "drop the net override (the starting teacher's net is used)")
     if bool(spec.get("num_classes")) != bool(cfg.get("conditional")):
