@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint bench table reflow-budget docs data teacher-fmnist table-fmnist clean
+.PHONY: help setup run teacher teachers-extra teacher-reflow test test-slow lint format bench table reflow-budget docs data teacher-fmnist table-fmnist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ test-slow: setup ## run the slow tests too
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check distill tests experiments
+
+format: setup ## ruff format distill, tests and experiments
+	$(VENV)/bin/ruff format distill tests experiments
 
 bench: setup teacher ## throughput and sCM JVP step-time benchmarks -> experiments/results/{bench,jvp}.md
 	$(PY) experiments/bench.py --out experiments/results/bench.md
