@@ -11,37 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from distill.build import (
     CONF_DIR,
     build_datamodule,
     build_eval_spec,
-    build_module,
     build_scorer,
     build_teacher,
 )
-from distill.errors import ConfigError, friendly_errors
+from distill.errors import friendly_errors
 from distill.evaluation.plots import save_sample_sets
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.evaluation.runner import evaluate_student, evaluate_teacher
-from distill.lit.distill import DistillModule
+from distill.runs import load_run_module, run_dir_of
 from distill.table import format_rows
-from distill.train import run_dir_of
-
-
-def load_run_module(run_dir: Path, cache: str) -> DistillModule:
-    """Rebuild a finished run's module from its saved config and load its last checkpoint."""
-    cfg_path, ckpt = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not cfg_path.is_file() or not ckpt.is_file():
-        raise ConfigError(f"run_dir={run_dir} needs .hydra/config.yaml and checkpoints/last.ckpt (a distill-train run dir)")
-    cfg = OmegaConf.load(cfg_path)
-    cfg.paths.cache = cache
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, build_teacher(cfg, dm), init=False)  # the checkpoint replaces init_from weights
-    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
-    return module
 
 
 def evaluate(cfg: DictConfig) -> list[ResultRow]:

@@ -39,9 +39,8 @@ from torch import Tensor, nn
 from distill.build import CONF_DIR
 from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
-from distill.evaluate import load_run_module
+from distill.runs import SAMPLER_NAME, load_run_module
 
-SAMPLER_NAME = "distill_sampler.json"
 ADAPTER = "default"  # peft's name for the one adapter a LoRA student has
 TIME_SCALE = 1000  # the timestep a flow-matching diffusers model takes is 1000 sigma
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' LoRA loaders look for

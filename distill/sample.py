@@ -26,10 +26,9 @@ from torchvision.utils import save_image
 
 from distill.build import CONF_DIR
 from distill.errors import ConfigError, friendly_errors
-from distill.evaluate import load_run_module
 from distill.evaluation.noise import seed_generators, seeded_noise
 from distill.evaluation.plots import save_samples_png
-from distill.export import SAMPLER_NAME
+from distill.runs import SAMPLER_NAME, load_run_module
 
 FORMATS = ("grid", "folder")
 

@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 import torch
 import wandb
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
@@ -37,11 +34,8 @@ from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
 from distill.lit.preemption import PreemptionCallback
 from distill.lit.rank_seed import RankSeed
 from distill.lit.resume import LAST, RunState, find_resume_point
+from distill.runs import run_dir_of
 from distill.table import format_rows
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir) if cfg.paths.get("output_dir") else Path(HydraConfig.get().runtime.output_dir)
 
 
 def memory_rows(module: DistillModule, device: torch.device, method: str) -> list[ResultRow]:

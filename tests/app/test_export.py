@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from distill.core.conditioning import PROMPTS, conditioned
 from distill.errors import ConfigError
-from distill.evaluate import load_run_module
 from distill.evaluation.noise import seeded_noise
 from distill.export import LORA_WEIGHTS, SAMPLER_NAME, export_run, write_lora
+from distill.runs import load_run_module
 from distill.sample import sample_export, sample_run, write_samples
 from distill.students.lora import add_lora
 from tests.app.test_init_from import run

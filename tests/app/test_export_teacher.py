@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from distill.errors import ConfigError
-from distill.evaluate import load_run_module
 from distill.export_teacher import export_teacher
+from distill.runs import load_run_module
 from distill.teachers import load_teacher
 from tests.app.test_init_from import run
 

@@ -8,7 +8,7 @@ import torch
 
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.errors import ConfigError
-from distill.evaluate import load_run_module
+from distill.runs import load_run_module
 from tests.app.test_init_from import TINY_RUN, run
 from tests.conftest import compose_config
 
