@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 CACHE = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
-COMMITTED_TEACHERS = REPO / "experiments" / "teachers"
+COMMITTED = REPO / "experiments" / "weights"  # trained once, committed with RECORD.md: see ensure_teacher
+CLASSIFIER_FILES = ("fmnist_classifier.safetensors", "fmnist_classifier.json")
 DATASET = "fashion_mnist"
 METRIC = "fd_fmnist"
 
@@ -67,7 +68,7 @@ PROFILES = {
     "cpu": Profile(
         hardware="cpu", seeds=(0,), parallel=1, teacher="fashion_mnist_cpu",
         teacher_recipe=("net=unet", "net.block_out_channels=[32,64,64]", "net.attention=true",
-                        "train.max_steps=2500", "train.lr=1e-3"),
+                        "train.max_steps=1500", "train.lr=1e-3"),
         images=12_800, batch_size=64, teacher_nfes=(1, 2, 4, 8, 16),
     ),
 }
@@ -103,10 +104,10 @@ def python(*args: str) -> list[str]:
 
 
 def ensure_teacher(profile: Profile, cache: Path, log: Path) -> Path:
-    """The profile's teacher dir: the cached one, else the one committed under ``experiments/teachers``
+    """The profile's teacher dir: the cached one, else the one committed under ``experiments/weights``
     (its RECORD.md names the command, seed and hash that made it), else trained by distill-pretrain."""
     out = cache / "teachers" / profile.teacher
-    for found in (out, COMMITTED_TEACHERS / profile.teacher):
+    for found in (out, COMMITTED / profile.teacher):
         if (found / "teacher.json").is_file():
             print(f"teacher: {found} ({'cached' if found == out else 'committed'})", flush=True)
             return found
@@ -119,6 +120,16 @@ def ensure_teacher(profile: Profile, cache: Path, log: Path) -> Path:
             raise SystemExit(f"teacher training failed; see {log}")
     print(f"teacher: done in {hms(time.time() - start)}", flush=True)
     return out
+
+
+def ensure_classifier(cache: Path) -> None:
+    """``fd_fmnist``'s classifier in the cache: the committed one (RECORD.md) when none is cached yet,
+    so no run retrains it; a cache that holds one keeps it."""
+    if not (cache / CLASSIFIER_FILES[0]).is_file() and all((COMMITTED / f).is_file() for f in CLASSIFIER_FILES):
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in CLASSIFIER_FILES:
+            shutil.copy(COMMITTED / name, cache / name)
+        print(f"fd_fmnist classifier: the committed one, copied into {cache}", flush=True)
 
 
 def common_overrides(profile: Profile, cache: Path, teacher: Path) -> list[str]:
@@ -334,6 +345,7 @@ def main(argv: list[str]) -> None:
         return
     shutil.rmtree(runs, ignore_errors=True)  # every row of the table comes from this invocation
     runs.mkdir(parents=True)
+    ensure_classifier(cache)
     teacher_rows(profile, cache, teacher, runs)
     noise_floor(profile, cache, runs)
     train_all(profile, methods, cache, teacher, runs, overrides, invocation)
