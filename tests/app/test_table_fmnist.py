@@ -55,7 +55,7 @@ def test_arguments_split_into_the_runners_keys_and_run_overrides() -> None:
 def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """20 steps on a 256-image subset of fake Fashion-MNIST files, two methods, 64 samples per row."""
+    """20 steps on a 256-image subset of fake Fashion-MNIST files, one method, 64 samples per row."""
     table = load_script()
     write_fashion_mnist(tmp_path / "data" / "fashion-mnist", n_train=300, n_test=64)
     monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
@@ -63,13 +63,13 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     images = table_images(tmp_path / "data" / "fashion-mnist")
     train_tiny_teacher(cache / "teachers" / "fashion_mnist_cpu", images, TINY_UNET, steps=3)
     out = tmp_path / "out"
-    table.main(["hardware=cpu", "fast_dev_run=true", "methods=progressive,dmd2", f"cache={cache}",
+    table.main(["hardware=cpu", "fast_dev_run=true", "methods=dmd2", f"cache={cache}",
                 f"runs={tmp_path / 'runs'}", f"out={out}", "method.ema_decays=[0.9]"])
     rows = json.loads((out / "benchmark.json").read_text())
     scored = {(r["method"], r["sampler"], r["nfe"]) for r in rows if r["metric"] == "fd_fmnist"}
     # Heun's one step is Euler's (no row of its own), so at NFE <= 2 only Euler and DPM-Solver++(2M) have rows.
     assert {("teacher", "euler", 1), ("teacher", "euler", 2), ("teacher", "dpmpp_2m", 2),
-            ("noise floor", "train split", 0), ("dmd2", "dmd2", 1), ("progressive", "progressive", 1)} <= scored
+            ("noise floor", "train split", 0), ("dmd2", "dmd2", 1), ("dmd2", "dmd2", 4)} <= scored
     assert all(np.isfinite(r["value"]) for r in rows)
     markdown = (out / "benchmark.md").read_text()
     assert "hardware=cpu fast_dev_run=true" not in markdown  # the runner's own keys are not run overrides
@@ -77,7 +77,7 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     assert (out / "benchmark.png").stat().st_size > 1000
     assert (out / "grids" / "teacher_dpmpp_2m_nfe2.png").is_file() and (out / "grids" / "dmd2_nfe1.png").is_file()
     best = {p.name.split("_")[0] for p in out.glob("*.npy")}
-    assert best == {"teacher", "dmd2", "progressive"}
+    assert best == {"teacher", "dmd2"}
     samples = np.load(next(out.glob("dmd2_*.npy")))
     assert samples.shape == (64, 28, 28) and samples.dtype == np.uint8
     committed = (SCRIPT.parent / "weights" / "fmnist_classifier.safetensors").read_bytes()
