@@ -45,7 +45,6 @@ from distill.teachers.edm import load_edm_teacher
 from distill.teachers.latent import LatentCodec, encode_images
 from distill.teachers.samples import samples_key, teacher_samples
 
-NON_DATA_KEYS = ("teacher_net",)
 
 
 # Absolute, so console scripts (whose calling module Hydra cannot map to a path) find it too.
@@ -107,8 +106,7 @@ def build_speedups(cfg: DictConfig) -> Speedups:
 
 
 def build_datamodule(cfg: DictConfig) -> DataModule:
-    kwargs = {k: v for k, v in as_dict(cfg.dataset).items() if k not in NON_DATA_KEYS}
-    dm = DataModule(**kwargs, batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed)
+    dm = DataModule(**as_dict(cfg.dataset), batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed)
     dm.setup()
     return dm
 

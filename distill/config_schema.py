@@ -9,7 +9,7 @@ A check after composition rather than schemas merged into Hydra's composition: H
 the same mistakes, but with messages that do not list the valid keys, and every group file would
 have to name its schema. Groups whose contents belong to one implementation are open (typed
 ``dict``): ``method.objective`` (each method's constructor checks its own arguments), the
-optimizer, ``teacher``, ``student`` and ``dataset.teacher_net``.
+optimizer, ``teacher`` and ``student``.
 """
 
 from __future__ import annotations
@@ -46,15 +46,14 @@ DATASET_LIMITS = {"name": {"choices": DATASET_NAMES}, "channels": {"choices": (1
 
 
 def dataset_schema() -> type:
-    """The dataset group: ``DataModule``'s own arguments and the network ``distill-pretrain`` builds
-    for the dataset, so a new dataset option needs no second declaration here."""
+    """The dataset group: ``DataModule``'s own arguments, so a new dataset option needs no second
+    declaration here (the network ``distill-pretrain`` builds is ``conf/net/<dataset>.yaml``)."""
     hints, fields = typing.get_type_hints(DataModule.__init__), []
     for name, p in inspect.signature(DataModule.__init__).parameters.items():
         if name in ("self", "batch_size", "num_workers", "seed"):  # from train, hardware and seed
             continue
         default = {} if p.default is p.empty else {"default": p.default}
         fields.append((name, hints[name], field(metadata=DATASET_LIMITS.get(name, {}), **default)))
-    fields.append(("teacher_net", dict, field(default_factory=dict)))
     return dataclasses.make_dataclass("DatasetSchema", fields, kw_only=True)
 
 

@@ -33,8 +33,6 @@ def pretrain_net_spec(cfg: DictConfig) -> dict:
     """The teacher's architecture: ``net`` (conf/net/<dataset>.yaml unless ``net=`` picks another)."""
     if cfg.get("net"):
         return as_dict(cfg.net)
-    if cfg.dataset.get("teacher_net"):  # a dataset config that still carries its network
-        return as_dict(cfg.dataset.teacher_net)
     raise ConfigError(f"dataset={cfg.dataset.name} has no teacher network: pass net=mlp or net=unet, "
                       f"or add conf/net/{cfg.dataset.name}.yaml")
 

@@ -83,7 +83,7 @@ def test_cifar10_module_uses_test_split_as_reference(fake_cifar_root: Path) -> N
     [
         (
             {"name": "mnist", "batch_size": 8},
-            "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, image_folder, cifar10",
+            "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, fashion_mnist, image_folder, cifar10, array",
         ),
         (
             {"name": "image_folder", "batch_size": 8},
