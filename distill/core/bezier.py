@@ -1,4 +1,4 @@
-"""Bezier curves in the paper's parameter tau (0: noise, 1: data), methods.md 9.
+"""Bezier curves in the paper's parameter tau (0: noise, 1: data), docs/methods.md 9.
 
 A degree-n curve is given by its control points ``P``, one tensor of shape (n + 1, B, ...) (P_0
 first): sample b's curve is ``B_b(tau) = sum_i C(n, i) (1 - tau)^(n - i) tau^i P_i[b]``. Times
@@ -30,7 +30,7 @@ def _combine(weights: Tensor, points: Tensor) -> Tensor:
 
 
 def bezier(points: Tensor, tau: Tensor) -> Tensor:
-    """``B(tau)``, methods.md 9: points (n + 1, B, ...), tau (B,) -> (B, ...)."""
+    """``B(tau)``, docs/methods.md 9: points (n + 1, B, ...), tau (B,) -> (B, ...)."""
     return _combine(bernstein(points.shape[0] - 1, tau), points)
 
 

@@ -1,4 +1,4 @@
-"""Distribution matching (DMD / DMD2, methods.md 5.1-5.2) as pure functions of denoised estimates.
+"""Distribution matching (DMD / DMD2, docs/methods.md 5.1-5.2) as pure functions of denoised estimates.
 
 The generator's sample x_hat is noised to x_s; the real (teacher) and fake (trained on the
 generator's own samples) denoisers disagree about where x_s came from, and their difference is the

@@ -1,4 +1,4 @@
-"""Adversarial losses and the R1 penalty (methods.md section 11), as pure functions of logits.
+"""Adversarial losses and the R1 penalty (docs/methods.md section 11), as pure functions of logits.
 
 Every loss takes the logits of one head, a tensor of any shape (per-sample ``(B,)`` or
 per-location ``(B, H, W)``), or a sequence of such tensors for multi-head discriminators, and

@@ -18,7 +18,7 @@ def _end_at_zero(grid: Tensor) -> Tensor:
 
 
 def uniform_grid(n: int) -> Tensor:
-    """``linspace(1, 0, n + 1)`` (methods.md 1.6, FM Euler)."""
+    """``linspace(1, 0, n + 1)`` (docs/methods.md 1.6, FM Euler)."""
     return _end_at_zero(torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64))
 
 
@@ -30,7 +30,7 @@ def shifted_grid(n: int, shift: float = 3.0) -> Tensor:
 def karras_grid(
     n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> Tensor:
-    """EDM grid (methods.md 1.3): n Karras sigmas from sigma_max to sigma_min plus 0, as ``s = sigma / (1 + sigma)``."""
+    """EDM grid (docs/methods.md 1.3): n Karras sigmas from sigma_max to sigma_min plus 0, as ``s = sigma / (1 + sigma)``."""
     ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho

@@ -21,12 +21,12 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
 
 
 def edm_loss_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """EDM weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (methods.md 1.3); (B,) -> (B,)."""
+    """EDM weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (docs/methods.md 1.3); (B,) -> (B,)."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 def edm_precond(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EDM preconditioning (methods.md 1.3) so that ``D(x) = c_skip x + c_out F(c_in x, c_noise)``.
+    """EDM preconditioning (docs/methods.md 1.3) so that ``D(x) = c_skip x + c_out F(c_in x, c_noise)``.
 
     Args:
         sigma: (B,) noise levels.

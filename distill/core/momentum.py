@@ -1,4 +1,4 @@
-"""Momentum-mixture velocity fields that integrate in closed form (ArcFlow, methods.md 8).
+"""Momentum-mixture velocity fields that integrate in closed form (ArcFlow, docs/methods.md 8).
 
 One network call at ``(x_src, s_src)`` gives K components per element: velocities ``v_k``,
 mixture weights ``w_k`` (a softmax over k) and rates ``gamma_k`` (component 0 has rate 0). For any

@@ -1,6 +1,6 @@
 """Exact conversions between what a network predicts and the pair (x0, eps).
 
-For ``x = alpha x0 + sigma eps`` (methods.md 1.1, 1.4, 1.5) the supported kinds are
+For ``x = alpha x0 + sigma eps`` (docs/methods.md 1.1, 1.4, 1.5) the supported kinds are
 
 - ``eps``:  eps.
 - ``x0``:   x0.
@@ -107,7 +107,7 @@ def velocity_to_x0(x: Tensor, s: Tensor, v: Tensor) -> Tensor:
 
 def consistency_fn(model: VelocityModel, x: Tensor, s: Tensor) -> Tensor:
     """A velocity model's consistency function, its one-jump DDIM estimate ``f(x_s, s) = x_s - s v(x_s, s)``
-    (methods.md 3.2); equals x at s = 0 (the boundary condition)."""
+    (docs/methods.md 3.2); equals x at s = 0 (the boundary condition)."""
     return velocity_to_x0(x, s, model(x, s))
 
 

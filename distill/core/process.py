@@ -1,7 +1,7 @@
 """Noise processes ``x_t = alpha(t) x0 + sigma(t) eps`` and their exact maps to flow-matching time.
 
 Every process is the same family of marginals up to a per-time rescaling of the state
-(methods.md 1.1-1.5). The canonical coordinates are flow matching (FM): time
+(docs/methods.md 1.1-1.5). The canonical coordinates are flow matching (FM): time
 ``s = sigma / (alpha + sigma)`` in [0, 1] (s = 1 is pure noise) and state
 ``x_s = x_t / (alpha + sigma)``, so ``x_s = (1 - s) x0 + s eps``. A process only has to say
 ``alpha``, ``sigma`` and how to invert ``s -> t``; the rest is shared.
@@ -120,7 +120,7 @@ class NoiseProcess(abc.ABC):
 
 @dataclass(frozen=True)
 class FlowMatching(NoiseProcess):
-    """Rectified flow / FM (methods.md 1.4): alpha = 1 - s, sigma = s, s in [0, 1]."""
+    """Rectified flow / FM (docs/methods.md 1.4): alpha = 1 - s, sigma = s, s in [0, 1]."""
 
     @property
     def t_min(self) -> float:
@@ -142,7 +142,7 @@ class FlowMatching(NoiseProcess):
 
 @dataclass(frozen=True)
 class EDM(NoiseProcess):
-    """EDM / VE (methods.md 1.2-1.3): t is sigma, alpha = 1, sigma = t, t in [sigma_min, sigma_max].
+    """EDM / VE (docs/methods.md 1.2-1.3): t is sigma, alpha = 1, sigma = t, t in [sigma_min, sigma_max].
 
     FM times are clamped at both ends, so an EDM network is only ever asked about the levels its
     own sampler uses: s = 1 (sigma = inf) maps to ``sigma_max``, and s = 0 (clean data) to
@@ -179,7 +179,7 @@ class EDM(NoiseProcess):
 
 @dataclass(frozen=True)
 class VPCosine(NoiseProcess):
-    """Continuous VP cosine schedule (methods.md 1.1): alpha = cos(pi t / 2), sigma = sin(pi t / 2).
+    """Continuous VP cosine schedule (docs/methods.md 1.1): alpha = cos(pi t / 2), sigma = sin(pi t / 2).
 
     The logSNR ``-2 log tan(pi t / 2)`` is clipped to [logsnr_min, logsnr_max] as in progressive
     distillation, i.e. t is clamped to [t_min, t_max] inside (0, 1).
@@ -286,7 +286,7 @@ class VPDiscrete(NoiseProcess):
 
 @dataclass(frozen=True)
 class TrigFlow(NoiseProcess):
-    """TrigFlow (methods.md 1.5): alpha = cos t, sigma = sigma_data sin t, t in [0, pi / 2]."""
+    """TrigFlow (docs/methods.md 1.5): alpha = cos t, sigma = sigma_data sin t, t in [0, pi / 2]."""
 
     sigma_data: float = 0.5
 

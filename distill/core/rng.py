@@ -2,7 +2,7 @@
 
 ``capture_rng``/``restore_rng``: two forwards of one network draw the same dropout masks.
 Consistency losses compare two forwards of the same weights (a no-grad target and the gradient
-branch); different dropout masks in the two would bias the target (methods.md 3.5, 4.2 pitfalls).
+branch); different dropout masks in the two would bias the target (docs/methods.md 3.5, 4.2 pitfalls).
 
 ``process_rng_state``/``set_process_rng_state``: every generator a training step may draw from
 (torch CPU, every CUDA device, numpy, Python), as checkpointable tensors and plain lists, so a

@@ -45,7 +45,7 @@ def sample_euler(
     progress: bool = False,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Euler in FM time (methods.md 1.6); identical to DDIM in every parameterization."""
+    """Euler in FM time (docs/methods.md 1.6); identical to DDIM in every parameterization."""
     grid = grid.to(x.device, x.dtype)
     for i in trange(len(grid) - 1, disable=not progress):
         s, s_next = grid[i], grid[i + 1]
@@ -96,7 +96,7 @@ def sample_dpmpp_2m(
     progress: bool = False,
     callback: Callback | None = None,
 ) -> Tensor:
-    """DPM-Solver++(2M), data prediction (Lu et al. 2022), with alpha = 1 - s, sigma = s (methods.md 1.6)."""
+    """DPM-Solver++(2M), data prediction (Lu et al. 2022), with alpha = 1 - s, sigma = s (docs/methods.md 1.6)."""
     times = [float(v) for v in grid]
     x0_prev: Tensor | None = None
     h_prev = math.inf
@@ -201,7 +201,7 @@ def consistency_jump(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor)
 
 @torch.no_grad()
 def multistep_consistency_sample(model: VelocityModel, noise: Tensor, times: Tensor, renoise: Renoise | None = None) -> Tensor:
-    """Multistep consistency sampling (methods.md 3.6) from ``times[0] * noise``: jump to data,
+    """Multistep consistency sampling (docs/methods.md 3.6) from ``times[0] * noise``: jump to data,
     re-noise to the next time with ``renoise(i)`` (else the global RNG), repeat."""
     times = times.to(noise)
     renoise = renoise or (lambda i: torch.randn_like(noise))

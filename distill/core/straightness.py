@@ -1,4 +1,4 @@
-"""Straightness of a flow and its noise-to-data couplings (Liu et al. 2022; methods.md 10.1).
+"""Straightness of a flow and its noise-to-data couplings (Liu et al. 2022; docs/methods.md 10.1).
 
 Reflow retrains a flow on the pairs ``(eps, ODE(eps))`` of the previous flow; the straightness
 metric says how far the simulated trajectory bends away from its chord (0: a straight line, which

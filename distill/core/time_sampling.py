@@ -45,10 +45,10 @@ def sample_edm_sigma(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """EDM noise levels ``ln sigma ~ N(p_mean, p_std^2)`` (methods.md 1.3); returns sigma, shape (n,)."""
+    """EDM noise levels ``ln sigma ~ N(p_mean, p_std^2)`` (docs/methods.md 1.3); returns sigma, shape (n,)."""
     return torch.exp(p_mean + p_std * _randn(n, generator, dtype, device))
 
 
 def shift_time(s: Tensor, shift: float) -> Tensor:
-    """SD3 time shift ``s' = k s / (1 + (k - 1) s)`` (methods.md 1.4); k > 1 moves s towards noise."""
+    """SD3 time shift ``s' = k s / (1 + (k - 1) s)`` (docs/methods.md 1.4); k > 1 moves s towards noise."""
     return shift * s / (1 + (shift - 1) * s)

@@ -1,4 +1,4 @@
-"""Any canonical velocity model seen as a TrigFlow network (methods.md 1.5, 4.1).
+"""Any canonical velocity model seen as a TrigFlow network (docs/methods.md 1.5, 4.1).
 
 TrigFlow noises ``x_t = cos t x0 + sigma_d sin t eps`` (``distill.core.process.TrigFlow``). With
 ``c = cos t + sigma_d sin t`` its state and time in flow-matching coordinates are
@@ -45,7 +45,7 @@ def _scales(t: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tenso
 
 
 def trig_F(model: nn.Module, x_over_sd: Tensor, t: Tensor, sigma_data: float) -> Tensor:
-    """TrigFlow ``F(x_t / sigma_d, t)`` of a velocity model ``model(x_s, s) -> v`` (methods.md 4.2).
+    """TrigFlow ``F(x_t / sigma_d, t)`` of a velocity model ``model(x_s, s) -> v`` (docs/methods.md 4.2).
 
     Args:
         model: canonical FM velocity model.
@@ -66,7 +66,7 @@ def trig_F(model: nn.Module, x_over_sd: Tensor, t: Tensor, sigma_data: float) ->
 
 
 def trig_consistency(x_t: Tensor, t: Tensor, F: Tensor, sigma_data: float) -> Tensor:
-    """The consistency function ``f = cos t x_t - sin t sigma_d F`` (methods.md 4.1); f(x, 0) = x.
+    """The consistency function ``f = cos t x_t - sin t sigma_d F`` (docs/methods.md 4.1); f(x, 0) = x.
 
     Args:
         x_t: (B, ...) TrigFlow state.

@@ -42,7 +42,7 @@ from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
 DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "fashion_mnist", "image_folder", "cifar10", "array", "prompts")
 REFERENCE_SPLITS = ("test", "validation")
-DEFAULT_2D_REFERENCE_SIZE = 10_000  # methods.md §12.4: SW / MMD want n >= 10k
+DEFAULT_2D_REFERENCE_SIZE = 10_000  # docs/methods.md §12.4: SW / MMD want n >= 10k
 
 
 def train_seed(seed: int) -> int:

@@ -1,4 +1,4 @@
-"""2-D toy distributions (methods.md §12.4): cheap, exact-sample benchmarks for few-step students.
+"""2-D toy distributions (docs/methods.md §12.4): cheap, exact-sample benchmarks for few-step students.
 
 Every set is generated from a seed, so a "dataset" is a recipe, not a file: the data module draws
 training points with one seed and evaluation references with a disjoint one.

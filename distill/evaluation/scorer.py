@@ -10,7 +10,7 @@
   reference images or an EDM/ADM-style ``.npz`` of ``mu`` and ``sigma``.
 
 Next to it, collapse metrics (class histogram, precision/recall) from the same features, so a
-collapsing student shows in the dashboard before its Fréchet distance moves (methods.md §12.2, §12.4).
+collapsing student shows in the dashboard before its Fréchet distance moves (docs/methods.md §12.2, §12.4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ArcFlow (Yang et al. 2026, arXiv 2602.09014; methods.md 8): few-step students on curved steps.
+"""ArcFlow (Yang et al. 2026, arXiv 2602.09014; docs/methods.md 8): few-step students on curved steps.
 
 Each student step is one network call at ``(x_src, s_src)`` that outputs a mixture of K momentum
 components; the step then follows the mixture's field in closed form (``distill.core.momentum``),

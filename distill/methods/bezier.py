@@ -1,6 +1,6 @@
-"""Bezier distillation from one or several teachers (Feng & Yang, arXiv 2503.16562; methods.md 9).
+"""Bezier distillation from one or several teachers (Feng & Yang, arXiv 2503.16562; docs/methods.md 9).
 
-The arXiv entry is a short proposal without experiments, so this is methods.md's reconstruction,
+The arXiv entry is a short proposal without experiments, so this is docs/methods.md's reconstruction,
 not the authors' code. From the same noise eps, every teacher's ODE is solved and its states are
 recorded at fixed times; those trajectories shape one degree-n Bezier curve per noise, from
 ``P_0 = eps`` to a data end ``P_n`` (one teacher's endpoint, the per-sample medoid of the
@@ -15,10 +15,10 @@ FM velocity is ``dx/ds = -B'(1 - s)``. Degree 1 is exactly the FM line through t
 The student is a flow map ``Phi(x, s -> r) = x - (s - r) u(x, r, s)`` (the average-velocity net
 of ``distill.students.average_velocity``), trained on curve points ``x = B(1 - s)`` with
 - the drift-fitting (endpoint) loss ``||Phi(x, s -> 0) - P_n||^2``; ``Phi(eps, 1 -> 0)`` is the
-  one-step generator T(eps, 0) of methods.md 9 (ii);
-- the velocity loss ``||u(x, s, s) + B'(1 - s)||^2``, methods.md 9 (i), same net at r = s;
+  one-step generator T(eps, 0) of docs/methods.md 9 (ii);
+- the velocity loss ``||u(x, s, s) + B'(1 - s)||^2``, docs/methods.md 9 (i), same net at r = s;
 - a curve term ``||Phi(x, s -> r) - B(1 - r)||^2``, r ~ U(0, s): the exact intermediate positions
-  of methods.md 9 (iii), so n-step sampling moves along the predicted curve and re-predicts.
+  of docs/methods.md 9 (iii), so n-step sampling moves along the predicted curve and re-predicts.
 
 Teacher trajectories are solved lazily, one cached shard at a time (``distill.core.pairs``), so a
 resumed or repeated run reads them back. The method's teachers are held outside the module tree:
@@ -108,7 +108,7 @@ class BezierDistillation(Method):
     degree: n of the Bezier curves (1: straight lines, 2: quadratic, 3: cubic).
     control: ``least_squares`` (option A: interior points fitted to every teacher's states at
         ``record_times``) or ``guide`` (option B: every interior point is the teachers' mean endpoint).
-    endpoint: P_n: an index into the teachers (0: the first, methods.md's y_best when it is the
+    endpoint: P_n: an index into the teachers (0: the first, docs/methods.md's y_best when it is the
         strongest), ``medoid`` (per noise, the teacher endpoint nearest the others in summed L2:
         the consensus, kept sharp; with two teachers the first) or ``mean`` (their average).
     record_times: FM times s in (0, 1) where trajectories are recorded (the endpoint is always).

@@ -1,4 +1,4 @@
-"""Objectives as weighted loss terms on one student (methods.md §4.6: rCM = sCM + lambda DMD).
+"""Objectives as weighted loss terms on one student (docs/methods.md §4.6: rCM = sCM + lambda DMD).
 
 Each term is a complete method with its own auxiliary networks and optimizers. The composite
 steps the union of their optimizers; in a phase, every term that owns that optimizer contributes

@@ -1,4 +1,4 @@
-"""Consistency distillation (Song et al. 2023; methods.md section 3.2), in flow-matching coordinates.
+"""Consistency distillation (Song et al. 2023; docs/methods.md section 3.2), in flow-matching coordinates.
 
 The consistency function of a velocity model is its one-jump DDIM estimate
 ``f(x_s, s) = x_s - s v(x_s, s)``: it satisfies the boundary condition ``f(x, 0) = x`` by

@@ -1,6 +1,6 @@
 """Consistency training without a teacher: iCT's discrete curriculum and ECT's continuous one.
 
-CT (methods.md 3.3-3.5) replaces CD's teacher ODE step by the same-noise pair: ``x_t`` and
+CT (docs/methods.md 3.3-3.5) replaces CD's teacher ODE step by the same-noise pair: ``x_t`` and
 ``x_r`` share one eps, and the target is the student's own (stop-gradient) consistency function
 at the smaller time. The two schedules differ only in how ``(t, r)`` pairs are drawn and weighted:
 

@@ -1,4 +1,4 @@
-"""DMD2 (Yin et al. 2024b) and DMD (2024a): distribution matching distillation (methods.md 5).
+"""DMD2 (Yin et al. 2024b) and DMD (2024a): distribution matching distillation (docs/methods.md 5).
 
 The student is a K-step generator (``distill.students.generator``): at each of its times it reads
 its velocity as a data estimate ``x - s v``. Three networks take part:

@@ -1,4 +1,4 @@
-"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; methods.md 7).
+"""GDD and GDD-I (Zheng & Yang 2024, "Diffusion Models Are Innate One-Step Generators"; docs/methods.md 7).
 
 The teacher is only the initialisation: a one-step generator ``G(z) = z - v(z, 1)`` (the teacher's
 data estimate at pure noise) is trained with a GAN loss against *real data* and nothing else: no

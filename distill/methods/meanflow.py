@@ -1,4 +1,4 @@
-"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025; methods.md 10.3), in flow-matching coordinates.
+"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025; docs/methods.md 10.3), in flow-matching coordinates.
 
 The student learns the average velocity ``u(z_t, r, t)`` over ``[r, t]`` from the MeanFlow identity
 ``u = v - (t - r) du/dt``, where ``du/dt = v . d_z u + d_t u`` is one JVP of the student along

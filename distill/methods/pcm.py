@@ -1,4 +1,4 @@
-"""Phased Consistency Models (Wang et al. 2024; methods.md section 6), in flow-matching coordinates.
+"""Phased Consistency Models (Wang et al. 2024; docs/methods.md section 6), in flow-matching coordinates.
 
 The solver grid ``0 = s_0 < s_1 < ... < s_N`` (N = ``num_euler_timesteps``) is cut into M phases
 whose lower edges are the grid indices ``e = floor(linspace(0, N, M, endpoint=False))``. Phase m
@@ -86,7 +86,7 @@ def phased_consistency_fn(model: nn.Module, x: Tensor, s: Tensor, s_edge: Tensor
 
 
 def renoise_within_phase(x_edge: Tensor, s_edge: Tensor, s_adv: Tensor, eps: Tensor) -> Tensor:
-    """PCM's re-noising of an edge state to ``s_adv`` in the phase (methods.md 6):
+    """PCM's re-noising of an edge state to ``s_adv`` in the phase (docs/methods.md 6):
     ``((1 - s_adv) x_edge + (s_adv - s_edge) eps) / (1 - s_edge)``; exact FM noising when s_edge = 0.
     """
     s_edge, s_adv = append_dims(s_edge, x_edge.ndim), append_dims(s_adv, x_edge.ndim)

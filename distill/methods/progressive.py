@@ -1,4 +1,4 @@
-"""Progressive distillation (Salimans & Ho 2022; methods.md section 2).
+"""Progressive distillation (Salimans & Ho 2022; docs/methods.md section 2).
 
 Each round, an N-step teacher's two DDIM steps become one student DDIM step; the student then
 serves as the teacher of the next round, halving N until ``final_steps``. DDIM is the same
@@ -29,7 +29,7 @@ def pd_target_x0(z_t: Tensor, z_s: Tensor, s_t: Tensor, s_s: Tensor) -> Tensor:
     """The x0 a single student DDIM step from ``z_t`` must predict to land on ``z_s``.
 
     ``x~ = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)`` with
-    ``alpha = 1 - s``, ``sigma = s`` (methods.md section 2, step 4). Computed in float64.
+    ``alpha = 1 - s``, ``sigma = s`` (docs/methods.md section 2, step 4). Computed in float64.
     """
     ratio = append_dims(s_s.double() / s_t.double(), z_t.ndim)
     alpha_t, alpha_s = (append_dims(1 - v.double(), z_t.ndim) for v in (s_t, s_s))

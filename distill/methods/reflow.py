@@ -1,4 +1,4 @@
-"""Reflow and InstaFlow-style one-step distillation (Liu et al. 2022, 2023; methods.md 10.1-10.2).
+"""Reflow and InstaFlow-style one-step distillation (Liu et al. 2022, 2023; docs/methods.md 10.1-10.2).
 
 Round r solves the current flow's ODE from fresh noise (round 0: the teacher's) and retrains the
 student with the flow-matching loss on those deterministic couplings ``(eps, x_hat)``, which

@@ -1,4 +1,4 @@
-"""sCM: continuous-time consistency models in TrigFlow (Lu & Song 2024; methods.md 4.1-4.5).
+"""sCM: continuous-time consistency models in TrigFlow (Lu & Song 2024; docs/methods.md 4.1-4.5).
 
 The student stays a canonical velocity model; ``distill.core.trigflow.trig_F`` reads it exactly
 as a TrigFlow network F, whose consistency function ``cos t x_t - sin t sigma_d F`` is the FM
@@ -31,7 +31,7 @@ TANGENTS = ("teacher", "data")
 def scm_tangent(F_sg: Tensor, cs_dFdt: Tensor, x_t: Tensor, dxdt: Tensor, t: Tensor, sigma_data: float, r: float) -> Tensor:
     """``g = -cos^2 t (sigma_d F^- - dx_t/dt) - r (cos t sin t x_t + sigma_d cos t sin t dF^-/dt)``.
 
-    At r = 1 this is ``cos t df^-/dt`` along the ODE (methods.md 4.2). Computed in float64.
+    At r = 1 this is ``cos t df^-/dt`` along the ODE (docs/methods.md 4.2). Computed in float64.
 
     Args:
         F_sg: (B, ...) stop-gradient F at (x_t / sigma_d, t).
@@ -149,7 +149,7 @@ class SCM(Method):
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         yield from super().trainable_parameters(optimizer, student)
         if self.adaptive_weighting:
-            yield from self.weighting.parameters()  # w_phi learns with the student (methods.md 4.2)
+            yield from self.weighting.parameters()  # w_phi learns with the student (docs/methods.md 4.2)
 
     # --- loss ----------------------------------------------------------------------------
     def dxdt(self, x0: Tensor, z: Tensor, x_t: Tensor, t: Tensor, teacher: nn.Module) -> Tensor:
@@ -231,6 +231,6 @@ class SCM(Method):
         return [n for n in nfes if 1 <= n <= len(self.multistep_times) + 1]
 
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
-        """Multistep consistency sampling (methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
+        """Multistep consistency sampling (docs/methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
         return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)
 

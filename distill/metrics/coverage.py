@@ -1,7 +1,7 @@
 """Mode coverage: does a generator produce every class / mode, in the right proportions?
 
 Mode collapse in DMD/GAN-trained students shows up here before it moves a Fréchet distance
-(methods.md §12.4).
+(docs/methods.md §12.4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 It trains on the digits TRAIN split only, so Fréchet distances against the held-out split
 (``distill.data.digits``) are measured with features that never saw the reference images
-(methods.md §12.4). Weights are cached as safetensors next to a JSON record of how they were made.
+(docs/methods.md §12.4). Weights are cached as safetensors next to a JSON record of how they were made.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 ``Tr (S1 S2)^{1/2}`` is computed as the sum of square roots of the eigenvalues of the symmetric
 PSD matrix ``S1^{1/2} S2 S1^{1/2}`` (same spectrum as ``S1 S2``): real arithmetic, no complex
-``sqrtm`` residue. Everything is float64 (methods.md §12.1).
+``sqrtm`` residue. Everything is float64 (docs/methods.md §12.1).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A set's manifold is the union of balls around its points, each of radius the dis
 point's k-th nearest neighbour in the same set (k = 3 in the paper). Precision is the fraction of
 fake features inside the real manifold (fidelity); recall the fraction of real features inside the
 fake manifold (coverage). A collapsed generator keeps its precision and loses recall, often before
-a Fréchet distance moves (methods.md §12.2).
+a Fréchet distance moves (docs/methods.md §12.2).
 
 Distances are computed in float64, in row chunks, so 10k x 10k sets never hold the full matrix.
 """

@@ -1,4 +1,4 @@
-"""Sliced Wasserstein distance for 2-D toys (methods.md §12.4).
+"""Sliced Wasserstein distance for 2-D toys (docs/methods.md §12.4).
 
     SW_p(X, Y) = ( (1/L) sum_l W_p(theta_l^T X, theta_l^T Y)^p )^(1/p)
 

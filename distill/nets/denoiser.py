@@ -6,7 +6,7 @@ Two schemes are built in, one per pretraining loss:
 
 - ``fm``: the net predicts the velocity directly, ``c_noise = 1000 s`` (the diffusers convention).
 - ``edm``: EDM preconditioning in VE coordinates, the net's output becomes the denoised x0
-  (Karras et al. 2022, section 1.3 of methods.md), ``c_noise = 1000 * ln(sigma) / 4``.
+  (Karras et al. 2022, section 1.3 of docs/methods.md), ``c_noise = 1000 * ln(sigma) / 4``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SCHEMES = ("fm", "edm")
 
 
 def edm_denoise(net: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
-    """EDM's denoiser ``c_skip x + c_out net(c_in x, 1000 ln(sigma) / 4)`` (methods.md 1.3), the
+    """EDM's denoiser ``c_skip x + c_out net(c_in x, 1000 ln(sigma) / 4)`` (docs/methods.md 1.3), the
     scalings in float64. x: (B, ...); sigma: (B,); returns x's shape and dtype."""
     c_skip, c_out, c_in, c_noise = edm_precond(sigma, sigma_data)
     x64 = x.double()

@@ -4,7 +4,7 @@
 (``"fourier"``, ``"residual"``, ``resample_filter=[1, 3, 3, 1]``, ``channel_mult_noise=2``) as EDM
 configures them; ``DhariwalUNet`` is ADM. A preconditioner wraps one of them as EDM's denoiser
 ``D(x, sigma, class_labels)`` in VE coordinates (``x = x0 + sigma eps``), whichever scheme it was
-trained with: ``EDMPrecond`` (methods.md 1.3), ``VPPrecond`` or ``VEPrecond`` (Song et al. 2021).
+trained with: ``EDMPrecond`` (docs/methods.md 1.3), ``VPPrecond`` or ``VEPrecond`` (Song et al. 2021).
 Class labels are one-hot (B, label_dim); None means EDM's own unconditional input, all zeros.
 
 Arguments and their defaults are the official ones, so a checkpoint's recorded init kwargs build
@@ -271,7 +271,7 @@ def one_hot_or_zeros(class_labels: Tensor | None, label_dim: int, x: Tensor) -> 
 
 
 class EDMPrecond(_Precond):
-    """EDM's preconditioning (methods.md 1.3): ``D = c_skip x + c_out F(c_in x, ln(sigma) / 4)``."""
+    """EDM's preconditioning (docs/methods.md 1.3): ``D = c_skip x + c_out F(c_in x, ln(sigma) / 4)``."""
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
                  sigma_min: float = 0, sigma_max: float = float("inf"), sigma_data: float = 0.5,

@@ -219,7 +219,7 @@ class EDM2UNet(nn.Module):
 
 
 class EDM2Precond(nn.Module):
-    """EDM2's preconditioner (EDM's, methods.md 1.3) plus the learned uncertainty head ``logvar(sigma)``."""
+    """EDM2's preconditioner (EDM's, docs/methods.md 1.3) plus the learned uncertainty head ``logvar(sigma)``."""
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
                  sigma_data: float = 0.5, logvar_channels: int = 128, **unet_kwargs):

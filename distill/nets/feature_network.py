@@ -1,5 +1,5 @@
 """A frozen image feature network (DINO, a classifier, ...) loaded from a local path, for
-discriminators that read pretrained features (GDD's projected GAN, ADD/turbo recipes; methods.md 7, 11).
+discriminators that read pretrained features (GDD's projected GAN, ADD/turbo recipes; docs/methods.md 7, 11).
 
 The network itself is any ``nn.Module`` built from config; its weights come from a local
 safetensors file (or a ``torch.save`` state dict read with ``weights_only=True``), never from a

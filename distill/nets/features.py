@@ -1,7 +1,7 @@
 """Reading a network's intermediate features: which layers, and how to capture them in one forward.
 
 Discriminators in distribution-matching methods do not own a backbone: DMD2 reads the trainable
-fake-score network's bottleneck, GDD a frozen teacher's encoder (methods.md 5.4, 7, 11). A
+fake-score network's bottleneck, GDD a frozen teacher's encoder (docs/methods.md 5.4, 7, 11). A
 ``FeatureTap`` records the outputs of named submodules during an ordinary forward pass and can
 cut that pass short after the deepest one, so an encoder-only read skips the decoder's compute.
 """

@@ -1,4 +1,4 @@
-"""Which of a network's parameters stay frozen (GDD-I, methods.md 7), as plain name sets.
+"""Which of a network's parameters stay frozen (GDD-I, docs/methods.md 7), as plain name sets.
 
 GDD-I fine-tunes a teacher into a one-step generator while its convolutions stay exactly as
 pretrained: the claim is that the teacher's layers already hold the generator, and only norms,

@@ -1,4 +1,4 @@
-"""Average-velocity students (MeanFlow, Geng et al. 2025; methods.md 10.3).
+"""Average-velocity students (MeanFlow, Geng et al. 2025; docs/methods.md 10.3).
 
 ``u(z_t, r, t) = 1/(t - r) int_r^t v(z_tau, tau) dtau`` in FM coordinates (t = s, noise at 1).
 One network with a second time input gives it: ``net(z, k t, k (t - r))`` for an fm-scheme net,

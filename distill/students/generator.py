@@ -3,7 +3,7 @@ fixed set of times, sampled by jumping to data and re-noising to the next time (
 by deterministic DDIM jumps between its times and one jump to data at the last (``deterministic``).
 
 A K-step generator is trained at its times ``s_0 = 1 > s_1 > ... > s_{K-1}`` only. Its training
-input at ``s_k`` comes from *backward simulation* (methods.md 5.4): run the current generator
+input at ``s_k`` comes from *backward simulation* (docs/methods.md 5.4): run the current generator
 from pure noise through the first k steps, re-noising with fresh noise each time, so training
 sees exactly the states sampling will produce.
 """

@@ -1,4 +1,4 @@
-"""ArcFlow students: a teacher copy whose output layer becomes K momentum components (methods.md 8).
+"""ArcFlow students: a teacher copy whose output layer becomes K momentum components (docs/methods.md 8).
 
 The network body is untouched. The features that fed its output layer feed three new heads:
 component means (the output layer replicated K times, plus a little bias noise to break the
@@ -137,7 +137,7 @@ class MomentumStudent(nn.Module):
 
     def _token_mixture(self, out: Tensor, x: Tensor) -> Momentum:
         """Split the unpatchified head outputs. Logits and rates are averaged over channels: the
-        mixture is per pixel, shared by its channels (methods.md 8 keeps logweights per pixel)."""
+        mixture is per pixel, shared by its channels (docs/methods.md 8 keeps logweights per pixel)."""
         b, k = x.shape[0], self.components
         n_rates = self.rates.out_features // self.units
         means, logits, rates = (part.reshape(-1, b, *x.shape[1:]).transpose(0, 1)

@@ -44,7 +44,7 @@ def test_round_trip(kind):
 
 
 def test_trig_matches_trigflow_definition():
-    # sigma_d F = dx_t/dt = cos t z - sin t x0 with z = sigma_d eps (methods.md 1.5).
+    # sigma_d F = dx_t/dt = cos t z - sin t x0 with z = sigma_d eps (docs/methods.md 1.5).
     sd, t = 0.5, torch.tensor([0.3, 1.1], dtype=torch.float64)
     x0, eps = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     F = from_x0_eps("trig", x0, eps, torch.cos(t), sd * torch.sin(t), sd)

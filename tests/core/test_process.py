@@ -110,7 +110,7 @@ def test_trigflow_scales():
     torch.testing.assert_close(
         p.alpha(t) ** 2 + (p.sigma(t) / 0.5) ** 2, torch.ones(3, dtype=torch.float64)
     )
-    # EDM sigma = sigma_d tan t (methods.md 1.5).
+    # EDM sigma = sigma_d tan t (docs/methods.md 1.5).
     torch.testing.assert_close(p.edm_sigma(t[1:2]), 0.5 * torch.tan(t[1:2]))
 
 

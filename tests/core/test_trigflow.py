@@ -61,7 +61,7 @@ def test_consistency_function_is_the_fm_data_estimate_and_identity_at_zero():
     torch.testing.assert_close(trig_consistency_fn(model, x_t, t, SD), velocity_to_x0(x_s, s, model(x_s, s)))
     zero = torch.zeros(6, dtype=torch.float64)
     torch.testing.assert_close(trig_consistency_fn(model, x_t, zero, SD), x_t, atol=1e-14, rtol=0)
-    # One-step generation at t = pi/2 is -sigma_d F (methods.md 4.1).
+    # One-step generation at t = pi/2 is -sigma_d F (docs/methods.md 4.1).
     half_pi = torch.full((6,), 0.5 * math.pi, dtype=torch.float64)
     F = trig_F(model, x_t / SD, half_pi, SD)
     torch.testing.assert_close(trig_consistency(x_t, half_pi, F, SD), -SD * F, atol=1e-12, rtol=0)

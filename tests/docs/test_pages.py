@@ -1,4 +1,4 @@
-"""The docs speak to users: every `methods.md §N` citation in the code names a real section, and no
+"""The docs speak to users: every `docs/methods.md §N` citation in the code names a real section, and no
 page points outside the repository or at how the work was organised."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_every_methods_md_citation_in_the_code_names_a_section():
                 continue
             for number in CITATION.findall(path.read_text()):
                 if number.rstrip(".") not in known and number.split(".")[0] not in known:
-                    missing.append(f"{path.relative_to(REPO)}: methods.md {number}")
+                    missing.append(f"{path.relative_to(REPO)}: docs/methods.md {number}")
     assert missing == []
 
 

@@ -60,7 +60,7 @@ def test_flow_score_loss_is_zero_for_the_exact_velocity():
 
 
 def test_dm_term_gives_zero_generator_gradient_when_fake_equals_real():
-    """methods.md 12.4 (c): same network for both scores -> no distribution-matching push."""
+    """docs/methods.md 12.4 (c): same network for both scores -> no distribution-matching push."""
     torch.manual_seed(0)
     teacher = Teacher(mlp(), (2,))
     student = copy.deepcopy(teacher.model).requires_grad_(True)

@@ -50,7 +50,7 @@ class DropoutVelocity(nn.Module):
 
 
 def test_tangent_at_full_warmup_is_cos_t_times_the_total_derivative_of_f():
-    """g(r = 1) = cos t d/dt f(x_t(t), t) along dx_t/dt, with dF/dt from the JVP (methods.md 4.2)."""
+    """g(r = 1) = cos t d/dt f(x_t(t), t) along dx_t/dt, with dF/dt from the JVP (docs/methods.md 4.2)."""
     torch.manual_seed(0)
     model, sd = DropoutVelocity().double().eval(), 0.5  # float64 throughout (TimeMLP embeds t in float32)
     x_t, dxdt = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
@@ -224,7 +224,7 @@ def test_sampling_times_and_reproducibility_per_sample():
 
 
 class SlowTime(nn.Module):
-    """Feeds the net c_noise = s instead of 1000 s: the smooth time input sCM needs (methods.md 4.3).
+    """Feeds the net c_noise = s instead of 1000 s: the smooth time input sCM needs (docs/methods.md 4.3).
 
     With the 1000 s embedding, dF/dt of a small MLP is dominated by its highest time frequencies
     and sCD from it does not settle within a test's budget.
