@@ -45,8 +45,6 @@ from distill.teachers.edm import load_edm_teacher
 from distill.teachers.latent import LatentCodec, encode_images
 from distill.teachers.samples import samples_key, teacher_samples
 
-
-
 # Absolute, so console scripts (whose calling module Hydra cannot map to a path) find it too.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -91,9 +89,13 @@ def apply_batch_plan(cfg: DictConfig) -> BatchPlan:
     ``train.images`` the length is ``train.max_steps``.
     """
     world = world_size(cfg.hardware)
-    plan = plan_batches(cfg.train.get("global_batch_size") or cfg.train.batch_size * world, world,
-                        steps=cfg.train.max_steps, images=cfg.train.get("images"),
-                        max_device_batch=cfg.train.get("max_device_batch"))
+    plan = plan_batches(
+        cfg.train.get("global_batch_size") or cfg.train.batch_size * world,
+        world,
+        steps=cfg.train.max_steps,
+        images=cfg.train.get("images"),
+        max_device_batch=cfg.train.get("max_device_batch"),
+    )
     with open_dict(cfg.train):
         cfg.train.batch_size, cfg.train.max_steps = plan.device_batch, plan.steps
     return plan
@@ -101,12 +103,17 @@ def apply_batch_plan(cfg: DictConfig) -> BatchPlan:
 
 def build_speedups(cfg: DictConfig) -> Speedups:
     hw = cfg.hardware
-    return Speedups(compile=hw.get("compile", False), activation_checkpointing=hw.get("activation_checkpointing", False),
-                    channels_last=hw.get("channels_last", False))
+    return Speedups(
+        compile=hw.get("compile", False),
+        activation_checkpointing=hw.get("activation_checkpointing", False),
+        channels_last=hw.get("channels_last", False),
+    )
 
 
 def build_datamodule(cfg: DictConfig) -> DataModule:
-    dm = DataModule(**as_dict(cfg.dataset), batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed)
+    dm = DataModule(
+        **as_dict(cfg.dataset), batch_size=cfg.train.batch_size, num_workers=cfg.hardware.num_workers, seed=cfg.seed
+    )
     dm.setup()
     return dm
 
@@ -123,20 +130,33 @@ def build_teacher(cfg: DictConfig, dm: DataModule) -> Teacher:
         if cfg.teacher.get("train_dropout") is not None:  # the rate of its trained copies (student, fake score)
             set_residual_dropout(teacher.model, float(cfg.teacher.train_dropout))
     elif kind == "diffusers":
-        teacher = load_diffusers_teacher(cfg.teacher.path, dm.data_shape[-1], cfg.teacher.get("embedded_guidance"),
-                                         cfg.teacher.get("max_sequence_length"), cfg.teacher.get("dtype"))
+        teacher = load_diffusers_teacher(
+            cfg.teacher.path,
+            dm.data_shape[-1],
+            cfg.teacher.get("embedded_guidance"),
+            cfg.teacher.get("max_sequence_length"),
+            cfg.teacher.get("dtype"),
+        )
     elif kind == "edm":  # an EDM / EDM2 pickle, converted once into the cache (no code from it is run)
-        teacher = load_edm_teacher(cfg.teacher.path, Path(cfg.paths.cache) / "teachers" / "edm",
-                                   float(cfg.teacher.get("guidance", 1.0)), cfg.teacher.get("train_dropout"))
+        teacher = load_edm_teacher(
+            cfg.teacher.path,
+            Path(cfg.paths.cache) / "teachers" / "edm",
+            float(cfg.teacher.get("guidance", 1.0)),
+            cfg.teacher.get("train_dropout"),
+        )
     else:
         raise ConfigError(f"teacher.kind={kind!r} is unknown; choose checkpoint, diffusers, edm or gmm_exact")
     teacher.guidance = float(cfg.teacher.get("guidance", 1.0))
     if teacher.guidance != 1.0 and teacher.null_condition is None:
-        raise ConfigError(f"teacher.guidance={teacher.guidance} needs a conditional teacher; "
-                          f"{cfg.teacher.get('path', kind)} is unconditional (pretrain one with conditional=true)")
+        raise ConfigError(
+            f"teacher.guidance={teacher.guidance} needs a conditional teacher; "
+            f"{cfg.teacher.get('path', kind)} is unconditional (pretrain one with conditional=true)"
+        )
     if teacher.num_classes and teacher.num_classes != dm.num_classes:
-        raise ConfigError(f"the teacher is conditioned on {teacher.num_classes} classes but dataset={dm.name} has "
-                          f"{dm.num_classes or 'no'} labels: pick a dataset with its classes or an unconditional teacher")
+        raise ConfigError(
+            f"the teacher is conditioned on {teacher.num_classes} classes but dataset={dm.name} has "
+            f"{dm.num_classes or 'no'} labels: pick a dataset with its classes or an unconditional teacher"
+        )
     teacher.prompt_table = prompt_table_for(cfg, dm, teacher)
     codec = teacher.codec
     pixels = codec.pixel_shape(teacher.data_shape) if codec is not None else tuple(teacher.data_shape)
@@ -166,14 +186,18 @@ def prompt_only_training_set(cfg: DictConfig, dm: DataModule, teacher: Teacher) 
     reference (unless ``eval.reference_stats``); methods that need real images are refused."""
     method = build_method(cfg)
     if method.data_role == "real":
-        raise ConfigError(f"method={cfg.method.name} compares with real images (data_role=real), and dataset=prompts "
-                          "has none: train it on captioned images (dataset=image_folder dataset.captions=true), or "
-                          "pick a data-free method (progressive, consistency, scd, pcm, dmd2 without a real-data GAN, "
-                          "arcflow, bezier, reflow)")
+        raise ConfigError(
+            f"method={cfg.method.name} compares with real images (data_role=real), and dataset=prompts "
+            "has none: train it on captioned images (dataset=image_folder dataset.captions=true), or "
+            "pick a data-free method (progressive, consistency, scd, pcm, dmd2 without a real-data GAN, "
+            "arcflow, bezier, reflow)"
+        )
     table = teacher.prompt_table
     if table is None:
-        raise ConfigError(f"dataset=prompts needs a text-conditional teacher; {cfg.teacher.get('path')} takes no "
-                          "prompts: use dataset=image_folder (or another image set) with it")
+        raise ConfigError(
+            f"dataset=prompts needs a text-conditional teacher; {cfg.teacher.get('path')} takes no "
+            "prompts: use dataset=image_folder (or another image set) with it"
+        )
     labels, reference = dm.train_labels(), not cfg.eval.get("reference_stats")
     count = len(labels) if method.data_role == "marginal" else min(len(labels), cfg.eval.num_reference) * reference
     placeholder = PromptDataset(dm.captions, teacher.data_shape, dm.repeats)
@@ -183,13 +207,24 @@ def prompt_only_training_set(cfg: DictConfig, dm: DataModule, teacher: Teacher) 
     key = samples_key(teacher.meta, teacher.guidance, teacher.data_shape, dm.sample_steps, count, cfg.seed, digest)
     gpu = cfg.hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if gpu else "cpu"  # each rank its own GPU
-    samples = teacher_samples(teacher, lambda rows: table_rows(table, rows), labels[:count], teacher.data_shape,
-                              dm.sample_steps, Path(cfg.paths.cache) / "teacher_samples" / key, cfg.seed, device,
-                              progress=cfg.get("progress", False))
+    samples = teacher_samples(
+        teacher,
+        lambda rows: table_rows(table, rows),
+        labels[:count],
+        teacher.data_shape,
+        dm.sample_steps,
+        Path(cfg.paths.cache) / "teacher_samples" / key,
+        cfg.seed,
+        device,
+        progress=cfg.get("progress", False),
+    )
     if reference:
-        shown, codec = samples[:cfg.eval.num_reference], teacher.codec
-        dm.use_reference(torch.cat([codec.decode(shown[i:i + 16]) for i in range(0, len(shown), 16)])
-                         if codec is not None else shown)  # scored in pixels
+        shown, codec = samples[: cfg.eval.num_reference], teacher.codec
+        dm.use_reference(
+            torch.cat([codec.decode(shown[i : i + 16]) for i in range(0, len(shown), 16)])
+            if codec is not None
+            else shown
+        )  # scored in pixels
     return TensorPairDataset(samples, labels) if method.data_role == "marginal" else placeholder
 
 
@@ -199,8 +234,10 @@ def prompt_table_for(cfg: DictConfig, dm: DataModule, teacher: Teacher):
     if not getattr(teacher.model, "text", False):
         return None
     if not dm.captions:
-        raise ConfigError(f"the teacher at {cfg.teacher.path} is text-conditional: train on captioned images "
-                          "(dataset=image_folder dataset.captions=true, a <image stem>.txt beside each image)")
+        raise ConfigError(
+            f"the teacher at {cfg.teacher.path} is text-conditional: train on captioned images "
+            "(dataset=image_folder dataset.captions=true, a <image stem>.txt beside each image)"
+        )
     return encode_prompt_table(dm.captions, teacher, Path(cfg.paths.cache) / "prompt_embeds")
 
 
@@ -229,8 +266,14 @@ def with_lora(cfg: DictConfig, student: nn.Module, method: Method, teacher: Teac
     if not lora:
         return student
     try:
-        add_lora(student, lora.rank, lora.alpha, lora.targets, lora.dropout,
-                 [*lora.get("train_fully", []), *method.fresh_parameters])
+        add_lora(
+            student,
+            lora.rank,
+            lora.alpha,
+            lora.targets,
+            lora.dropout,
+            [*lora.get("train_fully", []), *method.fresh_parameters],
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if lora.get("share_with_teacher", True) and cfg.student.init == "teacher":
@@ -252,7 +295,9 @@ def instantiation_message(err: InstantiationException) -> str:
         return str(cause).replace("method.objective.", f"{key}.") if key != "method.objective" else str(cause)
     if text.startswith("Error locating target"):
         target = re.search(r"'([^']*)'", text)
-        return f"{key}._target_={target.group(1) if target else '?'} cannot be imported: check its module and class name"
+        return (
+            f"{key}._target_={target.group(1) if target else '?'} cannot be imported: check its module and class name"
+        )
     detail = str(cause) if cause is not None and text.startswith("Error in call to target") else text
     detail = " ".join(line for line in detail.splitlines() if not line.startswith("full_key:"))
     return f"{key}: {' '.join(detail.split())}"
@@ -281,12 +326,15 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
     run's student weights; reloading a finished run passes ``init=False``, its checkpoint wins.
     """
     if init and cfg.get("after") and not cfg.get("init_from"):
-        raise ConfigError(f"this experiment continues experiment={cfg.after}: run that first, then pass "
-                          "init_from=<its run dir>")
+        raise ConfigError(
+            f"this experiment continues experiment={cfg.after}: run that first, then pass init_from=<its run dir>"
+        )
     method = build_method(cfg)
     if label_count(teacher) and not method.class_conditional:  # class labels or prompts
-        raise ConfigError(f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels or "
-                          "prompts: use an unconditional teacher with it")
+        raise ConfigError(
+            f"method={cfg.method.name} trains on its own cached pairs, which carry no class labels or "
+            "prompts: use an unconditional teacher with it"
+        )
     method.set_budget(cfg.train.max_steps)
     method.set_batch(cfg.train.get("global_batch_size") or cfg.train.batch_size * world_size(cfg.hardware))
     student = build_student(cfg, teacher)
@@ -300,9 +348,14 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
     else:
         student = prepare(student)
     return DistillModule(
-        teacher, student, method, build_optimizer(cfg),
-        ema_decays=cfg.method.ema_decays, grad_clip=cfg.method.grad_clip,
-        lr_schedule=cfg.train.get("lr_schedule", "constant"), lr_warmup_steps=cfg.train.get("lr_warmup_steps", 0),
+        teacher,
+        student,
+        method,
+        build_optimizer(cfg),
+        ema_decays=cfg.method.ema_decays,
+        grad_clip=cfg.method.grad_clip,
+        lr_schedule=cfg.train.get("lr_schedule", "constant"),
+        lr_warmup_steps=cfg.train.get("lr_warmup_steps", 0),
         lr_decay_steps=cfg.train.get("lr_decay_steps"),
     )
 
@@ -311,8 +364,15 @@ def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scor
     metric = cfg.eval.metric or metric_for(dm.kind, dm.name)
     reference = None if cfg.eval.reference_stats else dm.reference_samples(cfg.eval.num_reference, seed=12345)
     data_root = dm.fashion_mnist_root if dm.name == "fashion_mnist" else None  # fd_fmnist's classifier trains there
-    return Scorer(metric, reference, Path(cfg.paths.cache), cfg.eval.inception_weights, cfg.eval.reference_stats,
-                  progress=progress, data_root=data_root)
+    return Scorer(
+        metric,
+        reference,
+        Path(cfg.paths.cache),
+        cfg.eval.inception_weights,
+        cfg.eval.reference_stats,
+        progress=progress,
+        data_root=data_root,
+    )
 
 
 def build_eval_spec(cfg: DictConfig) -> EvalSpec:
@@ -330,9 +390,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: ResumePoint | None = N
             os.environ.setdefault("WANDB_MODE", "offline")
         run_id = resume.wandb_run_id if resume else None
         logger: Logger = WandbLogger(
-            project=cfg.logger.project, name=name, save_dir=str(run_dir), offline=cfg.logger.offline,
-            entity=cfg.logger.get("entity"), tags=list(cfg.logger.get("tags") or []),
-            id=run_id, resume="allow" if run_id else None,
+            project=cfg.logger.project,
+            name=name,
+            save_dir=str(run_dir),
+            offline=cfg.logger.offline,
+            entity=cfg.logger.get("entity"),
+            tags=list(cfg.logger.get("tags") or []),
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         logger.log_hyperparams(loggable_config(cfg))
         return [logger]
@@ -350,7 +415,9 @@ def build_trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
         num_nodes=cfg.hardware.get("num_nodes", 1),
-        strategy=instantiate(cfg.hardware.strategy) if isinstance(cfg.hardware.strategy, DictConfig) else cfg.hardware.strategy,
+        strategy=instantiate(cfg.hardware.strategy)
+        if isinstance(cfg.hardware.strategy, DictConfig)
+        else cfg.hardware.strategy,
         precision=cfg.hardware.precision,
         plugins=[AtomicCheckpointIO(), *instantiate(cfg.hardware.get("plugins") or [])],
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank and resumes mid-epoch

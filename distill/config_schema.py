@@ -41,8 +41,14 @@ def choice(options, **kw: Any) -> Any:
     return field(metadata={"choices": tuple(options)}, **kw)
 
 
-DATASET_LIMITS = {"name": {"choices": DATASET_NAMES}, "channels": {"choices": (1, 3)}, "resolution": {"min": 1},
-                  "num_train": {"min": 1}, "repeats": {"min": 1}, "sample_steps": {"min": 1}}
+DATASET_LIMITS = {
+    "name": {"choices": DATASET_NAMES},
+    "channels": {"choices": (1, 3)},
+    "resolution": {"min": 1},
+    "num_train": {"min": 1},
+    "repeats": {"min": 1},
+    "sample_steps": {"min": 1},
+}
 
 
 def dataset_schema() -> type:
@@ -75,8 +81,18 @@ class HardwareSchema:
     devices: int | str | list[int] = 1
     num_nodes: int = field(default=1, metadata={"min": 1})
     strategy: str | dict = "auto"  # a Lightning strategy name, or one to instantiate (_target_: FSDP's)
-    precision: str = choice(("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
-                             "transformer-engine", "transformer-engine-float16"))
+    precision: str = choice(
+        (
+            "64-true",
+            "32-true",
+            "16-true",
+            "bf16-true",
+            "16-mixed",
+            "bf16-mixed",
+            "transformer-engine",
+            "transformer-engine-float16",
+        )
+    )
     num_workers: int = field(default=0, metadata={"min": 0})
     plugins: list[dict] = field(default_factory=list)  # Lightning plugins, each with a _target_
     compile: bool = False
@@ -156,8 +172,15 @@ class TrainConfig:
     ckpt_path: str | None = "auto"
 
 
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
-              list: "a list", dict: "a group of keys"}
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    type(None): "null",
+    list: "a list",
+    dict: "a group of keys",
+}
 
 
 def _name(kind: Any) -> str:
@@ -243,11 +266,15 @@ def check_combinations(cfg: DictConfig) -> None:
     """Settings that are each valid but cannot work together."""
     metric, dataset = cfg.eval.metric, cfg.dataset.name
     if metric == "fd_digits" and dataset != "digits":
-        raise ConfigError(f"eval.metric=fd_digits scores 8x8 digits, not dataset={dataset}: use eval.metric=sw "
-                          "(or fid on images), or leave eval.metric=null for the dataset's own metric")
+        raise ConfigError(
+            f"eval.metric=fd_digits scores 8x8 digits, not dataset={dataset}: use eval.metric=sw "
+            "(or fid on images), or leave eval.metric=null for the dataset's own metric"
+        )
     if metric == "fd_fmnist" and dataset != "fashion_mnist":
-        raise ConfigError(f"eval.metric=fd_fmnist scores Fashion-MNIST images, not dataset={dataset}: use the "
-                          "dataset's own metric (eval.metric=null)")
+        raise ConfigError(
+            f"eval.metric=fd_fmnist scores Fashion-MNIST images, not dataset={dataset}: use the "
+            "dataset's own metric (eval.metric=null)"
+        )
     if metric == "fid" and dataset in TOY2D_NAMES:
         raise ConfigError(f"eval.metric=fid needs images, and dataset={dataset} is 2-D points: use eval.metric=sw")
     if cfg.teacher.get("kind") == "gmm_exact" and cfg.student.get("init") == "teacher":
@@ -262,12 +289,16 @@ def check_lr_schedule(train: DictConfig) -> None:
     schedule, decay = train.get("lr_schedule", "constant"), train.get("lr_decay_steps")
     warmup = train.get("lr_warmup_steps", 0)
     if schedule == "inverse_sqrt" and decay is None:
-        raise ConfigError("train.lr_schedule=inverse_sqrt needs train.lr_decay_steps: the step from which the lr "
-                          "falls as 1/sqrt(step / lr_decay_steps) (e.g. 35000 for FastGen's sCD ImageNet-64)")
+        raise ConfigError(
+            "train.lr_schedule=inverse_sqrt needs train.lr_decay_steps: the step from which the lr "
+            "falls as 1/sqrt(step / lr_decay_steps) (e.g. 35000 for FastGen's sCD ImageNet-64)"
+        )
     if schedule == "linear_decay" and (decay is None or decay <= warmup):
-        raise ConfigError(f"train.lr_schedule=linear_decay needs train.lr_decay_steps (the step where the lr reaches "
-                          f"0) above train.lr_warmup_steps={warmup}, not {decay}: e.g. "
-                          "train.lr_decay_steps=${train.max_steps}")
+        raise ConfigError(
+            f"train.lr_schedule=linear_decay needs train.lr_decay_steps (the step where the lr reaches "
+            f"0) above train.lr_warmup_steps={warmup}, not {decay}: e.g. "
+            "train.lr_decay_steps=${train.max_steps}"
+        )
 
 
 def validate_train_config(cfg: DictConfig) -> None:

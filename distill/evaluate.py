@@ -1,9 +1,9 @@
 """``distill-eval``: evaluate a teacher, and a trained student run, into ``results.json``.
 
-    distill-eval                                         # the digits teacher, every sampler x NFE
-    distill-eval run_dir=outputs/main                    # + that run's last student checkpoint
-    distill-eval run_dir=outputs/main eval.teacher=false # that student alone
-    distill-eval dataset=gmm teacher=gmm_exact eval.num_samples=5000
+distill-eval                                         # the digits teacher, every sampler x NFE
+distill-eval run_dir=outputs/main                    # + that run's last student checkpoint
+distill-eval run_dir=outputs/main eval.teacher=false # that student alone
+distill-eval dataset=gmm teacher=gmm_exact eval.num_samples=5000
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
         save_sample_sets(out / "samples", "teacher", samples, arrays)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
-        student_rows, samples = evaluate_student(module.method, module.sampling_student(), teacher.data_shape, scorer,
-                                                 spec, int(module.step_count))
+        student_rows, samples = evaluate_student(
+            module.method, module.sampling_student(), teacher.data_shape, scorer, spec, int(module.step_count)
+        )
         save_sample_sets(out / "samples", "student", samples, arrays)
         rows += student_rows
     append_results(out / RESULTS_NAME, rows)

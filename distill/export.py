@@ -52,13 +52,17 @@ log = logging.getLogger(__name__)
 def diffusers_network(model: nn.Module) -> ModelMixin:
     """The diffusers model inside a flow-matching student (our ``UNet`` wrapper or a diffusers teacher copy)."""
     if getattr(model, "scheme", None) != "fm":
-        raise ConfigError(f"only flow-matching students export to a FlowMatch scheduler; this one is "
-                          f"{type(model).__name__} with scheme={getattr(model, 'scheme', None)!r}")
+        raise ConfigError(
+            f"only flow-matching students export to a FlowMatch scheduler; this one is "
+            f"{type(model).__name__} with scheme={getattr(model, 'scheme', None)!r}"
+        )
     net = getattr(model, "net", None)
     inner = net if isinstance(net, ModelMixin) else getattr(net, "model", None)
     if not isinstance(inner, ModelMixin) or getattr(net, "extra_time", False):
-        raise ConfigError(f"the student's network ({type(net).__name__}) is not a plain diffusers model: "
-                          "export needs a UNet or diffusers-teacher student")
+        raise ConfigError(
+            f"the student's network ({type(net).__name__}) is not a plain diffusers model: "
+            "export needs a UNet or diffusers-teacher student"
+        )
     return inner
 
 
@@ -90,8 +94,11 @@ def has_lora_loader(network: nn.Module) -> bool:
 def diffusers_lora_state(network: nn.Module, prefix: str) -> dict[str, Tensor]:
     """The adapters under diffusers' keys: ``<prefix>.<module>.lora_A.weight`` (peft's saved naming, the
     adapter name dropped, behind the pipeline component the loader strips: ``unet`` or ``transformer``)."""
-    return {f"{prefix}.{k.replace(f'.{ADAPTER}.', '.')}": v.detach().contiguous()
-            for k, v in network.state_dict().items() if ".lora_" in k}
+    return {
+        f"{prefix}.{k.replace(f'.{ADAPTER}.', '.')}": v.detach().contiguous()
+        for k, v in network.state_dict().items()
+        if ".lora_" in k
+    }
 
 
 def lora_metadata(network: nn.Module, prefix: str) -> dict[str, str]:
@@ -99,8 +106,13 @@ def lora_metadata(network: nn.Module, prefix: str) -> dict[str, str]:
     scale alpha / r is the trained one rather than guessed from the weights' shapes."""
     layers = {name: m for name, m in network.named_modules() if isinstance(m, LoraLayer)}
     first = next(iter(layers.values()))
-    config = {"r": int(first.r[ADAPTER]), "lora_alpha": float(first.lora_alpha[ADAPTER]),
-              "target_modules": sorted(layers), "lora_dropout": 0.0, "bias": "none"}
+    config = {
+        "r": int(first.r[ADAPTER]),
+        "lora_alpha": float(first.lora_alpha[ADAPTER]),
+        "target_modules": sorted(layers),
+        "lora_dropout": 0.0,
+        "bias": "none",
+    }
     ranks = {name: int(m.r[ADAPTER]) for name, m in layers.items()}
     if len(set(ranks.values())) > 1:
         config["rank_pattern"] = ranks
@@ -117,19 +129,24 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 def write_lora(network: nn.Module, teacher_network: nn.Module | None, out: Path) -> str:
     """``lora/`` in diffusers' format (see the module docstring); returns what was written, for the log."""
     if not has_lora_loader(network):
-        return (f"{type(network).__name__} has no LoRA loader in diffusers: the LoRA student is exported merged "
-                f"only ({folder_for(network)}/)")
+        return (
+            f"{type(network).__name__} has no LoRA loader in diffusers: the LoRA student is exported merged "
+            f"only ({folder_for(network)}/)"
+        )
     folder = folder_for(network)
     (out / "lora").mkdir(parents=True)
-    save_file(diffusers_lora_state(network, folder), out / "lora" / LORA_WEIGHTS,
-              metadata=lora_metadata(network, folder))
+    save_file(
+        diffusers_lora_state(network, folder), out / "lora" / LORA_WEIGHTS, metadata=lora_metadata(network, folder)
+    )
     body = without_lora(network, merge=False)
     if teacher_network is not None and same_weights(body, teacher_network):
         return f"lora/{LORA_WEIGHTS}: load the teacher's pipeline, then pipe.load_lora_weights(<export>/lora)"
     body.save_pretrained(out / "lora" / "base", safe_serialization=True)  # train_fully weights live here
-    return (f"lora/{LORA_WEIGHTS} and lora/base/: the student trained weights outside its adapters, so load "
-            f"the base from lora/base/, then .load_lora_adapter(<export>/lora, weight_name={LORA_WEIGHTS!r}, "
-            f"prefix={folder!r})")
+    return (
+        f"lora/{LORA_WEIGHTS} and lora/base/: the student trained weights outside its adapters, so load "
+        f"the base from lora/base/, then .load_lora_adapter(<export>/lora, weight_name={LORA_WEIGHTS!r}, "
+        f"prefix={folder!r})"
+    )
 
 
 def teacher_network(module: nn.Module) -> nn.Module | None:
@@ -145,22 +162,32 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
     module = load_run_module(run_dir, cache)
     plan = module.method.sampling_plan(module.sampling_student(), nfe)
     if plan is None:
-        raise ConfigError(f"method={module.method.name} at nfe={nfe} samples in a way a diffusers scheduler cannot "
-                          "follow (its own arcs, average velocities or curves): sample it with distill-sample")
+        raise ConfigError(
+            f"method={module.method.name} at nfe={nfe} samples in a way a diffusers scheduler cannot "
+            "follow (its own arcs, average velocities or curves): sample it with distill-sample"
+        )
     network = diffusers_network(plan.network)
     folder = folder_for(network)
 
     def write(tmp: Path) -> None:
         without_lora(network, merge=True).save_pretrained(tmp / folder, safe_serialization=True)
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIME_SCALE, shift=1.0,
-                                        stochastic_sampling=plan.renoise).save_pretrained(tmp / "scheduler")
+        FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=TIME_SCALE, shift=1.0, stochastic_sampling=plan.renoise
+        ).save_pretrained(tmp / "scheduler")
         if has_lora(network):
             log.info("LoRA student: %s", write_lora(network, teacher_network(module), tmp))
         if module.teacher.codec is not None:  # a latent student ships with the VAE that decodes its samples
             module.teacher.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        sampler = {"method": module.method.name, "nfe": nfe, "sigmas": plan.sigmas, "renoise": plan.renoise,
-                   "initial_noise_scale": plan.sigmas[0], "network": folder, "run_dir": str(run_dir),
-                   "step": int(module.step_count)}
+        sampler = {
+            "method": module.method.name,
+            "nfe": nfe,
+            "sigmas": plan.sigmas,
+            "renoise": plan.renoise,
+            "initial_noise_scale": plan.sigmas[0],
+            "network": folder,
+            "run_dir": str(run_dir),
+            "step": int(module.step_count),
+        }
         (tmp / SAMPLER_NAME).write_text(json.dumps(sampler, indent=2))
 
     return replace_directory(out, write)

@@ -38,15 +38,20 @@ def export_teacher(run_dir: Path, out: Path, cache: str, overwrite: bool = False
     module = load_run_module(run_dir, cache)
     student = module.sampling_student()
     if type(student) is not VelocityModel:  # a subclass (flow map, average velocity) is no plain ODE velocity
-        raise ConfigError(f"run_dir={run_dir}: method={module.method.name} trains a {type(student).__name__}, not a "
-                          "velocity model a teacher solves; export a run whose student stays one (e.g. "
-                          "method=reflow method.objective.distill=false)")
+        raise ConfigError(
+            f"run_dir={run_dir}: method={module.method.name} trains a {type(student).__name__}, not a "
+            "velocity model a teacher solves; export a run whose student stays one (e.g. "
+            "method=reflow method.objective.distill=false)"
+        )
     net_spec = module.teacher.meta.get("net")
     if net_spec is None:  # the student is a copy of the run teacher's net, described by its teacher.json
-        raise ConfigError(f"run_dir={run_dir}: its teacher has no 'net' entry in teacher.json to rebuild the student from")
+        raise ConfigError(
+            f"run_dir={run_dir}: its teacher has no 'net' entry in teacher.json to rebuild the student from"
+        )
     meta = teacher_meta(module.teacher.meta, module.method.name, int(module.step_count), run_dir)
-    return replace_directory(out, lambda tmp: save_teacher(tmp, student.cpu().eval(), net_spec,
-                                                           module.teacher.data_shape, meta))
+    return replace_directory(
+        out, lambda tmp: save_teacher(tmp, student.cpu().eval(), net_spec, module.teacher.data_shape, meta)
+    )
 
 
 @hydra.main(config_path=CONF_DIR, config_name="export_teacher", version_base="1.3")

@@ -29,7 +29,9 @@ def load_run_module(run_dir: Path, cache: str) -> DistillModule:
     """Rebuild a finished run's module from its saved config and load its last checkpoint."""
     cfg_path, ckpt = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not cfg_path.is_file() or not ckpt.is_file():
-        raise ConfigError(f"run_dir={run_dir} needs .hydra/config.yaml and checkpoints/last.ckpt (a distill-train run dir)")
+        raise ConfigError(
+            f"run_dir={run_dir} needs .hydra/config.yaml and checkpoints/last.ckpt (a distill-train run dir)"
+        )
     cfg = OmegaConf.load(cfg_path)
     cfg.paths.cache = cache
     dm = build_datamodule(cfg)

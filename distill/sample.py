@@ -59,9 +59,11 @@ def sample_export(export_dir: Path, seeds: Sequence[int]) -> Tensor:
     cls = getattr(diffusers, json.loads((model_dir / "config.json").read_text())["_class_name"])
     net = cls.from_pretrained(model_dir, use_safetensors=True).eval()
     if needs_prompts(net):
-        raise ConfigError(f"{cls.__name__} in {model_dir} is text-conditional and the export holds no prompts: sample it "
-                          "with distill-sample run_dir=<its run> (the run's prompts), or with the teacher's diffusers "
-                          "pipeline and the export's weights (pipe.load_lora_weights(<export>/lora) for a LoRA student)")
+        raise ConfigError(
+            f"{cls.__name__} in {model_dir} is text-conditional and the export holds no prompts: sample it "
+            "with distill-sample run_dir=<its run> (the run's prompts), or with the teacher's diffusers "
+            "pipeline and the export's weights (pipe.load_lora_weights(<export>/lora) for a LoRA student)"
+        )
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(export_dir / "scheduler")
     scheduler.set_timesteps(sigmas=sampler["sigmas"][:-1])
     shape = (net.config.in_channels, *(2 * [net.config.sample_size]))

@@ -50,7 +50,8 @@ def collect_runs(roots: Iterable[str | Path]) -> list[dict]:
             cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create({})
             # table_label (default: method.name) keeps apart runs of one method in different set-ups.
             method = OmegaConf.select(cfg, "table_label", default=None) or OmegaConf.select(
-                cfg, "method.name", default="unknown")
+                cfg, "method.name", default="unknown"
+            )
             dataset = OmegaConf.select(cfg, "dataset.name", default="unknown")
             seed = OmegaConf.select(cfg, "seed", default=0)
             steps = OmegaConf.select(cfg, "budget_steps", default=None)
@@ -68,12 +69,15 @@ def previous_rows(path: str | Path) -> list[dict]:
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{path}: not a readable benchmark.json ({err}); pass run directories or a file "
-                         "distill-table wrote") from None
+        raise SystemExit(
+            f"{path}: not a readable benchmark.json ({err}); pass run directories or a file distill-table wrote"
+        ) from None
     needed = {"method", "dataset", "seed", "model", "sampler", "nfe", "metric", "value", "step"}
     if not isinstance(rows, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in rows):
-        raise SystemExit(f"{path}: not a benchmark.json (a list of rows with {sorted(needed)}); pass run "
-                         "directories or a file distill-table wrote")
+        raise SystemExit(
+            f"{path}: not a benchmark.json (a list of rows with {sorted(needed)}); pass run "
+            "directories or a file distill-table wrote"
+        )
     return [dict(r, run=f"{path}:{r['method']}:{r['dataset']}:{r['seed']}", previous=True) for r in rows]
 
 
@@ -101,11 +105,19 @@ def aggregate(rows: list[dict]) -> list[dict]:
         steps[key] = r["step"]
     out = []
     for (dataset, method, sampler, nfe, metric), values in sorted(groups.items()):
-        out.append({
-            "dataset": dataset, "method": method, "sampler": sampler, "nfe": nfe, "metric": metric,
-            "mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "seeds": len(values), "train_steps": steps[(dataset, method, sampler, nfe, metric)],
-        })
+        out.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "sampler": sampler,
+                "nfe": nfe,
+                "metric": metric,
+                "mean": statistics.fmean(values),
+                "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                "seeds": len(values),
+                "train_steps": steps[(dataset, method, sampler, nfe, metric)],
+            }
+        )
     return out
 
 
@@ -129,9 +141,12 @@ def quality_table(agg: list[dict]) -> str:
     lines = []
     for dataset, metric in sorted({(a["dataset"], a["metric"]) for a in agg}):
         rows = [a for a in agg if (a["dataset"], a["metric"]) == (dataset, metric)]
-        lines += [f"### {dataset} ({metric}, lower is better)", "",
-                  f"| model | sampler | NFE | {metric} (mean ± std) | seeds | train steps |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            f"### {dataset} ({metric}, lower is better)",
+            "",
+            f"| model | sampler | NFE | {metric} (mean ± std) | seeds | train steps |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for a in sorted(rows, key=lambda a: model_order((a["method"], a["sampler"], a["nfe"]))):
             steps = "-" if a["method"] == "teacher" else a["train_steps"]
             lines.append(f"| {a['method']} | {a['sampler']} | {a['nfe']} | {mean_std(a)} | {a['seeds']} | {steps} |")
@@ -140,18 +155,26 @@ def quality_table(agg: list[dict]) -> str:
 
 
 def coverage_table(agg: list[dict]) -> str:
-    """"Mode coverage": the collapse metrics present, one column each, per dataset x method x NFE."""
+    """ "Mode coverage": the collapse metrics present, one column each, per dataset x method x NFE."""
     agg = [a for a in agg if a["metric"] in COLLAPSE_METRICS]
     if not agg:
         return ""
-    lines = ["## Mode coverage", "",
-             "class_tv: total variation of the class histogram to uniform (0 is balanced); classes_covered: "
-             "fraction of classes with >= 1 % of the samples; recall, precision: k-NN manifolds (k = 3).", ""]
+    lines = [
+        "## Mode coverage",
+        "",
+        "class_tv: total variation of the class histogram to uniform (0 is balanced); classes_covered: "
+        "fraction of classes with >= 1 % of the samples; recall, precision: k-NN manifolds (k = 3).",
+        "",
+    ]
     for dataset in sorted({a["dataset"] for a in agg}):
         cells = {(a["method"], a["sampler"], a["nfe"], a["metric"]): a for a in agg if a["dataset"] == dataset}
         metrics = [m for m in COLLAPSE_METRICS if any(key[3] == m for key in cells)]
-        lines += [f"### {dataset}", "", f"| model | sampler | NFE | {' | '.join(metrics)} | seeds |",
-                  "|---|---|---:|" + "---:|" * (len(metrics) + 1)]
+        lines += [
+            f"### {dataset}",
+            "",
+            f"| model | sampler | NFE | {' | '.join(metrics)} | seeds |",
+            "|---|---|---:|" + "---:|" * (len(metrics) + 1),
+        ]
         for key in sorted({key[:3] for key in cells}, key=model_order):
             found = [cells.get((*key, m)) for m in metrics]
             seeds = max(a["seeds"] for a in found if a)
@@ -162,13 +185,17 @@ def coverage_table(agg: list[dict]) -> str:
 
 
 def memory_table(agg: list[dict]) -> str:
-    """"Memory": training memory per dataset x method (rows at NFE 0, not about samples)."""
+    """ "Memory": training memory per dataset x method (rows at NFE 0, not about samples)."""
     agg = [a for a in agg if a["metric"] in MEMORY_METRICS]
     if not agg:
         return ""
     cells = {(a["dataset"], a["method"], a["metric"]): a for a in agg}
-    lines = ["## Memory", "", f"| dataset | method | {' | '.join(MEMORY_METRICS)} | seeds |",
-             "|---|---|" + "---:|" * (len(MEMORY_METRICS) + 1)]
+    lines = [
+        "## Memory",
+        "",
+        f"| dataset | method | {' | '.join(MEMORY_METRICS)} | seeds |",
+        "|---|---|" + "---:|" * (len(MEMORY_METRICS) + 1),
+    ]
     for dataset, method in sorted({key[:2] for key in cells}):
         found = [cells.get((dataset, method, m)) for m in MEMORY_METRICS]
         values = " | ".join(mean_std(a, 1) if a else "-" for a in found)
@@ -221,8 +248,16 @@ def plot_quality_vs_nfe(agg: list[dict], path: str | Path) -> Path | None:
             pts = sorted((a["nfe"], a["mean"], a["std"]) for a in rows if (a["method"], a["sampler"]) == label)
             name = f"teacher ({label[1]})" if label[0] == "teacher" else label[0]
             style = "--o" if label[0] == "teacher" else "-" + markers[i % len(markers)]
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, label=name,
-                        capsize=2, markersize=4, color=colors[i % len(colors)])
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                fmt=style,
+                label=name,
+                capsize=2,
+                markersize=4,
+                color=colors[i % len(colors)],
+            )
         for floor in (f for f in floors if f["dataset"] == dataset):
             ax.axhline(floor["mean"], color="grey", linestyle=":", label=floor["method"])
         ax.set_xscale("log", base=2)
@@ -264,7 +299,9 @@ def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[di
     every_row = collect_runs(roots)
     rows = final_rows(every_row)
     if not rows:
-        raise SystemExit(f"no {RESULTS_NAME} found under {list(map(str, roots))}: run `make table` or distill-train first")
+        raise SystemExit(
+            f"no {RESULTS_NAME} found under {list(map(str, roots))}: run `make table` or distill-train first"
+        )
     public = [{k: v for k, v in r.items() if k not in ("run", "previous")} for r in rows]
     (out_dir / "benchmark.json").write_text(json.dumps(public, indent=1) + "\n")
     agg = aggregate(rows)
@@ -277,8 +314,11 @@ def write_benchmark(roots: Iterable[str | Path], out_dir: str | Path) -> list[di
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run or sweep directories to search for results.json, "
-                        "or benchmark.json files whose rows to keep")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run or sweep directories to search for results.json, or benchmark.json files whose rows to keep",
+    )
     parser.add_argument("--out", default="experiments/results", help="output directory")
     args = parser.parse_args(argv)
     agg = write_benchmark(args.runs, args.out)

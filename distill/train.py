@@ -1,7 +1,7 @@
 """``distill-train``: distil a teacher into a few-step student, then evaluate both.
 
-    distill-train                                   # digits teacher, progressive distillation
-    distill-train -m method=progressive seed=0,1,2  # a sweep
+distill-train                                   # digits teacher, progressive distillation
+distill-train -m method=progressive seed=0,1,2  # a sweep
 """
 
 from __future__ import annotations
@@ -64,17 +64,32 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     teacher = build_teacher(cfg, dm)
     module = build_module(cfg, teacher, init=resume is None)  # a resumed student comes from its checkpoint
     evaluation = EvaluationCallback(
-        build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), teacher.data_shape, run_dir,
-        evaluate_teacher=cfg.eval.teacher, every_n_steps=cfg.eval.every_n_steps,
-        flow_map_error=cfg.eval.flow_map_error, save_arrays=cfg.eval.get("save_arrays", False),
+        build_scorer(cfg, dm, progress=cfg.progress),
+        build_eval_spec(cfg),
+        teacher.data_shape,
+        run_dir,
+        evaluate_teacher=cfg.eval.teacher,
+        every_n_steps=cfg.eval.every_n_steps,
+        flow_map_error=cfg.eval.flow_map_error,
+        save_arrays=cfg.eval.get("save_arrays", False),
     )
     # No version counter: a last.ckpt that the preemption or final-step callback wrote is the run's
     # own, to overwrite, not to keep beside a new last-v1.ckpt (distill-eval reads last.ckpt).
-    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every,
-                                  enable_version_counter=False)
-    callbacks = [evaluation, RunState(cfg.method.name), PreemptionCallback(checkpoint_dir / LAST),
-                 FinalCheckpoint(checkpoint_dir / LAST, cfg.train.checkpoint_every), checkpoints,
-                 RankSeed(cfg.seed), build_speedups(cfg)]
+    checkpoints = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        save_last=True,
+        every_n_train_steps=cfg.train.checkpoint_every,
+        enable_version_counter=False,
+    )
+    callbacks = [
+        evaluation,
+        RunState(cfg.method.name),
+        PreemptionCallback(checkpoint_dir / LAST),
+        FinalCheckpoint(checkpoint_dir / LAST, cfg.train.checkpoint_every),
+        checkpoints,
+        RankSeed(cfg.seed),
+        build_speedups(cfg),
+    ]
     module.max_batches = module.method.num_steps or cfg.train.max_steps
     module.bad_steps.limit = cfg.train.max_bad_steps
     module.micro_batches = batches.accumulation

@@ -44,13 +44,18 @@ STUDENT_NFES = (1, 2, 4)
 def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {gpu}, "
-            f"torch {torch.__version__}, lightning {L.__version__}; load average (1, 5, 15 min) at the start: {load}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {gpu}, "
+        f"torch {torch.__version__}, lightning {L.__version__}; load average (1, 5, 15 min) at the start: {load}"
+    )
 
 
 def method_config(method: str):
@@ -88,10 +93,18 @@ def lightning_run(cfg, teacher, loader, n: int, device: torch.device) -> tuple[l
     module = fresh_module(cfg, teacher, n)
     clock = StepClock(device)
     gpu = device.type == "cuda"
-    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if gpu else "32-true",
-                        max_steps=module.optimizer_steps_bound(n), max_epochs=-1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[clock, Speedups(compile=gpu)])
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if gpu else "32-true",
+        max_steps=module.optimizer_steps_bound(n),
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock, Speedups(compile=gpu)],
+    )
     trainer.fit(module, loader)
     return clock.stamps, module
 
@@ -140,8 +153,10 @@ def plain_run(cfg, teacher, loader, n: int, device: torch.device) -> tuple[list[
 
 
 def training_rows(methods: list[str], teacher, x: torch.Tensor, args, device: torch.device) -> tuple[list[str], dict]:
-    lines = ["| method | plain PyTorch steps/s | Lightning steps/s | overhead (range) | runs (plain / Lightning steps/s) |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| method | plain PyTorch steps/s | Lightning steps/s | overhead (range) | runs (plain / Lightning steps/s) |",
+        "|---|---:|---:|---:|---|",
+    ]
     modules = {}
     n = args.warmup + args.steps
     for method in methods:
@@ -152,8 +167,14 @@ def training_rows(methods: list[str], teacher, x: torch.Tensor, args, device: to
         for repeat in range(args.repeats):  # alternate the order: drift in the machine's load hits both
             runs = [("plain", plain_run), ("lightning", lightning_run)]
             for kind, run in runs if repeat % 2 == 0 else runs[::-1]:
-                loader = DataLoader(TensorDataset(x), batch_size=args.batch, shuffle=True, drop_last=True,
-                                    generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
+                loader = DataLoader(
+                    TensorDataset(x),
+                    batch_size=args.batch,
+                    shuffle=True,
+                    drop_last=True,
+                    generator=torch.Generator().manual_seed(0),
+                    pin_memory=device.type == "cuda",
+                )
                 stamps, module = run(cfg, teacher, loader, n, device)  # the same batches in every run
                 (plain if kind == "plain" else lit).append(steady_rate(stamps, args.warmup))
                 modules.setdefault(method, {})[kind] = module
@@ -162,8 +183,10 @@ def training_rows(methods: list[str], teacher, x: torch.Tensor, args, device: to
         # Each repeat's two runs are neighbours in time: their ratio cancels most of the load drift.
         ratios = sorted(100 * (a / b - 1) for a, b in zip(plain, lit, strict=True))
         runs = "; ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(plain, lit, strict=True))
-        lines.append(f"| {method} | {statistics.median(plain):.2f} | {statistics.median(lit):.2f} | "
-                     f"{statistics.median(ratios):+.1f}% ({ratios[0]:+.0f}% .. {ratios[-1]:+.0f}%) | {runs} |")
+        lines.append(
+            f"| {method} | {statistics.median(plain):.2f} | {statistics.median(lit):.2f} | "
+            f"{statistics.median(ratios):+.1f}% ({ratios[0]:+.0f}% .. {ratios[-1]:+.0f}%) | {runs} |"
+        )
         print(lines[-1], flush=True)
     return lines, modules
 
@@ -192,20 +215,30 @@ def activation_bytes(module: DistillModule, x0: torch.Tensor) -> int:
 
 
 def memory_rows(modules: dict, x0: torch.Tensor, device: torch.device) -> list[str]:
-    lines = ["| method | trainable copies | frozen copies (teacher included) | weights MiB | grads MiB | optimizer state MiB | "
-             "activations MiB (batch) | CUDA peak MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable copies | frozen copies (teacher included) | weights MiB | grads MiB | "
+        "optimizer state MiB | activations MiB (batch) | CUDA peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for method, runs in modules.items():
         module = runs["plain"]
         unit = sum(p.numel() for p in module.teacher.parameters())
         trainable = [p for p in module.parameters() if p.requires_grad]
         frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-        state = [t for opt in module.optimizers_for_memory for s in opt.state.values() for t in s.values()
-                 if torch.is_tensor(t)]
+        state = [
+            t
+            for opt in module.optimizers_for_memory
+            for s in opt.state.values()
+            for t in s.values()
+            if torch.is_tensor(t)
+        ]
         acts = activation_bytes(module, x0.to(device))
         peak = f"{runs['cuda_peak'] / MIB:.0f}" if "cuda_peak" in runs else "n/a (CPU)"
-        lines.append(f"| {method} | {sum(p.numel() for p in trainable) / unit:.2f} | {frozen / unit:.2f} | "
-                     f"{module_memory_bytes(module) / MIB:.1f} | {tensor_bytes(trainable) / MIB:.1f} | "
-                     f"{tensor_bytes(state) / MIB:.1f} | {acts / MIB:.1f} | {peak} |")
+        lines.append(
+            f"| {method} | {sum(p.numel() for p in trainable) / unit:.2f} | {frozen / unit:.2f} | "
+            f"{module_memory_bytes(module) / MIB:.1f} | {tensor_bytes(trainable) / MIB:.1f} | "
+            f"{tensor_bytes(state) / MIB:.1f} | {acts / MIB:.1f} | {peak} |"
+        )
     return lines
 
 
@@ -256,17 +289,22 @@ def main() -> None:
     teacher = load_teacher(args.teacher).to(device)
     x, _ = load_digits_split("train")
     mode = "bf16 autocast, compiled student" if device.type == "cuda" else "fp32"
-    lines = [f"# distill benchmark\n\nMachine: {header}\n", f"Command: `python {' '.join(sys.argv)}`\n",
-             f"## Training throughput (digits, batch {args.batch}, {mode})\n",
-             f"Median of {args.repeats} runs of {args.steps} steps each after {args.warmup} warm-up steps; "
-             "overhead: the median over repeats of plain / Lightning - 1, each repeat's two runs back to back "
-             "(range: the smallest and largest repeat).\n"]
+    lines = [
+        f"# distill benchmark\n\nMachine: {header}\n",
+        f"Command: `python {' '.join(sys.argv)}`\n",
+        f"## Training throughput (digits, batch {args.batch}, {mode})\n",
+        f"Median of {args.repeats} runs of {args.steps} steps each after {args.warmup} warm-up steps; "
+        "overhead: the median over repeats of plain / Lightning - 1, each repeat's two runs back to back "
+        "(range: the smallest and largest repeat).\n",
+    ]
     rows, modules = training_rows(args.methods.split(","), teacher, x, args, device)
     lines += rows
-    lines += ["\n## Memory per method (digits UNet, batch 128)\n",
-              "Copies in units of the teacher's parameter count. Weights: every network the module holds "
-              "(teacher, student, EMA copies, the method's nets). Activations: the most any phase of one step "
-              "saves for backward.\n"]
+    lines += [
+        "\n## Memory per method (digits UNet, batch 128)\n",
+        "Copies in units of the teacher's parameter count. Weights: every network the module holds "
+        "(teacher, student, EMA copies, the method's nets). Activations: the most any phase of one step "
+        "saves for backward.\n",
+    ]
     lines += memory_rows(modules, x[: args.batch], device)
     lines += ["\n## Sampling throughput (digits, batch 1000)\n"]
     lines += sampling_rows(teacher, modules, device)

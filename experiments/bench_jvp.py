@@ -28,7 +28,8 @@ from distill.teachers import load_teacher
 def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({threads} torch threads), {gpu}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores ({threads} torch threads), {gpu}, torch {torch.__version__}"
 
 
 def step_times(teacher, mode: str, batches: list[torch.Tensor], warmup: int, device: torch.device) -> list[float]:

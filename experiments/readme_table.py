@@ -86,9 +86,7 @@ def render(rows: list[Row], metric: str, source: str) -> str:
 
 
 def headline(results: Path = RESULTS, dataset: str = "digits", metric: str = "fd_digits") -> str:
-    return render(
-        section(results.read_text(), dataset, metric), metric, results.relative_to(REPO).as_posix()
-    )
+    return render(section(results.read_text(), dataset, metric), metric, results.relative_to(REPO).as_posix())
 
 
 def replace_block(readme: str, block: str) -> str:
@@ -102,9 +100,7 @@ def replace_block(readme: str, block: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="only report whether README.md is up to date"
-    )
+    parser.add_argument("--check", action="store_true", help="only report whether README.md is up to date")
     args = parser.parse_args(argv)
     text = README.read_text()
     updated = replace_block(text, headline())

@@ -33,8 +33,7 @@ def one_step_scores(root: str | Path, metric: str) -> Scores:
         cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
         if cfg.method.name != "distill_direct":
             continue
-        rows = [r for r in load_results(results) if r["model"] == "student" and r["nfe"] == 1
-                and r["metric"] == metric]
+        rows = [r for r in load_results(results) if r["model"] == "student" and r["nfe"] == 1 and r["metric"] == metric]
         if rows:
             final = max(rows, key=lambda r: r["step"])
             source = Path(cfg.teacher.path).name  # the teacher dir: digits, digits_2rf, ...
@@ -44,13 +43,16 @@ def one_step_scores(root: str | Path, metric: str) -> Scores:
 
 def markdown(scores: Scores, metric: str) -> str:
     seeds = sorted({s for per_seed in scores.values() for s in per_seed})
-    lines = [f"| distilled from | steps | {' | '.join(f'seed {s}' for s in seeds)} | mean | range |",
-             "|---|---:|" + "---:|" * (len(seeds) + 2)]
+    lines = [
+        f"| distilled from | steps | {' | '.join(f'seed {s}' for s in seeds)} | mean | range |",
+        "|---|---:|" + "---:|" * (len(seeds) + 2),
+    ]
     for (source, steps), per_seed in sorted(scores.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         values = list(per_seed.values())
         cells = " | ".join(f"{per_seed[s]:.2f}" if s in per_seed else "" for s in seeds)
-        lines.append(f"| {source} | {steps} | {cells} | {statistics.fmean(values):.2f} | "
-                     f"{min(values):.2f}-{max(values):.2f} |")
+        lines.append(
+            f"| {source} | {steps} | {cells} | {statistics.fmean(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
+        )
     return f"One-step students, `{metric}` at 1 NFE (lower is better).\n\n" + "\n".join(lines) + "\n"
 
 

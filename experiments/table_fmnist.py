@@ -59,27 +59,49 @@ class Profile:
 PROFILES = {
     # One H100: the 6.5 M-parameter UNet of conf/dataset/fashion_mnist.yaml, six runs at a time.
     "gpu": Profile(
-        hardware="gpu", seeds=(0, 1, 2), parallel=6, teacher="fashion_mnist",
+        hardware="gpu",
+        seeds=(0, 1, 2),
+        parallel=6,
+        teacher="fashion_mnist",
         teacher_recipe=("hardware=gpu", "train.batch_size=256", "train.max_steps=20000", "train.lr=1e-3"),
-        images=192_000, batch_size=128, eval_batch=2000,
+        images=192_000,
+        batch_size=128,
+        eval_batch=2000,
     ),
     # Two CPU cores: a 1.1 M-parameter UNet teacher (three levels, attention at 7x7) and a short
     # budget, so that one seed of every method fits in about three hours.
     "cpu": Profile(
-        hardware="cpu", seeds=(0,), parallel=1, teacher="fashion_mnist_cpu",
-        teacher_recipe=("net=unet", "net.block_out_channels=[32,64,64]", "net.attention=true",
-                        "train.max_steps=1500", "train.lr=1e-3"),
-        images=12_800, batch_size=64, teacher_nfes=(1, 2, 4, 8, 16),
+        hardware="cpu",
+        seeds=(0,),
+        parallel=1,
+        teacher="fashion_mnist_cpu",
+        teacher_recipe=(
+            "net=unet",
+            "net.block_out_channels=[32,64,64]",
+            "net.attention=true",
+            "train.max_steps=1500",
+            "train.lr=1e-3",
+        ),
+        images=12_800,
+        batch_size=64,
+        teacher_nfes=(1, 2, 4, 8, 16),
     ),
 }
 
 
 def fast_dev(profile: Profile) -> Profile:
     """20 training steps on 256 images and 64 samples per row: proves the pipeline, measures nothing."""
-    return replace(profile, seeds=profile.seeds[:1], images=20 * 16, batch_size=16, teacher_nfes=(1, 2),
-                   num_samples=64, eval_batch=64, subset=256,
-                   teacher_recipe=(*profile.teacher_recipe, "train.max_steps=5", "train.batch_size=16",
-                                   "dataset.subset=256"))
+    return replace(
+        profile,
+        seeds=profile.seeds[:1],
+        images=20 * 16,
+        batch_size=16,
+        teacher_nfes=(1, 2),
+        num_samples=64,
+        eval_batch=64,
+        subset=256,
+        teacher_recipe=(*profile.teacher_recipe, "train.max_steps=5", "train.batch_size=16", "dataset.subset=256"),
+    )
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -96,7 +118,9 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def hms(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def python(*args: str) -> list[str]:
@@ -113,8 +137,14 @@ def ensure_teacher(profile: Profile, cache: Path, log: Path) -> Path:
             return found
     print(f"teacher: training {out} ({' '.join(profile.teacher_recipe)}); log in {log}", flush=True)
     start = time.time()
-    cmd = python("distill.pretrain", f"dataset={DATASET}", f"paths.cache={cache}", f"out={out}", "progress=false",
-                 *profile.teacher_recipe)
+    cmd = python(
+        "distill.pretrain",
+        f"dataset={DATASET}",
+        f"paths.cache={cache}",
+        f"out={out}",
+        "progress=false",
+        *profile.teacher_recipe,
+    )
     with open(log, "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode:
             raise SystemExit(f"teacher training failed; see {log}")
@@ -133,18 +163,29 @@ def ensure_classifier(cache: Path) -> None:
 
 
 def common_overrides(profile: Profile, cache: Path, teacher: Path) -> list[str]:
-    return [f"paths.cache={cache}", f"teacher.path={teacher}", f"hardware={profile.hardware}",
-            f"eval.num_samples={profile.num_samples}", f"eval.batch_size={profile.eval_batch}",
-            *([f"dataset.subset={profile.subset}"] if profile.subset else [])]
+    return [
+        f"paths.cache={cache}",
+        f"teacher.path={teacher}",
+        f"hardware={profile.hardware}",
+        f"eval.num_samples={profile.num_samples}",
+        f"eval.batch_size={profile.eval_batch}",
+        *([f"dataset.subset={profile.subset}"] if profile.subset else []),
+    ]
 
 
 def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path) -> None:
     """Every teacher sampler x NFE, scored once (``distill-eval``), with a grid and array per row."""
     out = runs / "teacher"
-    cmd = python("distill.evaluate", f"dataset={DATASET}", *common_overrides(profile, cache, teacher),
-                 f"eval.teacher_samplers=[{','.join(profile.teacher_samplers)}]",
-                 f"eval.teacher_nfes=[{','.join(map(str, profile.teacher_nfes))}]", "eval.save_arrays=true",
-                 "progress=false", f"hydra.run.dir={out}")
+    cmd = python(
+        "distill.evaluate",
+        f"dataset={DATASET}",
+        *common_overrides(profile, cache, teacher),
+        f"eval.teacher_samplers=[{','.join(profile.teacher_samplers)}]",
+        f"eval.teacher_nfes=[{','.join(map(str, profile.teacher_nfes))}]",
+        "eval.save_arrays=true",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
     start = time.time()
     print(f"teacher rows: {', '.join(profile.teacher_samplers)} at NFE {list(profile.teacher_nfes)}", flush=True)
     with open(runs / "teacher.log", "w") as f:
@@ -167,12 +208,15 @@ def noise_floor(profile: Profile, cache: Path, runs: Path, seeds: tuple[int, ...
     images = dm.train_tensor()
     for seed in seeds:
         x = images[seeded_subset(len(images), profile.num_samples, seed)]
-        rows = [ResultRow("data", "train split", 0, metric, value, len(x), 0)
-                for metric, value in scorer.score_all(x).items()]
+        rows = [
+            ResultRow("data", "train split", 0, metric, value, len(x), 0)
+            for metric, value in scorer.score_all(x).items()
+        ]
         run = runs / "noise_floor" / f"s{seed}"
         (run / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save({"table_label": "noise floor", "dataset": {"name": DATASET}, "seed": seed},
-                       run / ".hydra" / "config.yaml")
+        OmegaConf.save(
+            {"table_label": "noise floor", "dataset": {"name": DATASET}, "seed": seed}, run / ".hydra" / "config.yaml"
+        )
         write_results(run / "results.json", rows)
     print(f"noise floor: {len(seeds)} subsets of {profile.num_samples} training images scored", flush=True)
 
@@ -187,23 +231,35 @@ class Run:
     seconds: float = 0.0
 
 
-def train_all(profile: Profile, methods: list[str], cache: Path, teacher: Path, runs: Path,
-              overrides: list[str], invocation: str) -> list[Run]:
+def train_all(
+    profile: Profile, methods: list[str], cache: Path, teacher: Path, runs: Path, overrides: list[str], invocation: str
+) -> list[Run]:
     """Every method x seed as its own distill-train process, ``profile.parallel`` at a time, with a
     line per finished run and the ETA of the rest."""
     todo = [Run(m, s, runs / m / f"s{s}") for s in profile.seeds for m in methods]
     pending, active, finished, failed = list(todo), [], [], []
     begin = time.time()
-    print(f"training: {len(todo)} runs ({len(methods)} methods x seeds {list(profile.seeds)}), {profile.parallel} "
-          f"at a time, {profile.images:,} images each", flush=True)
+    print(
+        f"training: {len(todo)} runs ({len(methods)} methods x seeds {list(profile.seeds)}), {profile.parallel} "
+        f"at a time, {profile.images:,} images each",
+        flush=True,
+    )
     while pending or active:
         while pending and len(active) < profile.parallel:
             run = pending.pop(0)
             run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / "invocation").write_text(invocation + "\n")
-            cmd = python("distill.train", "experiment=bench_fmnist", f"method={run.method}", f"seed={run.seed}",
-                         *common_overrides(profile, cache, teacher), f"train.images={profile.images}",
-                         f"train.batch_size={profile.batch_size}", f"hydra.run.dir={run.dir}", *overrides)
+            cmd = python(
+                "distill.train",
+                "experiment=bench_fmnist",
+                f"method={run.method}",
+                f"seed={run.seed}",
+                *common_overrides(profile, cache, teacher),
+                f"train.images={profile.images}",
+                f"train.batch_size={profile.batch_size}",
+                f"hydra.run.dir={run.dir}",
+                *overrides,
+            )
             log = open(run.dir / "train.log", "w")  # noqa: SIM115 (closed when the process ends)
             run.proc, run.start = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), time.time()
             active.append(run)
@@ -215,9 +271,16 @@ def train_all(profile: Profile, methods: list[str], cache: Path, teacher: Path, 
             done = len(finished) + len(failed)
             mean = statistics.fmean(r.seconds for r in finished + failed)
             eta = mean * math.ceil((len(todo) - done) / profile.parallel)
-            status = "ok" if run.proc.returncode == 0 else f"FAILED (exit {run.proc.returncode}, see {run.dir / 'train.log'})"
-            print(f"[{done:>3}/{len(todo)}] {run.method:<15} seed {run.seed}  {status}  {hms(run.seconds)}  "
-                  f"elapsed {hms(time.time() - begin)}  ETA {hms(eta)}", flush=True)
+            status = (
+                "ok"
+                if run.proc.returncode == 0
+                else f"FAILED (exit {run.proc.returncode}, see {run.dir / 'train.log'})"
+            )
+            print(
+                f"[{done:>3}/{len(todo)}] {run.method:<15} seed {run.seed}  {status}  {hms(run.seconds)}  "
+                f"elapsed {hms(time.time() - begin)}  ETA {hms(eta)}",
+                flush=True,
+            )
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(f'{r.method}/s{r.seed}' for r in failed)}", flush=True)
     return finished
@@ -241,26 +304,39 @@ def targets(agg: list[dict]) -> list[str]:
     if not teacher or not students:
         return ["(targets need teacher and student rows)"]
     teacher_best = min(teacher, key=lambda a: a["mean"])
+
     def at(nfe: int, sampler: str | None = None) -> list[dict]:
-        return [a for a in (teacher if sampler else students) if a["nfe"] == nfe and (not sampler or a["sampler"] == sampler)]
+        return [
+            a
+            for a in (teacher if sampler else students)
+            if a["nfe"] == nfe and (not sampler or a["sampler"] == sampler)
+        ]
+
     lines = [f"Teacher's best row: {teacher_best['sampler']} at {teacher_best['nfe']} NFE, {teacher_best['mean']:.3f}."]
     for nfe, factor in ((2, 1.0), (1, 1.2)):
         if at(nfe):
             best = min(at(nfe), key=lambda a: a["mean"])
             ratio = best["mean"] / teacher_best["mean"]
-            lines.append(f"- Best method at {nfe} NFE ({best['method']}, {best['mean']:.3f}) is {ratio:.2f}x the "
-                         f"teacher's best (target <= {factor}x): {'holds' if ratio <= factor else 'missed'}.")
+            lines.append(
+                f"- Best method at {nfe} NFE ({best['method']}, {best['mean']:.3f}) is {ratio:.2f}x the "
+                f"teacher's best (target <= {factor}x): {'holds' if ratio <= factor else 'missed'}."
+            )
     euler2, dpm4 = at(2, "euler"), at(4, "dpmpp_2m")
     if euler2 and dpm4:
-        misses = [a["method"] for a in at(2) if not (a["mean"] * 5 <= euler2[0]["mean"] and a["mean"] < dpm4[0]["mean"])]
-        lines.append(f"- Every method at 2 NFE at least 5x below the teacher's Euler at 2 NFE ({euler2[0]['mean']:.3f}) "
-                     f"and below DPM-Solver++(2M) at 4 NFE ({dpm4[0]['mean']:.3f}): "
-                     + ("holds." if not misses else f"missed by {', '.join(misses)}."))
+        misses = [
+            a["method"] for a in at(2) if not (a["mean"] * 5 <= euler2[0]["mean"] and a["mean"] < dpm4[0]["mean"])
+        ]
+        lines.append(
+            f"- Every method at 2 NFE at least 5x below the teacher's Euler at 2 NFE ({euler2[0]['mean']:.3f}) "
+            f"and below DPM-Solver++(2M) at 4 NFE ({dpm4[0]['mean']:.3f}): "
+            + ("holds." if not misses else f"missed by {', '.join(misses)}.")
+        )
     return lines
 
 
-def publish(profile: Profile, cache: Path, runs: Path, out: Path, invocation: str, wall: float,
-            overrides: list[str]) -> None:
+def publish(
+    profile: Profile, cache: Path, runs: Path, out: Path, invocation: str, wall: float, overrides: list[str]
+) -> None:
     """The table, plot, grids and best-row arrays, from this invocation's run dirs only."""
     from distill.table import write_benchmark
 
@@ -277,22 +353,32 @@ def publish(profile: Profile, cache: Path, runs: Path, out: Path, invocation: st
     for stale in out.glob("*.npy"):
         stale.unlink()
     for model, row in best_rows(agg).items():
-        pattern = (f"teacher/samples/teacher_{row['sampler']}_nfe{row['nfe']}.npy" if model == "teacher"
-                   else f"{model}/s{profile.seeds[0]}/samples/student_{row['sampler']}_nfe{row['nfe']}_step*.npy")
+        pattern = (
+            f"teacher/samples/teacher_{row['sampler']}_nfe{row['nfe']}.npy"
+            if model == "teacher"
+            else f"{model}/s{profile.seeds[0]}/samples/student_{row['sampler']}_nfe{row['nfe']}_step*.npy"
+        )
         found = sorted(runs.glob(pattern))
         if found:
             shutil.copy(found[-1], out / f"{model}_{row['sampler']}_nfe{row['nfe']}.npy")
     header = [
-        "# Fashion-MNIST benchmark", "",
+        "# Fashion-MNIST benchmark",
+        "",
         f"`python experiments/table_fmnist.py hardware={profile.hardware}"
-        + "".join(f" {o}" for o in overrides) + "`, one invocation"
-        f" ({invocation}, {hms(wall)} wall on {machine(profile)}).", "",
+        + "".join(f" {o}" for o in overrides)
+        + "`, one invocation"
+        f" ({invocation}, {hms(wall)} wall on {machine(profile)}).",
+        "",
         f"fd_fmnist: Fréchet distance in the 128-d features of a CNN trained on the train split "
         f"({classifier_accuracy(cache)}), {profile.num_samples:,} samples per row against the 10,000 test images. "
         f"Every method trains on training images 0-54,999 for {profile.images:,} images "
         f"(batch {profile.batch_size}); seeds {list(profile.seeds)}; mean ± std over seeds. The noise floor is "
-        f"{profile.num_samples:,} training images against the test split, three subsets.", "",
-        "## Targets", "", *targets(agg), "",
+        f"{profile.num_samples:,} training images against the test split, three subsets.",
+        "",
+        "## Targets",
+        "",
+        *targets(agg),
+        "",
     ]
     body = (out / "benchmark.md").read_text()
     (out / "benchmark.md").write_text("\n".join(header) + "\n" + body)

@@ -21,12 +21,24 @@ from distill.teachers import save_teacher
 from distill.teachers.pretraining import denoising_loss
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-TINY_UNET = {"type": "unet", "block_out_channels": [8, 16], "layers_per_block": 1, "attention": False, "norm_num_groups": 4}
+TINY_UNET = {
+    "type": "unet",
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "attention": False,
+    "norm_num_groups": 4,
+}
 TINY_MLP = {"type": "mlp", "width": 64, "depth": 2}
 # A whole distill-train run in seconds: one batch, 16 samples scored, no teacher rows.
-QUICK_RUN = ["logger=csv", "progress=false", "debug=fast", "eval.num_samples=16", "eval.batch_size=16",
-             "eval.teacher=false"]
-QUICK_RUN_ONE_NFE = [*QUICK_RUN, "eval.student_nfes=[1]"]   # for runs whose test reads the 1-NFE row alone
+QUICK_RUN = [
+    "logger=csv",
+    "progress=false",
+    "debug=fast",
+    "eval.num_samples=16",
+    "eval.batch_size=16",
+    "eval.teacher=false",
+]
+QUICK_RUN_ONE_NFE = [*QUICK_RUN, "eval.student_nfes=[1]"]  # for runs whose test reads the 1-NFE row alone
 
 
 def train_tiny_teacher(directory: Path, x: torch.Tensor, net_spec: dict, steps: int, scheme: str = "fm") -> Path:
@@ -104,7 +116,5 @@ def fake_cifar_root(tmp_path: Path) -> Path:
     test = rng.integers(0, 256, size=(CIFAR_TEST_SIZE, 3072), dtype=np.uint8)
     write_cifar_batch(folder / "test_batch", test, [0, 1, 2])
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(
-            {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}, f, protocol=2
-        )
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}, f, protocol=2)
     return tmp_path / "cifar"

@@ -49,8 +49,11 @@ def log_results_table(pl_module: L.LightningModule, rows: list[ResultRow], resul
         if isinstance(logger, WandbLogger) and rows:
             import wandb
 
-            logger.log_table(key="results", columns=list(RESULT_COLUMNS),
-                             data=[[getattr(r, c) for c in RESULT_COLUMNS] for r in rows])
+            logger.log_table(
+                key="results",
+                columns=list(RESULT_COLUMNS),
+                data=[[getattr(r, c) for c in RESULT_COLUMNS] for r in rows],
+            )
             artifact = wandb.Artifact(f"results-{logger.experiment.id}", type="results")
             artifact.add_file(str(results_file))
             logger.experiment.log_artifact(artifact)
@@ -124,12 +127,19 @@ class EvaluationCallback(L.Callback):
         if not trainer.is_global_zero or any(r.model == "student" and r.step == step for r in self.rows):
             return
         student = pl_module.sampling_student()
-        rows, samples = evaluate_student(pl_module.method, student, self.shape, self.scorer, self.spec, step, pl_module.device)
+        rows, samples = evaluate_student(
+            pl_module.method, student, self.shape, self.scorer, self.spec, step, pl_module.device
+        )
         if self.flow_map_error:
             if self.endpoints is None:
-                self.endpoints = teacher_ode_endpoints(pl_module.teacher, self.shape, self.spec, device=pl_module.device)
-            rows.append(evaluate_flow_map(pl_module.method, student, self.endpoints, self.shape, self.spec, step,
-                                          pl_module.device))
+                self.endpoints = teacher_ode_endpoints(
+                    pl_module.teacher, self.shape, self.spec, device=pl_module.device
+                )
+            rows.append(
+                evaluate_flow_map(
+                    pl_module.method, student, self.endpoints, self.shape, self.spec, step, pl_module.device
+                )
+            )
         self._record(pl_module, rows, samples, step, "student")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:

@@ -36,8 +36,9 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = done
             bar.set_description("step")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         bar = self.train_progress_bar
         done, _ = run_progress(trainer, pl_module)
         if bar is not None and self._should_update(done, bar.total):

@@ -59,8 +59,10 @@ def tile(condition: Condition, n: int) -> Condition:
         return condition
     if b and n % b == 0:
         return {k: v.repeat(n // b, *[1] * (v.ndim - 1)) for k, v in condition.items()}
-    raise ValueError(f"a conditional network got a batch of {n} samples under a condition for {b}: this method "
-                     "makes batches unrelated to the data batch and does not support conditioning yet")
+    raise ValueError(
+        f"a conditional network got a batch of {n} samples under a condition for {b}: this method "
+        "makes batches unrelated to the data batch and does not support conditioning yet"
+    )
 
 
 def condition_rows(rows: slice, batch: int) -> Condition | None:
@@ -120,8 +122,7 @@ def null_labels(like: Tensor, num_classes: int) -> Tensor:
     return torch.full((like.shape[0],), num_classes, dtype=torch.long, device=like.device)
 
 
-def guided(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, scale: float,
-           null: Condition) -> Tensor:
+def guided(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, scale: float, null: Condition) -> Tensor:
     """Classifier-free guidance ``v_null + scale (v_cond - v_null)`` under the current condition,
     ``null`` (batch 1) giving the unconditional prediction; scale 1 or no condition: one call."""
     cond = velocity(x, s)

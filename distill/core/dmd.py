@@ -60,8 +60,12 @@ def edm_score_weight(s: Tensor, sigma_data: float) -> Tensor:
     return (1 - s) ** 2 + (s / sigma_data) ** 2
 
 
-def karras_times(n: int = KARRAS_STEPS, sigma_min: float = KARRAS_SIGMA_MIN, sigma_max: float = KARRAS_SIGMA_MAX,
-                 rho: float = KARRAS_RHO) -> Tensor:
+def karras_times(
+    n: int = KARRAS_STEPS,
+    sigma_min: float = KARRAS_SIGMA_MIN,
+    sigma_max: float = KARRAS_SIGMA_MAX,
+    rho: float = KARRAS_RHO,
+) -> Tensor:
     """DMD2's noise table as FM times ``s = sigma / (1 + sigma)``, float64 (n,), index 0 the least noise.
 
     The same Karras sigmas as ``get_sigmas_karras`` flipped to small-first (``edm_guidance.py:9-15, 61-67``).

@@ -16,8 +16,10 @@ def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_params, params = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_params.keys() != params.keys():
         only_ema, only_model = sorted(ema_params.keys() - params.keys()), sorted(params.keys() - ema_params.keys())
-        raise ValueError(f"ema and model have different parameters: only in the EMA copy {only_ema[:3]} "
-                         f"({len(only_ema)}), only in the model {only_model[:3]} ({len(only_model)})")
+        raise ValueError(
+            f"ema and model have different parameters: only in the EMA copy {only_ema[:3]} "
+            f"({len(only_ema)}), only in the model {only_model[:3]} ({len(only_model)})"
+        )
     for name, p in params.items():
         p_ema = ema_params[name]
         src = p.detach().to(p_ema.dtype)

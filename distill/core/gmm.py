@@ -48,15 +48,15 @@ class GaussianMixture:
             alpha, sigma: (B,) signal and noise scales.
         """
         means, stds, weights = (v.to(x) for v in (self.means, self.stds, self.weights))
-        a, s = append_dims(alpha, 3), append_dims(sigma, 3)          # (B, 1, 1)
-        var = a**2 * stds[None, :, None] ** 2 + s**2                   # (B, K, 1)
-        resid = x[:, None, :] - a * means[None]                        # (B, K, D)
+        a, s = append_dims(alpha, 3), append_dims(sigma, 3)  # (B, 1, 1)
+        var = a**2 * stds[None, :, None] ** 2 + s**2  # (B, K, 1)
+        resid = x[:, None, :] - a * means[None]  # (B, K, D)
         log_prob = (
             -0.5 * (resid**2).sum(-1) / var[..., 0]
             - 0.5 * self.dim * torch.log(2 * math.pi * var[..., 0])
             + torch.log(weights)[None]
         )
-        resp = torch.softmax(log_prob, dim=1)[..., None]               # (B, K, 1)
+        resp = torch.softmax(log_prob, dim=1)[..., None]  # (B, K, 1)
         # Per-component Gaussian posteriors, then mixed by responsibility.
         x0_k = means[None] + a * stds[None, :, None] ** 2 / var * resid
         eps_k = s / var * resid

@@ -27,10 +27,9 @@ def shifted_grid(n: int, shift: float = 3.0) -> Tensor:
     return _end_at_zero(shift_time(uniform_grid(n), shift))
 
 
-def karras_grid(
-    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> Tensor:
-    """EDM grid (docs/methods.md 1.3): n Karras sigmas from sigma_max to sigma_min plus 0, as ``s = sigma / (1 + sigma)``."""
+def karras_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """EDM grid (docs/methods.md 1.3): n Karras sigmas from sigma_max to sigma_min plus 0, as
+    ``s = sigma / (1 + sigma)``."""
     ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho

@@ -73,8 +73,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def cached_in_shards(
-    folder: str | Path | None, count: int, shard_size: int, key: str, make: Callable[[int, int], torch.Tensor],
-    progress: bool = False, desc: str = "",
+    folder: str | Path | None,
+    count: int,
+    shard_size: int,
+    key: str,
+    make: Callable[[int, int], torch.Tensor],
+    progress: bool = False,
+    desc: str = "",
 ) -> torch.Tensor:
     """Rows ``0 .. count`` of a table made ``make(start, stop)`` one shard at a time, each shard read
     back from ``folder`` when it is there and written there (atomically) when it is made; ``folder``

@@ -42,7 +42,9 @@ def finite_difference_jvp(
     return out, (plus - minus) / (2 * step)
 
 
-def exact_jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def exact_jvp(
+    fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor]
+) -> tuple[Tensor, Tensor]:
     """``torch.func.jvp`` with attention pinned to the math kernel (the one with forward AD)."""
     with twice_differentiable_attention():
         return torch.func.jvp(fn, tuple(primals), tuple(tangents))
@@ -67,8 +69,10 @@ def jvp(
     if mode not in JVP_MODES:
         raise ValueError(f"jvp mode {mode!r} is unknown; choose one of {JVP_MODES}")
     # A tangent from an autocast forward (a teacher's bf16 velocity) is promoted to its primal's dtype.
-    tangents = [t.to(p.dtype) if t.is_floating_point() and p.is_floating_point() else t
-                for p, t in zip(primals, tangents, strict=True)]
+    tangents = [
+        t.to(p.dtype) if t.is_floating_point() and p.is_floating_point() else t
+        for p, t in zip(primals, tangents, strict=True)
+    ]
     with full_precision():
         return _jvp(fn, primals, tangents, mode, fd_step)
 

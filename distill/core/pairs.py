@@ -76,8 +76,14 @@ class PairShards:
     """
 
     def __init__(
-        self, directory: str | Path | None, size: int, shape: tuple[int, ...], seed: int | tuple[int, ...],
-        endpoint: Callable[..., Tensor], keep: int = 64, target_shape: tuple[int, ...] | None = None,
+        self,
+        directory: str | Path | None,
+        size: int,
+        shape: tuple[int, ...],
+        seed: int | tuple[int, ...],
+        endpoint: Callable[..., Tensor],
+        keep: int = 64,
+        target_shape: tuple[int, ...] | None = None,
         num_labels: int = 0,
     ):
         self.directory = None if directory is None else Path(directory)
@@ -130,8 +136,10 @@ class PairShards:
             raise PairCacheError(f"pair shard {path} is unreadable ({err}); {fix}") from err
         keys = {"noise", "endpoint"} | ({"labels"} if labels is not None else set())
         if set(tensors) != keys or tensors["endpoint"].shape != (self.size, *self.target_shape):
-            raise PairCacheError(f"pair shard {path} does not hold {self.size} pairs of shape {self.target_shape}"
-                                 f"{' with labels' if labels is not None else ''}; {fix}")
+            raise PairCacheError(
+                f"pair shard {path} does not hold {self.size} pairs of shape {self.target_shape}"
+                f"{' with labels' if labels is not None else ''}; {fix}"
+            )
         if not torch.equal(tensors["noise"], noise):
             raise PairCacheError(f"pair shard {path} was made from other noise (seed or size changed); {fix}")
         if labels is not None and not torch.equal(tensors["labels"], labels):

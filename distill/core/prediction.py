@@ -67,9 +67,7 @@ def to_x0_eps(
     return (a * x - s * pred) / norm, (s * x / sd2 + a * pred) / norm
 
 
-def from_x0_eps(
-    kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, sigma_data: float = 1.0
-) -> Tensor:
+def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, sigma_data: float = 1.0) -> Tensor:
     """The prediction of ``kind`` that corresponds to (x0, eps).
 
     Args:

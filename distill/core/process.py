@@ -210,17 +210,12 @@ class VPCosine(NoiseProcess):
         return self._clamp(2 / math.pi * torch.atan2(s, 1 - s))
 
 
-def _ddpm_betas(
-    num_train_timesteps: int, beta_start: float, beta_end: float, schedule: str
-) -> Tensor:
+def _ddpm_betas(num_train_timesteps: int, beta_start: float, beta_end: float, schedule: str) -> Tensor:
     """DDPM / diffusers beta schedule in float64."""
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     if schedule == "scaled_linear":
-        return (
-            torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64)
-            ** 2
-        )
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
     raise ValueError(f"unknown beta_schedule {schedule!r}; valid: 'linear', 'scaled_linear'")
 
 
@@ -241,9 +236,7 @@ class VPDiscrete(NoiseProcess):
     _log_ratio: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        betas = _ddpm_betas(
-            self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule
-        )
+        betas = _ddpm_betas(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
         # log(sigma / alpha) per integer timestep, strictly increasing since every beta > 0.

@@ -200,7 +200,9 @@ def consistency_jump(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor)
 
 
 @torch.no_grad()
-def multistep_consistency_sample(model: VelocityModel, noise: Tensor, times: Tensor, renoise: Renoise | None = None) -> Tensor:
+def multistep_consistency_sample(
+    model: VelocityModel, noise: Tensor, times: Tensor, renoise: Renoise | None = None
+) -> Tensor:
     """Multistep consistency sampling (docs/methods.md 3.6) from ``times[0] * noise``: jump to data,
     re-noise to the next time with ``renoise(i)`` (else the global RNG), repeat."""
     times = times.to(noise)

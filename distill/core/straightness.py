@@ -55,7 +55,11 @@ def ode_pairs(model: VelocityModel, noise: Tensor, steps: int, sampler: str = "e
 
 @torch.no_grad()
 def ode_states(
-    model: VelocityModel, noise: Tensor, times: Sequence[float], steps: int, sampler: str = "euler",
+    model: VelocityModel,
+    noise: Tensor,
+    times: Sequence[float],
+    steps: int,
+    sampler: str = "euler",
     grid: str = "uniform",
 ) -> Tensor:
     """States of ``model``'s ODE from ``noise`` (at s = 1) at the FM ``times``: (len(times), B, ...).

@@ -38,22 +38,29 @@ def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise DatasetError(f"dataset.path={path} is unreadable ({err}); save plain arrays with np.save / np.savez "
-                           "(object arrays are refused: they would run code on load)") from err
+        raise DatasetError(
+            f"dataset.path={path} is unreadable ({err}); save plain arrays with np.save / np.savez "
+            "(object arrays are refused: they would run code on load)"
+        ) from err
     if path.suffix == ".npy":
         return loaded, None
     with loaded:
         data_key = next((k for k in DATA_KEYS if k in loaded.files), None)
         if data_key is None:
-            raise DatasetError(f"dataset.path={path} holds {loaded.files}; store the data under one of "
-                               f"{', '.join(DATA_KEYS)} (labels, optional, under y or labels)")
+            raise DatasetError(
+                f"dataset.path={path} holds {loaded.files}; store the data under one of "
+                f"{', '.join(DATA_KEYS)} (labels, optional, under y or labels)"
+            )
         label_key = next((k for k in LABEL_KEYS if k in loaded.files), None)
         data = loaded[data_key]
         labels = None if label_key is None else loaded[label_key]
-    if labels is not None and (labels.ndim != 1 or len(labels) != len(data)
-                               or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
-        raise DatasetError(f"dataset.path={path}: labels must be N={len(data)} non-negative integers, got "
-                           f"{labels.dtype} of shape {labels.shape}")
+    if labels is not None and (
+        labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+    ):
+        raise DatasetError(
+            f"dataset.path={path}: labels must be N={len(data)} non-negative integers, got "
+            f"{labels.dtype} of shape {labels.shape}"
+        )
     return data, labels
 
 
@@ -68,8 +75,9 @@ def to_model_space(data: np.ndarray) -> Tensor:
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4 or data.shape[-1] not in (1, 3):
-        raise DatasetError(f"array of shape {data.shape}: expected images (N, H, W) or (N, H, W, C) with C = 1 or 3, "
-                           "or points (N, D)")
+        raise DatasetError(
+            f"array of shape {data.shape}: expected images (N, H, W) or (N, H, W, C) with C = 1 or 3, or points (N, D)"
+        )
     images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
     if data.dtype == np.uint8:
         return images.float().div_(127.5).sub_(1.0)
@@ -78,7 +86,9 @@ def to_model_space(data: np.ndarray) -> Tensor:
     if low >= 0.0 and high <= 1.0:  # [0, 1] images (the usual float convention) are rescaled
         return images.mul_(2.0).sub_(1.0)
     if low < -1.0 or high > 1.0:
-        raise DatasetError(f"float images span [{low:.3g}, {high:.3g}]; give uint8 0..255 or floats in [0, 1] or [-1, 1]")
+        raise DatasetError(
+            f"float images span [{low:.3g}, {high:.3g}]; give uint8 0..255 or floats in [0, 1] or [-1, 1]"
+        )
     return images
 
 

@@ -35,8 +35,13 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays and nothing else: a pickle can name any callable
     to run on load, and a dataset folder is user input."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}  # the last: bytes in protocol 2
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
+    }  # the last: bytes in protocol 2
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -61,9 +66,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             "folder and download it again (dataset.download=true)"
         ) from err
     if len(data) != len(labels):
-        raise DatasetError(
-            f"{path} holds {len(data)} images but {len(labels)} labels; re-download it"
-        )
+        raise DatasetError(f"{path} holds {len(data)} images but {len(labels)} labels; re-download it")
     return data, labels
 
 

@@ -40,7 +40,15 @@ from distill.data.prompts import PromptDataset, check_prompts, read_prompts
 from distill.data.resumable import ResumableLoader, ResumableSampler
 from distill.data.toy2d import TOY2D_NAMES, make_toy2d
 
-DATASET_NAMES: tuple[str, ...] = (*TOY2D_NAMES, "digits", "fashion_mnist", "image_folder", "cifar10", "array", "prompts")
+DATASET_NAMES: tuple[str, ...] = (
+    *TOY2D_NAMES,
+    "digits",
+    "fashion_mnist",
+    "image_folder",
+    "cifar10",
+    "array",
+    "prompts",
+)
 REFERENCE_SPLITS = ("test", "validation")
 DEFAULT_2D_REFERENCE_SIZE = 10_000  # docs/methods.md §12.4: SW / MMD want n >= 10k
 
@@ -142,27 +150,25 @@ class DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if name not in DATASET_NAMES:
-            raise DatasetError(
-                f"dataset.name={name!r} is unknown; choose one of {', '.join(DATASET_NAMES)}"
-            )
+            raise DatasetError(f"dataset.name={name!r} is unknown; choose one of {', '.join(DATASET_NAMES)}")
         if batch_size < 1:
             raise DatasetError(f"batch_size={batch_size}; use a positive batch size")
         if name == "image_folder" and (path is None or resolution is None):
-            raise DatasetError(
-                "dataset image_folder needs dataset.path=<folder> and dataset.resolution=<int>"
-            )
+            raise DatasetError("dataset image_folder needs dataset.path=<folder> and dataset.resolution=<int>")
         if name == "prompts" and (resolution is None or (path is None) == (prompts is None)):
-            raise DatasetError("dataset prompts needs dataset.resolution=<int> (of the teacher's images) and one of "
-                               "dataset.path=<text file, one prompt a line> or dataset.prompts=[...]")
+            raise DatasetError(
+                "dataset prompts needs dataset.resolution=<int> (of the teacher's images) and one of "
+                "dataset.path=<text file, one prompt a line> or dataset.prompts=[...]"
+            )
         if name == "array" and path is None:
             raise DatasetError("dataset array needs dataset.path=<file.npy or file.npz>")
         if reference_split not in REFERENCE_SPLITS:
-            raise DatasetError(f"dataset.reference_split={reference_split!r}; choose test (reported numbers) or "
-                               "validation (choosing defaults)")
-        if name == "cifar10" and root is None:
             raise DatasetError(
-                "dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>"
+                f"dataset.reference_split={reference_split!r}; choose test (reported numbers) or "
+                "validation (choosing defaults)"
             )
+        if name == "cifar10" and root is None:
+            raise DatasetError("dataset cifar10 needs dataset.root=<folder holding cifar-10-batches-py>")
         self.save_hyperparameters()
         self.name, self.batch_size, self.seed = name, batch_size, seed
         self.num_workers, self.num_train = num_workers, num_train
@@ -222,8 +228,11 @@ class DataModule(L.LightningDataModule):
             return len(class_folders(self.path)) if self.path.is_dir() else 0
         if self.name == "array":
             return array_num_classes(self.path)
-        return {"digits": DIGITS_NUM_CLASSES, "cifar10": CIFAR10_NUM_CLASSES,
-                "fashion_mnist": FASHION_MNIST_NUM_CLASSES}.get(self.name, 0)
+        return {
+            "digits": DIGITS_NUM_CLASSES,
+            "cifar10": CIFAR10_NUM_CLASSES,
+            "fashion_mnist": FASHION_MNIST_NUM_CLASSES,
+        }.get(self.name, 0)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -257,8 +266,10 @@ class DataModule(L.LightningDataModule):
         self._train = self._build_train()
         if self.subset is not None:
             if not isinstance(self._train, TensorPairDataset):
-                raise DatasetError(f"dataset.subset is for in-memory sets (toys, digits, fashion_mnist, cifar10, array), "
-                                   f"not {self.name}: leave it null")
+                raise DatasetError(
+                    f"dataset.subset is for in-memory sets (toys, digits, fashion_mnist, cifar10, array), "
+                    f"not {self.name}: leave it null"
+                )
             keep = seeded_subset(len(self._train), self.subset, self.seed)
             self._train = TensorPairDataset(self._train.x[keep], self._train.y[keep])
         if len(self._train) == 0:
@@ -348,8 +359,10 @@ class DataModule(L.LightningDataModule):
             return make_toy2d(self.name, count, reference_seed(seed))
         if self.prompt_only:
             if self._reference is None:
-                raise DatasetError("dataset=prompts has no images to score against: pass "
-                                   "eval.reference_stats=<FID statistics .npz of the target image set>")
+                raise DatasetError(
+                    "dataset=prompts has no images to score against: pass "
+                    "eval.reference_stats=<FID statistics .npz of the target image set>"
+                )
             return self._reference[seeded_subset(len(self._reference), n, seed)]
         if self.name == "digits":
             images = load_digits_split("heldout")[0]
@@ -386,5 +399,6 @@ class DataModule(L.LightningDataModule):
             return TensorPairDataset(*load_cifar10(self.root, train=True))
         if self.prompt_only:
             return PromptDataset(self.prompt_list, self.data_shape, self.repeats)
-        return ImageFolderDataset(self.path, self.resolution, self.channels, labelled=self.class_folders,
-                                  captioned=self.captioned)
+        return ImageFolderDataset(
+            self.path, self.resolution, self.channels, labelled=self.class_folders, captioned=self.captioned
+        )

@@ -63,8 +63,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     except (OSError, EOFError) as err:  # gzip raises these for a cut-off or non-gzip file
         raise DatasetError(f"{path} is unreadable ({type(err).__name__}: {err}); delete it and {HOW_TO_GET}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != IDX_UBYTE:
-        raise DatasetError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, "
-                           f"expected 0000 08 0n); delete it and {HOW_TO_GET}")
+        raise DatasetError(
+            f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, "
+            f"expected 0000 08 0n); delete it and {HOW_TO_GET}"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -72,8 +74,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(data) - header != expected:
-        raise DatasetError(f"{path} holds {len(data) - header} bytes of data but its header states shape {shape} "
-                           f"({expected} bytes): the file is truncated or corrupt; delete it and {HOW_TO_GET}")
+        raise DatasetError(
+            f"{path} holds {len(data) - header} bytes of data but its header states shape {shape} "
+            f"({expected} bytes): the file is truncated or corrupt; delete it and {HOW_TO_GET}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -160,10 +164,10 @@ def load_fashion_mnist(folder: str | Path, split: Split) -> tuple[Tensor, Tensor
         arrays.append(read_idx(path))
     images, labels = arrays
     if images.ndim != 3 or len(images) != len(labels):
-        raise DatasetError(f"{folder}: {images.shape} images but {labels.shape} labels; the files do not belong "
-                           f"together; {HOW_TO_GET}")
+        raise DatasetError(
+            f"{folder}: {images.shape} images but {labels.shape} labels; the files do not belong together; {HOW_TO_GET}"
+        )
     if is_train:
         _, rows = split_range(split, len(images))
     images = torch.from_numpy(images[rows].copy()).float().div_(127.5).sub_(1.0)[:, None]
     return images, torch.from_numpy(labels[rows].astype(np.int64))
-

@@ -18,9 +18,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 
 def find_images(root: Path) -> list[Path]:
     """All image files under ``root`` (recursive, extension case-insensitive), sorted."""
-    return sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def class_folders(root: Path) -> list[str]:
@@ -32,8 +30,10 @@ def read_captions(files: list[Path]) -> list[str]:
     """The caption of each image: the text of ``<stem>.txt`` beside it (every one must exist)."""
     missing = [f for f in files if not f.with_suffix(".txt").is_file()]
     if missing:
-        raise DatasetError(f"{len(missing)} images have no caption file, e.g. {missing[0].with_suffix('.txt')} "
-                           "(dataset.captions=true reads <image stem>.txt beside each image)")
+        raise DatasetError(
+            f"{len(missing)} images have no caption file, e.g. {missing[0].with_suffix('.txt')} "
+            "(dataset.captions=true reads <image stem>.txt beside each image)"
+        )
     return [f.with_suffix(".txt").read_text().strip() for f in files]
 
 
@@ -75,17 +75,16 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         captioned: every image has a caption file beside it.
     """
 
-    def __init__(self, path: str | Path, resolution: int, channels: int = 3, labelled: bool = False,
-                 captioned: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, resolution: int, channels: int = 3, labelled: bool = False, captioned: bool = False
+    ) -> None:
         self.root = Path(path).expanduser()
         if channels not in (1, 3):
             raise DatasetError(f"dataset.channels={channels}; use 3 (RGB) or 1 (grayscale)")
         if resolution < 1:
             raise DatasetError(f"dataset.resolution={resolution}; use a positive image size")
         if not self.root.is_dir():
-            raise DatasetError(
-                f"dataset.path={self.root} does not exist; point dataset.path at a folder of images"
-            )
+            raise DatasetError(f"dataset.path={self.root} does not exist; point dataset.path at a folder of images")
         self.files = find_images(self.root)
         if not self.files:
             raise DatasetError(
@@ -97,8 +96,10 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
         self.channels = channels
         self.classes = class_folders(self.root) if labelled else []
         if labelled and len(self.classes) < 2:
-            raise DatasetError(f"dataset.class_folders=true needs images in two or more subfolders of {self.root} "
-                               f"(one per class), found {len(self.classes)}")
+            raise DatasetError(
+                f"dataset.class_folders=true needs images in two or more subfolders of {self.root} "
+                f"(one per class), found {len(self.classes)}"
+            )
         index = {name: i for i, name in enumerate(self.classes)}
         self.labels = [index.get(f.relative_to(self.root).parts[0], -1) if labelled else 0 for f in self.files]
         if -1 in self.labels:
@@ -141,9 +142,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, Tensor]]):
             except Exception as err:  # PIL raises many types for corrupt files
                 bad.append(f"{file} ({type(err).__name__}: {err})")
         if bad:
-            shown = "\n  ".join(bad[:20]) + (
-                f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            )
+            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
             raise DatasetError(
                 f"{len(bad)} of {len(self.files)} images under {self.root} are unreadable:\n  "
                 f"{shown}\ndelete or replace them"

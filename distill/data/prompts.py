@@ -21,16 +21,19 @@ def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line of a UTF-8 text file; blank lines are skipped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DatasetError(f"dataset.path={path} is not a file: point it at a text file with one prompt per line "
-                           "(or list them: dataset.prompts=[...])")
+        raise DatasetError(
+            f"dataset.path={path} is not a file: point it at a text file with one prompt per line "
+            "(or list them: dataset.prompts=[...])"
+        )
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def check_prompts(prompts: Sequence[str], source: str) -> list[str]:
     prompts = [str(p).strip() for p in prompts]
     if not any(prompts):
-        raise DatasetError(f"{source} holds no prompts: write one prompt per line (or list them: "
-                           "dataset.prompts=[...])")
+        raise DatasetError(
+            f"{source} holds no prompts: write one prompt per line (or list them: dataset.prompts=[...])"
+        )
     empty = [i for i, p in enumerate(prompts) if not p]
     if empty:
         raise DatasetError(f"{source} has empty prompts at positions {empty[:5]}: remove them")

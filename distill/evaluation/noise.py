@@ -17,8 +17,11 @@ def seed_generators(seeds: Sequence[int], stream: int = 0) -> list[torch.Generat
 
 def seeded_noise(seeds: Sequence[int], shape: Sequence[int], stream: int = 0) -> Tensor:
     """Stack ``N(0, I)`` draws of ``shape``, one generator per seed; ``stream`` separates reuses."""
-    return torch.stack([torch.randn(*shape, generator=g) for g in seed_generators(seeds, stream)]) if seeds \
+    return (
+        torch.stack([torch.randn(*shape, generator=g) for g in seed_generators(seeds, stream)])
+        if seeds
         else torch.empty(0, *shape)
+    )
 
 
 def sample_seeds(num_samples: int, base_seed: int = 0) -> list[int]:

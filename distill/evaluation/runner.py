@@ -101,8 +101,10 @@ def score_rows(
     """One row per metric of ``scorer.score_all``: the main metric first, then the collapse metrics
     (and, for class-conditional samples, whether they show the class they were asked for)."""
     labels = seed_labels(sample_seeds(spec.num_samples, spec.seed), spec.num_classes)
-    return [ResultRow(model, sampler, nfe, metric, value, spec.num_samples, step)
-            for metric, value in scorer.score_all(samples, labels).items()]
+    return [
+        ResultRow(model, sampler, nfe, metric, value, spec.num_samples, step)
+        for metric, value in scorer.score_all(samples, labels).items()
+    ]
 
 
 def evaluate_teacher(
@@ -113,8 +115,13 @@ def evaluate_teacher(
     rows, samples = [], {}
     for sampler in spec.teacher_samplers:
         for steps, nfe in reachable_steps(sampler, spec.teacher_nfes):
-            x = generate(teacher_sample_fn(teacher, sampler, steps, spec.teacher_grid), shape, spec, device,
-                         desc=f"teacher {sampler} nfe={nfe}")
+            x = generate(
+                teacher_sample_fn(teacher, sampler, steps, spec.teacher_grid),
+                shape,
+                spec,
+                device,
+                desc=f"teacher {sampler} nfe={nfe}",
+            )
             samples[f"{sampler}@{nfe}"] = x
             rows += score_rows(scorer, x, "teacher", sampler, nfe, spec, step)
     return rows, samples
@@ -127,8 +134,13 @@ def evaluate_student(
     method's own sampler."""
     rows, samples = [], {}
     for nfe in method.supported_nfes(spec.student_nfes):
-        x = generate(lambda z, renoise, n=nfe: method.sample(student, z, n, renoise), shape, spec, device,
-                     desc=f"student nfe={nfe}")
+        x = generate(
+            lambda z, renoise, n=nfe: method.sample(student, z, n, renoise),
+            shape,
+            spec,
+            device,
+            desc=f"student nfe={nfe}",
+        )
         samples[f"{method.name}@{nfe}"] = x
         rows += score_rows(scorer, x, "student", method.name, nfe, spec, step)
     return rows, samples
@@ -137,7 +149,9 @@ def evaluate_student(
 FLOW_MAP_METRIC = "flow_map_mse"
 
 
-def teacher_ode_endpoints(teacher: nn.Module, shape: Sequence[int], spec: EvalSpec, steps: int = 128, device="cpu") -> Tensor:
+def teacher_ode_endpoints(
+    teacher: nn.Module, shape: Sequence[int], spec: EvalSpec, steps: int = 128, device="cpu"
+) -> Tensor:
     """Where the teacher's ODE carries each evaluation noise (fine Heun from s = 1): the exact flow map
     for an analytic teacher, the reference every one-step student is trying to learn."""
     grid = make_grid("cosine", steps)

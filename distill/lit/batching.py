@@ -46,17 +46,23 @@ def plan_batches(
     if global_batch < 1 or world_size < 1:
         raise ConfigError(f"the global batch ({global_batch}) and the device count ({world_size}) must be positive")
     if global_batch % world_size:
-        raise ConfigError(f"train.global_batch_size={global_batch} does not split over {world_size} devices: "
-                          f"use a multiple of {world_size} ({_multiples(global_batch, world_size)})")
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} does not split over {world_size} devices: "
+            f"use a multiple of {world_size} ({_multiples(global_batch, world_size)})"
+        )
     device_batch = global_batch // world_size
     micro_batch = device_batch if max_device_batch is None else min(device_batch, max_device_batch)
     if device_batch % micro_batch:
-        raise ConfigError(f"the per-device batch {device_batch} (global {global_batch} / {world_size} devices) does not "
-                          f"split into micro-batches of train.max_device_batch={max_device_batch}: use a divisor of "
-                          f"{device_batch}, or a global batch that is a multiple of {world_size * micro_batch}")
+        raise ConfigError(
+            f"the per-device batch {device_batch} (global {global_batch} / {world_size} devices) does not "
+            f"split into micro-batches of train.max_device_batch={max_device_batch}: use a divisor of "
+            f"{device_batch}, or a global batch that is a multiple of {world_size * micro_batch}"
+        )
     if images is not None:
         if images < global_batch or images % global_batch:
-            raise ConfigError(f"train.images={images} is not a whole number of steps of the global batch "
-                              f"{global_batch}: use a multiple of it ({_multiples(images, global_batch)})")
+            raise ConfigError(
+                f"train.images={images} is not a whole number of steps of the global batch "
+                f"{global_batch}: use a multiple of it ({_multiples(images, global_batch)})"
+            )
         steps = images // global_batch
     return BatchPlan(global_batch, device_batch, micro_batch, device_batch // micro_batch, steps)

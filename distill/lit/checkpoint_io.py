@@ -45,8 +45,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, foreign pickles: all mean "not our checkpoint"
         # torch's own message suggests weights_only=False, which we never do: name only the error's kind.
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: truncated, corrupt or "
-                              "not a torch file)") from err
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: truncated, corrupt or not a torch file)"
+        ) from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} holds no 'state_dict' (not a distill-train checkpoint)")
     return ckpt

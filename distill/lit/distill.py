@@ -227,8 +227,10 @@ class DistillModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bad = nonfinite_weights(self)
         if bad:  # raised before anything is written: the previous checkpoint stays the last good one
-            raise CheckpointError(f"refusing to checkpoint non-finite weights ({', '.join(bad[:3])}) at step "
-                                  f"{int(self.step_count)}; the last good checkpoint is {self._last_checkpoint()}")
+            raise CheckpointError(
+                f"refusing to checkpoint non-finite weights ({', '.join(bad[:3])}) at step "
+                f"{int(self.step_count)}; the last good checkpoint is {self._last_checkpoint()}"
+            )
         checkpoint["bad_steps"] = self.bad_steps.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -26,4 +26,6 @@ class FinalCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if pl_module.finished and trainer.global_step % self.every_n_steps:
-            trainer.save_checkpoint(self.path, weights_only=False)  # whole state; every rank: sharded strategies save collectively
+            trainer.save_checkpoint(
+                self.path, weights_only=False
+            )  # whole state; every rank: sharded strategies save collectively

@@ -45,8 +45,10 @@ def checkpoint_path(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / CHECKPOINT).is_file():
-            raise ConfigError(f"init_from={source} has no {CHECKPOINT} (not a distill-train run dir, or the run "
-                              f"did not finish): {FIX}")
+            raise ConfigError(
+                f"init_from={source} has no {CHECKPOINT} (not a distill-train run dir, or the run "
+                f"did not finish): {FIX}"
+            )
         return path / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"init_from={source} does not exist: {FIX}")
@@ -63,9 +65,10 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def student_weights(state: dict[str, Tensor], ema: bool) -> tuple[dict[str, Tensor], str]:
     """The last EMA copy (``EMAStack.best``: what the run sampled with) when ``ema`` and kept, else the raw student."""
-    copies = sorted({int(k[len(EMA_PREFIX):].split(".", 1)[0]) for k in state if k.startswith(EMA_PREFIX)})
-    prefix, which = (f"{EMA_PREFIX}{copies[-1]}.", f"EMA copy {copies[-1]}") if ema and copies else (
-        STUDENT_PREFIX, "raw student")
+    copies = sorted({int(k[len(EMA_PREFIX) :].split(".", 1)[0]) for k in state if k.startswith(EMA_PREFIX)})
+    prefix, which = (
+        (f"{EMA_PREFIX}{copies[-1]}.", f"EMA copy {copies[-1]}") if ema and copies else (STUDENT_PREFIX, "raw student")
+    )
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, which
 
 
@@ -94,11 +97,20 @@ def mismatch(expected: dict[str, Tensor], weights: dict[str, Tensor]) -> str:
     """What keeps ``weights`` from loading into a module with state ``expected`` ("" when they fit)."""
     missing = sorted(expected.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected.keys())
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
-              for k in sorted(expected.keys() & weights.keys()) if weights[k].shape != expected[k].shape]
-    parts = [f"{label} {len(items)} {items[:4]}" for label, items in
-             (("missing", missing), ("unexpected", unexpected), ("shape-mismatched (source vs this run)", shapes))
-             if items]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(expected.keys() & weights.keys())
+        if weights[k].shape != expected[k].shape
+    ]
+    parts = [
+        f"{label} {len(items)} {items[:4]}"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape-mismatched (source vs this run)", shapes),
+        )
+        if items
+    ]
     return "; ".join(parts)
 
 
@@ -139,10 +151,15 @@ def load_student_init(
 
 def architecture_error(init: StudentInit, target: str, problem: str, extra_only: bool) -> str:
     """Name both runs, the keys that differ and the fix."""
-    hint = (" The source student has extra keys: its method re-parameterized it (e.g. MeanFlow's second time "
-            "input), so it can only start a run of that same method; init from the run before it instead."
-            if extra_only else "")
+    hint = (
+        " The source student has extra keys: its method re-parameterized it (e.g. MeanFlow's second time "
+        "input), so it can only start a run of that same method; init from the run before it instead."
+        if extra_only
+        else ""
+    )
     about = f" ({init.about})" if init.about else ""
-    return (f"init_from={init.path}{about} has a student network that does not fit the student of {target}: "
-            f"{problem}.{hint} Fix: set init_from to a run whose dataset, teacher and student configs are those "
-            f"of {target}, or drop init_from.")
+    return (
+        f"init_from={init.path}{about} has a student network that does not fit the student of {target}: "
+        f"{problem}.{hint} Fix: set init_from to a run whose dataset, teacher and student configs are those "
+        f"of {target}, or drop init_from."
+    )

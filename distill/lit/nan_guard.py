@@ -56,9 +56,14 @@ class BadStepGuard:
 
 
 def divergence_message(step: int, in_a_row: int, terms: list[str], checkpoint: str | None) -> str:
-    where = (f"the last good checkpoint is {checkpoint} (no checkpoint is ever written with non-finite weights): "
-             f"resume from it with ckpt_path={checkpoint} and" if checkpoint else
-             "no checkpoint was written before it diverged: start again with")
-    return (f"training diverged: {in_a_row} steps in a row had a non-finite {', '.join(terms)} (the last at "
-            f"step {step}); {where} a lower method.optimizer.lr, a smaller method.grad_clip or "
-            "hardware.precision=32-true (raise train.max_bad_steps to tolerate longer streaks)")
+    where = (
+        f"the last good checkpoint is {checkpoint} (no checkpoint is ever written with non-finite weights): "
+        f"resume from it with ckpt_path={checkpoint} and"
+        if checkpoint
+        else "no checkpoint was written before it diverged: start again with"
+    )
+    return (
+        f"training diverged: {in_a_row} steps in a row had a non-finite {', '.join(terms)} (the last at "
+        f"step {step}); {where} a lower method.optimizer.lr, a smaller method.grad_clip or "
+        "hardware.precision=32-true (raise train.max_bad_steps to tolerate longer streaks)"
+    )

@@ -70,10 +70,18 @@ class PreemptionCallback(L.Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: a resume needs optimizers and loops
         environment = trainer._accelerator_connector.cluster_environment  # what Lightning's own requeue reads
-        requeued = (trainer.is_global_zero and isinstance(environment, SLURMEnvironment) and environment.auto_requeue
-                    and requeue_slurm_job())
+        requeued = (
+            trainer.is_global_zero
+            and isinstance(environment, SLURMEnvironment)
+            and environment.auto_requeue
+            and requeue_slurm_job()
+        )
         if trainer.is_global_zero:
             then = "the job is requeued" if requeued else "run the same command again to continue"
-            print(f"preempted by {signal.Signals(signum).name} at step {int(pl_module.step_count)}: saved "
-                  f"{self.path}; {then}", file=sys.stderr, flush=True)
+            print(
+                f"preempted by {signal.Signals(signum).name} at step {int(pl_module.step_count)}: saved "
+                f"{self.path}; {then}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise Preempted(signum)

@@ -20,8 +20,14 @@ class PretrainModule(L.LightningModule):
         trains the unconditional prediction classifier-free guidance needs.
     """
 
-    def __init__(self, model: VelocityModel, lr: float = 1e-3, ema_decay: float = 0.999, warmup_steps: int = 100,
-                 label_dropout: float = 0.1):
+    def __init__(
+        self,
+        model: VelocityModel,
+        lr: float = 1e-3,
+        ema_decay: float = 0.999,
+        warmup_steps: int = 100,
+        label_dropout: float = 0.1,
+    ):
         super().__init__()
         self.model = model
         self.ema = EMAStack(model, [ema_decay])

@@ -57,8 +57,11 @@ class RunState(L.Callback):
         self._rng: list[dict[str, Any]] | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RUN_KEY] = {"method": self.method, "wandb_run_id": wandb_run_id(trainer),
-                               "rng": gather_rng_states(trainer)}
+        checkpoint[RUN_KEY] = {
+            "method": self.method,
+            "wandb_run_id": wandb_run_id(trainer),
+            "rng": gather_rng_states(trainer),
+        }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._rng = checkpoint.get(RUN_KEY, {}).get("rng")
@@ -69,8 +72,10 @@ class RunState(L.Callback):
         if states is None:
             return
         if len(states) != trainer.world_size:
-            rank_zero_warn(f"the checkpoint holds RNG states of {len(states)} ranks, this run has "
-                           f"{trainer.world_size}: the run continues, but with fresh noise")
+            rank_zero_warn(
+                f"the checkpoint holds RNG states of {len(states)} ranks, this run has "
+                f"{trainer.world_size}: the run continues, but with fresh noise"
+            )
             return
         set_process_rng_state(states[trainer.global_rank])
 
@@ -85,8 +90,10 @@ def resume_point(path: Path, ckpt: dict[str, Any], method: str) -> ResumePoint:
     """Where ``ckpt`` resumes, once it is known to be this method's."""
     run = ckpt.get(RUN_KEY, {})
     if run.get("method", method) != method:
-        raise CheckpointError(f"{path} was written by method={run['method']}, but this run is method={method}: "
-                              "give this run its own dir (hydra.run.dir=...), or start afresh with ckpt_path=null")
+        raise CheckpointError(
+            f"{path} was written by method={run['method']}, but this run is method={method}: "
+            "give this run its own dir (hydra.run.dir=...), or start afresh with ckpt_path=null"
+        )
     return ResumePoint(path, int(ckpt.get("global_step", 0)), run.get("wandb_run_id"))
 
 
@@ -118,6 +125,8 @@ def find_resume_point(ckpt_path: str | None, directory: Path, method: str) -> Re
         return resume_point(path, ckpt, method)
     if ckpt_path == "last":
         found = f" (unreadable: {', '.join(skipped)})" if skipped else ""
-        raise ConfigError(f"ckpt_path=last, but {directory} holds no good checkpoint{found}: point "
-                          "hydra.run.dir at the run to continue, or drop ckpt_path to start afresh")
+        raise ConfigError(
+            f"ckpt_path=last, but {directory} holds no good checkpoint{found}: point "
+            "hydra.run.dir at the run to continue, or drop ckpt_path to start afresh"
+        )
     return None

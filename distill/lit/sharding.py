@@ -81,6 +81,8 @@ def check_fsdp_devices(devices: int | str | list, num_nodes: int) -> None:
     (seen on an H100), so the student and its EMA copies no longer list the same parameters."""
     count = len(devices) if isinstance(devices, (list, tuple)) else devices
     if count == 1 and num_nodes == 1:
-        raise ConfigError("an FSDP strategy on one device shards nothing (torch falls back to NO_SHARD, under which "
-                          "the EMA update fails): on one GPU use hardware=gpu, or give FSDP several devices "
-                          "(hardware.devices=8)")
+        raise ConfigError(
+            "an FSDP strategy on one device shards nothing (torch falls back to NO_SHARD, under which "
+            "the EMA update fails): on one GPU use hardware=gpu, or give FSDP several devices "
+            "(hardware.devices=8)"
+        )

@@ -22,9 +22,18 @@ class Speedups(L.Callback):
     channels_last: NHWC weights for every network of the module (teacher, student, auxiliaries).
     """
 
-    def __init__(self, compile: bool = False, activation_checkpointing: bool = False, channels_last: bool = False,
-                 compile_options: dict[str, Any] | None = None):
-        self.compile, self.activation_checkpointing, self.channels_last = compile, activation_checkpointing, channels_last
+    def __init__(
+        self,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_options: dict[str, Any] | None = None,
+    ):
+        self.compile, self.activation_checkpointing, self.channels_last = (
+            compile,
+            activation_checkpointing,
+            channels_last,
+        )
         self.compile_options = dict(compile_options or {})
         self._applied: set[int] = set()
 

@@ -53,6 +53,7 @@ def segment_intervals(batch: int, states: int, share: float, span: float, like: 
     Returns:
         (student, teacher): each (batch, states), on ``like``'s device and dtype.
     """
+
     def uniforms(n: int) -> Tensor:
         return torch.rand((batch, n), device=like.device).to(like.dtype)
 
@@ -106,19 +107,26 @@ class ArcFlow(Method):
     ):
         super().__init__()
         if not train_nfes or min(train_nfes) < 1:
-            raise ConfigError(f"method.objective.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1")
+            raise ConfigError(
+                f"method.objective.train_nfes={list(train_nfes)} must be a non-empty list of step counts >= 1"
+            )
         check_counts(intermediate_states=intermediate_states, total_substeps=total_substeps)
         if not 0 <= component_dropout < 1:
             raise ConfigError(f"method.objective.component_dropout={component_dropout} must be in [0, 1)")
         if window_substeps < 0 or shift <= 0:
-            raise ConfigError(f"method.objective.window_substeps={window_substeps} must be >= 0 and method.objective.shift={shift} > 0")
+            raise ConfigError(
+                f"method.objective.window_substeps={window_substeps} must be >= 0 and "
+                f"method.objective.shift={shift} > 0"
+            )
         self.components, self.train_nfes, self.shift = components, list(train_nfes), shift
         self.intermediate_states, self.teacher_mix_steps = intermediate_states, teacher_mix_steps
         self.window_substeps, self.total_substeps = window_substeps, total_substeps
         self.component_dropout, self.loss_scale, self.bias_noise = component_dropout, loss_scale, bias_noise
         if rate_lr_scale <= 0 or (rate_lr_scale != 1 and optimizer_lr is None):
-            raise ConfigError(f"method.objective.rate_lr_scale={rate_lr_scale} must be > 0 and, other than 1, needs "
-                             "method.objective.optimizer_lr (set it to ${method.optimizer.lr})")
+            raise ConfigError(
+                f"method.objective.rate_lr_scale={rate_lr_scale} must be > 0 and, other than 1, needs "
+                "method.objective.optimizer_lr (set it to ${method.optimizer.lr})"
+            )
         self.bias_noise_group, self.rate_lr_scale, self.optimizer_lr = bias_noise_group, rate_lr_scale, optimizer_lr
         self.fraction = 1.0
 
@@ -127,8 +135,9 @@ class ArcFlow(Method):
             self.teacher_mix_steps = max(1, max_steps // 15)
 
     def prepare_student(self, student: nn.Module) -> nn.Module:
-        return momentum_student_from(student, self.components, bias_noise=self.bias_noise,
-                                     bias_noise_group=self.bias_noise_group)
+        return momentum_student_from(
+            student, self.components, bias_noise=self.bias_noise, bias_noise_group=self.bias_noise_group
+        )
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         self.fraction = trainable_fraction(student)  # after LoRA froze the body, if it did
@@ -141,8 +150,10 @@ class ArcFlow(Method):
             return params
         heads = [m for m in student.modules() if isinstance(m, MomentumStudent)]
         rate_ids = {id(p) for m in heads for p in m.rates.parameters()}
-        return [{"params": [p for p in params if id(p) not in rate_ids]},
-                {"params": [p for p in params if id(p) in rate_ids], "lr": self.optimizer_lr * self.rate_lr_scale}]
+        return [
+            {"params": [p for p in params if id(p) not in rate_ids]},
+            {"params": [p for p in params if id(p) in rate_ids], "lr": self.optimizer_lr * self.rate_lr_scale},
+        ]
 
     def teacher_share(self, step: int) -> float:
         mix = self.teacher_mix_steps or 1
@@ -166,15 +177,19 @@ class ArcFlow(Method):
         for i in range(nfe):
             error, x = self.segment(x, raw[i], raw[i] - raw[i + 1], share, student, teacher)
             total = total + (raw[i] - raw[i + 1]) * error  # equal raw steps count equally
-        return {"loss": self.loss_scale * total, "teacher_share": torch.tensor(share),
-                "trainable_fraction": torch.tensor(self.fraction)}
+        return {
+            "loss": self.loss_scale * total,
+            "teacher_share": torch.tensor(share),
+            "trainable_fraction": torch.tensor(self.fraction),
+        }
 
     def warp(self, u: Tensor) -> Tensor:
         """Raw time u -> the FM time (sigma) the networks see: the SD3 shift."""
         return shift_time(u, self.shift)
 
-    def segment(self, x: Tensor, u_src: float, length: float, share: float, student: MomentumStudent,
-                teacher: nn.Module) -> tuple[Tensor, Tensor]:
+    def segment(
+        self, x: Tensor, u_src: float, length: float, share: float, student: MomentumStudent, teacher: nn.Module
+    ) -> tuple[Tensor, Tensor]:
         """One student step from raw time ``u_src`` over raw ``length`` (``piid_segment_momentum``,
         arcflow.py:120-209). Returns the mean squared error over its states and the detached end state.
 

@@ -76,8 +76,10 @@ def check_sampling_sigmas(sigmas: Sequence[float] | None) -> tuple[float, ...] |
         return None
     sigmas = tuple(float(x) for x in sigmas)
     if not sigmas or any(x <= 0 for x in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:], strict=False)):
-        raise ConfigError(f"method.objective.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
-                         "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid")
+        raise ConfigError(
+            f"method.objective.sampling_sigmas={list(sigmas)} must be a non-empty, strictly decreasing list of "
+            "positive EDM sigmas (e.g. [0.821]), or null for the sampling grid"
+        )
     return sigmas
 
 

@@ -155,8 +155,10 @@ class BezierDistillation(Method):
         if any(not 0.0 < t < 1.0 for t in times) or len(set(times)) != len(times):
             raise ConfigError(f"method.objective.record_times={list(times)} must be distinct FM times in (0, 1)")
         if control == "least_squares" and len(times) < degree - 1:
-            raise ConfigError(f"method.objective.record_times: a degree-{degree} least-squares fit needs at least "
-                             f"{degree - 1} record times, got {len(times)}")
+            raise ConfigError(
+                f"method.objective.record_times: a degree-{degree} least-squares fit needs at least "
+                f"{degree - 1} record times, got {len(times)}"
+            )
         if not 0.0 <= start_ratio <= 1.0:
             raise ConfigError(f"method.objective.start_ratio={start_ratio} must lie in [0, 1]")
         self.degree, self.control, self.endpoint, self.record_times = degree, control, endpoint, times
@@ -170,7 +172,9 @@ class BezierDistillation(Method):
         self.combine = combine
         count = self.num_trajectories
         if not (endpoint in ENDPOINTS or (type(endpoint) is int and 0 <= endpoint < count)):
-            raise ConfigError(f"method.objective.endpoint={endpoint!r}; choose one of {ENDPOINTS} or a teacher index below {count}")
+            raise ConfigError(
+                f"method.objective.endpoint={endpoint!r}; choose one of {ENDPOINTS} or a teacher index below {count}"
+            )
         self._shards: PairShards | None = None
 
     @property
@@ -191,19 +195,30 @@ class BezierDistillation(Method):
         shape = tuple(like.shape[1:])
         for i, member in enumerate(self.teachers):
             if tuple(member.data_shape) != shape:
-                raise ConfigError(f"method.objective.teachers[{i}] makes samples of shape {tuple(member.data_shape)}, the run's "
-                                 f"data has shape {shape}")
+                raise ConfigError(
+                    f"method.objective.teachers[{i}] makes samples of shape {tuple(member.data_shape)}, the run's "
+                    f"data has shape {shape}"
+                )
             member.to(like.device)
         teachers = self.teachers or [teacher]
         num_labels = label_count(teacher)  # a conditional teacher: each noise carries a label (reflow's way)
-        settings = (self.seed, self.shard_size, self.record_times, self.ode_steps, self.ode_sampler, self.ode_grid,
-                    self.combine, *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)]
-                                    if num_labels else []))
+        settings = (
+            self.seed,
+            self.shard_size,
+            self.record_times,
+            self.ode_steps,
+            self.ode_sampler,
+            self.ode_grid,
+            self.combine,
+            *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)] if num_labels else []),
+        )
         prints = [fingerprint(t, shape, *settings) for t in teachers]
         for i, key in enumerate(prints[1:]):
             if key in prints[: i + 1]:
                 raise ConfigError(f"method.objective.teachers[{i + 1}] repeats an earlier teacher: list each once")
-        directory = None if self.pair_dir is None else self.pair_dir / fingerprint(teachers[0], shape, *settings, prints)
+        directory = (
+            None if self.pair_dir is None else self.pair_dir / fingerprint(teachers[0], shape, *settings, prints)
+        )
         times = (*self.record_times, 0.0)
         sources = [MeanVelocity(teachers)] if self.combine == "ensemble" else teachers
 
@@ -214,8 +229,9 @@ class BezierDistillation(Method):
             return torch.stack(runs).movedim(2, 0)
 
         target_shape = (len(sources), len(times), *shape)
-        return PairShards(directory, self.shard_size, shape, self.seed, trajectories, target_shape=target_shape,
-                          num_labels=num_labels)
+        return PairShards(
+            directory, self.shard_size, shape, self.seed, trajectories, target_shape=target_shape, num_labels=num_labels
+        )
 
     def batch_trajectories(self, teacher: nn.Module, x0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(eps, states, labels or None)``: B noises of one random shard (solved now if new), their
@@ -241,8 +257,9 @@ class BezierDistillation(Method):
     # --- training ---------------------------------------------------------------------------
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         if not isinstance(student, AverageVelocityModel):
-            raise TypeError("Bezier distillation trains an AverageVelocityModel: pass the student through "
-                            "prepare_student")
+            raise TypeError(
+                "Bezier distillation trains an AverageVelocityModel: pass the student through prepare_student"
+            )
         eps, states, labels = self.batch_trajectories(teacher, x0)
         points = self.control_points(eps, states)
         b = eps.shape[0]
@@ -257,8 +274,8 @@ class BezierDistillation(Method):
         jump = z - append_dims(t - r, z.ndim) * u
         terms = {
             "endpoint": per_sample_mse(jump[:b], points[-1]).mean(),
-            "velocity": per_sample_mse(u[b: 2 * b], -bezier_velocity(points, 1 - s)).mean(),
-            "curve": per_sample_mse(jump[2 * b:], bezier(points, 1 - r[2 * b:])).mean(),
+            "velocity": per_sample_mse(u[b : 2 * b], -bezier_velocity(points, 1 - s)).mean(),
+            "curve": per_sample_mse(jump[2 * b :], bezier(points, 1 - r[2 * b :])).mean(),
         }
         loss = terms["endpoint"] + self.velocity_weight * terms["velocity"] + self.curve_weight * terms["curve"]
         # How far apart the teachers land from the same noise (0 with one trajectory per noise).

@@ -51,16 +51,24 @@ class WeightedSum(Method):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms)) + sorted({sampler, schedule} - set(self.terms) - {None})
         if unknown:
-            raise ConfigError(f"method.objective.weights/sampler/schedule name {unknown}, not among the terms {list(self.terms)}")
+            raise ConfigError(
+                f"method.objective.weights/sampler/schedule name {unknown}, not among the terms {list(self.terms)}"
+            )
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.terms}
         if warmup < 0:
-            raise ConfigError(f"method.objective.warmup={warmup} must be >= 0 (steps, or a fraction of the budget below 1)")
+            raise ConfigError(
+                f"method.objective.warmup={warmup} must be >= 0 (steps, or a fraction of the budget below 1)"
+            )
         self.warmup_terms = tuple(warmup_terms)
         if sorted(set(self.warmup_terms) - set(self.terms)):
-            raise ConfigError(f"method.objective.warmup_terms {sorted(set(self.warmup_terms) - set(self.terms))} are not among "
-                             f"the terms {list(self.terms)}")
+            raise ConfigError(
+                f"method.objective.warmup_terms {sorted(set(self.warmup_terms) - set(self.terms))} are not among "
+                f"the terms {list(self.terms)}"
+            )
         if warmup > 0 and not self.warmup_terms:
-            raise ConfigError(f"method.objective.warmup={warmup} needs method.objective.warmup_terms: the terms that train during it")
+            raise ConfigError(
+                f"method.objective.warmup={warmup} needs method.objective.warmup_terms: the terms that train during it"
+            )
         self.warmup = warmup
         self.warmup_steps = int(warmup) if warmup >= 1 or warmup == 0 else None  # a fraction waits for set_budget
         self.sampler = sampler or next(iter(self.terms))
@@ -102,8 +110,9 @@ class WeightedSum(Method):
     def prepare_to_load(self, state_dict: dict[str, Tensor], student: nn.Module) -> None:
         for key, term in self.terms.items():
             prefix = f"terms.{key}."
-            term.prepare_to_load({k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)},
-                                 student)
+            term.prepare_to_load(
+                {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}, student
+            )
 
     def trainable_parameters(self, optimizer: str, student: nn.Module) -> Iterable[nn.Parameter]:
         seen: set[int] = set()
@@ -142,7 +151,9 @@ class WeightedSum(Method):
             terms = term.loss(phase, x0, teacher, student, step)
             weighted = self.weights[key] * terms["loss"]
             total = weighted if total is None else total + weighted
-            logs.update({f"{key}_{k}": v.detach() if isinstance(v, Tensor) else torch.tensor(v) for k, v in terms.items()})
+            logs.update(
+                {f"{key}_{k}": v.detach() if isinstance(v, Tensor) else torch.tensor(v) for k, v in terms.items()}
+            )
         return {"loss": total, **logs}
 
     # --- sampling: the sampler term's ----------------------------------------------------------

@@ -60,7 +60,6 @@ def edm_heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> T
 SOLVERS = {"heun": heun_step, "edm_heun": edm_heun_step}
 
 
-
 class ConsistencyDistillation(Method):
     """Args:
     num_scales: N, points of the Karras grid (CIFAR-10: 18).
@@ -95,7 +94,9 @@ class ConsistencyDistillation(Method):
         self.lpips = PerceptualDistance(lpips) if loss == "lpips" else None
         check_choice("solver", solver, SOLVERS)
         if not 0.0 <= ema_target < 1.0:
-            raise ConfigError(f"method.objective.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)")
+            raise ConfigError(
+                f"method.objective.ema_target={ema_target} must lie in [0, 1) (0: the online student, stop-grad)"
+            )
         self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
         self.grid = make_grid("karras", num_scales)[:-1]  # drop the final 0: pairs live on sigma >= sigma_min
         self.ema_target, self.loss_kind, self.sampling_grid = ema_target, loss, sampling_grid

@@ -119,11 +119,15 @@ class ConsistencyTraining(Method):
         check_choice("weighting", weighting, WEIGHTINGS)
         check_choice("student_precond", student_precond, PRECONDS)
         if (num_stages is None) == (images_per_stage is None):
-            raise ConfigError(f"method.objective.num_stages={num_stages} and images_per_stage={images_per_stage}: set "
-                             "exactly one (num_stages spreads the stages over max_steps, images_per_stage is ECT's "
-                             "stage length in training images); null the other")
+            raise ConfigError(
+                f"method.objective.num_stages={num_stages} and images_per_stage={images_per_stage}: set "
+                "exactly one (num_stages spreads the stages over max_steps, images_per_stage is ECT's "
+                "stage length in training images); null the other"
+            )
         if (num_stages is not None and num_stages < 1) or (images_per_stage is not None and images_per_stage < 1):
-            raise ConfigError(f"method.objective.num_stages={num_stages} / images_per_stage={images_per_stage} must be >= 1")
+            raise ConfigError(
+                f"method.objective.num_stages={num_stages} / images_per_stage={images_per_stage} must be >= 1"
+            )
         self.images_per_stage, self.student_precond = images_per_stage, student_precond
         self.sampling_sigmas = check_sampling_sigmas(sampling_sigmas)
         self.global_batch: int | None = None
@@ -147,8 +151,10 @@ class ConsistencyTraining(Method):
         if self.images_per_stage is None:
             return min(self.num_stages - 1, step * self.num_stages // self.total_steps)
         if self.global_batch is None:
-            raise RuntimeError("method.objective.images_per_stage needs the run's global batch (set_batch), which the "
-                               "trainer gives the method before training")
+            raise RuntimeError(
+                "method.objective.images_per_stage needs the run's global batch (set_batch), which the "
+                "trainer gives the method before training"
+            )
         return step * self.global_batch // self.images_per_stage
 
     def sigma_pairs(self, batch: int, step: int, device: torch.device) -> tuple[Tensor, Tensor]:

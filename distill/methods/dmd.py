@@ -176,7 +176,9 @@ class DMD2(Method):
         check_choice("fake_score_weighting", fake_score_weighting, SCORE_WEIGHTINGS)
         check_choice("gan_head", gan_head, GAN_HEADS)
         if dm_time_dist == "karras" and time_shift != 1:
-            raise ConfigError(f"method.objective.time_shift={time_shift} shifts FM times; the karras law has its own: set it to 1")
+            raise ConfigError(
+                f"method.objective.time_shift={time_shift} shifts FM times; the karras law has its own: set it to 1"
+            )
         if sigma_data <= 0:
             raise ConfigError(f"method.objective.sigma_data={sigma_data} must be > 0")
         if fake_updates_per_generator < 1:
@@ -195,7 +197,10 @@ class DMD2(Method):
         self.gan_backbone, self.gan_layers, self.gan_head_width = gan_backbone, gan_layers, gan_head_width
         self.teacher_sample_fraction, self.teacher_sample_steps = teacher_sample_fraction, teacher_sample_steps
         self.regression_weight, self.regression_pairs, self.regression_steps = (
-            regression_weight, regression_pairs, regression_steps)
+            regression_weight,
+            regression_pairs,
+            regression_steps,
+        )
         self.pairs_per_step = pairs_per_step
         self.fake_score_lora = dict(fake_score_lora) if fake_score_lora else None
         self.class_conditional = regression_weight == 0  # DMD's regression pairs carry no labels
@@ -360,8 +365,11 @@ class DMD2(Method):
         fake_logits = self.gan_logits(x_hat, teacher)
         d_loss = ns_d_loss(real_logits, fake_logits)
         return {
-            "loss": score + self.gan_d_weight * d_loss, "score": score.detach(), "gan_d": d_loss.detach(),
-            "p_real": mean_probability(real_logits), "p_fake": mean_probability(fake_logits),
+            "loss": score + self.gan_d_weight * d_loss,
+            "score": score.detach(),
+            "gan_d": d_loss.detach(),
+            "p_real": mean_probability(real_logits),
+            "p_fake": mean_probability(fake_logits),
         }
 
     def fake_score_term(self, x_hat: Tensor, s: Tensor, eps: Tensor) -> Tensor:

@@ -115,8 +115,11 @@ class GDD(Method):
         freeze_(student, self.frozen_names)
         self.fraction = trainable_fraction(student)
         if self.frozen_layers != "none":
-            log.info("GDD-I: %d parameter tensors frozen, %.1f%% of parameters train",
-                     len(self.frozen_names), 100 * self.fraction)
+            log.info(
+                "GDD-I: %d parameter tensors frozen, %.1f%% of parameters train",
+                len(self.frozen_names),
+                100 * self.fraction,
+            )
             if not self.frozen_names:
                 log.warning("method.objective.frozen_layers=%r froze nothing in this network", self.frozen_layers)
         device = next(student.parameters()).device
@@ -172,8 +175,11 @@ class GDD(Method):
             real_logits = self.discriminate(real, teacher)
         fake_logits = self.discriminate(x_hat, teacher)
         d_loss = self._over_heads(self.d_loss(real_logits, fake_logits), real_logits)
-        terms = {"gan_d": d_loss.detach(), "p_real": mean_probability(real_logits),
-                 "p_fake": mean_probability(fake_logits)}
+        terms = {
+            "gan_d": d_loss.detach(),
+            "p_real": mean_probability(real_logits),
+            "p_fake": mean_probability(fake_logits),
+        }
         if use_r1:
             r1 = self.r1_every * r1_penalty(real, real_logits, self.r1_gamma, self.heads_reduction)
             d_loss = d_loss + r1

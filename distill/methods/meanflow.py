@@ -36,8 +36,13 @@ TIME_DISTS = ("logit_normal", "uniform")
 
 
 def sample_time_pair(
-    n: int, p_mean: float, p_std: float, equal_ratio: float, device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None, dist: str = "logit_normal",
+    n: int,
+    p_mean: float,
+    p_std: float,
+    equal_ratio: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    dist: str = "logit_normal",
 ) -> tuple[Tensor, Tensor]:
     """``(r, t)``, each (n,): two times (logit-normal, or uniform) sorted so t >= r; each sample gets
     r = t with probability ``equal_ratio`` (there the MeanFlow loss is plain flow matching).
@@ -55,9 +60,7 @@ def sample_time_pair(
     return torch.where(equal, t, r), t
 
 
-def inward_difference(
-    model: AverageVelocityModel, z: Tensor, r: Tensor, t: Tensor, v: Tensor, step: float
-) -> Tensor:
+def inward_difference(model: AverageVelocityModel, z: Tensor, r: Tensor, t: Tensor, v: Tensor, step: float) -> Tensor:
     """``du/dt`` along ``(v, 0, 1)`` by a difference over ``[t - h-, t + h+]``, kept inside the
     trained region ``r <= t <= 1`` (central where it fits, one-sided at the edges).
 
@@ -72,7 +75,12 @@ def inward_difference(
 
 
 def meanflow_target(
-    model: AverageVelocityModel, z: Tensor, r: Tensor, t: Tensor, v: Tensor, jvp_mode: str = "exact",
+    model: AverageVelocityModel,
+    z: Tensor,
+    r: Tensor,
+    t: Tensor,
+    v: Tensor,
+    jvp_mode: str = "exact",
     fd_step: float = 1e-2,
 ) -> tuple[Tensor, Tensor]:
     """``(u, u_tgt)``: the student's ``u(z, r, t)`` (with its graph) and the detached target
@@ -142,7 +150,9 @@ class MeanFlow(Method):
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps
         self.sampling_shift = sampling_shift
         if time_scale <= 0:
-            raise ConfigError(f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+            raise ConfigError(
+                f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)"
+            )
         self.time_scale = time_scale
 
     def prepare_student(self, student: nn.Module) -> nn.Module:

@@ -147,7 +147,9 @@ class PhasedConsistency(Method):
         check_choice("target", target, TARGETS)
         check_choice("extra_nfe", extra_nfe, EXTRA_NFE)
         if adv_weight < 0:
-            raise ConfigError(f"method.objective.adv_weight={adv_weight} must be >= 0 (0 disables the adversarial term)")
+            raise ConfigError(
+                f"method.objective.adv_weight={adv_weight} must be >= 0 (0 disables the adversarial term)"
+            )
         self.num_euler_timesteps, self.num_phases = num_euler_timesteps, phases
         if shift <= 0:
             raise ConfigError(f"method.objective.shift={shift} must be > 0 (1 leaves the grid as it is)")
@@ -159,7 +161,12 @@ class PhasedConsistency(Method):
         self.edges = phase_edges(num_euler_timesteps, phases)
         self.target_kind, self.ema_target = target, ema_target
         self.loss_kind, self.huber_c = loss, huber_c
-        self.adv_weight, self.disc_lr_ratio, self.alternate, self.r1_gamma = adv_weight, disc_lr_ratio, alternate, r1_gamma
+        self.adv_weight, self.disc_lr_ratio, self.alternate, self.r1_gamma = (
+            adv_weight,
+            disc_lr_ratio,
+            alternate,
+            r1_gamma,
+        )
         self.discriminator_kwargs = dict(discriminator or {})
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         self.extra_nfe = extra_nfe
@@ -171,17 +178,21 @@ class PhasedConsistency(Method):
     @property
     def times(self) -> Tensor:
         if self._times is None:
-            raise RuntimeError("method.objective.grid=ddim: the grid is read from the teacher when the method is "
-                               "attached to it (attach)")
+            raise RuntimeError(
+                "method.objective.grid=ddim: the grid is read from the teacher when the method is "
+                "attached to it (attach)"
+            )
         return self._times
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         if self.grid_name == "ddim":
             process = teacher_process(teacher)
             if not hasattr(process, "num_train_timesteps"):
-                raise ConfigError(f"method.objective.grid=ddim needs a discrete-timestep (DDPM) teacher such as a "
-                                 f"diffusers SD1.5 pipeline; this teacher's process is {type(process).__name__}: "
-                                 "use grid=uniform")
+                raise ConfigError(
+                    f"method.objective.grid=ddim needs a discrete-timestep (DDPM) teacher such as a "
+                    f"diffusers SD1.5 pipeline; this teacher's process is {type(process).__name__}: "
+                    "use grid=uniform"
+                )
             self._times = shift_time(ddim_grid(process, self.num_euler_timesteps), self.shift).flip(0)
             # PCM compares the edge states in the teacher's own (VP) coordinates: x_t = (alpha + sigma) x_s.
             native_t = process.from_fm_time(self._times)
@@ -270,7 +281,11 @@ class PhasedConsistency(Method):
         s_adv = self._adversarial_time(s_edge, s_upper)
         fake = renoise_within_phase(pred, s_edge, s_adv, torch.randn_like(pred))
         adversarial = hinge_g_loss_pcm(self._discriminator()(fake, s_adv))
-        return {"loss": consistency + self.adv_weight * adversarial, "consistency": consistency, "adversarial": adversarial}
+        return {
+            "loss": consistency + self.adv_weight * adversarial,
+            "consistency": consistency,
+            "adversarial": adversarial,
+        }
 
     def _discriminator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         disc = self._discriminator()

@@ -69,7 +69,8 @@ class ProgressiveDistillation(Method):
         rounds = math.log2(start_steps / final_steps)
         if start_steps < 2 * final_steps or not rounds.is_integer():
             raise ConfigError(
-                f"method.objective.start_steps={start_steps} must be final_steps={final_steps} times a power of two >= 2"
+                f"method.objective.start_steps={start_steps} must be final_steps={final_steps} times a power of "
+                "two >= 2"
             )
         check_choice("weighting", weighting, WEIGHTINGS)
         self.start_steps, self.final_steps = start_steps, final_steps

@@ -59,8 +59,10 @@ def velocity_head(student: nn.Module) -> nn.Module:
     if getattr(student, "prediction", None) == "flow":
         return student
     if not (hasattr(student, "native") and hasattr(student, "prediction") and hasattr(student, "net")):
-        raise ConfigError(f"method.objective.student_head=velocity re-reads a diffusers network's output; this student is "
-                         f"{type(student).__name__}: use method.objective.student_head=teacher")
+        raise ConfigError(
+            f"method.objective.student_head=velocity re-reads a diffusers network's output; this student is "
+            f"{type(student).__name__}: use method.objective.student_head=teacher"
+        )
     student.prediction, student.scheme, student.process = "flow", "fm", FlowMatching()
     return student
 
@@ -71,8 +73,10 @@ def with_null_rows(condition: Condition | None, null: Condition | None, drop: Te
     if condition is None or null is None or not bool(drop.any()):
         return condition
     if set(null) != set(condition):
-        raise ConfigError(f"method.objective.condition_dropout needs a null condition with the condition's keys "
-                         f"{sorted(condition)}, got {sorted(null)}: set method.objective.condition_dropout=0")
+        raise ConfigError(
+            f"method.objective.condition_dropout needs a null condition with the condition's keys "
+            f"{sorted(condition)}, got {sorted(null)}: set method.objective.condition_dropout=0"
+        )
     out = {}
     for key, value in condition.items():
         empty = null[key].to(value.device).expand_as(value)
@@ -146,19 +150,27 @@ class Reflow(Method):
         super().__init__()
         check_choice("distill_loss", distill_loss, ("l2", "lpips"))
         self.lpips = PerceptualDistance(lpips) if distill_loss == "lpips" else None
-        check_counts(pairs_per_round=pairs_per_round, shard_size=shard_size, ode_steps=ode_steps,
-                     straightness_samples=straightness_samples)
+        check_counts(
+            pairs_per_round=pairs_per_round,
+            shard_size=shard_size,
+            ode_steps=ode_steps,
+            straightness_samples=straightness_samples,
+        )
         if rounds < 0 or (rounds == 0 and not distill):
-            raise ConfigError(f"method.objective.rounds={rounds} must be >= 1, or >= 0 with method.objective.distill=true")
+            raise ConfigError(
+                f"method.objective.rounds={rounds} must be >= 1, or >= 0 with method.objective.distill=true"
+            )
         check_choice("ode_sampler", ode_sampler, SAMPLERS)
         check_choice("student_head", student_head, STUDENT_HEADS)
         self.student_head = student_head
         if not 0 <= condition_dropout < 1:
             raise ConfigError(f"method.objective.condition_dropout={condition_dropout} must be in [0, 1)")
         if distill_guidance != 1.0 and (rounds < 1 or not distill):
-            raise ConfigError(f"method.objective.distill_guidance={distill_guidance} guides the reflowed flow that makes the "
-                             "distillation pairs: it needs method.objective.rounds >= 1 and method.objective.distill=true "
-                             "(the teacher's own pairs use teacher.guidance)")
+            raise ConfigError(
+                f"method.objective.distill_guidance={distill_guidance} guides the reflowed flow that makes the "
+                "distillation pairs: it needs method.objective.rounds >= 1 and method.objective.distill=true "
+                "(the teacher's own pairs use teacher.guidance)"
+            )
         self.condition_dropout, self.distill_guidance = condition_dropout, distill_guidance
         if stage_warmup_steps < 0:
             raise ConfigError(f"method.objective.stage_warmup_steps={stage_warmup_steps} must be >= 0 (0: no warm-up)")
@@ -226,9 +238,15 @@ class Reflow(Method):
         stage, source, shape = int(self.stage), self.pair_source(teacher), tuple(like.shape[1:])
         num_labels = label_count(teacher)
         # guidance and the prompt table shape the pairs without being weights of the source
-        settings = (self.seed, stage, self.shard_size, self.ode_steps, self.ode_sampler, self.ode_grid,
-                    *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)]
-                      if num_labels else []))
+        settings = (
+            self.seed,
+            stage,
+            self.shard_size,
+            self.ode_steps,
+            self.ode_sampler,
+            self.ode_grid,
+            *([num_labels, float(getattr(teacher, "guidance", 1.0)), condition_digest(teacher)] if num_labels else []),
+        )
         null = getattr(teacher, "null_condition", None)
         if num_labels and null is not None and stage >= self.rounds > 0 and self.distill_guidance != 1.0:
             source = GuidedFlow(source, self.distill_guidance, null)  # InstaFlow's guided 2-RF pairs
@@ -239,8 +257,9 @@ class Reflow(Method):
             with conditioned(label_condition(teacher, labels)):  # the pair's own condition, not the batch's
                 return ode_pairs(source, noise.to(like), self.ode_steps, self.ode_sampler, self.ode_grid)
 
-        self._shards = PairShards(directory, self.shard_size, shape, (self.seed, stage), endpoint,
-                                  num_labels=num_labels)
+        self._shards = PairShards(
+            directory, self.shard_size, shape, (self.seed, stage), endpoint, num_labels=num_labels
+        )
         self._shards_stage = stage
         index = min(stage, self.rounds)  # the distill stage reads the final flow, index `rounds`
         if math.isnan(float(self.straightness[index])):
@@ -248,8 +267,9 @@ class Reflow(Method):
 
     def measure_straightness(self, flow: nn.Module, like: Tensor, teacher: nn.Module) -> Tensor:
         """Straightness from fixed noise (and fixed labels, for a conditional flow)."""
-        noise = torch.randn(self.straightness_samples, *like.shape[1:],
-                            generator=torch.Generator().manual_seed(self.seed + 12345)).to(like)
+        noise = torch.randn(
+            self.straightness_samples, *like.shape[1:], generator=torch.Generator().manual_seed(self.seed + 12345)
+        ).to(like)
         num_labels = label_count(teacher)
         labels = shard_labels(self.seed + 12345, 0, len(noise), num_labels) if num_labels else None
         with conditioned(label_condition(teacher, labels)):

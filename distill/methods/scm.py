@@ -28,7 +28,9 @@ from distill.methods.base import FALLBACK_BUDGET, Method, SamplingPlan, check_ch
 TANGENTS = ("teacher", "data")
 
 
-def scm_tangent(F_sg: Tensor, cs_dFdt: Tensor, x_t: Tensor, dxdt: Tensor, t: Tensor, sigma_data: float, r: float) -> Tensor:
+def scm_tangent(
+    F_sg: Tensor, cs_dFdt: Tensor, x_t: Tensor, dxdt: Tensor, t: Tensor, sigma_data: float, r: float
+) -> Tensor:
     """``g = -cos^2 t (sigma_d F^- - dx_t/dt) - r (cos t sin t x_t + sigma_d cos t sin t dF^-/dt)``.
 
     At r = 1 this is ``cos t df^-/dt`` along the ODE (docs/methods.md 4.2). Computed in float64.
@@ -129,7 +131,10 @@ class SCM(Method):
         self.t_max = float(trig_time(sigma_max, sigma_data))
         self.t_mid, self.multistep_times = t_mid, list(multistep_times)
         if t_mid is None and not self.multistep_times:
-            raise ConfigError("method.objective.t_mid=null takes the 2-step time from method.objective.multistep_times, which is empty")
+            raise ConfigError(
+                "method.objective.t_mid=null takes the 2-step time from method.objective.multistep_times, "
+                "which is empty"
+            )
         self.prior_weighting, self.adaptive_weighting = prior_weighting, adaptive_weighting
         self.warmup_steps = tangent_warmup if tangent_warmup >= 1 or tangent_warmup == 0 else None
         self.weighting = AdaptiveWeight()  # kept when unused: checkpoints have the same keys either way
@@ -219,7 +224,9 @@ class SCM(Method):
     def trig_sample_times(self, nfe: int) -> Tensor:
         """TrigFlow times ``[t_max, re-noising times..., 0]`` for ``nfe`` steps (float64)."""
         if nfe < 1 or nfe > len(self.multistep_times) + 1:
-            raise ValueError(f"nfe={nfe} not supported: 1..{len(self.multistep_times) + 1} (method.objective.multistep_times)")
+            raise ValueError(
+                f"nfe={nfe} not supported: 1..{len(self.multistep_times) + 1} (method.objective.multistep_times)"
+            )
         mids = [self.t_mid] if nfe == 2 and self.t_mid is not None else self.multistep_times[: nfe - 1]
         return torch.tensor([self.t_max, *mids, 0.0], dtype=torch.float64)
 
@@ -233,4 +240,3 @@ class SCM(Method):
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
         """Multistep consistency sampling (docs/methods.md 4.5) from ``prior_state(noise, s(t_max))``."""
         return SamplingPlan(student, self.sample_times(nfe).tolist(), renoise=True)
-

@@ -48,13 +48,9 @@ def class_histogram(logits_or_labels: Tensor, num_classes: int) -> Tensor:
             raise ValueError(f"logits have {x.shape[1]} columns but num_classes={num_classes}")
         x = x.argmax(1)
     elif x.ndim != 1 or x.is_floating_point():
-        raise ValueError(
-            f"expected (N, K) logits or (N,) integer labels, got {x.dtype} {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected (N, K) logits or (N,) integer labels, got {x.dtype} {tuple(x.shape)}")
     if len(x) and (x.min() < 0 or x.max() >= num_classes):
-        raise ValueError(
-            f"labels span {int(x.min())}..{int(x.max())}, outside 0..{num_classes - 1}"
-        )
+        raise ValueError(f"labels span {int(x.min())}..{int(x.max())}, outside 0..{num_classes - 1}")
     return torch.bincount(x.long(), minlength=num_classes)
 
 

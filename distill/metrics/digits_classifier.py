@@ -32,9 +32,7 @@ DEFAULT_EPOCHS = 15
 class DigitsClassifier(nn.Module):
     """conv(1->32) -> conv(32->64) -> maxpool -> fc(1024->64) [features] -> fc(64->10) [logits]."""
 
-    def __init__(
-        self, feature_dim: int = FEATURE_DIM, num_classes: int = DIGITS_NUM_CLASSES
-    ) -> None:
+    def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = DIGITS_NUM_CLASSES) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)

@@ -17,9 +17,7 @@ from distill.metrics.digits_classifier import DigitsClassifier
 
 # torch-fidelity's port of the TF Inception-v3 (2015-12-05) FID weights, as named in its release.
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
-)
+INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
 
 
 class FeatureExtractor(Protocol):
@@ -49,8 +47,10 @@ class ClassifierFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"{type(self.classifier).__name__} features read (N, {', '.join(map(str, self.image_shape))}) "
-                             f"images, got {tuple(images.shape)}")
+            raise ValueError(
+                f"{type(self.classifier).__name__} features read (N, {', '.join(map(str, self.image_shape))}) "
+                f"images, got {tuple(images.shape)}"
+            )
         device = next(self.classifier.parameters()).device
         return self.classifier.features(images.to(device, torch.float32)).float()
 
@@ -103,9 +103,7 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(
-                f"InceptionFeatures expects (N, 1|3, H, W) images, got {tuple(images.shape)}"
-            )
+            raise ValueError(f"InceptionFeatures expects (N, 1|3, H, W) images, got {tuple(images.shape)}")
         x = to_uint8(images)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -131,9 +129,7 @@ def extract_features(
         raise ValueError(f"batch_size={batch_size}; use a positive batch size")
     chunks = [
         extractor(images[i : i + batch_size]).detach().cpu()
-        for i in tqdm(
-            range(0, len(images), batch_size), desc="features", disable=not progress, leave=False
-        )
+        for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False)
     ]
     if not chunks:
         raise ValueError("images is empty; pass at least one image")

@@ -38,9 +38,13 @@ class FashionClassifier(nn.Module):
     def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = FASHION_MNIST_NUM_CLASSES) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv_block(1, 32), nn.MaxPool2d(2),  # 14x14
-            conv_block(32, 64), conv_block(64, 64), nn.MaxPool2d(2),  # 7x7
-            conv_block(64, 128), nn.MaxPool2d(2),  # 3x3
+            conv_block(1, 32),
+            nn.MaxPool2d(2),  # 14x14
+            conv_block(32, 64),
+            conv_block(64, 64),
+            nn.MaxPool2d(2),  # 7x7
+            conv_block(64, 128),
+            nn.MaxPool2d(2),  # 3x3
         )
         self.fc1 = nn.Linear(128 * 3 * 3, feature_dim)
         self.dropout = nn.Dropout(0.3)
@@ -72,8 +76,13 @@ def _initial_classifier(seed: int = 0) -> FashionClassifier:
 
 
 def train_fmnist_classifier(
-    images: Tensor, labels: Tensor, seed: int = 0, epochs: int = DEFAULT_EPOCHS, batch_size: int = 128,
-    lr: float = 2e-3, progress: bool = True,
+    images: Tensor,
+    labels: Tensor,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    progress: bool = True,
 ) -> FashionClassifier:
     """Train a ``FashionClassifier`` (AdamW, one-cycle cosine) on the given training images.
 
@@ -125,22 +134,30 @@ def load_or_train_fmnist_classifier(
         try:
             return load_fmnist_classifier(cache_dir)[0]
         except Exception as err:  # safetensors, json and load_state_dict each raise their own types
-            warnings.warn(f"cached Fashion-MNIST classifier in {cache_dir} is unreadable ({type(err).__name__}: "
-                          f"{err}); retraining it and overwriting the cache", stacklevel=2)
+            warnings.warn(
+                f"cached Fashion-MNIST classifier in {cache_dir} is unreadable ({type(err).__name__}: "
+                f"{err}); retraining it and overwriting the cache",
+                stacklevel=2,
+            )
     start = time.perf_counter()
-    model = train_fmnist_classifier(*load_fashion_mnist(data_root, "train"), seed=seed, epochs=epochs,
-                                    progress=progress)
+    model = train_fmnist_classifier(
+        *load_fashion_mnist(data_root, "train"), seed=seed, epochs=epochs, progress=progress
+    )
     seconds = time.perf_counter() - start
     record = {
         "architecture": "FashionClassifier(conv32-pool-conv64-conv64-pool-conv128-pool-fc128-fc10, BatchNorm)",
         "trained_on": "Fashion-MNIST train split (training images 0-54,999)",
-        "seed": seed, "epochs": epochs,
+        "seed": seed,
+        "epochs": epochs,
         **{f"{split}_accuracy": split_accuracy(model, data_root, split) for split in ("validation", "test")},
-        "train_seconds": round(seconds, 1), "torch": torch.__version__,
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_weights(cache_dir / WEIGHTS_FILE, model.state_dict())
     atomic_write(cache_dir / META_FILE, lambda p: p.write_text(json.dumps(record, indent=2)))
-    print(f"Fashion-MNIST classifier: test accuracy {record['test_accuracy']} after {seconds:.0f} s, "
-          f"cached in {cache_dir}")
+    print(
+        f"Fashion-MNIST classifier: test accuracy {record['test_accuracy']} after {seconds:.0f} s, "
+        f"cached in {cache_dir}"
+    )
     return model

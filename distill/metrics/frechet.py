@@ -101,13 +101,9 @@ def load_npz_stats(path: str | Path) -> tuple[Tensor, Tensor]:
     try:
         data = np.load(path, allow_pickle=False)  # never unpickle downloaded files
     except (OSError, ValueError, EOFError) as err:
-        raise ValueError(
-            f"{path} is not a readable .npz file ({err}); recompute or re-copy it"
-        ) from err
+        raise ValueError(f"{path} is not a readable .npz file ({err}); recompute or re-copy it") from err
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(
-            f"{path} holds a single array, not an .npz with 'mu' and 'sigma'; re-save it"
-        )
+        raise ValueError(f"{path} holds a single array, not an .npz with 'mu' and 'sigma'; re-save it")
     with data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:

@@ -43,10 +43,9 @@ def knn_radii(features: Tensor, k: int = 3, chunk_elements: int = CHUNK_ELEMENTS
     x = features.double()
     step = _rows_per_chunk(len(x), chunk_elements)
     # The k+1 smallest distances of a row include the point itself (0): index k is the k-th neighbour.
-    return torch.cat([
-        torch.cdist(x[i : i + step], x).topk(k + 1, dim=1, largest=False).values[:, k]
-        for i in range(0, len(x), step)
-    ])
+    return torch.cat(
+        [torch.cdist(x[i : i + step], x).topk(k + 1, dim=1, largest=False).values[:, k] for i in range(0, len(x), step)]
+    )
 
 
 def precision_recall(
@@ -71,9 +70,7 @@ def precision_recall(
     _check_k(real_features, k, "real_features")
     _check_k(fake_features, k, "fake_features")
     if real_features.shape[1] != fake_features.shape[1]:
-        raise ValueError(
-            f"feature dims differ: real {real_features.shape[1]} vs fake {fake_features.shape[1]}"
-        )
+        raise ValueError(f"feature dims differ: real {real_features.shape[1]} vs fake {fake_features.shape[1]}")
     real = real_features.double()
     fake = fake_features.to(real.device, torch.float64)
     r_real = knn_radii(real, k, chunk_elements) if real_radii is None else real_radii.to(real)

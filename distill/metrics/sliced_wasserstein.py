@@ -27,9 +27,7 @@ def subsample(x: Tensor, n: int, seed: int) -> Tensor:
     return x[torch.randperm(len(x), generator=gen)[:n]]
 
 
-def sliced_wasserstein(
-    x: Tensor, y: Tensor, num_projections: int = 256, seed: int = 0, p: float = 2
-) -> float:
+def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 256, seed: int = 0, p: float = 2) -> float:
     """Sliced p-Wasserstein distance between two point clouds.
 
     Args:
@@ -43,9 +41,7 @@ def sliced_wasserstein(
         SW_p as a Python float, computed in float64.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"x and y must be (N, D) and (M, D) with one D, got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
+        raise ValueError(f"x and y must be (N, D) and (M, D) with one D, got {tuple(x.shape)}, {tuple(y.shape)}")
     if min(len(x), len(y)) == 0:
         raise ValueError("x and y must each hold at least one point")
     if p < 1:

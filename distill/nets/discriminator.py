@@ -56,8 +56,12 @@ class ConvDiscriminator(nn.Module):
         self.time_embed = _time_embedding(embed_dim)
         self.inp = nn.Conv2d(channels, width, 3, padding=1)
         widths = [width * 2**i for i in range(depth + 1)]
-        self.blocks = nn.ModuleList(DownBlock(a, b, embed_dim, groups) for a, b in zip(widths, widths[1:], strict=False))
-        self.head = nn.Sequential(nn.GroupNorm(_groups(widths[-1], groups), widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 1, 1))
+        self.blocks = nn.ModuleList(
+            DownBlock(a, b, embed_dim, groups) for a, b in zip(widths, widths[1:], strict=False)
+        )
+        self.head = nn.Sequential(
+            nn.GroupNorm(_groups(widths[-1], groups), widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 1, 1)
+        )
         self.pooled = pooled
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
@@ -148,11 +152,17 @@ class ConvHead(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for _ in range(num_downsamples):
-            layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1),
-                       nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU()]
+            layers += [
+                nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+                nn.GroupNorm(_groups(channels, groups), channels),
+                nn.SiLU(),
+            ]
         if final_kernel > 0:
-            layers += [nn.Conv2d(channels, channels, final_kernel, stride=final_kernel),
-                       nn.GroupNorm(_groups(channels, groups), channels), nn.SiLU()]
+            layers += [
+                nn.Conv2d(channels, channels, final_kernel, stride=final_kernel),
+                nn.GroupNorm(_groups(channels, groups), channels),
+                nn.SiLU(),
+            ]
         self.body = nn.Sequential(*layers, nn.Conv2d(channels, 1, 1))
 
     def forward(self, h: Tensor) -> Tensor:
@@ -170,8 +180,14 @@ class VectorHead(nn.Module):
 
     def __init__(self, dim: int, width: int = 128, normalize: bool = True):
         super().__init__()
-        self.body = nn.Sequential(nn.LayerNorm(dim) if normalize else nn.Identity(), nn.Linear(dim, width), nn.SiLU(),
-                                  nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
+        self.body = nn.Sequential(
+            nn.LayerNorm(dim) if normalize else nn.Identity(),
+            nn.Linear(dim, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, 1),
+        )
 
     def forward(self, h: Tensor) -> Tensor:
         """(B, ..., D) -> (B, ...) logits."""
@@ -200,8 +216,7 @@ class FeatureHeads(nn.Module):
     Logits come back as a list (one entry per head), the multi-head form ``distill.core.gan`` averages.
     """
 
-    def __init__(self, shapes: Sequence[Sequence[int]], width: int = 128, groups: int = 32,
-                 single_logit: bool = False):
+    def __init__(self, shapes: Sequence[Sequence[int]], width: int = 128, groups: int = 32, single_logit: bool = False):
         super().__init__()
         self.heads = nn.ModuleList(head_for(s, width, groups, single_logit) for s in shapes)
 

@@ -18,10 +18,14 @@ def set_residual_dropout(net: nn.Module, p: float) -> int:
     that set a rate (py-meanflow's and FastGen's UNets) drop out in residual blocks only."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"teacher.train_dropout={p} must lie in [0, 1)")
-    layers = [m for name, m in net.named_modules() if name.rsplit(".", 1)[-1] == "dropout" and isinstance(m, nn.Dropout)]
+    layers = [
+        m for name, m in net.named_modules() if name.rsplit(".", 1)[-1] == "dropout" and isinstance(m, nn.Dropout)
+    ]
     if p > 0 and not layers:
-        raise ConfigError(f"teacher.train_dropout={p}: the teacher's {type(net).__name__} has no residual dropout "
-                          "layer to set (a UNet has one per residual block); set teacher.train_dropout=null")
+        raise ConfigError(
+            f"teacher.train_dropout={p}: the teacher's {type(net).__name__} has no residual dropout "
+            "layer to set (a UNet has one per residual block); set teacher.train_dropout=null"
+        )
     for layer in layers:
         layer.p = float(p)
     return len(layers)

@@ -32,12 +32,26 @@ from distill.nets.edm_layers import (
 class SongUNet(nn.Module):
     """DDPM++ / NCSN++ (Song et al. 2021) as reimplemented by EDM."""
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
-                 augment_dim: int = 0, model_channels: int = 128, channel_mult: list[int] = (1, 2, 2, 2),
-                 channel_mult_emb: int = 4, num_blocks: int = 4, attn_resolutions: list[int] = (16,),
-                 dropout: float = 0.10, label_dropout: float = 0, embedding_type: str = "positional",
-                 channel_mult_noise: int = 1, encoder_type: str = "standard", decoder_type: str = "standard",
-                 resample_filter: list[int] = (1, 1)):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 128,
+        channel_mult: list[int] = (1, 2, 2, 2),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 4,
+        attn_resolutions: list[int] = (16,),
+        dropout: float = 0.10,
+        label_dropout: float = 0,
+        embedding_type: str = "positional",
+        channel_mult_noise: int = 1,
+        encoder_type: str = "standard",
+        decoder_type: str = "standard",
+        resample_filter: list[int] = (1, 1),
+    ):
         if embedding_type not in ("fourier", "positional"):
             raise ValueError(f"embedding_type={embedding_type!r}: choose fourier or positional")
         if encoder_type not in ("standard", "skip", "residual"):
@@ -51,12 +65,25 @@ class SongUNet(nn.Module):
         init = dict(init_mode="xavier_uniform")
         init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
         init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
-        block = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-                     resample_filter=resample_filter, resample_proj=True, adaptive_scale=False, init=init,
-                     init_zero=init_zero, init_attn=init_attn)
+        block = dict(
+            emb_channels=emb_channels,
+            num_heads=1,
+            dropout=dropout,
+            skip_scale=math.sqrt(0.5),
+            eps=1e-6,
+            resample_filter=resample_filter,
+            resample_proj=True,
+            adaptive_scale=False,
+            init=init,
+            init_zero=init_zero,
+            init_attn=init_attn,
+        )
 
-        self.map_noise = (PositionalEmbedding(noise_channels, endpoint=True) if embedding_type == "positional"
-                          else FourierEmbedding(noise_channels))
+        self.map_noise = (
+            PositionalEmbedding(noise_channels, endpoint=True)
+            if embedding_type == "positional"
+            else FourierEmbedding(noise_channels)
+        )
         self.map_label = Linear(label_dim, noise_channels, **init) if label_dim else None
         self.map_augment = Linear(augment_dim, noise_channels, bias=False, **init) if augment_dim else None
         self.map_layer0 = Linear(noise_channels, emb_channels, **init)
@@ -72,13 +99,14 @@ class SongUNet(nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, kernel=0, down=True,
-                                                               resample_filter=resample_filter)
+                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(
+                        caux, caux, kernel=0, down=True, resample_filter=resample_filter
+                    )
                     self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, kernel=1, **init)
                 if encoder_type == "residual":
-                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(caux, cout, kernel=3, down=True,
-                                                                   resample_filter=resample_filter,
-                                                                   fused_resample=True, **init)
+                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
+                        caux, cout, kernel=3, down=True, resample_filter=resample_filter, fused_resample=True, **init
+                    )
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
@@ -99,13 +127,15 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, kernel=0, up=True,
-                                                             resample_filter=resample_filter)
+                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(
+                        out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter
+                    )
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
-    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None,
-                augment_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None = None
+    ) -> Tensor:
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # sin first, as DDPM++ had it
         if self.map_label is not None:
@@ -146,10 +176,21 @@ class SongUNet(nn.Module):
 class DhariwalUNet(nn.Module):
     """ADM (Dhariwal & Nichol 2021) as reimplemented by EDM."""
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
-                 augment_dim: int = 0, model_channels: int = 192, channel_mult: list[int] = (1, 2, 3, 4),
-                 channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions: list[int] = (32, 16, 8),
-                 dropout: float = 0.10, label_dropout: float = 0):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 192,
+        channel_mult: list[int] = (1, 2, 3, 4),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 3,
+        attn_resolutions: list[int] = (32, 16, 8),
+        dropout: float = 0.10,
+        label_dropout: float = 0,
+    ):
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
@@ -161,8 +202,11 @@ class DhariwalUNet(nn.Module):
         self.map_augment = Linear(augment_dim, model_channels, bias=False, **init_zero) if augment_dim else None
         self.map_layer0 = Linear(model_channels, emb_channels, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, **init)
-        self.map_label = (Linear(label_dim, emb_channels, bias=False, init_mode="kaiming_normal",
-                                 init_weight=math.sqrt(label_dim)) if label_dim else None)
+        self.map_label = (
+            Linear(label_dim, emb_channels, bias=False, init_mode="kaiming_normal", init_weight=math.sqrt(label_dim))
+            if label_dim
+            else None
+        )
 
         self.enc = nn.ModuleDict()
         cout = in_channels
@@ -192,8 +236,9 @@ class DhariwalUNet(nn.Module):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
-    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None,
-                augment_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None = None
+    ) -> Tensor:
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -230,15 +275,31 @@ class _Precond(nn.Module):
     Subclasses give ``coefficients(sigma) -> (c_skip, c_out, c_in, c_noise)``, each (B, 1, 1, 1).
     """
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool, model_type: str,
-                 model_kwargs: dict):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        use_fp16: bool,
+        model_type: str,
+        model_kwargs: dict,
+    ):
         super().__init__()
         if model_type not in NETWORKS:
             raise ValueError(f"model_type={model_type!r} is not an EDM network; choose one of {sorted(NETWORKS)}")
-        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = (img_resolution, img_channels,
-                                                                                 label_dim, use_fp16)
-        self.model = NETWORKS[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                          out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = (
+            img_resolution,
+            img_channels,
+            label_dim,
+            use_fp16,
+        )
+        self.model = NETWORKS[model_type](
+            img_resolution=img_resolution,
+            in_channels=img_channels,
+            out_channels=img_channels,
+            label_dim=label_dim,
+            **model_kwargs,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -248,8 +309,9 @@ class _Precond(nn.Module):
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, force_fp32: bool = False,
-                **model_kwargs) -> Tensor:
+    def forward(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, force_fp32: bool = False, **model_kwargs
+    ) -> Tensor:
         """EDM's denoiser ``D(x, sigma)``: x (B, C, H, W) at noise level sigma (B,) or scalar."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = x.to(dtype)
@@ -273,9 +335,18 @@ def one_hot_or_zeros(class_labels: Tensor | None, label_dim: int, x: Tensor) -> 
 class EDMPrecond(_Precond):
     """EDM's preconditioning (docs/methods.md 1.3): ``D = c_skip x + c_out F(c_in x, ln(sigma) / 4)``."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 sigma_min: float = 0, sigma_max: float = float("inf"), sigma_data: float = 0.5,
-                 model_type: str = "DhariwalUNet", **model_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0,
+        sigma_max: float = float("inf"),
+        sigma_data: float = 0.5,
+        model_type: str = "DhariwalUNet",
+        **model_kwargs,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
 
@@ -290,9 +361,19 @@ class EDMPrecond(_Precond):
 class VPPrecond(_Precond):
     """Song et al.'s VP preconditioning: eps-prediction, ``c_noise = (M - 1) t(sigma)``."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000, epsilon_t: float = 1e-5,
-                 model_type: str = "SongUNet", **model_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        model_type: str = "SongUNet",
+        **model_kwargs,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
         self.sigma_min = float(self.sigma(epsilon_t))
@@ -313,8 +394,17 @@ class VPPrecond(_Precond):
 class VEPrecond(_Precond):
     """Song et al.'s VE preconditioning: ``D = x + sigma F(x, ln(sigma / 2))``."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 sigma_min: float = 0.02, sigma_max: float = 100, model_type: str = "SongUNet", **model_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0.02,
+        sigma_max: float = 100,
+        model_type: str = "SongUNet",
+        **model_kwargs,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 

@@ -105,10 +105,21 @@ class MPConv(nn.Module):
 class Block(nn.Module):
     """EDM2's encoder / decoder block with optional self-attention (Figure 21)."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
-                 resample_mode: str = "keep", resample_filter: list[int] = (1, 1), attention: bool = False,
-                 channels_per_head: int = 64, dropout: float = 0, res_balance: float = 0.3,
-                 attn_balance: float = 0.3, clip_act: float | None = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        flavor: str = "enc",
+        resample_mode: str = "keep",
+        resample_filter: list[int] = (1, 1),
+        attention: bool = False,
+        channels_per_head: int = 64,
+        dropout: float = 0,
+        res_balance: float = 0.3,
+        attn_balance: float = 0.3,
+        clip_act: float | None = 256,
+    ):
         super().__init__()
         self.out_channels, self.flavor = out_channels, flavor
         self.resample_filter, self.resample_mode = list(resample_filter), resample_mode
@@ -154,10 +165,21 @@ class Block(nn.Module):
 class EDM2UNet(nn.Module):
     """EDM2's UNet (Figure 21); ``block_kwargs`` go to every ``Block``."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, model_channels: int = 192,
-                 channel_mult: list[int] = (1, 2, 3, 4), channel_mult_noise: int | None = None,
-                 channel_mult_emb: int | None = None, num_blocks: int = 3, attn_resolutions: list[int] = (16, 8),
-                 label_balance: float = 0.5, concat_balance: float = 0.5, **block_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        model_channels: int = 192,
+        channel_mult: list[int] = (1, 2, 3, 4),
+        channel_mult_noise: int | None = None,
+        channel_mult_emb: int | None = None,
+        num_blocks: int = 3,
+        attn_resolutions: list[int] = (16, 8),
+        label_balance: float = 0.5,
+        concat_balance: float = 0.5,
+        **block_kwargs,
+    ):
         super().__init__()
         cblock = [model_channels * m for m in channel_mult]
         cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
@@ -177,12 +199,14 @@ class EDM2UNet(nn.Module):
                 cin, cout = cout, channels
                 self.enc[f"{res}x{res}_conv"] = MPConv(cin, cout, kernel=[3, 3])
             else:
-                self.enc[f"{res}x{res}_down"] = Block(cout, cout, cemb, flavor="enc", resample_mode="down",
-                                                      **block_kwargs)
+                self.enc[f"{res}x{res}_down"] = Block(
+                    cout, cout, cemb, flavor="enc", resample_mode="down", **block_kwargs
+                )
             for idx in range(num_blocks):
                 cin, cout = cout, channels
-                self.enc[f"{res}x{res}_block{idx}"] = Block(cin, cout, cemb, flavor="enc",
-                                                            attention=res in attn_resolutions, **block_kwargs)
+                self.enc[f"{res}x{res}_block{idx}"] = Block(
+                    cin, cout, cemb, flavor="enc", attention=res in attn_resolutions, **block_kwargs
+                )
 
         self.dec = nn.ModuleDict()
         skips = [b.out_channels for b in self.enc.values()]
@@ -192,12 +216,12 @@ class EDM2UNet(nn.Module):
                 self.dec[f"{res}x{res}_in0"] = Block(cout, cout, cemb, flavor="dec", attention=True, **block_kwargs)
                 self.dec[f"{res}x{res}_in1"] = Block(cout, cout, cemb, flavor="dec", **block_kwargs)
             else:
-                self.dec[f"{res}x{res}_up"] = Block(cout, cout, cemb, flavor="dec", resample_mode="up",
-                                                    **block_kwargs)
+                self.dec[f"{res}x{res}_up"] = Block(cout, cout, cemb, flavor="dec", resample_mode="up", **block_kwargs)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), channels
-                self.dec[f"{res}x{res}_block{idx}"] = Block(cin, cout, cemb, flavor="dec",
-                                                            attention=res in attn_resolutions, **block_kwargs)
+                self.dec[f"{res}x{res}_block{idx}"] = Block(
+                    cin, cout, cemb, flavor="dec", attention=res in attn_resolutions, **block_kwargs
+                )
         self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
@@ -221,13 +245,22 @@ class EDM2UNet(nn.Module):
 class EDM2Precond(nn.Module):
     """EDM2's preconditioner (EDM's, docs/methods.md 1.3) plus the learned uncertainty head ``logvar(sigma)``."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
-                 sigma_data: float = 0.5, logvar_channels: int = 128, **unet_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        use_fp16: bool = True,
+        sigma_data: float = 0.5,
+        logvar_channels: int = 128,
+        **unet_kwargs,
+    ):
         super().__init__()
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
         self.use_fp16, self.sigma_data = use_fp16, float(sigma_data)
-        self.unet = EDM2UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim,
-                             **unet_kwargs)
+        self.unet = EDM2UNet(
+            img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs
+        )
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
 
@@ -236,8 +269,15 @@ class EDM2Precond(nn.Module):
         """Classes the denoiser is conditioned on (one-hot ``class_labels``; 0: unconditional)."""
         return self.label_dim
 
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, force_fp32: bool = False,
-                return_logvar: bool = False, **unet_kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        class_labels: Tensor | None = None,
+        force_fp32: bool = False,
+        return_logvar: bool = False,
+        **unet_kwargs,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``D(x, sigma)`` (and ``logvar`` (B, 1, 1, 1) with ``return_logvar``); x (B, C, H, W), sigma (B,)."""
         dtype = _at_least_f32(x)
         x = x.to(dtype)

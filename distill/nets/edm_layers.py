@@ -25,14 +25,23 @@ def weight_init(shape: list[int], mode: str, fan_in: int, fan_out: int) -> Tenso
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init mode {mode!r}; choose xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+    raise ValueError(
+        f"unknown init mode {mode!r}; choose xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal"
+    )
 
 
 class Linear(nn.Module):
     """``x @ weight.T + bias`` with EDM's init."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_mode: str = "kaiming_normal",
-                 init_weight: float = 1, init_bias: float = 0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init_mode: str = "kaiming_normal",
+        init_weight: float = 1,
+        init_bias: float = 0,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
@@ -47,17 +56,31 @@ class Linear(nn.Module):
 class Conv2d(nn.Module):
     """Convolution with optional FIR up/downsampling; ``kernel=0`` resamples only."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True, up: bool = False,
-                 down: bool = False, resample_filter: list[int] = (1, 1), fused_resample: bool = False,
-                 init_mode: str = "kaiming_normal", init_weight: float = 1, init_bias: float = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        resample_filter: list[int] = (1, 1),
+        fused_resample: bool = False,
+        init_mode: str = "kaiming_normal",
+        init_weight: float = 1,
+        init_bias: float = 0,
+    ):
         if up and down:
             raise ValueError("Conv2d resamples up or down, not both")
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.fused_resample = up, down, fused_resample
         fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
-        self.weight = (nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight)
-                       if kernel else None)
+        self.weight = (
+            nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight)
+            if kernel
+            else None
+        )
         self.bias = nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
         f = torch.as_tensor(list(resample_filter), dtype=torch.float32)
         f = f.ger(f).unsqueeze(0).unsqueeze(1) / f.sum().square()
@@ -69,16 +92,22 @@ class Conv2d(nn.Module):
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
         if self.fused_resample and self.up and w is not None:
-            x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2,
-                                   padding=max(f_pad - w_pad, 0))
+            x = F.conv_transpose2d(
+                x,
+                f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                groups=self.in_channels,
+                stride=2,
+                padding=max(f_pad - w_pad, 0),
+            )
             x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
         elif self.fused_resample and self.down and w is not None:
             x = F.conv2d(x, w, padding=w_pad + f_pad)
             x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
         else:
             if self.up:
-                x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels,
-                                       stride=2, padding=f_pad)
+                x = F.conv_transpose2d(
+                    x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad
+                )
             if self.down:
                 x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad)
             if w is not None:
@@ -112,32 +141,53 @@ def attention_weights(q: Tensor, k: Tensor) -> Tensor:
 class UNetBlock(nn.Module):
     """EDM's residual block (the union of DDPM++, NCSN++ and ADM features) with optional attention."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
-                 attention: bool = False, num_heads: int | None = None, channels_per_head: int = 64,
-                 dropout: float = 0, skip_scale: float = 1, eps: float = 1e-5, resample_filter: list[int] = (1, 1),
-                 resample_proj: bool = False, adaptive_scale: bool = True, init: dict | None = None,
-                 init_zero: dict | None = None, init_attn: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int | None = None,
+        channels_per_head: int = 64,
+        dropout: float = 0,
+        skip_scale: float = 1,
+        eps: float = 1e-5,
+        resample_filter: list[int] = (1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+        init: dict | None = None,
+        init_zero: dict | None = None,
+        init_attn: dict | None = None,
+    ):
         super().__init__()
         init = dict(init or {})
         init_zero = dict(init_weight=0) if init_zero is None else dict(init_zero)
         self.in_channels, self.out_channels, self.emb_channels = in_channels, out_channels, emb_channels
-        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        self.num_heads = (
+            0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        )
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, float(skip_scale), adaptive_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter,
-                            **init)
+        self.conv0 = Conv2d(
+            in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init
+        )
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
         self.skip = None
         if out_channels != in_channels or up or down:
             kernel = 1 if resample_proj or out_channels != in_channels else 0
-            self.skip = Conv2d(in_channels, out_channels, kernel=kernel, up=up, down=down,
-                               resample_filter=resample_filter, **init)
+            self.skip = Conv2d(
+                in_channels, out_channels, kernel=kernel, up=up, down=down, resample_filter=resample_filter, **init
+            )
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
-            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init))
+            self.qkv = Conv2d(
+                out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init)
+            )
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:

@@ -35,13 +35,18 @@ def frozen_parameter_names(model: nn.Module, rule: str | Sequence[str]) -> set[s
         if rule == "none":
             return set()
         if rule == "conv":
-            return {f"{module_name}.{p}".lstrip(".") for module_name, module in model.named_modules()
-                    if is_convolution(module) for p, _ in module.named_parameters(recurse=False)}
+            return {
+                f"{module_name}.{p}".lstrip(".")
+                for module_name, module in model.named_modules()
+                if is_convolution(module)
+                for p, _ in module.named_parameters(recurse=False)
+            }
         if rule == "gdd":
             # loss.py:225 only stops gradients for "block"/"in" names; training_loop.py:166 also leaves
             # the "up"/"down" ones (every resampling block's conv0/conv1) out of the optimizer.
-            return {n for n in names if any(k in n for k in ("block", "up", "down", "in"))
-                    and ("conv" in n or "proj" in n)}
+            return {
+                n for n in names if any(k in n for k in ("block", "up", "down", "in")) and ("conv" in n or "proj" in n)
+            }
         raise ConfigError(f"method.objective.frozen_layers={rule!r}; choose one of {RULES} or a list of name patterns")
     return {n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in rule)}
 

@@ -29,9 +29,11 @@ VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # features[a:b] ends
 CHANNELS = (64, 128, 256, 512, 512)
 SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer
 SCALE = (0.458, 0.448, 0.450)
-WEIGHTS_HINT = ("method.objective.lpips.backbone must name torchvision's VGG-16 ImageNet state dict "
-                "(vgg16-397923af.pth) and method.objective.lpips.linear the lpips package's weights/v0.1/vgg.pth "
-                "(or leave it null with `pip install lpips`)")
+WEIGHTS_HINT = (
+    "method.objective.lpips.backbone must name torchvision's VGG-16 ImageNet state dict "
+    "(vgg16-397923af.pth) and method.objective.lpips.linear the lpips package's weights/v0.1/vgg.pth "
+    "(or leave it null with `pip install lpips`)"
+)
 
 
 def _load(path: str | Path, what: str) -> dict[str, Tensor]:
@@ -45,8 +47,9 @@ def _packaged_linear_weights() -> Path:
     try:
         import lpips
     except ImportError as err:
-        raise ConfigError(f"method.objective.lpips.linear is null and the lpips package is not installed: "
-                          f"{WEIGHTS_HINT}") from err
+        raise ConfigError(
+            f"method.objective.lpips.linear is null and the lpips package is not installed: {WEIGHTS_HINT}"
+        ) from err
     return Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
 
 
@@ -65,8 +68,9 @@ class LPIPS(nn.Module):
         from torchvision.models import vgg16  # the architecture only: no weights are fetched
 
         features = vgg16(weights=None).features
-        state = {k.removeprefix("features."): v for k, v in _load(backbone, "backbone").items()
-                 if k.startswith("features.")}
+        state = {
+            k.removeprefix("features."): v for k, v in _load(backbone, "backbone").items() if k.startswith("features.")
+        }
         try:
             features.load_state_dict(state)
         except RuntimeError as err:
@@ -119,8 +123,10 @@ class PerceptualDistance:
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """(B,) LPIPS distances between image batches x and y in [-1, 1] (B, 3, H, W)."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"method.objective.loss=lpips compares RGB images, not samples of shape {tuple(x.shape[1:])}: "
-                              "use loss=l2 for this data")
+            raise ConfigError(
+                f"method.objective.loss=lpips compares RGB images, not samples of shape {tuple(x.shape[1:])}: "
+                "use loss=l2 for this data"
+            )
         if self.net is None:
             self.net = LPIPS(**self.spec)
         return self.net.to(x.device)(x.float(), y.float())

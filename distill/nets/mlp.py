@@ -57,13 +57,17 @@ class TimeMLP(nn.Module):
     ):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.config = {"data_shape": self.data_shape, "width": width, "depth": depth, "embed_dim": embed_dim,
-                       "extra_time": extra_time, "num_classes": num_classes}
+        self.config = {
+            "data_shape": self.data_shape,
+            "width": width,
+            "depth": depth,
+            "embed_dim": embed_dim,
+            "extra_time": extra_time,
+            "num_classes": num_classes,
+        }
         self.extra_time = extra_time
         dim = math.prod(self.data_shape)
-        self.time_embed = nn.Sequential(
-            SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU()
-        )
+        self.time_embed = nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU())
         # Only present with extra_time, so existing checkpoints keep their exact keys.
         self.extra_embed = zero_init_embedding(embed_dim) if extra_time else None
         self.num_classes = num_classes

@@ -37,12 +37,19 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if extra_time and num_classes:
-            raise ValueError("extra_time (MeanFlow) and num_classes both need diffusers' class embedding: "
-                             "class-conditional MeanFlow students are not supported")
+            raise ValueError(
+                "extra_time (MeanFlow) and num_classes both need diffusers' class embedding: "
+                "class-conditional MeanFlow students are not supported"
+            )
         self.config = {
-            "sample_size": sample_size, "channels": channels, "block_out_channels": tuple(block_out_channels),
-            "layers_per_block": layers_per_block, "attention": attention, "norm_num_groups": norm_num_groups,
-            "extra_time": extra_time, "num_classes": num_classes,
+            "sample_size": sample_size,
+            "channels": channels,
+            "block_out_channels": tuple(block_out_channels),
+            "layers_per_block": layers_per_block,
+            "attention": attention,
+            "norm_num_groups": norm_num_groups,
+            "extra_time": extra_time,
+            "num_classes": num_classes,
         }
         self.extra_time, self.num_classes = extra_time, num_classes
         levels = len(block_out_channels)

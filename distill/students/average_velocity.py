@@ -43,7 +43,9 @@ class AverageVelocityModel(nn.Module):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme={scheme!r} is unknown; choose one of {SCHEMES}")
         if time_scale <= 0:
-            raise ConfigError(f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)")
+            raise ConfigError(
+                f"method.objective.time_scale={time_scale} must be > 0 (1: raw times, 1000: diffusers' convention)"
+            )
         self.net, self.time_scale, self.scheme, self.sigma_data = net, float(time_scale), scheme, sigma_data
         self.process = EDM(sigma_data=sigma_data) if scheme == "edm" else None
 
@@ -53,8 +55,9 @@ class AverageVelocityModel(nn.Module):
             return self.net(z, self.time_scale * t, c_extra)
 
         def denoiser(x: Tensor, sigma: Tensor) -> Tensor:  # the net takes k (t - r) as its second input
-            return edm_denoise(lambda x_in, c_noise: self.net(x_in, c_noise, c_extra.to(x.dtype)), x, sigma,
-                               self.sigma_data)
+            return edm_denoise(
+                lambda x_in, c_noise: self.net(x_in, c_noise, c_extra.to(x.dtype)), x, sigma, self.sigma_data
+            )
 
         # The velocity at t of the x0 estimate: (z - x0) / t, with t clamped to EDM's [sigma_min, sigma_max].
         return to_velocity_model(denoiser, self.process, "x0")(z, t)
@@ -107,7 +110,8 @@ def average_velocity_from(student: nn.Module, time_scale: float = TIME_SCALE) ->
     new_keys = set(net.state_dict()) - set(student.net.state_dict())
     if result.unexpected_keys or set(result.missing_keys) - new_keys:
         raise ValueError(
-            f"the student's weights do not fit its rebuilt net: missing {sorted(set(result.missing_keys) - new_keys)[:5]}, "
+            "the student's weights do not fit its rebuilt net: missing "
+            f"{sorted(set(result.missing_keys) - new_keys)[:5]}, "
             f"unexpected {sorted(result.unexpected_keys)[:5]}"
         )
     return AverageVelocityModel(net.train(student.training).requires_grad_(True), **kwargs)

@@ -35,8 +35,10 @@ def fresh_student_like(teacher_model: nn.Module) -> nn.Module:
             reset.update(id(p) for p in module.parameters(recurse=False))
     kept = [name for name, p in student.named_parameters() if id(p) not in reset]
     if kept:
-        raise ValueError(f"cannot re-initialise {kept[:3]} ({len(kept)} parameters; their modules have no "
-                         "reset_parameters): use student.init=teacher, or student.init=random with a student.net")
+        raise ValueError(
+            f"cannot re-initialise {kept[:3]} ({len(kept)} parameters; their modules have no "
+            "reset_parameters): use student.init=teacher, or student.init=random with a student.net"
+        )
     return student
 
 

@@ -27,7 +27,9 @@ def check_generator_times(times: Sequence[float]) -> Tensor:
     """The training times as a float64 tensor; refuse anything but a decreasing list in (0, 1]."""
     t = torch.tensor([float(s) for s in times], dtype=torch.float64)
     if len(t) == 0 or not bool(((t > 0) & (t <= 1)).all()) or not bool((t[1:] < t[:-1]).all()):
-        raise ConfigError(f"method.objective.generator_times={list(times)} must be a decreasing list of FM times in (0, 1]")
+        raise ConfigError(
+            f"method.objective.generator_times={list(times)} must be a decreasing list of FM times in (0, 1]"
+        )
     return t
 
 
@@ -59,8 +61,10 @@ def clamp_generator_times(times: Tensor, model: nn.Module) -> Tensor:
     top = top_time(model)
     clamped = times.clamp(max=top)
     if not bool((clamped[1:] < clamped[:-1]).all()):
-        raise ConfigError(f"method.objective.generator_times={times.tolist()}: at most the first may lie above this network's "
-                         f"largest noise level s = {top:.6g}; lower the others below it")
+        raise ConfigError(
+            f"method.objective.generator_times={times.tolist()}: at most the first may lie above this network's "
+            f"largest noise level s = {top:.6g}; lower the others below it"
+        )
     return clamped
 
 

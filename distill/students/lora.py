@@ -35,8 +35,12 @@ def add_lora(
     peft's rule), everything else frozen except parameters matching the fnmatch patterns ``train_fully``."""
     if rank < 1:
         raise ValueError(f"student.lora.rank={rank} must be >= 1")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=targets if isinstance(targets, str) else list(targets))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+    )
     config._register_custom_module(WEIGHT_LORA_LAYERS)  # peft's hook for layer types it does not know
     try:
         inject_adapter_in_model(config, model)
@@ -44,8 +48,10 @@ def add_lora(
         raise
     except ValueError as err:  # peft: "Target modules ... not found in the base model"
         names = [name for name, m in model.named_modules() if isinstance(m, ADAPTABLE)]
-        raise ValueError(f"student.lora.targets={targets!r} matched no layer ({err}); "
-                         f"Linear/Conv2d layers here: {names[:12]}{' ...' if len(names) > 12 else ''}") from err
+        raise ValueError(
+            f"student.lora.targets={targets!r} matched no layer ({err}); "
+            f"Linear/Conv2d layers here: {names[:12]}{' ...' if len(names) > 12 else ''}"
+        ) from err
     for name, p in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in train_fully):
             p.requires_grad_(True)

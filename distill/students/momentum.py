@@ -36,8 +36,9 @@ def _replicate(layer: nn.Module, copies: int, bias_noise: float, noise_group: in
     pnotp/ArcFlow arcqwen.py:252-257)."""
     units = layer.weight.shape[0]
     if noise_group < 1 or units % noise_group:
-        raise ConfigError(f"method.objective.bias_noise_group={noise_group} must be >= 1 and divide the output layer's "
-                         f"{units} units")
+        raise ConfigError(
+            f"method.objective.bias_noise_group={noise_group} must be >= 1 and divide the output layer's {units} units"
+        )
     wide = _like(layer, units * copies)
     with torch.no_grad():
         wide.weight.copy_(layer.weight.repeat(copies, *[1] * (layer.weight.ndim - 1)))
@@ -67,12 +68,20 @@ class MomentumStudent(nn.Module):
         rate_range: the initial rates of components 2..K are log-spaced over this range.
     """
 
-    def __init__(self, model: VelocityModel, components: int = 8, bias_noise: float = 0.05,
-                 rate_range: tuple[float, float] = (0.2, 4.0), bias_noise_group: int = 1):
+    def __init__(
+        self,
+        model: VelocityModel,
+        components: int = 8,
+        bias_noise: float = 0.05,
+        rate_range: tuple[float, float] = (0.2, 4.0),
+        bias_noise_group: int = 1,
+    ):
         super().__init__()
         if getattr(model, "scheme", None) != "fm":
-            raise ValueError("ArcFlow's components are velocities: the student must be an fm-scheme "
-                             f"VelocityModel, got {type(model).__name__} scheme={getattr(model, 'scheme', None)}")
+            raise ValueError(
+                "ArcFlow's components are velocities: the student must be an fm-scheme "
+                f"VelocityModel, got {type(model).__name__} scheme={getattr(model, 'scheme', None)}"
+            )
         if components < 1:
             raise ConfigError(f"method.objective.components={components} must be >= 1")
         self.model, self.components = model, components
@@ -116,8 +125,10 @@ class MomentumStudent(nn.Module):
         if h.ndim == 3:
             return self._token_mixture(out, x)
         if h.ndim != (2 if self.per_element else 4):
-            raise ValueError(f"momentum heads read the output layer's input as (B, width), (B, C, H, W) or (B, tokens, "
-                             f"width), got {tuple(h.shape)}")
+            raise ValueError(
+                f"momentum heads read the output layer's input as (B, width), (B, C, H, W) or (B, tokens, "
+                f"width), got {tuple(h.shape)}"
+            )
         b, k = x.shape[0], self.components
         gate_shape = (b, k, *x.shape[1:]) if self.per_element else (b, k, 1, *x.shape[2:])
         means = self.means(h).view(b, k, *x.shape[1:])
@@ -128,6 +139,7 @@ class MomentumStudent(nn.Module):
 
     def _stacked_heads(self, h: Tensor) -> Tensor:
         """Token features (B, N, width) -> each head's components as output tokens, (n B, N, units) per head."""
+
         def to_batch(out: Tensor) -> Tensor:
             b, tokens, wide = out.shape
             n = wide // self.units
@@ -140,8 +152,9 @@ class MomentumStudent(nn.Module):
         mixture is per pixel, shared by its channels (docs/methods.md 8 keeps logweights per pixel)."""
         b, k = x.shape[0], self.components
         n_rates = self.rates.out_features // self.units
-        means, logits, rates = (part.reshape(-1, b, *x.shape[1:]).transpose(0, 1)
-                                for part in out.split([k * b, k * b, n_rates * b]))
+        means, logits, rates = (
+            part.reshape(-1, b, *x.shape[1:]).transpose(0, 1) for part in out.split([k * b, k * b, n_rates * b])
+        )
         weights = torch.softmax(logits.mean(2, keepdim=True), dim=1)
         rates = rates.mean(2, keepdim=True)[:, : k - 1]
         rates = torch.cat([torch.zeros_like(weights[:, :1]), rates], dim=1)  # component 1: constant velocity

@@ -32,11 +32,15 @@ class WeightLora(PeftLoraLinear):
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
         weight = getattr(base_layer, "weight", None)
         if not isinstance(weight, Tensor):  # EDM's kernel=0 Conv2d only resamples
-            raise WeightLoraError(f"{type(base_layer).__name__} without a weight (a resampling-only layer) cannot take "
-                             "LoRA: leave it out of student.lora.targets")
+            raise WeightLoraError(
+                f"{type(base_layer).__name__} without a weight (a resampling-only layer) cannot take "
+                "LoRA: leave it out of student.lora.targets"
+            )
         if config.lora_dropout:
-            raise WeightLoraError(f"student.lora.dropout={config.lora_dropout}: LoRA on EDM layers adapts the weight, "
-                             "so there is no adapter input to drop out; set it to 0")
+            raise WeightLoraError(
+                f"student.lora.dropout={config.lora_dropout}: LoRA on EDM layers adapts the weight, "
+                "so there is no adapter input to drop out; set it to 0"
+            )
         super().__init__(base_layer, adapter_name, config, **kwargs)
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
@@ -64,5 +68,8 @@ class WeightLora(PeftLoraLinear):
 
 
 # layer class -> its LoRA class, for LoraConfig._register_custom_module
-WEIGHT_LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {EDMLinear: WeightLora, EDMConv2d: WeightLora,
-                                                              MPConv: WeightLora}
+WEIGHT_LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
+    EDMLinear: WeightLora,
+    EDMConv2d: WeightLora,
+    MPConv: WeightLora,
+}

@@ -23,8 +23,9 @@ class Teacher(nn.Module):
             teacher call is guided, so guidance folds into whatever the student learns from it.
     """
 
-    def __init__(self, model: nn.Module, data_shape: tuple[int, ...], meta: dict[str, Any] | None = None,
-                 guidance: float = 1.0):
+    def __init__(
+        self, model: nn.Module, data_shape: tuple[int, ...], meta: dict[str, Any] | None = None, guidance: float = 1.0
+    ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.data_shape = tuple(data_shape)

@@ -58,8 +58,10 @@ FLOW_TIME_SCALE = 1000.0  # diffusers' flow models take timestep = 1000 sigma
 def locate(path: str | Path) -> tuple[Path, Path]:
     """``(model_dir, scheduler_config)`` of a pipeline or bare model directory."""
     path = Path(path)
-    hint = ("point teacher.path at a diffusers pipeline directory (model_index.json, unet/ or transformer/, "
-            "scheduler/) or a model directory (config.json + weights) with its scheduler_config.json")
+    hint = (
+        "point teacher.path at a diffusers pipeline directory (model_index.json, unet/ or transformer/, "
+        "scheduler/) or a model directory (config.json + weights) with its scheduler_config.json"
+    )
     if not path.is_dir():
         raise TeacherCheckpointError(f"teacher.path={path} does not exist: {hint}")
     if (path / "model_index.json").is_file():
@@ -71,12 +73,17 @@ def locate(path: str | Path) -> tuple[Path, Path]:
         model_dir = path
     else:
         raise TeacherCheckpointError(f"{path} holds neither model_index.json nor config.json: {hint}")
-    candidates = [model_dir.parent / "scheduler" / "scheduler_config.json", model_dir / "scheduler_config.json",
-                  model_dir / "scheduler" / "scheduler_config.json"]
+    candidates = [
+        model_dir.parent / "scheduler" / "scheduler_config.json",
+        model_dir / "scheduler_config.json",
+        model_dir / "scheduler" / "scheduler_config.json",
+    ]
     scheduler = next((c for c in candidates if c.is_file()), None)
     if scheduler is None:
-        raise TeacherCheckpointError(f"no scheduler_config.json found for {model_dir} (looked in "
-                                     f"{[str(c) for c in candidates]}): the teacher's parameterization is read from it")
+        raise TeacherCheckpointError(
+            f"no scheduler_config.json found for {model_dir} (looked in "
+            f"{[str(c) for c in candidates]}): the teacher's parameterization is read from it"
+        )
     return model_dir, scheduler
 
 
@@ -87,8 +94,10 @@ def parameterization(scheduler_config: dict[str, Any]) -> tuple[NoiseProcess, st
         return FlowMatching(), "flow", float(scheduler_config.get("shift", 1.0))
     prediction = scheduler_config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
-        raise TeacherCheckpointError(f"scheduler {name} has prediction_type={prediction!r}; supported: "
-                                     f"{sorted(PREDICTION_TYPES)} or a FlowMatch* scheduler")
+        raise TeacherCheckpointError(
+            f"scheduler {name} has prediction_type={prediction!r}; supported: "
+            f"{sorted(PREDICTION_TYPES)} or a FlowMatch* scheduler"
+        )
     if scheduler_config.get("trained_betas") is not None:
         raise TeacherCheckpointError(f"scheduler {name} uses trained_betas, which are not supported yet")
     process = VPDiscrete(**{k: scheduler_config[k] for k in VP_CONFIG_KEYS if k in scheduler_config})
@@ -101,14 +110,17 @@ def load_network(model_dir: Path, dtype: str | None = None) -> nn.Module:
     config = json.loads((model_dir / "config.json").read_text())
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
-        raise TeacherCheckpointError(f"{model_dir}/config.json names _class_name={config.get('_class_name')!r}, "
-                                     "not a diffusers model class")
+        raise TeacherCheckpointError(
+            f"{model_dir}/config.json names _class_name={config.get('_class_name')!r}, not a diffusers model class"
+        )
     try:
         kwargs = {"torch_dtype": getattr(torch, dtype)} if dtype else {}
         return cls.from_pretrained(model_dir, use_safetensors=True, local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
-        raise TeacherCheckpointError(f"cannot load {cls.__name__} weights from {model_dir} ({err}): it needs "
-                                     "diffusion_pytorch_model.safetensors (convert .bin weights with diffusers first)") from err
+        raise TeacherCheckpointError(
+            f"cannot load {cls.__name__} weights from {model_dir} ({err}): it needs "
+            "diffusion_pytorch_model.safetensors (convert .bin weights with diffusers first)"
+        ) from err
 
 
 class DiffusersVelocity(nn.Module):
@@ -126,8 +138,10 @@ class DiffusersVelocity(nn.Module):
         self.num_classes = num_classes_of(net)
         self.text = PROMPTS in _required_inputs(net)
         if self.text and null_prompt is None:
-            raise TeacherCheckpointError(f"{type(net).__name__} is text-conditional: it needs the empty prompt's "
-                                         "embedding (load it from a pipeline dir with text_encoder/ and tokenizer/)")
+            raise TeacherCheckpointError(
+                f"{type(net).__name__} is text-conditional: it needs the empty prompt's "
+                "embedding (load it from a pipeline dir with text_encoder/ and tokenizer/)"
+            )
         # (1, L, D), a buffer so it follows the module's device; never checkpointed
         self.register_buffer("null_prompt", null_prompt, persistent=False)
 
@@ -157,8 +171,13 @@ def _required_inputs(net: nn.Module) -> set[str]:
     return {p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD}
 
 
-def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embedded_guidance: float | None = None,
-                           max_sequence_length: int | None = None, dtype: str | None = None) -> Teacher:
+def load_diffusers_teacher(
+    path: str | Path,
+    resolution: int | None = None,
+    embedded_guidance: float | None = None,
+    max_sequence_length: int | None = None,
+    dtype: str | None = None,
+) -> Teacher:
     """A frozen teacher from a local diffusers directory (see the module docstring for layouts).
 
     ``resolution`` (pixels), ``embedded_guidance`` and ``max_sequence_length`` serve the text-to-image
@@ -169,19 +188,30 @@ def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embe
     process, prediction, shift = parameterization(scheduler_config)
     net = load_network(model_dir, dtype)
     if needs_text_adapter(net):
-        raise TeacherCheckpointError(f"{type(net).__name__} is a text-to-image transformer without an adapter here; "
-                                     f"supported: {sorted(TEXT_TRANSFORMERS)} (add one in distill/teachers/transformers.py)")
+        raise TeacherCheckpointError(
+            f"{type(net).__name__} is a text-to-image transformer without an adapter here; "
+            f"supported: {sorted(TEXT_TRANSFORMERS)} (add one in distill/teachers/transformers.py)"
+        )
     if is_text_transformer(type(net).__name__):
-        return load_text_transformer(net, model_dir, path, scheduler_config, resolution, embedded_guidance,
-                                     max_sequence_length)
+        return load_text_transformer(
+            net, model_dir, path, scheduler_config, resolution, embedded_guidance, max_sequence_length
+        )
     config = net.config
     channels, size = config.get("in_channels"), config.get("sample_size")
     if channels is None or size is None:
-        raise TeacherCheckpointError(f"{model_dir}/config.json lacks in_channels / sample_size: the sample shape "
-                                     "cannot be read from it")
+        raise TeacherCheckpointError(
+            f"{model_dir}/config.json lacks in_channels / sample_size: the sample shape cannot be read from it"
+        )
     side = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": prediction,
-            "scheduler": scheduler_config.get("_class_name"), "shift": shift, "pipeline_dir": str(model_dir.parent)}
+    meta = {
+        "kind": "diffusers",
+        "path": str(path),
+        "class": type(net).__name__,
+        "prediction": prediction,
+        "scheduler": scheduler_config.get("_class_name"),
+        "shift": shift,
+        "pipeline_dir": str(model_dir.parent),
+    }
     null_prompt = None
     if PROMPTS in _required_inputs(net):
         null_prompt = PromptEncoder(model_dir.parent).encode([""])
@@ -192,24 +222,37 @@ def load_diffusers_teacher(path: str | Path, resolution: int | None = None, embe
     return teacher
 
 
-def load_text_transformer(net: nn.Module, model_dir: Path, path: str | Path, scheduler_config: dict[str, Any],
-                          resolution: int | None, embedded_guidance: float | None,
-                          max_sequence_length: int | None) -> Teacher:
+def load_text_transformer(
+    net: nn.Module,
+    model_dir: Path,
+    path: str | Path,
+    scheduler_config: dict[str, Any],
+    resolution: int | None,
+    embedded_guidance: float | None,
+    max_sequence_length: int | None,
+) -> Teacher:
     """An SD3 / FLUX.1 / Qwen-Image teacher: the empty prompt encoded by the pipeline's own text
     encoders, the latent side read from ``resolution`` (these transformers take any size)."""
     pipeline_dir = model_dir.parent
     if model_dir == pipeline_dir or not (pipeline_dir / "model_index.json").is_file():
-        raise TeacherCheckpointError(f"{type(net).__name__} needs its pipeline directory (model_index.json, "
-                                     "text_encoder*/, tokenizer*/, transformer/): point teacher.path at it")
-    codec = LatentCodec(load_network(pipeline_dir / "vae")) if (pipeline_dir / "vae" / "config.json").is_file() else None
+        raise TeacherCheckpointError(
+            f"{type(net).__name__} needs its pipeline directory (model_index.json, "
+            "text_encoder*/, tokenizer*/, transformer/): point teacher.path at it"
+        )
+    codec = (
+        LatentCodec(load_network(pipeline_dir / "vae")) if (pipeline_dir / "vae" / "config.json").is_file() else None
+    )
     if resolution is None:
-        raise TeacherCheckpointError(f"{type(net).__name__} has no fixed sample size: pass the resolution "
-                                     "(the dataset's, in pixels)")
+        raise TeacherCheckpointError(
+            f"{type(net).__name__} has no fixed sample size: pass the resolution (the dataset's, in pixels)"
+        )
     factor = codec.factor if codec is not None else 1
     side = resolution // factor
     if side % 2 or side * factor != resolution:
-        raise TeacherCheckpointError(f"resolution {resolution} is not a multiple of {2 * factor} (VAE factor "
-                                     f"{factor} x 2x2 patches): set dataset.resolution to one")
+        raise TeacherCheckpointError(
+            f"resolution {resolution} is not a multiple of {2 * factor} (VAE factor "
+            f"{factor} x 2x2 patches): set dataset.resolution to one"
+        )
     encoder = PipelinePromptEncoder(pipeline_dir, type(net).__name__, max_sequence_length)
     try:
         guidance = embedded_guidance_for(net, embedded_guidance)
@@ -217,10 +260,17 @@ def load_text_transformer(net: nn.Module, model_dir: Path, path: str | Path, sch
         raise TeacherCheckpointError(str(err)) from err
     shape = (latent_channels(net), side, side)
     model = TextTransformerVelocity(net, encoder.encode([""]), guidance, shape)
-    meta = {"kind": "diffusers", "path": str(path), "class": type(net).__name__, "prediction": "flow",
-            "scheduler": scheduler_config.get("_class_name"), "shift": float(scheduler_config.get("shift", 1.0)),
-            "pipeline_dir": str(pipeline_dir), "max_sequence_length": encoder.max_length,
-            "embedded_guidance": guidance}
+    meta = {
+        "kind": "diffusers",
+        "path": str(path),
+        "class": type(net).__name__,
+        "prediction": "flow",
+        "scheduler": scheduler_config.get("_class_name"),
+        "shift": float(scheduler_config.get("shift", 1.0)),
+        "pipeline_dir": str(pipeline_dir),
+        "max_sequence_length": encoder.max_length,
+        "embedded_guidance": guidance,
+    }
     teacher = Teacher(model, shape, meta)
     teacher.codec = codec
     teacher.prompt_encoder = encoder  # kept for the prompt table (encode_prompt_table releases it): one load

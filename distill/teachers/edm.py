@@ -33,8 +33,10 @@ from distill.teachers.edm_checkpoint import (
 from distill.teachers.edm_pickle import EDMPickleError
 
 SAMPLER_SIGMA_MIN, SAMPLER_SIGMA_MAX = 0.002, 80.0  # EDM's deterministic sampler defaults
-NO_NULL_CLASS = ("EDM / EDM2 networks are trained without a null class (no label dropout), so classifier-free "
-                 "guidance has no unconditional prediction to use: keep teacher.guidance=1")
+NO_NULL_CLASS = (
+    "EDM / EDM2 networks are trained without a null class (no label dropout), so classifier-free "
+    "guidance has no unconditional prediction to use: keep teacher.guidance=1"
+)
 
 
 class EDMVelocity(nn.Module):
@@ -48,9 +50,11 @@ class EDMVelocity(nn.Module):
         self.net = net
         self.num_classes = int(net.label_dim)
         self.data_shape = data_shape_of(net)  # read by methods that build discriminators before seeing data
-        self.process = EDM(sigma_min=max(SAMPLER_SIGMA_MIN, float(getattr(net, "sigma_min", 0.0))),
-                           sigma_max=min(SAMPLER_SIGMA_MAX, float(getattr(net, "sigma_max", float("inf")))),
-                           sigma_data=float(getattr(net, "sigma_data", 0.5)))
+        self.process = EDM(
+            sigma_min=max(SAMPLER_SIGMA_MIN, float(getattr(net, "sigma_min", 0.0))),
+            sigma_max=min(SAMPLER_SIGMA_MAX, float(getattr(net, "sigma_max", float("inf")))),
+            sigma_data=float(getattr(net, "sigma_data", 0.5)),
+        )
 
     def native(self, x: Tensor, sigma: Tensor) -> Tensor:
         """EDM's denoised ``x0`` at noise level ``sigma`` (B,), for the current batch's labels."""
@@ -93,8 +97,9 @@ def cached_conversion(path: Path, cache_dir: Path) -> Path:
     return target
 
 
-def load_edm_teacher(path: str | Path, cache_dir: str | Path | None = None, guidance: float = 1.0,
-                     train_dropout: float | None = None) -> Teacher:
+def load_edm_teacher(
+    path: str | Path, cache_dir: str | Path | None = None, guidance: float = 1.0, train_dropout: float | None = None
+) -> Teacher:
     """A frozen teacher from an EDM / EDM2 ``.pkl`` (converted once into ``cache_dir``, or in memory
     when it is None) or from a directory written by ``distill-convert-edm``. ``train_dropout`` (None:
     the pickle's) is the dropout rate of the copies trained from it: students, fake-score nets."""
@@ -110,10 +115,11 @@ def _load_edm_teacher(path: Path, cache_dir: str | Path | None, guidance: float)
     if path.is_dir():
         return edm_teacher(*load_converted(path))
     if not path.is_file():
-        raise EDMPickleError(f"teacher.path={path} does not exist: point it at an EDM / EDM2 .pkl or a directory "
-                             "written by `distill-convert-edm`")
+        raise EDMPickleError(
+            f"teacher.path={path} does not exist: point it at an EDM / EDM2 .pkl or a directory "
+            "written by `distill-convert-edm`"
+        )
     if cache_dir is None:
         net, spec = network_from_pickle(path)
         return edm_teacher(net, {"kind": KIND, **spec, "source": str(path)})
     return edm_teacher(*load_converted(cached_conversion(path, Path(cache_dir))))
-

@@ -25,7 +25,10 @@ from distill.teachers.edm_pickle import EDMPickleError, Record, read_edm_pickle
 
 # EDM class name (as recorded in the pickle) -> our class; EDM2's preconditioner is called ``Precond``.
 NATIVE: dict[str, type[nn.Module]] = {
-    "EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond, "Precond": EDM2Precond,
+    "EDMPrecond": EDMPrecond,
+    "VPPrecond": VPPrecond,
+    "VEPrecond": VEPrecond,
+    "Precond": EDM2Precond,
 }
 NETWORK_KEYS = ("ema", "net")  # where EDM's training snapshots keep the network to sample with
 KIND = "edm"
@@ -39,8 +42,10 @@ def network_record(obj: Any, source: str) -> Record:
         for key in NETWORK_KEYS:
             if isinstance(obj.get(key), Record):
                 return obj[key]
-        raise EDMPickleError(f"{source} holds a dict with keys {sorted(map(str, obj))} but no network under "
-                             f"{' or '.join(NETWORK_KEYS)}: is it an EDM / EDM2 network snapshot?")
+        raise EDMPickleError(
+            f"{source} holds a dict with keys {sorted(map(str, obj))} but no network under "
+            f"{' or '.join(NETWORK_KEYS)}: is it an EDM / EDM2 network snapshot?"
+        )
     raise EDMPickleError(f"{source} holds a {type(obj).__name__}, not an EDM network or snapshot dict")
 
 
@@ -78,13 +83,17 @@ def plain(value: Any) -> Any:
 def build_native(class_name: str, init_args: list, init_kwargs: dict[str, Any], source: str) -> nn.Module:
     """Our network for an EDM class name and its recorded init arguments."""
     if class_name not in NATIVE:
-        raise EDMPickleError(f"{source} holds an EDM {class_name}; supported networks: {sorted(NATIVE)} (a bare "
-                             "SongUNet / DhariwalUNet / UNet lacks the preconditioning that says what it predicts)")
+        raise EDMPickleError(
+            f"{source} holds an EDM {class_name}; supported networks: {sorted(NATIVE)} (a bare "
+            "SongUNet / DhariwalUNet / UNet lacks the preconditioning that says what it predicts)"
+        )
     try:
         return NATIVE[class_name](*init_args, **init_kwargs)
     except (TypeError, ValueError) as err:
-        raise EDMPickleError(f"{source}: {class_name}'s recorded init kwargs {init_kwargs} do not build our "
-                             f"{NATIVE[class_name].__name__} ({err})") from err
+        raise EDMPickleError(
+            f"{source}: {class_name}'s recorded init kwargs {init_kwargs} do not build our "
+            f"{NATIVE[class_name].__name__} ({err})"
+        ) from err
 
 
 def load_strict(net: nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -92,22 +101,31 @@ def load_strict(net: nn.Module, state: dict[str, Tensor], source: str) -> None:
     ours = net.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
-    shapes = [f"{k} {tuple(state[k].shape)} vs ours {tuple(ours[k].shape)}" for k in sorted(set(ours) & set(state))
-              if state[k].shape != ours[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs ours {tuple(ours[k].shape)}"
+        for k in sorted(set(ours) & set(state))
+        if state[k].shape != ours[k].shape
+    ]
     if missing or unexpected or shapes:
+
         def first(items: list[str]) -> str:
             return ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
 
-        raise EDMPickleError(f"{source}: weights do not match {type(net).__name__} built from the recorded kwargs: "
-                             f"{len(missing)} missing ({first(missing)}), {len(unexpected)} unexpected "
-                             f"({first(unexpected)}), {len(shapes)} of another shape ({first(shapes)})")
+        raise EDMPickleError(
+            f"{source}: weights do not match {type(net).__name__} built from the recorded kwargs: "
+            f"{len(missing)} missing ({first(missing)}), {len(unexpected)} unexpected "
+            f"({first(unexpected)}), {len(shapes)} of another shape ({first(shapes)})"
+        )
     net.load_state_dict(state, strict=True)
 
 
 def spec_of(record: Record) -> dict[str, Any]:
     """How to rebuild a recorded network: EDM class name and init arguments (JSON-safe)."""
-    return {"edm_class": record.class_name, "init_args": plain(record.init_args),
-            "init_kwargs": plain(record.init_kwargs)}
+    return {
+        "edm_class": record.class_name,
+        "init_args": plain(record.init_args),
+        "init_kwargs": plain(record.init_kwargs),
+    }
 
 
 def data_shape_of(net: nn.Module) -> tuple[int, int, int]:
@@ -144,8 +162,14 @@ def convert_edm_pickle(path: str | Path, out_dir: str | Path) -> Path:
     net, spec = network_from_pickle(path)
     out_dir = Path(out_dir)
     save_weights(out_dir / WEIGHTS_NAME, net.state_dict())
-    config = {"format_version": FORMAT_VERSION, "kind": KIND, **spec, "data_shape": list(data_shape_of(net)),
-              "source": str(path), "sha256": file_digest(path)}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        **spec,
+        "data_shape": list(data_shape_of(net)),
+        "source": str(path),
+        "sha256": file_digest(path),
+    }
     save_json(out_dir / CONFIG_NAME, config)
     return out_dir
 
@@ -158,6 +182,8 @@ def load_converted(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         net = build_native(config["edm_class"], config["init_args"], config["init_kwargs"], str(directory))
         load_strict(net, load_weights(directory / WEIGHTS_NAME), str(directory))
     except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as err:
-        raise EDMPickleError(f"{directory} is not a converted EDM teacher ({type(err).__name__}: {err}): "
-                             "convert the pickle again with `distill-convert-edm <pkl> <dir>`") from err
+        raise EDMPickleError(
+            f"{directory} is not a converted EDM teacher ({type(err).__name__}: {err}): "
+            "convert the pickle again with `distill-convert-edm <pkl> <dir>`"
+        ) from err
     return net.eval().requires_grad_(False), config

@@ -101,8 +101,15 @@ def _load_storage(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: bool = False,
-                    backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor(
+    storage: Any,
+    offset: int,
+    size: tuple,
+    stride: tuple,
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> torch.Tensor:
     if not isinstance(storage, torch.TypedStorage):
         raise EDMPickleError(f"a tensor in the pickle is built on a {type(storage).__name__}, not a torch storage")
     return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
@@ -138,8 +145,11 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     **{(module, "_reconstruct_persistent_obj"): _record_persistent for module in PERSISTENCE_MODULES},
     **{key: dict for key in EASYDICT},
-    **{(module, name): _container(name) for name in TORCH_CONTAINERS
-       for module in ("torch.nn.modules.container", "torch.nn")},
+    **{
+        (module, name): _container(name)
+        for name in TORCH_CONTAINERS
+        for module in ("torch.nn.modules.container", "torch.nn")
+    },
 }
 
 
@@ -156,12 +166,15 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise EDMPickleError(
                 f"{self.source} names the global {module}.{name}, which is not on the allow-list of EDM network "
                 "pickles: the file is refused (nothing from it was run). Only EDM / EDM2 network pickles "
-                "(torch_utils.persistence records of tensors) are read; convert other checkpoints to safetensors")
+                "(torch_utils.persistence records of tensors) are read; convert other checkpoints to safetensors"
+            )
         return found
 
     def persistent_load(self, pid: Any) -> Any:
-        raise EDMPickleError(f"{self.source} uses a persistent id ({str(pid)[:40]}): it is not an EDM pickle (a "
-                             "torch.save file?); the file is refused")
+        raise EDMPickleError(
+            f"{self.source} uses a persistent id ({str(pid)[:40]}): it is not an EDM pickle (a "
+            "torch.save file?); the file is refused"
+        )
 
 
 def read_edm_pickle(path: str | Path) -> Any:

@@ -66,12 +66,18 @@ class LatentCodec(nn.Module):
         return cache_key(repr((*weight_summary(self.vae), *self.factors)))
 
 
-def encode_images(images: Tensor, codec: LatentCodec, cache_dir: str | Path | None, key: str,
-                  batch_size: int = 64, progress: bool = False) -> Tensor:
+def encode_images(
+    images: Tensor,
+    codec: LatentCodec,
+    cache_dir: str | Path | None,
+    key: str,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Tensor:
     """Latents of ``images`` (N, C, H, W), read from / written to ``cache_dir/<codec>-<key>`` in shards."""
     folder = None if cache_dir is None else Path(cache_dir) / f"{codec.fingerprint()}-{key}"
 
     def encode(start: int, stop: int) -> Tensor:
-        return torch.cat([codec.encode(images[i:min(i + batch_size, stop)]) for i in range(start, stop, batch_size)])
+        return torch.cat([codec.encode(images[i : min(i + batch_size, stop)]) for i in range(start, stop, batch_size)])
 
     return cached_in_shards(folder, len(images), SHARD_SIZE, "latents", encode, progress, "encoding latents")

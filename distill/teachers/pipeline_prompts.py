@@ -46,32 +46,39 @@ class PipelinePromptEncoder:
 
     def __init__(self, directory: str | Path, transformer_class: str, max_sequence_length: int | None = None):
         if transformer_class not in TEXT_TRANSFORMERS:
-            raise TeacherCheckpointError(f"{transformer_class} has no prompt encoder here; supported: "
-                                         f"{sorted(TEXT_TRANSFORMERS)}")
+            raise TeacherCheckpointError(
+                f"{transformer_class} has no prompt encoder here; supported: {sorted(TEXT_TRANSFORMERS)}"
+            )
         self.pipeline_name, self.keys = TEXT_TRANSFORMERS[transformer_class]
         self.directory = Path(directory)
         self.max_length = int(max_sequence_length or DEFAULT_MAX_LENGTH[self.pipeline_name])
         self.device = encoder_device()
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # a 7B Qwen2.5-VL in fp32: 28 GB
         try:
-            self.pipe = getattr(diffusers, self.pipeline_name).from_pretrained(
-                self.directory, transformer=None, vae=None, dtype=dtype, use_safetensors=True,
-                local_files_only=True).to(self.device)
+            self.pipe = (
+                getattr(diffusers, self.pipeline_name)
+                .from_pretrained(
+                    self.directory, transformer=None, vae=None, dtype=dtype, use_safetensors=True, local_files_only=True
+                )
+                .to(self.device)
+            )
         except (OSError, ValueError, TypeError) as err:
             raise TeacherCheckpointError(
                 f"cannot load the text encoders of {self.directory} as a {self.pipeline_name} ({err}): the "
-                "directory needs model_index.json, text_encoder*/ (safetensors) and tokenizer*/") from err
+                "directory needs model_index.json, text_encoder*/ (safetensors) and tokenizer*/"
+            ) from err
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 16) -> Condition:
-        parts = [self._encode_batch(list(prompts[i:i + batch_size])) for i in range(0, len(prompts), batch_size)]
+        parts = [self._encode_batch(list(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
         return {key: torch.cat([p[key] for p in parts]) for key in self.keys}
 
     def _encode_batch(self, prompts: list[str]) -> Condition:
         pipe, n = self.pipe, self.max_length
         if self.pipeline_name == "StableDiffusion3Pipeline":
-            embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=self.device,
-                                                      do_classifier_free_guidance=False, max_sequence_length=n)
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts, None, None, device=self.device, do_classifier_free_guidance=False, max_sequence_length=n
+            )
             return {PROMPTS: embeds.float().cpu(), POOLED: pooled.float().cpu()}
         if self.pipeline_name == "FluxPipeline":
             embeds, pooled, _ = pipe.encode_prompt(prompts, device=self.device, max_sequence_length=n)
@@ -103,10 +110,13 @@ def condition_table(prompts: Sequence[str], encoder: PipelinePromptEncoder, cach
             if (start, stop) not in made:
                 made[(start, stop)] = encoder.encode(prompts[start:stop])
             return made[(start, stop)][name]
+
         return make
 
-    table = {name: cached_in_shards(None if folder is None else folder / name, len(prompts), SHARD_SIZE, "rows",
-                                    part(name)) for name in encoder.keys}
+    table = {
+        name: cached_in_shards(None if folder is None else folder / name, len(prompts), SHARD_SIZE, "rows", part(name))
+        for name in encoder.keys
+    }
     return trim_padding(table)
 
 

@@ -36,23 +36,33 @@ class PromptEncoder:
         self.name = str(directory)
         missing = [d for d in ("text_encoder", "tokenizer") if not (directory / d).is_dir()]
         if missing:
-            raise TeacherCheckpointError(f"{directory} has no {' or '.join(m + '/' for m in missing)}: a text-conditional "
-                                         "teacher directory needs text_encoder/ and tokenizer/ beside unet/")
+            raise TeacherCheckpointError(
+                f"{directory} has no {' or '.join(m + '/' for m in missing)}: a text-conditional "
+                "teacher directory needs text_encoder/ and tokenizer/ beside unet/"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
-            self.model = AutoModel.from_pretrained(directory / "text_encoder", use_safetensors=True,
-                                                   local_files_only=True).eval()
+            self.model = AutoModel.from_pretrained(
+                directory / "text_encoder", use_safetensors=True, local_files_only=True
+            ).eval()
         except (OSError, ValueError) as err:
-            raise TeacherCheckpointError(f"cannot load the text encoder of {directory} ({err}): a text-conditional "
-                                         "teacher directory needs text_encoder/ and tokenizer/ beside unet/") from err
+            raise TeacherCheckpointError(
+                f"cannot load the text encoder of {directory} ({err}): a text-conditional "
+                "teacher directory needs text_encoder/ and tokenizer/ beside unet/"
+            ) from err
         self.max_length = min(int(self.tokenizer.model_max_length), 512)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Tensor:
         out = []
         for start in range(0, len(prompts), batch_size):
-            tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding="max_length",
-                                    max_length=self.max_length, truncation=True, return_tensors="pt")
+            tokens = self.tokenizer(
+                list(prompts[start : start + batch_size]),
+                padding="max_length",
+                max_length=self.max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
             out.append(self.model(input_ids=tokens["input_ids"]).last_hidden_state.float())
         return torch.cat(out)
 
@@ -69,5 +79,6 @@ def table_key(encoder_fingerprint: str, prompts: Sequence[str]) -> str:
 def prompt_table(prompts: Sequence[str], encoder: PromptEncoder, cache_dir: str | Path | None) -> Tensor:
     """Embeddings of ``prompts`` (N, L, D), read from / written to ``cache_dir`` in shards."""
     folder = None if cache_dir is None else Path(cache_dir) / table_key(encoder.fingerprint(), prompts)
-    return cached_in_shards(folder, len(prompts), SHARD_SIZE, "embeds",
-                            lambda start, stop: encoder.encode(prompts[start:stop]))
+    return cached_in_shards(
+        folder, len(prompts), SHARD_SIZE, "embeds", lambda start, stop: encoder.encode(prompts[start:stop])
+    )

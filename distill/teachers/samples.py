@@ -27,8 +27,15 @@ def row_noise(seed: int, start: int, stop: int, shape: tuple[int, ...]) -> Tenso
 
 
 def teacher_samples(
-    teacher: nn.Module, condition_of: Callable[[Tensor], Condition], labels: Tensor, shape: tuple[int, ...],
-    steps: int, folder: str | Path | None, seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 64,
+    teacher: nn.Module,
+    condition_of: Callable[[Tensor], Condition],
+    labels: Tensor,
+    shape: tuple[int, ...],
+    steps: int,
+    folder: str | Path | None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
     progress: bool = False,
 ) -> Tensor:
     """(N, *shape) teacher samples, row i under ``condition_of(labels[i:i+1])``; cached in ``folder``.

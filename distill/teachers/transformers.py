@@ -6,8 +6,8 @@ feeds the transformer is rebuilt here, so a student sees plain (B, C, H, W) late
 | family | latents in / out | timestep | prompt inputs |
 |---|---|---|---|
 | SD3Transformer2DModel | (B, C, H, W), patchified inside | 1000 s | encoder_hidden_states, pooled_projections |
-| FluxTransformer2DModel | 2x2-packed tokens (B, HW/4, 4C) | s (x1000 inside) | + img_ids, txt_ids, guidance (FLUX.1-dev) |
-| QwenImageTransformer2DModel | 2x2-packed tokens (B, HW/4, 4C) | s (x1000 inside) | encoder_hidden_states(_mask), img_shapes |
+| FluxTransformer2DModel | 2x2-packed tokens (B, HW/4, 4C) | s (x1000) | + img_ids, txt_ids, guidance (FLUX.1-dev) |
+| QwenImageTransformer2DModel | 2x2-packed tokens (B, HW/4, 4C) | s (x1000) | encoder_hidden_states(_mask), img_shapes |
 
 All three predict the flow-matching velocity ``eps - x0`` at sigma = s (their schedulers step
 ``x + (sigma_next - sigma) v``), which is already the framework's convention. FLUX.1-dev is
@@ -72,15 +72,24 @@ def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tenso
 
 
 def sd3_inputs(x: Tensor, s: Tensor, condition: Condition) -> dict:
-    return {"hidden_states": x, "timestep": SD3_TIME_SCALE * s, "encoder_hidden_states": condition[PROMPTS],
-            "pooled_projections": condition[POOLED]}
+    return {
+        "hidden_states": x,
+        "timestep": SD3_TIME_SCALE * s,
+        "encoder_hidden_states": condition[PROMPTS],
+        "pooled_projections": condition[POOLED],
+    }
 
 
 def flux_inputs(x: Tensor, s: Tensor, condition: Condition, guidance: float | None) -> dict:
     prompts = condition[PROMPTS]
-    inputs = {"hidden_states": pack(x), "timestep": s, "encoder_hidden_states": prompts,
-              "pooled_projections": condition[POOLED], "img_ids": image_ids(*x.shape[2:], x.device, x.dtype),
-              "txt_ids": prompts.new_zeros(prompts.shape[1], 3)}
+    inputs = {
+        "hidden_states": pack(x),
+        "timestep": s,
+        "encoder_hidden_states": prompts,
+        "pooled_projections": condition[POOLED],
+        "img_ids": image_ids(*x.shape[2:], x.device, x.dtype),
+        "txt_ids": prompts.new_zeros(prompts.shape[1], 3),
+    }
     if guidance is not None:  # FLUX.1-dev: the pipeline passes guidance_scale, the model multiplies by 1000
         inputs["guidance"] = torch.full((x.shape[0],), guidance, device=x.device, dtype=x.dtype)
     return inputs
@@ -88,8 +97,13 @@ def flux_inputs(x: Tensor, s: Tensor, condition: Condition, guidance: float | No
 
 def qwen_inputs(x: Tensor, s: Tensor, condition: Condition, guidance: float | None) -> dict:
     b, _, h, w = x.shape
-    inputs = {"hidden_states": pack(x), "timestep": s, "encoder_hidden_states": condition[PROMPTS],
-              "encoder_hidden_states_mask": condition.get(PROMPT_MASK), "img_shapes": [[(1, h // 2, w // 2)]] * b}
+    inputs = {
+        "hidden_states": pack(x),
+        "timestep": s,
+        "encoder_hidden_states": condition[PROMPTS],
+        "encoder_hidden_states_mask": condition.get(PROMPT_MASK),
+        "img_shapes": [[(1, h // 2, w // 2)]] * b,
+    }
     if guidance is not None:
         inputs["guidance"] = torch.full((b,), guidance, device=x.device, dtype=x.dtype)
     return inputs
@@ -110,13 +124,19 @@ class TextTransformerVelocity(nn.Module):
     text = True
     num_classes = 0
 
-    def __init__(self, net: nn.Module, null_condition: Condition, embedded_guidance: float | None = None,
-                 data_shape: tuple[int, int, int] | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        null_condition: Condition,
+        embedded_guidance: float | None = None,
+        data_shape: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
         self.net, self.family = net, type(net).__name__
         if not is_text_transformer(self.family):
-            raise ValueError(f"{self.family} is not a supported text-to-image transformer; supported: "
-                             f"{sorted(TEXT_TRANSFORMERS)}")
+            raise ValueError(
+                f"{self.family} is not a supported text-to-image transformer; supported: {sorted(TEXT_TRANSFORMERS)}"
+            )
         self.keys = tuple(null_condition)
         for key, value in null_condition.items():  # buffers follow the module's device; never checkpointed
             self.register_buffer(f"null_{key}", value, persistent=False)
@@ -140,8 +160,10 @@ class TextTransformerVelocity(nn.Module):
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         dtype = self.net.dtype  # a bfloat16 teacher computes in bfloat16 inside or outside autocast
-        inputs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
-                  for k, v in self.inputs(x.to(dtype), s).items()}
+        inputs = {
+            k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+            for k, v in self.inputs(x.to(dtype), s).items()
+        }
         out = self.net(**inputs).sample
         if self.family in PACKED:
             out = unpack(out, x.shape[1], *x.shape[2:])
@@ -153,8 +175,10 @@ def embedded_guidance_for(net: nn.Module, requested: float | None) -> float | No
     default 3.5; an error for a model trained without guidance embeddings."""
     embeds = bool(getattr(net.config, "guidance_embeds", False))
     if requested is not None and not embeds:
-        raise ValueError(f"teacher.embedded_guidance={requested} needs a guidance-distilled model (FLUX.1-dev); "
-                         f"this {type(net).__name__} has no guidance embeddings: use teacher.guidance (true CFG)")
+        raise ValueError(
+            f"teacher.embedded_guidance={requested} needs a guidance-distilled model (FLUX.1-dev); "
+            f"this {type(net).__name__} has no guidance embeddings: use teacher.guidance (true CFG)"
+        )
     if not embeds:
         return None
     return float(FLUX_DEV_GUIDANCE if requested is None else requested)

@@ -20,15 +20,32 @@ def save_sd_pipeline(directory: Path) -> Path:
     """8x8 RGB images <-> 4x4x4 latents; the text encoder and tokenizer of test_text_teacher."""
     save_text_pipeline(directory)  # tokenizer/, text_encoder/ (its 1-channel unet/ is replaced below)
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                  norm_num_groups=4, sample_size=8, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(directory / "vae")
-    UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(directory / "unet")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).save_pretrained(directory / "vae")
+    UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).save_pretrained(directory / "unet")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
-        directory / "scheduler")
+        directory / "scheduler"
+    )
     (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return directory
 

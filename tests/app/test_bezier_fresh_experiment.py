@@ -21,12 +21,15 @@ def test_experiment_sets_a_fresh_student_and_its_budget(cache_dir, tmp_path, met
 
 
 def test_experiment_starts_from_new_weights_and_runs(cache_dir, tmp_path):
-    cfg = compose_config("train", ["experiment=bezier_fresh_digits", "method=bezier_single", *QUICK_RUN_ONE_NFE], tmp_path)
+    cfg = compose_config(
+        "train", ["experiment=bezier_fresh_digits", "method=bezier_single", *QUICK_RUN_ONE_NFE], tmp_path
+    )
     teacher = build_teacher(cfg, build_datamodule(cfg))
     student = build_module(cfg, teacher).student.state_dict()
     shared = [k for k, v in teacher.model.state_dict().items() if k in student and student[k].shape == v.shape]
-    assert shared and not any(torch.equal(student[k], teacher.model.state_dict()[k]) for k in shared
-                              if k.endswith("conv1.weight"))
+    assert shared and not any(
+        torch.equal(student[k], teacher.model.state_dict()[k]) for k in shared if k.endswith("conv1.weight")
+    )
     train(cfg)
     rows = json.loads((tmp_path / "results.json").read_text())
     assert any(r["model"] == "student" and r["metric"] == "fd_digits" for r in rows)

@@ -22,12 +22,15 @@ def conditional_teacher(cache_dir, tmp_path_factory) -> Path:
 
     dm = DataModule(name="digits", batch_size=64)
     dm.setup()
-    return train_tiny_teacher(tmp_path_factory.mktemp("cond") / "teacher", dm.train_tensor(),
-                              {**TINY_UNET, "num_classes": 10}, steps=20)
+    return train_tiny_teacher(
+        tmp_path_factory.mktemp("cond") / "teacher", dm.train_tensor(), {**TINY_UNET, "num_classes": 10}, steps=20
+    )
 
 
-@pytest.mark.parametrize("method", ["dmd2", pytest.param("progressive", marks=pytest.mark.slow),
-                                    pytest.param("arcflow", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "method",
+    ["dmd2", pytest.param("progressive", marks=pytest.mark.slow), pytest.param("arcflow", marks=pytest.mark.slow)],
+)
 def test_conditional_distillation_with_guidance_scores_class_accuracy(compose_train, conditional_teacher, method):
     cfg = compose_train(f"method={method}", "debug=fast", f"teacher.path={conditional_teacher}", "teacher.guidance=2.0")
     train(cfg)
@@ -43,8 +46,13 @@ def test_labels_reach_the_teacher_inside_a_training_step(compose_train, conditio
     seen = []
     original = conditioning.labels_for
     monkeypatch.setattr("distill.nets.unet.labels_for", lambda x: seen.append(original(x)) or original(x))
-    cfg = compose_train("method=progressive", "debug=fast", f"teacher.path={conditional_teacher}",
-                        "eval.teacher=false", "eval.student_nfes=[1]")
+    cfg = compose_train(
+        "method=progressive",
+        "debug=fast",
+        f"teacher.path={conditional_teacher}",
+        "eval.teacher=false",
+        "eval.student_nfes=[1]",
+    )
     train(cfg)
     labelled = [c for c in seen if c is not None]
     assert labelled and all(c.dtype == torch.long and int(c.max()) < 10 for c in labelled)
@@ -67,14 +75,19 @@ def test_methods_with_unlabelled_pair_sets_refuse_conditional_teachers(compose_t
         build_module(cfg, build_teacher(cfg, build_datamodule(cfg)))
 
 
-def test_conditional_reflow_solves_labelled_pairs_under_guidance_and_trains_on_them(compose_train,
-                                                                                   conditional_teacher):
+def test_conditional_reflow_solves_labelled_pairs_under_guidance_and_trains_on_them(compose_train, conditional_teacher):
     from safetensors.torch import load_file
 
     from distill.core.pairs import shard_labels
 
-    cfg = compose_train("method=reflow", "debug=fast", f"teacher.path={conditional_teacher}", "teacher.guidance=2.0",
-                        "method.objective.shard_size=16", "method.objective.ode_steps=4")
+    cfg = compose_train(
+        "method=reflow",
+        "debug=fast",
+        f"teacher.path={conditional_teacher}",
+        "teacher.guidance=2.0",
+        "method.objective.shard_size=16",
+        "method.objective.ode_steps=4",
+    )
     train(cfg)
     shards = list((Path(cfg.paths.cache) / "reflow_pairs").rglob("shard_*.safetensors"))
     assert shards

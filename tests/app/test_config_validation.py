@@ -48,7 +48,10 @@ def test_every_shipped_config_validates():
 MISTAKES = [
     (["+no_such_key=1"], "unknown config key no_such_key: the top level takes dataset, teacher, student, method"),
     (["+train.max_step=5"], "unknown config key train.max_step: train takes batch_size, max_steps,"),
-    (["+method.lr=1e-3"], "unknown config key method.lr: method takes name, objective, optimizer, ema_decays, grad_clip"),
+    (
+        ["+method.lr=1e-3"],
+        "unknown config key method.lr: method takes name, objective, optimizer, ema_decays, grad_clip",
+    ),
     (["train.max_steps=ten"], "train.max_steps='ten' must be an integer"),
     (["train.batch_size=0"], "train.batch_size=0 must be >= 1"),
     (["method.ema_decays=[0.99,1.5]"], "method.ema_decays=1.5 must be < 1.0"),
@@ -83,8 +86,20 @@ def test_the_cli_prints_the_mistake_in_one_line(cache_dir, tmp_path, monkeypatch
 
 def test_a_bad_method_value_is_one_line_naming_its_key_and_exit_2(cache_dir, tmp_path, monkeypatch, capsys):
     GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["distill-train", "dataset=gmm", "teacher=gmm_exact", "student=mlp", "method=scd",
-                                      "method.objective.jvp=foo", "logger=csv", f"hydra.run.dir={tmp_path}/run"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "distill-train",
+            "dataset=gmm",
+            "teacher=gmm_exact",
+            "student=mlp",
+            "method=scd",
+            "method.objective.jvp=foo",
+            "logger=csv",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+    )
     with pytest.raises(SystemExit) as stopped:
         train_app.main()
     err = capsys.readouterr().err
@@ -94,11 +109,18 @@ def test_a_bad_method_value_is_one_line_naming_its_key_and_exit_2(cache_dir, tmp
 
 METHOD_MISTAKES = [  # what Hydra's instantiate raises, as one line that starts with the key to fix
     (["method=rcm", "method.objective.terms.scm.jvp=foo"], "method.objective.terms.scm.jvp='foo'; choose one of"),
-    (["method=scd", "+method.objective.jvp_mode=exact"],
-     "method.objective: SCM.__init__() got an unexpected keyword argument 'jvp_mode'"),
-    (["method=scd", "method.objective._target_=distill.methods.SCMM"],
-     "method.objective._target_=distill.methods.SCMM cannot be imported: check its module and class name"),
-    (["method=scd", "method.optimizer._target_=torch.optim.Adamm"], "method.optimizer._target_=torch.optim.Adamm cannot"),
+    (
+        ["method=scd", "+method.objective.jvp_mode=exact"],
+        "method.objective: SCM.__init__() got an unexpected keyword argument 'jvp_mode'",
+    ),
+    (
+        ["method=scd", "method.objective._target_=distill.methods.SCMM"],
+        "method.objective._target_=distill.methods.SCMM cannot be imported: check its module and class name",
+    ),
+    (
+        ["method=scd", "method.optimizer._target_=torch.optim.Adamm"],
+        "method.optimizer._target_=torch.optim.Adamm cannot",
+    ),
 ]
 
 
@@ -113,8 +135,17 @@ def test_a_method_that_cannot_be_built_is_a_one_line_config_error(overrides, mes
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("error", [ConfigError("c"), CheckpointError("k"), DivergenceError("d"), DatasetError("s"),
-                                   TeacherCheckpointError("t"), FileNotFoundError("inception weights")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("c"),
+        CheckpointError("k"),
+        DivergenceError("d"),
+        DatasetError("s"),
+        TeacherCheckpointError("t"),
+        FileNotFoundError("inception weights"),
+    ],
+)
 def test_every_user_error_is_one_line_and_exit_2(error, capsys):
     @friendly_errors
     def main() -> None:

@@ -12,12 +12,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(run_dir: Path, steps: int) -> subprocess.CompletedProcess:
-    args = ["hardware=ddp_sim", "dataset=gmm", "teacher=gmm_exact", "student=mlp", "eval=fast", "eval.teacher=false",
-            "logger=csv", "progress=false", "train.global_batch_size=64", f"train.max_steps={steps}",
-            "train.checkpoint_every=2", f"hydra.run.dir={run_dir}"]
+    args = [
+        "hardware=ddp_sim",
+        "dataset=gmm",
+        "teacher=gmm_exact",
+        "student=mlp",
+        "eval=fast",
+        "eval.teacher=false",
+        "logger=csv",
+        "progress=false",
+        "train.global_batch_size=64",
+        f"train.max_steps={steps}",
+        "train.checkpoint_every=2",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "distill.train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.train", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow

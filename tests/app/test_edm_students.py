@@ -28,8 +28,13 @@ def test_gan_features_of_an_edm_teacher_are_found_without_naming_layers(compose_
 
 
 def test_lora_student_on_an_edm_teacher_trains_adapters_over_shared_weights(compose_train, tmp_path):
-    cfg = compose_train("student=lora", "method=progressive", "debug=fast", "teacher=edm",
-                        f"teacher.path={edm_pickle(tmp_path, 'song')}")
+    cfg = compose_train(
+        "student=lora",
+        "method=progressive",
+        "debug=fast",
+        "teacher=edm",
+        f"teacher.path={edm_pickle(tmp_path, 'song')}",
+    )
     teacher = build_teacher(cfg, build_datamodule(cfg))
     student = build_module(cfg, teacher).student
     assert any(isinstance(m, WeightLora) for m in student.modules())  # the default targets reach EDM's layers

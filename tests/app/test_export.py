@@ -25,7 +25,7 @@ from distill.sample import sample_export, sample_run, write_samples
 from distill.students.lora import add_lora
 from tests.app.test_init_from import run
 
-DIFFUSERS_ONLY = r'''
+DIFFUSERS_ONLY = r"""
 import json, sys
 sys.modules["distill"] = None  # this project must not be needed
 import torch
@@ -42,7 +42,7 @@ with torch.no_grad():
     for t in scheduler.timesteps:
         x = scheduler.step(unet(x, t.expand(x.shape[0])).sample, t, x).prev_sample
 save_file({"x": x.contiguous()}, f"{io}/out.safetensors")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,18 @@ def test_lora_student_of_a_class_without_lora_loader_exports_merged(cache_dir, t
         out = export_run(run_dir, tmp_path / "export", 2, str(cache_dir))
     assert "UNet2DModel has no LoRA loader" in caplog.text and not (out / "lora").exists()
     sampler = json.loads((out / SAMPLER_NAME).read_text())
-    assert sampler["renoise"] and json.loads((out / "scheduler" / "scheduler_config.json").read_text())[
-        "stochastic_sampling"]
+    assert (
+        sampler["renoise"]
+        and json.loads((out / "scheduler" / "scheduler_config.json").read_text())["stochastic_sampling"]
+    )
     seeds = [3, 7, 11]
     # The export's stochastic scheduler, fed per-seed generators, re-noises exactly as the run does.
-    torch.testing.assert_close(sample_export(out, seeds), sample_run(run_dir, 2, seeds, str(cache_dir)),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        sample_export(out, seeds), sample_run(run_dir, 2, seeds, str(cache_dir)), rtol=1e-4, atol=1e-4
+    )
 
 
-DIFFUSERS_LORA = r'''
+DIFFUSERS_LORA = r"""
 import sys
 sys.modules["distill"] = None  # this project must not be needed
 import torch
@@ -101,7 +104,7 @@ pipe = StableDiffusionPipeline(
     requires_safety_checker=False)
 pipe.load_lora_weights(f"{export}/lora")
 save_file({"model": velocity(unet), "pipeline": velocity(pipe.unet)}, f"{io}/out.safetensors")
-'''
+"""
 
 
 def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path):
@@ -111,16 +114,29 @@ def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path)
 
     pipe = save_text_pipeline(tmp_path / "pipe")
     FlowMatchEulerDiscreteScheduler().save_pretrained(pipe / "scheduler")  # a flow teacher exports
-    run_dir = run(tmp_path / "run", "method=progressive", "student=lora", "teacher=diffusers", f"teacher.path={pipe}",
-                  "dataset=image_folder", f"dataset.path={captioned_images(tmp_path / 'images')}",
-                  "dataset.resolution=8", "dataset.channels=1", "dataset.captions=true", "eval.metric=sw",
-                  "train.batch_size=4")
+    run_dir = run(
+        tmp_path / "run",
+        "method=progressive",
+        "student=lora",
+        "teacher=diffusers",
+        f"teacher.path={pipe}",
+        "dataset=image_folder",
+        f"dataset.path={captioned_images(tmp_path / 'images')}",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "dataset.captions=true",
+        "eval.metric=sw",
+        "train.batch_size=4",
+    )
     out = export_run(run_dir, tmp_path / "export", 1, str(cache_dir))
     assert sorted(p.name for p in (out / "lora").iterdir()) == ["pytorch_lora_weights.safetensors"]
     module = load_run_module(run_dir, str(cache_dir))
     student = module.method.sampling_plan(module.sampling_student(), 1).network
-    inputs = {"x": torch.randn(2, 1, 8, 8), "t": torch.tensor([900.0, 350.0]),
-              "prompts": module.teacher.prompt_table[[0, 1]]}
+    inputs = {
+        "x": torch.randn(2, 1, 8, 8),
+        "t": torch.tensor([900.0, 350.0]),
+        "prompts": module.teacher.prompt_table[[0, 1]],
+    }
     with torch.no_grad(), conditioned({PROMPTS: inputs["prompts"]}):
         expected = student(inputs["x"], inputs["t"] / 1000)
     save_file(inputs, tmp_path / "inputs.safetensors")
@@ -134,7 +150,7 @@ def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path)
         sample_export(out, [0])
 
 
-DIFFUSERS_TRANSFORMER_LORA = r'''
+DIFFUSERS_TRANSFORMER_LORA = r"""
 import sys
 sys.modules["distill"] = None
 import torch
@@ -149,7 +165,7 @@ with torch.no_grad():
     out = net(inputs["x"], encoder_hidden_states=inputs["prompts"], pooled_projections=inputs["pooled"],
               timestep=inputs["t"]).sample
 save_file({"out": out}, f"{io}/out.safetensors")
-'''
+"""
 
 
 @pytest.mark.slow  # a second subprocess importing diffusers: ~10 s
@@ -157,9 +173,19 @@ def test_lora_transformer_exports_adapters_and_its_trained_base(tmp_path):
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(0)
-    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-                                num_attention_heads=2, joint_attention_dim=8, caption_projection_dim=16,
-                                pooled_projection_dim=8, out_channels=4, pos_embed_max_size=8).eval()
+    net = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=8,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+        pos_embed_max_size=8,
+    ).eval()
     add_lora(net, rank=2, alpha=4, targets=["to_q", "to_k", "to_v"], train_fully=["proj_out.*"])
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -170,14 +196,22 @@ def test_lora_transformer_exports_adapters_and_its_trained_base(tmp_path):
     meta = safe_open(str(tmp_path / "export" / "lora" / LORA_WEIGHTS), "pt").metadata()
     config = json.loads(meta["lora_adapter_metadata"])
     assert config["transformer.r"] == 2 and config["transformer.lora_alpha"] == 4.0
-    inputs = {"x": torch.randn(2, 4, 8, 8), "prompts": torch.randn(2, 3, 8), "pooled": torch.randn(2, 8),
-              "t": torch.tensor([900.0, 100.0])}
+    inputs = {
+        "x": torch.randn(2, 4, 8, 8),
+        "prompts": torch.randn(2, 3, 8),
+        "pooled": torch.randn(2, 8),
+        "t": torch.tensor([900.0, 100.0]),
+    }
     save_file(inputs, tmp_path / "inputs.safetensors")
     script = DIFFUSERS_TRANSFORMER_LORA
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "export"), str(tmp_path)], check=True, cwd=tmp_path)
     with torch.no_grad():
-        expected = net(inputs["x"], encoder_hidden_states=inputs["prompts"], pooled_projections=inputs["pooled"],
-                       timestep=inputs["t"]).sample
+        expected = net(
+            inputs["x"],
+            encoder_hidden_states=inputs["prompts"],
+            pooled_projections=inputs["pooled"],
+            timestep=inputs["t"],
+        ).sample
     torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["out"], expected, rtol=1e-4, atol=1e-5)
 
 

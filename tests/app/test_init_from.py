@@ -13,8 +13,14 @@ from distill.errors import ConfigError
 from distill.train import train
 from tests.conftest import compose_config
 
-TINY_RUN = ["logger=csv", "progress=false", "train.max_steps=2", "eval=fast", "eval.teacher=false",
-            "eval.student_nfes=[1]"]
+TINY_RUN = [
+    "logger=csv",
+    "progress=false",
+    "train.max_steps=2",
+    "eval=fast",
+    "eval.teacher=false",
+    "eval.student_nfes=[1]",
+]
 
 
 def run(directory: Path, *overrides: str) -> Path:
@@ -56,7 +62,9 @@ def test_second_method_starts_bit_identical_to_the_first_runs_student(pcm_run, t
     assert_equal_state(module.student, expected)
     assert_equal_state(module.ema.copies[0], expected)  # the new run's EMA starts there too
     assert not any(k.startswith("target_net") for k in module.method.state_dict())  # aux nets start afresh
-    assert f"init_from: student starts from {pcm_run / 'checkpoints' / 'last.ckpt'} (method=pcm" in capsys.readouterr().out
+    assert (
+        f"init_from: student starts from {pcm_run / 'checkpoints' / 'last.ckpt'} (method=pcm" in capsys.readouterr().out
+    )
 
 
 def test_staged_run_trains_end_to_end_and_records_its_source(pcm_run, tmp_path):
@@ -75,8 +83,11 @@ def test_plain_student_can_start_meanflow(pcm_run, tmp_path):
 def test_missing_or_unfinished_runs_and_corrupt_files_name_the_fix(cache_dir, tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00\x01 definitely not a zip file")
-    cases = [(tmp_path / "missing", "does not exist"), (tmp_path, "has no checkpoints/last.ckpt"),
-             (garbage, "not a readable checkpoint")]
+    cases = [
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path, "has no checkpoints/last.ckpt"),
+        (garbage, "not a readable checkpoint"),
+    ]
     for source, needle in cases:
         cfg = compose_config("train", [*TINY_RUN, f"init_from={source}"], tmp_path / "run")
         with pytest.raises(ConfigError, match=needle) as err:

@@ -18,12 +18,27 @@ from tests.app.test_init_from import run
 
 def save_latent_pipeline(directory: Path) -> Path:
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-                  norm_num_groups=4, sample_size=8, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(directory / "vae")
-    UNet2DModel(sample_size=4, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-                norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
-                up_block_types=("UpBlock2D",) * 2).save_pretrained(directory / "unet")
+    AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).save_pretrained(directory / "vae")
+    UNet2DModel(
+        sample_size=4,
+        in_channels=2,
+        out_channels=2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    ).save_pretrained(directory / "unet")
     FlowMatchEulerDiscreteScheduler().save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({"_class_name": "LDMPipeline"}))
     return directory
@@ -42,8 +57,9 @@ def test_training_set_is_encoded_once_and_cached(compose_train, latent_pipeline)
     latents = dm.train_tensor()
     assert latents.shape[1:] == (2, 4, 4) and len(dm.train_labels()) == len(latents)
     with torch.no_grad():
-        torch.testing.assert_close(latents[:4], teacher.codec.encode(build_datamodule(cfg).train_tensor()[:4]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            latents[:4], teacher.codec.encode(build_datamodule(cfg).train_tensor()[:4]), rtol=1e-4, atol=1e-5
+        )
     assert list((Path(cfg.paths.cache) / "latents").rglob("*.safetensors"))
     dm2 = build_datamodule(cfg)
     build_teacher(cfg, dm2)  # the second time from the cache, bit for bit

@@ -30,22 +30,36 @@ PAPER_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("pape
 SMALLER = {"paper_reflow_cifar10": ["method.objective.shard_size=8", "method.objective.ode_steps=2"]}
 REPORTED_FIGURE = re.compile(r"(FID|FD|GenEval|CLIP score) \d+\.\d+|figure not verified")
 TRAIN_STEPS = 30
-STAND_IN = ["hardware=cpu", "debug=fast", "train.fast_dev_run=false", f"train.max_steps={TRAIN_STEPS}",
-            "train.images=null", "train.log_every_n_steps=1", "eval.metric=sw", "eval.num_samples=8",
-            "eval.batch_size=8", "eval.teacher_nfes=[1]", "eval.every_n_steps=0", "train.global_batch_size=4"]
+STAND_IN = [
+    "hardware=cpu",
+    "debug=fast",
+    "train.fast_dev_run=false",
+    f"train.max_steps={TRAIN_STEPS}",
+    "train.images=null",
+    "train.log_every_n_steps=1",
+    "eval.metric=sw",
+    "eval.num_samples=8",
+    "eval.batch_size=8",
+    "eval.teacher_nfes=[1]",
+    "eval.every_n_steps=0",
+    "train.global_batch_size=4",
+]
 # Each config's stage and warm-up schedules compressed so that a change falls inside TRAIN_STEPS
 # batches of 4 (a method whose length is its own, as reflow's rounds, gets TRAIN_STEPS in all).
 COMPRESSED = {
-    "paper_ect_cifar10": ["method.objective.images_per_stage=40"],        # stages at steps 10, 20
+    "paper_ect_cifar10": ["method.objective.images_per_stage=40"],  # stages at steps 10, 20
     "paper_scm_cifar10": ["method.objective.tangent_warmup=10"],
     "paper_scm_imagenet64": ["method.objective.tangent_warmup=10"],
-    "paper_rcm_t2i": ["method.objective.terms.scm.tangent_warmup=10"],     # DMD joins at step 10
+    "paper_rcm_t2i": ["method.objective.terms.scm.tangent_warmup=10"],  # DMD joins at step 10
     "paper_meanflow_cifar10": ["train.lr_warmup_steps=10"],
     "paper_dmd2_imagenet64": ["train.lr_warmup_steps=10"],
     "paper_arcflow_qwen_image": ["method.objective.teacher_mix_steps=15", "train.lr_warmup_steps=10"],
     "paper_arcflow_flux_dev": ["method.objective.teacher_mix_steps=15", "train.lr_warmup_steps=10"],
-    "paper_reflow_cifar10": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15",
-                             "method.objective.stage_warmup_steps=5"],   # each stage warms up within the run
+    "paper_reflow_cifar10": [
+        "method.objective.steps_per_round=15",
+        "method.objective.distill_steps=15",
+        "method.objective.stage_warmup_steps=5",
+    ],  # each stage warms up within the run
     "paper_instaflow_sd": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15"],
 }
 
@@ -53,7 +67,7 @@ COMPRESSED = {
 CHANGED = {
     "paper_scm_cifar10": lambda c: c["student/tangent_ratio"][0] < 1 == c["student/tangent_ratio"][-1],
     "paper_scm_imagenet64": lambda c: c["student/tangent_ratio"][0] < 1 == c["student/tangent_ratio"][-1],
-    "paper_rcm_t2i": lambda c: len(c["fake_score/loss"]) == TRAIN_STEPS - 10,   # no DMD phase while sCM warms up
+    "paper_rcm_t2i": lambda c: len(c["fake_score/loss"]) == TRAIN_STEPS - 10,  # no DMD phase while sCM warms up
     "paper_meanflow_cifar10": lambda c: c["student/lr"][0] == 0 < c["student/lr"][-1],
     "paper_dmd2_imagenet64": lambda c: c["student/lr"][0] == 0 < c["student/lr"][-1],
     "paper_arcflow_qwen_image": lambda c: c["student/teacher_share"][0] == 1 and c["student/teacher_share"][-1] == 0,
@@ -127,9 +141,18 @@ def test_paper_config_trains_30_steps_on_a_tiny_stand_in(name, cache_dir, tmp_pa
     dm = build_datamodule(compose_config("train", [f"experiment={name}", *data, *STAND_IN], tmp_path / "probe2"))
     spec = {**TINY_UNET, "num_classes": dm.num_classes} if probe.dataset.get("class_folders") else TINY_UNET
     train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), spec, steps=2)
-    cfg = compose_config("train", [f"experiment={name}", *data, f"teacher.path={tmp_path / 'teacher'}", *STAND_IN,
-                                   *SMALLER.get(name, []), *compressed(name)],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [
+            f"experiment={name}",
+            *data,
+            f"teacher.path={tmp_path / 'teacher'}",
+            *STAND_IN,
+            *SMALLER.get(name, []),
+            *compressed(name),
+        ],
+        tmp_path / "run",
+    )
     train(cfg)
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"}

@@ -1,7 +1,7 @@
 """The paper configs that distil EDM's published checkpoints train: 30 CPU steps (across a stage change
-where the method has one) on a tiny EDM-format pickle of the same network (DDPM++ for ``-vp``, NCSN++ for ``-ve``, ADM for ``-adm``, as
-NVlabs/edm's train.py builds them), class-conditional where the official file is, at the stand-in
-data's resolution. ``test_paper_configs.py`` leaves these configs to this file."""
+where the method has one) on a tiny EDM-format pickle of the same network (DDPM++ for ``-vp``, NCSN++
+for ``-ve``, ADM for ``-adm``, as NVlabs/edm's train.py builds them), class-conditional where the
+official file is, at the stand-in data's resolution. ``test_paper_configs.py`` leaves these configs to this file."""
 
 from __future__ import annotations
 
@@ -36,10 +36,20 @@ EDM_PAPER_RUNS = [  # literal, so test_paper_configs.py sees each config started
 ]
 OFFICIAL_NAME = re.compile(r"edm-[a-z0-9]+-(\d+)x\1-(cond|uncond)-(vp|ve|adm)\.pkl")
 ARCHITECTURES = {  # NVlabs/edm train.py --arch, with EDM's own preconditioning (all edm-*.pkl)
-    "vp": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", channel_mult_noise=1,
-               resample_filter=[1, 1]),  # DDPM++
-    "ve": dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", channel_mult_noise=2,
-               resample_filter=[1, 3, 3, 1]),  # NCSN++
+    "vp": dict(
+        model_type="SongUNet",
+        embedding_type="positional",
+        encoder_type="standard",
+        channel_mult_noise=1,
+        resample_filter=[1, 1],
+    ),  # DDPM++
+    "ve": dict(
+        model_type="SongUNet",
+        embedding_type="fourier",
+        encoder_type="residual",
+        channel_mult_noise=2,
+        resample_filter=[1, 3, 3, 1],
+    ),  # NCSN++
     "adm": dict(model_type="DhariwalUNet"),
 }
 
@@ -49,16 +59,27 @@ def stand_in_pickle(file_name: str, resolution: int, num_classes: int, tmp_path:
     match = OFFICIAL_NAME.fullmatch(file_name)
     assert match, f"{file_name} is not one of EDM's published pickle names"
     conditional, arch = match.group(2) == "cond", match.group(3)
-    kwargs = dict(img_resolution=resolution, img_channels=3, label_dim=num_classes if conditional else 0,
-                  model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[resolution // 2],
-                  dropout=0.1, **ARCHITECTURES[arch])
+    kwargs = dict(
+        img_resolution=resolution,
+        img_channels=3,
+        label_dim=num_classes if conditional else 0,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[resolution // 2],
+        dropout=0.1,
+        **ARCHITECTURES[arch],
+    )
     net = randomized(EDMPrecond(**kwargs))
     return write_edm_pickle(tmp_path / "models" / file_name, net, kwargs, tmp_path / "executed")
 
 
 def test_every_edm_paper_config_is_started_here():
-    edm = [f"experiment={name}" for name in PAPER_CONFIGS
-           if "override /teacher: edm" in (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()]
+    edm = [
+        f"experiment={name}"
+        for name in PAPER_CONFIGS
+        if "override /teacher: edm" in (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
+    ]
     assert sorted(edm) == sorted(EDM_PAPER_RUNS)
 
 
@@ -71,8 +92,11 @@ def test_edm_paper_config_trains_on_a_stand_in_of_its_checkpoint(experiment, cac
     overrides = [experiment, *data, *STAND_IN]
     dm = build_datamodule(compose_config("train", overrides, tmp_path / "probe2"))
     pickle_path = stand_in_pickle(path.name, dm.data_shape[-1], dm.num_classes, tmp_path)
-    cfg = compose_config("train", [*overrides, f"paths.models={pickle_path.parent}",
-                                   *compressed(experiment.removeprefix("experiment="))], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [*overrides, f"paths.models={pickle_path.parent}", *compressed(experiment.removeprefix("experiment="))],
+        tmp_path / "run",
+    )
     train(cfg)
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["model"] for r in rows} == {"teacher", "student"}

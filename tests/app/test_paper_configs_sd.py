@@ -20,8 +20,18 @@ def sd_stand_in(tmp_path_factory):
 
 def start(name: str, sd_stand_in, tmp_path) -> list[dict]:
     pipe, images = sd_stand_in
-    cfg = compose_config("train", [f"experiment={name}", f"teacher.path={pipe}", f"dataset.path={images}",
-                                   "dataset.resolution=8", *STAND_IN, *compressed(name)], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [
+            f"experiment={name}",
+            f"teacher.path={pipe}",
+            f"dataset.path={images}",
+            "dataset.resolution=8",
+            *STAND_IN,
+            *compressed(name),
+        ],
+        tmp_path / "run",
+    )
     train(cfg)
     assert_trained(tmp_path / "run", name)
     return json.loads((tmp_path / "run" / "results.json").read_text())
@@ -37,8 +47,14 @@ def test_an_image_folder_is_scored_in_pixels_under_a_latent_teacher(compose_trai
     from distill.build import build_datamodule, build_teacher
 
     pipe, images = sd_stand_in
-    cfg = compose_train("teacher=diffusers", f"teacher.path={pipe}", "dataset=image_folder", f"dataset.path={images}",
-                        "dataset.resolution=8", "dataset.captions=true")
+    cfg = compose_train(
+        "teacher=diffusers",
+        f"teacher.path={pipe}",
+        "dataset=image_folder",
+        f"dataset.path={images}",
+        "dataset.resolution=8",
+        "dataset.captions=true",
+    )
     dm = build_datamodule(cfg)
     build_teacher(cfg, dm)
     assert dm.train_tensor().shape[1:] == (4, 4, 4)  # trains on latents
@@ -53,11 +69,22 @@ def test_instaflow_sd_trains_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
 
     pipe, _ = sd_stand_in
     (tmp_path / "prompts.txt").write_text("\n".join(CAPTIONS))
-    cfg = compose_config("train", ["experiment=paper_instaflow_sd", f"teacher.path={pipe}",
-                                   f"dataset.path={tmp_path / 'prompts.txt'}", "dataset.resolution=8",
-                                   "dataset.sample_steps=2", "method.objective.shard_size=4",
-                                   "method.objective.ode_steps=2", f"method.objective.pair_dir={tmp_path / 'pairs'}",
-                                   *STAND_IN, *compressed("paper_instaflow_sd")], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=paper_instaflow_sd",
+            f"teacher.path={pipe}",
+            f"dataset.path={tmp_path / 'prompts.txt'}",
+            "dataset.resolution=8",
+            "dataset.sample_steps=2",
+            "method.objective.shard_size=4",
+            "method.objective.ode_steps=2",
+            f"method.objective.pair_dir={tmp_path / 'pairs'}",
+            *STAND_IN,
+            *compressed("paper_instaflow_sd"),
+        ],
+        tmp_path / "run",
+    )
     train(cfg)
     assert_trained(tmp_path / "run", "paper_instaflow_sd")
     rows = json.loads((tmp_path / "run" / "results.json").read_text())

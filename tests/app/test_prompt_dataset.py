@@ -26,9 +26,20 @@ def text_pipe(tmp_path_factory) -> Path:
 
 
 def prompt_overrides(pipe: Path, *extra: str) -> list[str]:
-    return ["teacher=diffusers", f"teacher.path={pipe}", "dataset=prompts", f"dataset.prompts=[{','.join(PROMPTS)}]",
-            "dataset.resolution=8", "dataset.channels=1", "dataset.repeats=2", "dataset.sample_steps=2",
-            "eval.metric=sw", "train.batch_size=2", "teacher.guidance=2.0", *extra]
+    return [
+        "teacher=diffusers",
+        f"teacher.path={pipe}",
+        "dataset=prompts",
+        f"dataset.prompts=[{','.join(PROMPTS)}]",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "dataset.repeats=2",
+        "dataset.sample_steps=2",
+        "eval.metric=sw",
+        "train.batch_size=2",
+        "teacher.guidance=2.0",
+        *extra,
+    ]
 
 
 def test_a_prompt_file_reads_one_prompt_a_line_and_an_empty_one_fails(tmp_path):
@@ -83,8 +94,14 @@ def test_methods_that_need_real_images_are_refused(compose_train, text_pipe, met
 
 
 def test_a_teacher_without_prompts_is_refused(compose_train):
-    cfg = compose_train("dataset=prompts", "dataset.prompts=[a]", "dataset.resolution=8", "dataset.channels=1",
-                        "teacher.path=${paths.cache}/teachers/digits", "eval.metric=sw")
+    cfg = compose_train(
+        "dataset=prompts",
+        "dataset.prompts=[a]",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "teacher.path=${paths.cache}/teachers/digits",
+        "eval.metric=sw",
+    )
     with pytest.raises(ConfigError, match="needs a text-conditional teacher"):
         build_teacher(cfg, build_datamodule(cfg))
 

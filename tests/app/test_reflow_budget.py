@@ -21,10 +21,22 @@ def write_run(root, method, teacher, steps, seed, scores):
     """A run dir whose student scored ``scores`` [(step, value)] at 1 NFE (and 50.0 at 2 NFE)."""
     run = root / f"{method}-{Path(teacher).name}-{steps}-{seed}"
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save({"method": {"name": method}, "teacher": {"path": teacher}, "train": {"max_steps": steps},
-                    "seed": seed}, run / ".hydra" / "config.yaml")
-    rows = [{"model": "student", "sampler": method, "nfe": nfe, "metric": "fd_digits", "value": value,
-             "num_samples": 10, "step": step} for nfe, step, value in [(1, *s) for s in scores] + [(2, steps, 50.0)]]
+    OmegaConf.save(
+        {"method": {"name": method}, "teacher": {"path": teacher}, "train": {"max_steps": steps}, "seed": seed},
+        run / ".hydra" / "config.yaml",
+    )
+    rows = [
+        {
+            "model": "student",
+            "sampler": method,
+            "nfe": nfe,
+            "metric": "fd_digits",
+            "value": value,
+            "num_samples": 10,
+            "step": step,
+        }
+        for nfe, step, value in [(1, *s) for s in scores] + [(2, steps, 50.0)]
+    ]
     (run / "results.json").write_text(json.dumps(rows))
 
 
@@ -38,8 +50,11 @@ def test_scores_group_by_source_and_budget_keep_the_final_step_and_skip_other_me
 
     module = load_script()
     scores = module.one_step_scores(runs, "fd_digits")
-    assert scores == {("digits", 100): {0: 4.0, 1: 5.0}, ("digits_2rf", 100): {0: 3.0, 1: 3.5},
-                      ("digits", 400): {0: 2.0}}
+    assert scores == {
+        ("digits", 100): {0: 4.0, 1: 5.0},
+        ("digits_2rf", 100): {0: 3.0, 1: 3.5},
+        ("digits", 400): {0: 2.0},
+    }
 
     module.main([str(runs), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "reflow_budget.md").read_text()

@@ -28,9 +28,20 @@ from tests.conftest import compose_config
 REPO = Path(__file__).resolve().parents[2]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 # 5 batches an epoch: 12 steps cross two epoch ends; a checkpoint every 2 optimizer steps.
-RUN = ["logger=csv", "progress=false", "dataset=gmm", "teacher=gmm_exact", "student=mlp", "dataset.num_train=640",
-       "train.max_steps=12", "train.checkpoint_every=2", "eval=fast", "eval.teacher=false", "eval.every_n_steps=4",
-       "eval.student_nfes=[1]"]
+RUN = [
+    "logger=csv",
+    "progress=false",
+    "dataset=gmm",
+    "teacher=gmm_exact",
+    "student=mlp",
+    "dataset.num_train=640",
+    "train.max_steps=12",
+    "train.checkpoint_every=2",
+    "eval=fast",
+    "eval.teacher=false",
+    "eval.every_n_steps=4",
+    "eval.student_nfes=[1]",
+]
 
 
 def run(run_dir: Path, *overrides: str) -> None:
@@ -65,8 +76,11 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
     for sa, sb in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
         assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
-        assert all(torch.equal(torch.as_tensor(x), torch.as_tensor(sb["state"][k][name]))
-                   for k, moments in sa["state"].items() for name, x in moments.items())
+        assert all(
+            torch.equal(torch.as_tensor(x), torch.as_tensor(sb["state"][k][name]))
+            for k, moments in sa["state"].items()
+            for name, x in moments.items()
+        )
 
     def rows(d: Path) -> list[dict]:
         return [r for r in json.loads((d / RESULTS_NAME).read_text()) if r["metric"] != "peak_memory_mb"]
@@ -98,8 +112,9 @@ def test_every_method_resumes_bit_identical(cache_dir, tmp_path, capsys, method)
 SECRET = "wandb-api-key-0123456789abcdef"
 
 
-def test_a_preempted_run_saves_resumes_into_its_wandb_run_and_never_logs_the_key(cache_dir, tmp_path, monkeypatch,
-                                                                                  capsys):
+def test_a_preempted_run_saves_resumes_into_its_wandb_run_and_never_logs_the_key(
+    cache_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     run_dir = tmp_path / "run"
 
@@ -116,7 +131,9 @@ def test_a_preempted_run_saves_resumes_into_its_wandb_run_and_never_logs_the_key
     run_id = ckpt[RUN_KEY]["wandb_run_id"]
 
     run(run_dir, "logger=wandb")
-    assert int(read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]["step_count"]) == 10  # PD: 5 rounds of 2
+    assert (
+        int(read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]["step_count"]) == 10
+    )  # PD: 5 rounds of 2
     runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs)  # one W&B run, resumed
     files = [p for p in run_dir.rglob("*") if p.is_file()]
@@ -143,8 +160,9 @@ def wait_for_step(proc: subprocess.Popen, checkpoints: Path, step: int, timeout:
 def test_sigterm_saves_and_exits_cleanly(cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "distill.train", *RUN, "train.max_steps=100000", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_step(proc, run_dir / "checkpoints", 2)
         proc.send_signal(signal.SIGTERM)
@@ -161,8 +179,14 @@ def test_sigterm_saves_and_exits_cleanly(cache_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_and_metrics(cache_dir, tmp_path):
-    overrides = [*RUN, "method=dmd2", "dataset.num_train=20000", "train.max_steps=400", "train.checkpoint_every=10",
-                 "eval.every_n_steps=100"]
+    overrides = [
+        *RUN,
+        "method=dmd2",
+        "dataset.num_train=20000",
+        "train.max_steps=400",
+        "train.checkpoint_every=10",
+        "eval.every_n_steps=100",
+    ]
 
     def command(run_dir: Path) -> list[str]:
         return [sys.executable, "-m", "distill.train", *overrides, f"hydra.run.dir={run_dir}"]
@@ -172,8 +196,9 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_and_metrics(c
     assert reference.returncode == 0, reference.stderr[-3000:]
     kill_after = random.SystemRandom().randrange(10, 450)  # optimizer steps (DMD2 takes 1 or 2 a batch)
     print(f"SIGKILL after the checkpoint of step {kill_after}")
-    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(tmp_path / "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_step(proc, tmp_path / "killed" / "checkpoints", kill_after)
         time.sleep(random.SystemRandom().uniform(0, 0.2))  # anywhere between two checkpoints
@@ -188,7 +213,8 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_and_metrics(c
 
 @pytest.mark.parametrize("method", ["consistency", "dmd2"])
 def test_last_checkpoint_holds_the_final_weights_when_the_interval_does_not_fall_on_the_last_step(
-        cache_dir, tmp_path, method):
+    cache_dir, tmp_path, method
+):
     # 7 batches, a checkpoint every 5 optimizer steps: before the fix last.ckpt stayed at step 5
     # (DMD2's two optimizers end at an odd optimizer step too), and distill-eval read stale weights.
     run(tmp_path, f"method={method}", "train.max_steps=7", "train.checkpoint_every=5", "eval.every_n_steps=0")
@@ -200,7 +226,8 @@ def test_last_checkpoint_holds_the_final_weights_when_the_interval_does_not_fall
 
 
 def test_a_run_preempted_before_its_first_periodic_checkpoint_ends_with_its_final_weights_in_last_ckpt(
-        cache_dir, tmp_path):
+    cache_dir, tmp_path
+):
     # The preemption wrote last.ckpt before Lightning's ModelCheckpoint ever had, so at the final
     # (periodic) step it saved last-v1.ckpt beside it and last.ckpt kept step 4's weights for
     # distill-eval and distill-export to read (seen on the reflow_distill_digits seed-2 run).

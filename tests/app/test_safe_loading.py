@@ -19,8 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def calls(tree: ast.AST, module: str, name: str) -> list[ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and n.func.attr == name and isinstance(n.func.value, ast.Name) and n.func.value.id == module]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == name
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == module
+    ]
 
 
 def keyword(call: ast.Call, name: str) -> object:

@@ -12,22 +12,37 @@ from distill.table import aggregate, collect_runs, final_rows, main, plot_qualit
 def write_run(root, method, dataset, seed, rows):
     run = root / f"{method}-{dataset}-{seed}"
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save({"method": {"name": method}, "dataset": {"name": dataset}, "seed": seed}, run / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        {"method": {"name": method}, "dataset": {"name": dataset}, "seed": seed}, run / ".hydra" / "config.yaml"
+    )
     (run / "results.json").write_text(json.dumps(rows))
 
 
 def row(model, sampler, nfe, value, step, metric="sw"):
-    return {"model": model, "sampler": sampler, "nfe": nfe, "metric": metric, "value": value, "num_samples": 10,
-            "step": step}
+    return {
+        "model": model,
+        "sampler": sampler,
+        "nfe": nfe,
+        "metric": metric,
+        "value": value,
+        "num_samples": 10,
+        "step": step,
+    }
 
 
 def test_table_aggregates_seeds_and_keeps_last_evaluation(tmp_path):
     for seed, value in [(0, 1.0), (1, 3.0)]:
-        write_run(tmp_path / "runs", "progressive", "gmm", seed, [
-            row("teacher", "euler", 2, 5.0 + seed, 0),
-            row("student", "progressive", 2, 99.0, 10),     # an earlier evaluation: superseded
-            row("student", "progressive", 2, value, 20),
-        ])
+        write_run(
+            tmp_path / "runs",
+            "progressive",
+            "gmm",
+            seed,
+            [
+                row("teacher", "euler", 2, 5.0 + seed, 0),
+                row("student", "progressive", 2, 99.0, 10),  # an earlier evaluation: superseded
+                row("student", "progressive", 2, value, 20),
+            ],
+        )
     main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| progressive | progressive | 2 | 2.0000 ± 1.0000 | 2 | 20 |" in table
@@ -45,18 +60,29 @@ def digits_rows(seed):
         for nfe in (1, 2):
             student = model == "student"
             tv, recall = (0.1 * nfe + 0.2 * seed, 0.5 + seed) if student else (0.02, 0.5)
-            rows += [row(model, sampler, nfe, 3.0 / nfe, 50, "fd_digits"), row(model, sampler, nfe, tv, 50, "class_tv"),
-                     row(model, sampler, nfe, 1.0, 50, "classes_covered"), row(model, sampler, nfe, recall, 50, "recall"),
-                     row(model, sampler, nfe, 0.9, 50, "precision")]
-    return rows + [row("student", "dmd", 0, 100.0 + 10 * seed, 50, "peak_memory_mb"),
-                   row("student", "dmd", 0, 8.0, 50, "model_memory_mb")]
+            rows += [
+                row(model, sampler, nfe, 3.0 / nfe, 50, "fd_digits"),
+                row(model, sampler, nfe, tv, 50, "class_tv"),
+                row(model, sampler, nfe, 1.0, 50, "classes_covered"),
+                row(model, sampler, nfe, recall, 50, "recall"),
+                row(model, sampler, nfe, 0.9, 50, "precision"),
+            ]
+    return rows + [
+        row("student", "dmd", 0, 100.0 + 10 * seed, 50, "peak_memory_mb"),
+        row("student", "dmd", 0, 8.0, 50, "model_memory_mb"),
+    ]
 
 
 def test_table_has_mode_coverage_and_memory_sections_apart_from_quality(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / "runs", "dmd", "digits", seed, digits_rows(seed))
-    write_run(tmp_path / "runs", "progressive", "gmm", 0, [row("student", "progressive", 1, 0.5, 5),
-                                                          row("student", "progressive", 1, 0.7, 5, "recall")])
+    write_run(
+        tmp_path / "runs",
+        "progressive",
+        "gmm",
+        0,
+        [row("student", "progressive", 1, 0.5, 5), row("student", "progressive", 1, 0.7, 5, "recall")],
+    )
     main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "benchmark.md").read_text()
     quality, rest = table.split("## Mode coverage")
@@ -67,7 +93,10 @@ def test_table_has_mode_coverage_and_memory_sections_apart_from_quality(tmp_path
     assert not any(m in quality for m in ("class_tv", "recall", "peak_memory_mb", "| 0 |"))
     # Coverage: one column per collapse metric present, mean ± std over the two seeds.
     assert "| model | sampler | NFE | class_tv | classes_covered | recall | precision | seeds |" in coverage
-    assert "| teacher | euler | 1 | 0.0200 ± 0.0000 | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | 0.9000 ± 0.0000 | 2 |" in coverage
+    assert (
+        "| teacher | euler | 1 | 0.0200 ± 0.0000 | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | 0.9000 ± 0.0000 | 2 |"
+        in coverage
+    )
     assert "| dmd | dmd | 2 | 0.3000 ± 0.1000 | 1.0000 ± 0.0000 | 1.0000 ± 0.5000 | 0.9000 ± 0.0000 | 2 |" in coverage
     assert coverage.index("| teacher | euler | 2 |") < coverage.index("| dmd | dmd | 1 |")
     assert "| model | sampler | NFE | recall | seeds |" in coverage  # gmm: recall only
@@ -90,8 +119,10 @@ def test_table_label_keeps_one_method_in_two_setups_apart(tmp_path):
     write_run(tmp_path / "runs", "bezier", "digits", 0, [row("student", "bezier", 1, 2.0, 9, "fd_digits")])
     fresh = tmp_path / "fresh" / "run"
     (fresh / ".hydra").mkdir(parents=True)
-    OmegaConf.save({"method": {"name": "bezier"}, "dataset": {"name": "digits"}, "seed": 0,
-                    "table_label": "${method.name}_fresh"}, fresh / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        {"method": {"name": "bezier"}, "dataset": {"name": "digits"}, "seed": 0, "table_label": "${method.name}_fresh"},
+        fresh / ".hydra" / "config.yaml",
+    )
     (fresh / "results.json").write_text(json.dumps([row("student", "bezier", 1, 3.0, 9, "fd_digits")]))
     agg = aggregate(final_rows(collect_runs([tmp_path / "runs", tmp_path / "fresh"])))
     assert {(a["method"], a["mean"]) for a in agg} == {("bezier", 2.0), ("bezier_fresh", 3.0)}
@@ -99,17 +130,22 @@ def test_table_label_keeps_one_method_in_two_setups_apart(tmp_path):
 
 def test_table_grows_from_its_own_json_without_the_old_runs(tmp_path):
     for seed in (0, 1):
-        write_run(tmp_path / "old", "dmd", "digits", seed, [row("teacher", "euler", 1, 9.0, 0, "fd_digits"),
-                                                            row("student", "dmd", 1, 1.0 + seed, 50, "fd_digits")])
+        write_run(
+            tmp_path / "old",
+            "dmd",
+            "digits",
+            seed,
+            [row("teacher", "euler", 1, 9.0, 0, "fd_digits"), row("student", "dmd", 1, 1.0 + seed, 50, "fd_digits")],
+        )
     main([str(tmp_path / "old"), "--out", str(tmp_path / "out")])
     write_run(tmp_path / "new", "pcm", "digits", 0, [row("student", "pcm", 1, 4.0, 50, "fd_digits")])
     previous = tmp_path / "out" / "benchmark.json"
     main([str(previous), str(tmp_path / "new"), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "benchmark.md").read_text()
-    assert "| dmd | dmd | 1 | 1.5000 ± 0.5000 | 2 | 50 |" in table   # both seeds survive the round trip
+    assert "| dmd | dmd | 1 | 1.5000 ± 0.5000 | 2 | 50 |" in table  # both seeds survive the round trip
     assert "| teacher | euler | 1 | 9.0000 ± 0.0000 | 2 | - |" in table
     assert "| pcm | pcm | 1 | 4.0000 ± 0.0000 | 1 | 50 |" in table
-    assert len(json.loads(previous.read_text())) == 5   # two teacher rows (one per seed), three students
+    assert len(json.loads(previous.read_text())) == 5  # two teacher rows (one per seed), three students
 
 
 def test_a_table_grown_from_json_keeps_the_training_curve_plot(tmp_path):
@@ -118,7 +154,7 @@ def test_a_table_grown_from_json_keeps_the_training_curve_plot(tmp_path):
     main([str(tmp_path / "old"), "--out", str(tmp_path / "out")])
     plot = tmp_path / "out" / "flow_map_error.png"
     drawn = plot.read_bytes()
-    main([str(tmp_path / "out" / "benchmark.json"), "--out", str(tmp_path / "out")])   # final rows only
+    main([str(tmp_path / "out" / "benchmark.json"), "--out", str(tmp_path / "out")])  # final rows only
     assert plot.read_bytes() == drawn
     assert "| cd | cd | 1 | 0.0333 ± 0.0000 | 1 | 30 |" in (tmp_path / "out" / "benchmark.md").read_text()
 

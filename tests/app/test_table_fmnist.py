@@ -25,16 +25,32 @@ def load_script():
 
 
 def agg_row(method: str, sampler: str, nfe: int, mean: float) -> dict:
-    return {"dataset": "fashion_mnist", "method": method, "sampler": sampler, "nfe": nfe, "metric": "fd_fmnist",
-            "mean": mean, "std": 0.0, "seeds": 1, "train_steps": 10}
+    return {
+        "dataset": "fashion_mnist",
+        "method": method,
+        "sampler": sampler,
+        "nfe": nfe,
+        "metric": "fd_fmnist",
+        "mean": mean,
+        "std": 0.0,
+        "seeds": 1,
+        "train_steps": 10,
+    }
 
 
 def test_targets_say_which_hold_and_who_misses() -> None:
     table = load_script()
-    teacher = [agg_row("teacher", "euler", 2, 100.0), agg_row("teacher", "dpmpp_2m", 4, 30.0),
-               agg_row("teacher", "heun", 63, 10.0)]
-    students = [agg_row("dmd2", "dmd2", 1, 11.0), agg_row("dmd2", "dmd2", 2, 9.0),
-                agg_row("progressive", "progressive", 2, 25.0), agg_row("noise floor", "train split", 0, 1.0)]
+    teacher = [
+        agg_row("teacher", "euler", 2, 100.0),
+        agg_row("teacher", "dpmpp_2m", 4, 30.0),
+        agg_row("teacher", "heun", 63, 10.0),
+    ]
+    students = [
+        agg_row("dmd2", "dmd2", 1, 11.0),
+        agg_row("dmd2", "dmd2", 2, 9.0),
+        agg_row("progressive", "progressive", 2, 25.0),
+        agg_row("noise floor", "train split", 0, 1.0),
+    ]
     lines = "\n".join(table.targets(teacher + students))
     assert "Best method at 2 NFE (dmd2, 9.000) is 0.90x the teacher's best (target <= 1.0x): holds" in lines
     assert "Best method at 1 NFE (dmd2, 11.000) is 1.10x the teacher's best (target <= 1.2x): holds" in lines
@@ -63,13 +79,28 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     images = table_images(tmp_path / "data" / "fashion-mnist")
     train_tiny_teacher(cache / "teachers" / "fashion_mnist_cpu", images, TINY_UNET, steps=3)
     out = tmp_path / "out"
-    table.main(["hardware=cpu", "fast_dev_run=true", "methods=dmd2", f"cache={cache}",
-                f"runs={tmp_path / 'runs'}", f"out={out}", "method.ema_decays=[0.9]"])
+    table.main(
+        [
+            "hardware=cpu",
+            "fast_dev_run=true",
+            "methods=dmd2",
+            f"cache={cache}",
+            f"runs={tmp_path / 'runs'}",
+            f"out={out}",
+            "method.ema_decays=[0.9]",
+        ]
+    )
     rows = json.loads((out / "benchmark.json").read_text())
     scored = {(r["method"], r["sampler"], r["nfe"]) for r in rows if r["metric"] == "fd_fmnist"}
     # Heun's one step is Euler's (no row of its own), so at NFE <= 2 only Euler and DPM-Solver++(2M) have rows.
-    assert {("teacher", "euler", 1), ("teacher", "euler", 2), ("teacher", "dpmpp_2m", 2),
-            ("noise floor", "train split", 0), ("dmd2", "dmd2", 1), ("dmd2", "dmd2", 4)} <= scored
+    assert {
+        ("teacher", "euler", 1),
+        ("teacher", "euler", 2),
+        ("teacher", "dpmpp_2m", 2),
+        ("noise floor", "train split", 0),
+        ("dmd2", "dmd2", 1),
+        ("dmd2", "dmd2", 4),
+    } <= scored
     assert all(np.isfinite(r["value"]) for r in rows)
     markdown = (out / "benchmark.md").read_text()
     assert "hardware=cpu fast_dev_run=true" not in markdown  # the runner's own keys are not run overrides

@@ -29,15 +29,31 @@ def save_text_pipeline(directory: Path) -> Path:
     torch.manual_seed(0)
     words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]",
-                            model_max_length=6).save_pretrained(directory / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=6)).save_pretrained(
-        directory / "text_encoder", safe_serialization=True)
-    UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(directory / "unet")
+    PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", model_max_length=6
+    ).save_pretrained(directory / "tokenizer")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(WORDS),
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=6,
+        )
+    ).save_pretrained(directory / "text_encoder", safe_serialization=True)
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).save_pretrained(directory / "unet")
     DDPMScheduler().save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return directory
@@ -59,9 +75,17 @@ def text_setup(tmp_path_factory):
 
 def overrides(text_setup) -> list[str]:
     pipe, images = text_setup
-    return ["teacher=diffusers", f"teacher.path={pipe}", "dataset=image_folder", f"dataset.path={images}",
-            "dataset.resolution=8", "dataset.channels=1", "dataset.captions=true", "eval.metric=sw",
-            "train.batch_size=4"]
+    return [
+        "teacher=diffusers",
+        f"teacher.path={pipe}",
+        "dataset=image_folder",
+        f"dataset.path={images}",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "dataset.captions=true",
+        "eval.metric=sw",
+        "train.batch_size=4",
+    ]
 
 
 def test_captions_become_a_cached_prompt_table_and_guidance_uses_the_empty_prompt(compose_train, text_setup):
@@ -82,13 +106,19 @@ def test_captions_become_a_cached_prompt_table_and_guidance_uses_the_empty_promp
     assert not torch.allclose(cond, uncond)
 
 
-@pytest.mark.parametrize(("method", "student"), [
-    ("progressive", "copy_of_teacher"), ("dmd2", "lora"),
-    pytest.param("progressive", "lora", marks=pytest.mark.slow),
-    pytest.param("dmd2", "copy_of_teacher", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("method", "student"),
+    [
+        ("progressive", "copy_of_teacher"),
+        ("dmd2", "lora"),
+        pytest.param("progressive", "lora", marks=pytest.mark.slow),
+        pytest.param("dmd2", "copy_of_teacher", marks=pytest.mark.slow),
+    ],
+)
 def test_text_teacher_distils_end_to_end(compose_train, text_setup, method, student):
-    cfg = compose_train(f"method={method}", f"student={student}", "debug=fast", *overrides(text_setup),
-                        "teacher.guidance=2.0")
+    cfg = compose_train(
+        f"method={method}", f"student={student}", "debug=fast", *overrides(text_setup), "teacher.guidance=2.0"
+    )
     train(cfg)
     rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert {r["nfe"] for r in rows if r["model"] == "student" and r["metric"] not in MEMORY_METRICS} == {1, 2, 4}

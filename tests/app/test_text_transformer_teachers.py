@@ -29,9 +29,18 @@ def t2i_setup(tmp_path_factory):
 
 def overrides(t2i_setup, family: str) -> list[str]:
     pipes, images = t2i_setup
-    return ["teacher=diffusers", f"teacher.path={pipes[family]}", "teacher.max_sequence_length=8",
-            "dataset=image_folder", f"dataset.path={images}", "dataset.resolution=8", "dataset.channels=1",
-            "dataset.captions=true", "eval.metric=sw", "train.batch_size=4"]
+    return [
+        "teacher=diffusers",
+        f"teacher.path={pipes[family]}",
+        "teacher.max_sequence_length=8",
+        "dataset=image_folder",
+        f"dataset.path={images}",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "dataset.captions=true",
+        "eval.metric=sw",
+        "train.batch_size=4",
+    ]
 
 
 def student_nfes(cfg) -> set[int]:
@@ -40,14 +49,16 @@ def student_nfes(cfg) -> set[int]:
 
 
 CASES = [(family, method, "copy_of_teacher") for family in SAVERS for method in ("progressive", "dmd2")]
-CASES += [pytest.param(family, method, "lora", marks=pytest.mark.slow)
-          for family in SAVERS for method in ("pcm", "dmd2")]
+CASES += [
+    pytest.param(family, method, "lora", marks=pytest.mark.slow) for family in SAVERS for method in ("pcm", "dmd2")
+]
 
 
 @pytest.mark.parametrize(("family", "method", "student"), CASES)
 def test_text_to_image_transformer_distils_end_to_end(compose_train, t2i_setup, family, method, student):
-    cfg = compose_train(f"method={method}", f"student={student}", "debug=fast", *overrides(t2i_setup, family),
-                        "teacher.guidance=2.0")
+    cfg = compose_train(
+        f"method={method}", f"student={student}", "debug=fast", *overrides(t2i_setup, family), "teacher.guidance=2.0"
+    )
     train(cfg)
     assert student_nfes(cfg) == {1, 2, 4}
 
@@ -55,8 +66,13 @@ def test_text_to_image_transformer_distils_end_to_end(compose_train, t2i_setup, 
 @pytest.mark.parametrize("family", ["flux", "qwen"])
 def test_arcflow_distils_packed_token_transformers(compose_train, t2i_setup, family):
     """ArcFlow's momentum heads on FLUX.1 / Qwen-Image: LoRA + K heads through the adapter's unpacking."""
-    cfg = compose_train("method=arcflow", "method.objective.components=4", "debug=fast",
-                        *overrides(t2i_setup, family), "teacher.guidance=2.0")
+    cfg = compose_train(
+        "method=arcflow",
+        "method.objective.components=4",
+        "debug=fast",
+        *overrides(t2i_setup, family),
+        "teacher.guidance=2.0",
+    )
     train(cfg)
     assert student_nfes(cfg) == {1, 2, 4}
 
@@ -64,7 +80,12 @@ def test_arcflow_distils_packed_token_transformers(compose_train, t2i_setup, fam
 def test_a_bfloat16_teacher_runs_without_autocast(compose_train, t2i_setup):
     """teacher.dtype=bfloat16 (how 12B / 20B teachers fit): inputs are cast in, velocities out, and
     ArcFlow's float32 heads read the bfloat16 features, on a CPU run with no autocast."""
-    cfg = compose_train("method=arcflow", "method.objective.components=4", "debug=fast", "teacher.dtype=bfloat16",
-                        *overrides(t2i_setup, "flux"))
+    cfg = compose_train(
+        "method=arcflow",
+        "method.objective.components=4",
+        "debug=fast",
+        "teacher.dtype=bfloat16",
+        *overrides(t2i_setup, "flux"),
+    )
     train(cfg)
     assert student_nfes(cfg) == {1, 2, 4}

@@ -48,7 +48,13 @@ def dataset_overrides(name: str, tmp_path: Path, request) -> list[str]:
         dm = build_datamodule(compose_config("train", [f"dataset={name}", *data], tmp_path / "probe"))
         train_tiny_teacher(tmp_path / "teacher", dm.train_tensor(), TINY_UNET, steps=2)
         # No Inception weights here: score pixels with sliced Wasserstein instead of FID.
-        return [f"dataset={name}", *data, f"teacher.path={tmp_path / 'teacher'}", "eval.metric=sw", "train.batch_size=4"]
+        return [
+            f"dataset={name}",
+            *data,
+            f"teacher.path={tmp_path / 'teacher'}",
+            "eval.metric=sw",
+            "train.batch_size=4",
+        ]
     return [f"dataset={name}"]
 
 
@@ -74,8 +80,11 @@ def in_make_test(method: str, dataset: str) -> bool:
 
 
 def method_dataset_matrix() -> list:
-    return [pytest.param(method, dataset, marks=() if in_make_test(method, dataset) else pytest.mark.slow)
-            for dataset in DATASETS for method in METHODS]
+    return [
+        pytest.param(method, dataset, marks=() if in_make_test(method, dataset) else pytest.mark.slow)
+        for dataset in DATASETS
+        for method in METHODS
+    ]
 
 
 @pytest.mark.parametrize(("method", "dataset"), method_dataset_matrix())
@@ -92,8 +101,14 @@ def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, req
 
 
 def test_resolution_mismatch_is_refused_before_training(compose_train, tmp_path):
-    cfg = compose_train(*FAST, "dataset=image_folder", f"dataset.path={image_folder(tmp_path)}",
-                        "dataset.resolution=8", "eval.metric=sw", "teacher.path=${paths.cache}/teachers/digits")
+    cfg = compose_train(
+        *FAST,
+        "dataset=image_folder",
+        f"dataset.path={image_folder(tmp_path)}",
+        "dataset.resolution=8",
+        "eval.metric=sw",
+        "teacher.path=${paths.cache}/teachers/digits",
+    )
     with pytest.raises(ConfigError, match=r"shape \(1, 8, 8\) but dataset=image_folder has shape \(3, 8, 8\)"):
         train(cfg)
 
@@ -120,8 +135,9 @@ def test_evaluation_is_reproducible(compose_train):
 
 def test_wandb_offline_logger_writes_a_local_run(compose_train):
     # two real steps (a fast_dev_run mutes the loggers): config, sample grids, metrics and the results table
-    cfg = compose_train("eval=fast", "train.max_steps=2", "logger=wandb", "dataset=gmm", "teacher=gmm_exact",
-                        "student=mlp")
+    cfg = compose_train(
+        "eval=fast", "train.max_steps=2", "logger=wandb", "dataset=gmm", "teacher=gmm_exact", "student=mlp"
+    )
     train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert runs
@@ -136,8 +152,20 @@ def cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_multirun_sweep_from_the_command_line(cache_dir, tmp_path):
-    proc = cli(["distill.train", "-m", "seed=0,1", *FAST, "dataset=gmm", "teacher=gmm_exact", "student=mlp",
-                f"hydra.sweep.dir={tmp_path}/sweep"], REPO, cache_dir)
+    proc = cli(
+        [
+            "distill.train",
+            "-m",
+            "seed=0,1",
+            *FAST,
+            "dataset=gmm",
+            "teacher=gmm_exact",
+            "student=mlp",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        REPO,
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "sweep").rglob("results.json"))
     assert len(results) == 2
@@ -164,8 +192,18 @@ def test_pretrain_writes_a_loadable_teacher(cache_dir, tmp_path, scheme):
     from distill.pretrain import pretrain
     from distill.teachers import load_teacher
 
-    cfg = compose_config("pretrain", ["dataset=moons", "net=mlp", "train.max_steps=20", "progress=false", f"scheme={scheme}",
-                                      f"out={tmp_path}/teacher"], tmp_path / "run")
+    cfg = compose_config(
+        "pretrain",
+        [
+            "dataset=moons",
+            "net=mlp",
+            "train.max_steps=20",
+            "progress=false",
+            f"scheme={scheme}",
+            f"out={tmp_path}/teacher",
+        ],
+        tmp_path / "run",
+    )
     out = pretrain(cfg)
     teacher = load_teacher(out)
     assert teacher.data_shape == (2,) and teacher.meta["scheme"] == scheme
@@ -178,8 +216,11 @@ def test_pretrain_init_from_continues_a_teacher_and_refuses_a_mismatch(cache_dir
     from distill.teachers import load_teacher
 
     def run(name, *overrides):
-        return compose_config("pretrain", ["dataset=moons", "net=mlp", "progress=false", f"out={tmp_path}/{name}",
-                                           *overrides], tmp_path / name)
+        return compose_config(
+            "pretrain",
+            ["dataset=moons", "net=mlp", "progress=false", f"out={tmp_path}/{name}", *overrides],
+            tmp_path / name,
+        )
 
     start = load_teacher(pretrain(run("start", "train.max_steps=20")))
     # Zero steps of fine-tuning: the sibling is its starting teacher, weight for weight.
@@ -197,21 +238,41 @@ def test_pretrain_init_from_continues_a_teacher_and_refuses_a_mismatch(cache_dir
     with pytest.raises(ConfigError, match="sigma_data="):
         pretrain(run("sigma", "sigma_data=1.0", f"init_from={tmp_path}/start"))
     with pytest.raises(ConfigError, match="conditional=false"):
-        pretrain(compose_config("pretrain", ["dataset=digits", "conditional=true", f"out={tmp_path}/cond",
-                                             f"init_from={cache_dir}/teachers/digits"], tmp_path / "cond"))
+        pretrain(
+            compose_config(
+                "pretrain",
+                [
+                    "dataset=digits",
+                    "conditional=true",
+                    f"out={tmp_path}/cond",
+                    f"init_from={cache_dir}/teachers/digits",
+                ],
+                tmp_path / "cond",
+            )
+        )
 
 
 def test_evaluate_reloads_a_run_and_reproduces_its_student_rows(compose_train, tmp_path):
     from distill.evaluate import evaluate
 
-    cfg = compose_train("dataset=gmm", "teacher=gmm_exact", "student=mlp", "eval=fast", "eval.teacher=false",
-                        "method.objective.steps_per_round=2", "method.objective.start_steps=4")
+    cfg = compose_train(
+        "dataset=gmm",
+        "teacher=gmm_exact",
+        "student=mlp",
+        "eval=fast",
+        "eval.teacher=false",
+        "method.objective.steps_per_round=2",
+        "method.objective.start_steps=4",
+    )
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save({k: cfg[k] for k in cfg if k != "hydra"}, run_dir / ".hydra" / "config.yaml", resolve=True)
     trained = {r.nfe: r.value for r in train(cfg) if r.metric not in MEMORY_METRICS}
-    eval_cfg = compose_config("evaluate", ["dataset=gmm", "teacher=gmm_exact", "eval=fast", "progress=false",
-                                           f"run_dir={run_dir}"], tmp_path / "eval")
+    eval_cfg = compose_config(
+        "evaluate",
+        ["dataset=gmm", "teacher=gmm_exact", "eval=fast", "progress=false", f"run_dir={run_dir}"],
+        tmp_path / "eval",
+    )
     rows = evaluate(eval_cfg)
     assert {r.nfe: r.value for r in rows if r.model == "student"} == trained
     assert any(r.model == "teacher" for r in rows)

@@ -16,8 +16,9 @@ def test_stage_two_starts_from_stage_one_and_mixes_teacher_samples(cache_dir, tm
     stage1 = compose_config("train", ["experiment=turbo_digits_stage1", *QUICK_RUN], tmp_path / "stage1")
     assert stage1.method.name == "turbo_pcm" and stage1.method.objective.phases == 2
     train(stage1)
-    cfg = compose_config("train", ["experiment=turbo_digits_stage2", *QUICK_RUN, f"init_from={tmp_path / 'stage1'}"],
-                         tmp_path / "stage2")
+    cfg = compose_config(
+        "train", ["experiment=turbo_digits_stage2", *QUICK_RUN, f"init_from={tmp_path / 'stage1'}"], tmp_path / "stage2"
+    )
     assert cfg.method.name == "turbo_dmd2"
     assert cfg.method.objective.teacher_sample_fraction == 0.5 and cfg.method.objective.gan_backbone == "teacher"
     dm = build_datamodule(cfg)

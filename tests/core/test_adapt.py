@@ -53,9 +53,7 @@ def test_from_velocity_model_inverts(process, kind):
     t = process.from_fm_time(s)
     x_t = process.from_fm_state(x_s, s)
     native = from_velocity_model(exact_velocity, process, kind, SD)
-    torch.testing.assert_close(
-        native(x_t, t), exact_native(process, kind)(x_t, t), atol=1e-8, rtol=0
-    )
+    torch.testing.assert_close(native(x_t, t), exact_native(process, kind)(x_t, t), atol=1e-8, rtol=0)
 
 
 def test_adapter_keeps_dtype_and_feeds_native_in_working_precision():

@@ -66,6 +66,7 @@ def test_least_squares_of_repeated_times_fits_the_mean_trajectory():
     second = first + torch.randn_like(first)
     joint = fit_interior(points[0], points[-1], tau.repeat(2), torch.cat([first, second]), 2)
     torch.testing.assert_close(joint, fit_interior(points[0], points[-1], tau, (first + second) / 2, 2))
+
     # ... and it is the least-squares optimum: any perturbation of P_1 raises the squared error.
     def error(interior):
         curve = torch.cat([points[:1], interior, points[2:]])

@@ -61,8 +61,13 @@ def test_label_dropout_and_null_labels():
     assert null_labels(torch.zeros(2, 3), 7).tolist() == [7, 7]
 
 
-@pytest.mark.parametrize("net", [lambda: TimeMLP((2,), width=16, depth=1, num_classes=4),
-                                 lambda: UNet(8, channels=1, block_out_channels=(8, 16), norm_num_groups=4, num_classes=4)])
+@pytest.mark.parametrize(
+    "net",
+    [
+        lambda: TimeMLP((2,), width=16, depth=1, num_classes=4),
+        lambda: UNet(8, channels=1, block_out_channels=(8, 16), norm_num_groups=4, num_classes=4),
+    ],
+)
 def test_conditional_nets_follow_the_labels_and_fall_back_to_the_null_class(net):
     torch.manual_seed(0)
     model = VelocityModel(net())
@@ -80,8 +85,16 @@ def test_conditional_nets_follow_the_labels_and_fall_back_to_the_null_class(net)
 
 
 def test_diffusers_class_embeddings_count_their_null_class():
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, num_class_embeds=11)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        num_class_embeds=11,
+    )
     assert num_classes_of(unet) == 10
     assert num_classes_of(VelocityModel(TimeMLP((2,), width=8, depth=1))) == 0
 

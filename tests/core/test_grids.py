@@ -33,9 +33,7 @@ def test_grids_decrease_and_end_at_zero(name, n):
 
 
 def test_uniform_and_shifted():
-    torch.testing.assert_close(
-        uniform_grid(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
-    )
+    torch.testing.assert_close(uniform_grid(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
     torch.testing.assert_close(shifted_grid(7, shift=1.0), uniform_grid(7))
     g = shifted_grid(4, shift=3.0)
     assert g[0].item() == 1.0 and g[2].item() == pytest.approx(0.75)  # 3 * .5 / (1 + 2 * .5)
@@ -53,9 +51,7 @@ def test_karras_grid_matches_edm_sigmas():
 def test_cosine_grid_is_uniform_in_vp_cosine_time():
     p = VPCosine(logsnr_min=-100, logsnr_max=100)
     g = cosine_grid(4)
-    torch.testing.assert_close(
-        p.from_fm_time(g[1:-1]), torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64)
-    )
+    torch.testing.assert_close(p.from_fm_time(g[1:-1]), torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64))
     assert g[0].item() == 1.0
 
 

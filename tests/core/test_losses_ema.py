@@ -20,13 +20,9 @@ def test_per_sample_mse():
 def test_pseudo_huber():
     a = torch.zeros(2, 4, dtype=torch.float64)
     b = torch.tensor([[3.0, 4.0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
-    torch.testing.assert_close(
-        pseudo_huber(a, b, 0.0), torch.tensor([5.0, 0.0], dtype=torch.float64)
-    )
+    torch.testing.assert_close(pseudo_huber(a, b, 0.0), torch.tensor([5.0, 0.0], dtype=torch.float64))
     c = 1.5
-    torch.testing.assert_close(
-        pseudo_huber(a, b, c), torch.tensor([(25 + c**2) ** 0.5 - c, 0.0], dtype=torch.float64)
-    )
+    torch.testing.assert_close(pseudo_huber(a, b, c), torch.tensor([(25 + c**2) ** 0.5 - c, 0.0], dtype=torch.float64))
 
 
 def test_edm_precond_identities():
@@ -38,9 +34,7 @@ def test_edm_precond_identities():
     target_var = ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * sigma**2) / c_out**2
     torch.testing.assert_close(target_var, torch.ones(4, dtype=torch.float64))
     # The loss weight cancels c_out^2: lambda * ||D - x0||^2 = ||F - F_target||^2.
-    torch.testing.assert_close(
-        edm_loss_weight(sigma, sd) * c_out**2, torch.ones(4, dtype=torch.float64)
-    )
+    torch.testing.assert_close(edm_loss_weight(sigma, sd) * c_out**2, torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(c_noise, 0.25 * torch.log(sigma))
 
 
@@ -62,9 +56,7 @@ def test_ema_decay_half_averages_and_copies_buffers():
     before = copy.deepcopy(ema)
     model[1].running_var.fill_(3.0)
     ema_update_(ema, model, 0.5)
-    for (name, p), q0, q in zip(
-        model.named_parameters(), before.parameters(), ema.parameters(), strict=False
-    ):
+    for (name, p), q0, q in zip(model.named_parameters(), before.parameters(), ema.parameters(), strict=False):
         torch.testing.assert_close(q, 0.5 * (p + q0), msg=name)
         assert not q.requires_grad or q.grad is None
     assert torch.equal(ema[1].running_var, model[1].running_var)
@@ -72,5 +64,7 @@ def test_ema_decay_half_averages_and_copies_buffers():
 
 def test_ema_rejects_mismatched_modules():
     # the message names what differs (FSDP on one GPU once hid a network's own parameters)
-    with pytest.raises(ValueError, match=r"only in the EMA copy \['bias', 'weight'\] \(2\), only in the model \['0.bias'"):
+    with pytest.raises(
+        ValueError, match=r"only in the EMA copy \['bias', 'weight'\] \(2\), only in the model \['0.bias'"
+    ):
         ema_update_(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)), 0.9)

@@ -68,8 +68,9 @@ def test_average_velocity_is_the_chord_and_tends_to_the_velocity():
     chord = (x - advance(x, m, s_src, s_a, s_b)) / 0.3
     torch.testing.assert_close(average_velocity(m, s_src - s_a, s_a - s_b), chord)
     tau = torch.full((3,), 0.2, dtype=torch.float64)
-    torch.testing.assert_close(average_velocity(m, tau, torch.full((3,), 1e-8, dtype=torch.float64)),
-                               velocity_at(m, tau), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        average_velocity(m, tau, torch.full((3,), 1e-8, dtype=torch.float64)), velocity_at(m, tau), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_component_dropout_keeps_a_normalised_mixture():

@@ -17,9 +17,7 @@ from distill.core.prediction import (
 B, D = 6, 3
 
 
-def _scales(
-    kind: str, sigma_data: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _scales(kind: str, sigma_data: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "trig":
         # TrigFlow constraint alpha^2 + (sigma / sigma_data)^2 = 1.
         t = torch.rand(B, generator=gen, dtype=torch.float64) * 1.4 + 0.05
@@ -56,9 +54,7 @@ def test_v_is_trig_with_unit_sigma_data():
     t = torch.tensor([0.2, 0.9], dtype=torch.float64)
     x0, eps = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
     a, s = torch.cos(t), torch.sin(t)
-    torch.testing.assert_close(
-        from_x0_eps("v", x0, eps, a, s), from_x0_eps("trig", x0, eps, a, s, 1.0)
-    )
+    torch.testing.assert_close(from_x0_eps("v", x0, eps, a, s), from_x0_eps("trig", x0, eps, a, s, 1.0))
 
 
 def test_fm_helpers_round_trip():
@@ -72,9 +68,7 @@ def test_fm_helpers_round_trip():
     torch.testing.assert_close(velocity_to_eps(x, s, v), eps, atol=1e-12, rtol=0)
     torch.testing.assert_close(x0_to_velocity(x, s, x0), v, atol=1e-10, rtol=0)
     # "flow" kind on the FM process is the same velocity.
-    assert math.isclose(
-        (from_x0_eps("flow", x0, eps, 1 - s, s) - v).abs().max().item(), 0.0, abs_tol=1e-14
-    )
+    assert math.isclose((from_x0_eps("flow", x0, eps, 1 - s, s) - v).abs().max().item(), 0.0, abs_tol=1e-14)
 
 
 def test_bad_kind_names_valid_kinds():

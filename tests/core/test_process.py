@@ -85,9 +85,7 @@ def test_vp_cosine_logsnr_clip():
     torch.testing.assert_close(ends, torch.tensor([20.0, -20.0], dtype=torch.float64))
     t = torch.tensor([0.3], dtype=torch.float64)
     torch.testing.assert_close(p.alpha(t), torch.cos(0.5 * math.pi * t))
-    torch.testing.assert_close(
-        p.alpha(t) ** 2 + p.sigma(t) ** 2, torch.ones(1, dtype=torch.float64)
-    )
+    torch.testing.assert_close(p.alpha(t) ** 2 + p.sigma(t) ** 2, torch.ones(1, dtype=torch.float64))
 
 
 def test_edm_pure_noise_clamped_to_sigma_max():
@@ -107,16 +105,12 @@ def test_edm_clean_data_clamped_to_sigma_min():
 def test_trigflow_scales():
     p = TrigFlow(sigma_data=0.5)
     t = torch.tensor([0.0, 0.4, math.pi / 2], dtype=torch.float64)
-    torch.testing.assert_close(
-        p.alpha(t) ** 2 + (p.sigma(t) / 0.5) ** 2, torch.ones(3, dtype=torch.float64)
-    )
+    torch.testing.assert_close(p.alpha(t) ** 2 + (p.sigma(t) / 0.5) ** 2, torch.ones(3, dtype=torch.float64))
     # EDM sigma = sigma_d tan t (docs/methods.md 1.5).
     torch.testing.assert_close(p.edm_sigma(t[1:2]), 0.5 * torch.tan(t[1:2]))
 
 
-@pytest.mark.parametrize(
-    "schedule, start, end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)]
-)
+@pytest.mark.parametrize("schedule, start, end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)])
 def test_vp_discrete_matches_diffusers(schedule, start, end):
     T = 1000
     # diffusers DDPMScheduler: betas, then alphas_cumprod = cumprod(1 - betas).

@@ -46,9 +46,7 @@ def _noise(n=16, seed=0):
 
 
 def test_reference_solution_is_the_ode_flow():
-    gm = GaussianMixture(
-        MU[None], torch.tensor([TAU], dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    )
+    gm = GaussianMixture(MU[None], torch.tensor([TAU], dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     x, s = _noise(), torch.full((16,), 0.37, dtype=torch.float64)
     x0, eps = gm.posterior(x, 1 - s, s)
     torch.testing.assert_close(velocity(x, s), eps - x0)
@@ -57,9 +55,7 @@ def test_reference_solution_is_the_ode_flow():
     z = _noise(seed=1)
 
     def path(t):
-        return flow_map(
-            z, torch.ones(16, dtype=torch.float64), torch.full((16,), t, dtype=torch.float64)
-        )
+        return flow_map(z, torch.ones(16, dtype=torch.float64), torch.full((16,), t, dtype=torch.float64))
 
     dxds = (path(0.37 + h) - path(0.37 - h)) / (2 * h)
     torch.testing.assert_close(dxds, velocity(path(0.37), s), atol=1e-7, rtol=0)
@@ -120,9 +116,7 @@ def test_steps_for_nfe():
 def test_callback_and_progress(name):
     seen = []
     grid = uniform_grid(3)
-    out = SAMPLERS[name](
-        velocity, _noise(), grid, progress=True, callback=lambda i, x, s: seen.append((i, float(s)))
-    )
+    out = SAMPLERS[name](velocity, _noise(), grid, progress=True, callback=lambda i, x, s: seen.append((i, float(s))))
     assert [i for i, _ in seen] == [0, 1, 2]
     assert [s for _, s in seen] == grid[1:].tolist()
     assert out.shape == (16, 2)
@@ -139,9 +133,7 @@ def test_flow_map_one_step_is_exact():
     out = sample_flow_map(flow_map, z, uniform_grid(1))
     torch.testing.assert_close(out, MU + TAU * z, atol=1e-12, rtol=0)
     # Chaining exact jumps stays exact.
-    torch.testing.assert_close(
-        sample_flow_map(flow_map, z, uniform_grid(4)), MU + TAU * z, atol=1e-12, rtol=0
-    )
+    torch.testing.assert_close(sample_flow_map(flow_map, z, uniform_grid(4)), MU + TAU * z, atol=1e-12, rtol=0)
 
 
 def test_flow_map_renoise_uses_fresh_noise():

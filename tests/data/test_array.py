@@ -38,8 +38,10 @@ def test_points_are_a_point_set_of_their_own_dimension(tmp_path: Path) -> None:
     np.save(tmp_path / "p.npy", points)
     dm = DataModule("array", batch_size=4, path=tmp_path / "p.npy")
     assert dm.kind == "2d" and dm.data_shape == (3,) and dm.num_classes == 0
-    assert torch.allclose(torch.cat([dm.train_tensor(), dm.reference_samples()]).sort(0).values,
-                          torch.from_numpy(points).float().sort(0).values)
+    assert torch.allclose(
+        torch.cat([dm.train_tensor(), dm.reference_samples()]).sort(0).values,
+        torch.from_numpy(points).float().sort(0).values,
+    )
 
 
 @pytest.mark.parametrize(

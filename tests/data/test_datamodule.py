@@ -83,7 +83,8 @@ def test_cifar10_module_uses_test_split_as_reference(fake_cifar_root: Path) -> N
     [
         (
             {"name": "mnist", "batch_size": 8},
-            "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, fashion_mnist, image_folder, cifar10, array",
+            "dataset.name='mnist' is unknown; choose one of gmm, moons, rings, checkerboard, digits, fashion_mnist, "
+            "image_folder, cifar10, array",
         ),
         (
             {"name": "image_folder", "batch_size": 8},
@@ -99,9 +100,7 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 
 
 def test_empty_training_set_raises() -> None:
-    with pytest.raises(
-        DatasetError, match="training set of dataset 'rings' is empty; set dataset.num_train > 0"
-    ):
+    with pytest.raises(DatasetError, match="training set of dataset 'rings' is empty; set dataset.num_train > 0"):
         DataModule("rings", batch_size=8, num_train=0).setup()
 
 
@@ -134,9 +133,7 @@ class _Tiny(L.LightningModule):
         self.net = nn.Linear(2, 2)
         self.seen: list[tuple[int, ...]] = []
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         self.seen.append(tuple(x.shape))
         return ((self.net(x) - x) ** 2).mean()

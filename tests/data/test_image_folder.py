@@ -14,12 +14,7 @@ def test_finds_images_recursively_and_converts(image_dir: Path) -> None:
     ds = ImageFolderDataset(image_dir, resolution=8)
     assert [p.name for p in ds.files] == ["a_red.png", "b_blue.BMP", "c_gray.jpg", "d_green.webp"]
     x, y = ds[0]
-    assert (
-        x.shape == (3, 8, 8)
-        and x.dtype == torch.float32
-        and y.item() == 0
-        and y.dtype == torch.int64
-    )
+    assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and y.item() == 0 and y.dtype == torch.int64
     assert torch.allclose(x[0], torch.ones(8, 8)) and torch.allclose(x[1:], -torch.ones(2, 8, 8))
     assert torch.allclose(ds[3][0][1], torch.ones(8, 8))  # lossless webp green
     gray = ds[2][0]

@@ -52,11 +52,18 @@ class _Recorder(L.LightningModule):
 def test_runs_keep_the_batches_they_drew_before_resuming_existed(tmp_path):
     # torch's seeded RandomSampler under Lightning, per epoch: one int64 draw, then randperm(n).
     dm, model = DataModule("checkerboard", batch_size=16, num_train=100, seed=3), _Recorder()
-    L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, default_root_dir=tmp_path).fit(model, datamodule=dm)
+    L.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(model, datamodule=dm)
     generator, x, legacy = torch.Generator().manual_seed(3), dm.train_tensor(), []
     for _ in range(4):
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(100, generator=generator)
-        legacy += [x[order[i * 16:(i + 1) * 16]] for i in range(6)]
+        legacy += [x[order[i * 16 : (i + 1) * 16]] for i in range(6)]
     assert all(torch.equal(a, b) for a, b in zip(model.seen, legacy[:20], strict=True))

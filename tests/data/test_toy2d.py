@@ -47,7 +47,5 @@ def test_checkerboard_fills_only_even_squares() -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(
-        ValueError, match="unknown 2-D dataset 'spiral'.*gmm, moons, rings, checkerboard"
-    ):
+    with pytest.raises(ValueError, match="unknown 2-D dataset 'spiral'.*gmm, moons, rings, checkerboard"):
         make_toy2d("spiral", 10, seed=0)

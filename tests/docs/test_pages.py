@@ -82,9 +82,7 @@ def test_every_repository_path_the_pages_name_exists():
     paths = {
         p
         for page in PAGES
-        for p in re.findall(
-            r"`((?:distill|conf|tests|experiments)/[\w./-]+\.(?:py|yaml|md))`", page.read_text()
-        )
+        for p in re.findall(r"`((?:distill|conf|tests|experiments)/[\w./-]+\.(?:py|yaml|md))`", page.read_text())
     }
     assert paths, "the pages name files"
     assert sorted(p for p in paths - EXAMPLE if not (REPO / p).exists()) == []

@@ -14,9 +14,7 @@ from tests.docs.markdown import REPO
 
 README = (REPO / "README.md").read_text()
 RECIPES = (REPO / "docs" / "recipes.md").read_text()
-METHOD_ROWS = [
-    line for line in README.splitlines() if re.match(r"\| [^|]+ \| `[a-z0-9_]+` \|", line)
-]
+METHOD_ROWS = [line for line in README.splitlines() if re.match(r"\| [^|]+ \| `[a-z0-9_]+` \|", line)]
 
 
 def load_readme_table():
@@ -45,9 +43,7 @@ def test_the_benchmark_block_is_what_the_results_file_renders_to():
 
 def test_a_changed_result_makes_the_block_stale():
     results = readme_table.RESULTS.read_text()
-    changed = results.replace(
-        "| progressive | progressive | 4 | 1.7080", "| progressive | progressive | 4 | 9.7080", 1
-    )
+    changed = results.replace("| progressive | progressive | 4 | 1.7080", "| progressive | progressive | 4 | 9.7080", 1)
     assert changed != results, "the results file no longer has the row this test edits"
     rows = readme_table.section(changed, "digits", "fd_digits")
     block = readme_table.render(rows, "fd_digits", "experiments/results/benchmark.md")
@@ -66,9 +62,7 @@ def test_a_method_row_names_its_configs_class_recipe_and_best_row(row, tmp_path)
     target = compose_config("train", [f"method={config}"], tmp_path).method.objective._target_
     assert target == f"distill.methods.{cls}", f"{config}'s objective is {target}"
     recipe_row = next(
-        line
-        for line in RECIPES.splitlines()
-        if line.startswith("| `") and f"`{config}`" in cells(line)[0]
+        line for line in RECIPES.splitlines() if line.startswith("| `") and f"`{config}`" in cells(line)[0]
     )
     parity = "tests/parity/" in cells(recipe_row)[2]
     assert recipe == ("parity-tested" if parity else "reconstruction")

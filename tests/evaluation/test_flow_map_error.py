@@ -48,8 +48,17 @@ def test_endpoints_are_the_fine_teacher_ode_and_a_perfect_map_scores_zero():
 
 
 def test_training_run_records_the_flow_map_error_and_the_table_shows_it(compose_train, tmp_path):
-    cfg = compose_train("dataset=gmm", "teacher=gmm_exact", "student=mlp", "method=consistency", "eval=fast",
-                        "train.max_steps=4", "eval.every_n_steps=2", "eval.flow_map_error=true", "eval.teacher=false")
+    cfg = compose_train(
+        "dataset=gmm",
+        "teacher=gmm_exact",
+        "student=mlp",
+        "method=consistency",
+        "eval=fast",
+        "train.max_steps=4",
+        "eval.every_n_steps=2",
+        "eval.flow_map_error=true",
+        "eval.teacher=false",
+    )
     train(cfg)
     rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     flow = sorted((r["step"], r["value"]) for r in rows if r["metric"] == FLOW_MAP_METRIC)

@@ -22,15 +22,25 @@ def test_a_device_batch_above_the_memory_limit_runs_as_micro_batches():
     assert plan_batches(512, 8, steps=10, max_device_batch=256).accumulation == 1  # the limit is not a target
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"global_batch": 100, "world_size": 8}, "train.global_batch_size=100 does not split over 8 devices: use a "
-                                             "multiple of 8 (96 or 104)"),
-    ({"global_batch": 96, "world_size": 8, "max_device_batch": 5}, "the per-device batch 12 (global 96 / 8 devices) "
-                                                                   "does not split into micro-batches"),
-    ({"global_batch": 64, "world_size": 2, "images": 1000}, "train.images=1000 is not a whole number of steps of "
-                                                            "the global batch 64: use a multiple of it (960 or 1024)"),
-    ({"global_batch": 64, "world_size": 2, "images": 32}, "use a multiple of it (64)"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (
+            {"global_batch": 100, "world_size": 8},
+            "train.global_batch_size=100 does not split over 8 devices: use a multiple of 8 (96 or 104)",
+        ),
+        (
+            {"global_batch": 96, "world_size": 8, "max_device_batch": 5},
+            "the per-device batch 12 (global 96 / 8 devices) does not split into micro-batches",
+        ),
+        (
+            {"global_batch": 64, "world_size": 2, "images": 1000},
+            "train.images=1000 is not a whole number of steps of "
+            "the global batch 64: use a multiple of it (960 or 1024)",
+        ),
+        ({"global_batch": 64, "world_size": 2, "images": 32}, "use a multiple of it (64)"),
+    ],
+)
 def test_splits_that_do_not_divide_name_the_key_and_values_that_work(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         plan_batches(steps=1, **kwargs)

@@ -15,8 +15,11 @@ from distill.lit.resume import RUN_KEY, find_resume_point
 
 
 def checkpoint(step: int, method: str = "pcm") -> dict:
-    return {"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step,
-            RUN_KEY: {"method": method, "wandb_run_id": "abc123", "rng": []}}
+    return {
+        "state_dict": {"w": torch.full((3,), float(step))},
+        "global_step": step,
+        RUN_KEY: {"method": method, "wandb_run_id": "abc123", "rng": []},
+    }
 
 
 def test_a_crash_mid_save_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):

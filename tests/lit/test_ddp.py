@@ -53,7 +53,12 @@ def make_module(name: str) -> DistillModule:
 
 def global_batches() -> torch.Tensor:
     """(STEPS, GLOBAL_BATCH, 2): rank r trains on rows [4r, 4r + 4) of every step's batch."""
-    return ring_mixture().sample(STEPS * GLOBAL_BATCH, torch.Generator().manual_seed(3)).float().view(STEPS, GLOBAL_BATCH, 2)
+    return (
+        ring_mixture()
+        .sample(STEPS * GLOBAL_BATCH, torch.Generator().manual_seed(3))
+        .float()
+        .view(STEPS, GLOBAL_BATCH, 2)
+    )
 
 
 class RecordRNG(L.Callback):
@@ -67,21 +72,35 @@ class RecordRNG(L.Callback):
 
 
 def fit(module: DistillModule, x: torch.Tensor, batch: int, devices: int, callbacks: list[L.Callback]) -> None:
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=DDP_SIM.strategy if devices > 1 else "auto",
-                        max_steps=module.optimizer_steps_bound(STEPS), use_distributed_sampler=False,  # as build_trainer
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=DDP_SIM.strategy if devices > 1 else "auto",
+        max_steps=module.optimizer_steps_bound(STEPS),
+        use_distributed_sampler=False,  # as build_trainer
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     trainer.fit(module, DataLoader(TensorDataset(x), batch_size=batch))
 
 
 def _rank(rank: int, port: int, out: Path, names: list[str]) -> None:
     # Ranks started here rather than by Lightning (which would re-run pytest): Lightning sees
     # LOCAL_RANK and joins them, as it joins torchrun's or SLURM's.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
     torch.set_num_threads(1)
     half = GLOBAL_BATCH // WORLD
-    mine = global_batches()[:, rank * half:(rank + 1) * half].reshape(-1, 2)
+    mine = global_batches()[:, rank * half : (rank + 1) * half].reshape(-1, 2)
     for name in names:
         module, record = make_module(name), RecordRNG()
         fit(module, mine, half, WORLD, [RankSeed(seed=0), record])

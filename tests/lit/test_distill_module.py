@@ -20,15 +20,22 @@ def make_module(steps_per_round: int = 2) -> DistillModule:
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=32, depth=1)), (2,))
     method = ProgressiveDistillation(start_steps=4, final_steps=1, steps_per_round=steps_per_round)
-    return DistillModule(teacher, student_from_teacher(teacher.model), method,
-                         lambda p: torch.optim.Adam(p, lr=1e-2), ema_decays=[0.9])
+    return DistillModule(
+        teacher, student_from_teacher(teacher.model), method, lambda p: torch.optim.Adam(p, lr=1e-2), ema_decays=[0.9]
+    )
 
 
 def fit(module: DistillModule, steps: int, tmp_path) -> L.Trainer:
     data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(data), batch_size=64, shuffle=True))
     return trainer
 
@@ -81,11 +88,17 @@ def test_metrics_reach_the_logger_every_log_every_n_steps_batches_and_on_the_las
     module = make_module()
     module.max_batches = 8
     data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
-    trainer = L.Trainer(accelerator="cpu", max_steps=8, logger=CSVLogger(tmp_path, name="", version=""),
-                        log_every_n_steps=3, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=8,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(data), batch_size=64))
     with open(tmp_path / "metrics.csv") as f:
         logged = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("loss")})
     assert logged == [2, 5, 7]  # batches 3 and 6 complete a multiple of 3; batch 8 is the run's last
-

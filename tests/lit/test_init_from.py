@@ -63,8 +63,9 @@ def test_architecture_mismatch_names_the_keys_and_the_fix(trained):
     assert str(ckpt) in str(err.value) and "run B" in str(err.value)
 
 
-@pytest.mark.parametrize(("content", "needle"), [(b"not a checkpoint", "not a readable checkpoint"),
-                                                  (None, "holds no 'state_dict'")])
+@pytest.mark.parametrize(
+    ("content", "needle"), [(b"not a checkpoint", "not a readable checkpoint"), (None, "holds no 'state_dict'")]
+)
 def test_unreadable_files_name_the_path_and_the_fix(tmp_path, content, needle):
     path = tmp_path / "bad.ckpt"
     if content is None:

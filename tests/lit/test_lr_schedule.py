@@ -97,12 +97,27 @@ def test_logged_lr_follows_the_schedule_times_the_methods_scale(tmp_path):
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1)), (2,))
     method = ProgressiveDistillation(start_steps=2, final_steps=1, steps_per_round=100)  # scale 1 - step / 100
-    module = DistillModule(teacher, student_from_teacher(teacher.model), method, lambda p: torch.optim.Adam(p, lr=1e-2),
-                           lr_schedule="inverse_sqrt", lr_warmup_steps=4, lr_decay_steps=6)
+    module = DistillModule(
+        teacher,
+        student_from_teacher(teacher.model),
+        method,
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        lr_schedule="inverse_sqrt",
+        lr_warmup_steps=4,
+        lr_decay_steps=6,
+    )
     data = ring_mixture().sample(256, torch.Generator().manual_seed(0)).float()
     logger = CSVLogger(tmp_path, name="", version="")
-    trainer = L.Trainer(accelerator="cpu", max_steps=12, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, DataLoader(TensorDataset(data), batch_size=16))
     with open(tmp_path / "metrics.csv") as f:
         logged = {int(r["step"]): float(r["student/lr"]) for r in csv.DictReader(f) if r.get("student/lr")}
@@ -118,8 +133,10 @@ def test_logged_lr_follows_the_schedule_times_the_methods_scale(tmp_path):
     [
         (["train.lr_schedule=cosine"], "train.lr_schedule='cosine' is not a valid choice"),
         (["train.lr_schedule=inverse_sqrt"], "train.lr_schedule=inverse_sqrt needs train.lr_decay_steps"),
-        (["train.lr_schedule=linear_decay", "train.lr_warmup_steps=10", "train.lr_decay_steps=5"],
-         "train.lr_decay_steps"),
+        (
+            ["train.lr_schedule=linear_decay", "train.lr_warmup_steps=10", "train.lr_decay_steps=5"],
+            "train.lr_decay_steps",
+        ),
         (["train.lr_warmup_steps=-1"], "train.lr_warmup_steps=-1 must be >= 0"),
     ],
 )
@@ -130,8 +147,11 @@ def test_bad_schedule_keys_fail_validation_naming_the_key(overrides, match, tmp_
 
 
 def test_a_valid_schedule_passes_validation(tmp_path):
-    cfg = compose_config("train", ["train.lr_schedule=linear_decay", "train.lr_warmup_steps=10",
-                                   "train.lr_decay_steps=${train.max_steps}"], tmp_path)
+    cfg = compose_config(
+        "train",
+        ["train.lr_schedule=linear_decay", "train.lr_warmup_steps=10", "train.lr_decay_steps=${train.max_steps}"],
+        tmp_path,
+    )
     validate_train_config(cfg)
 
 
@@ -139,8 +159,9 @@ def test_build_module_passes_the_train_schedule_to_the_module(tmp_path):
     from distill.build import build_module
 
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1)), (2,))
-    cfg = compose_config("train", ["train.lr_schedule=inverse_sqrt", "train.lr_warmup_steps=5",
-                                   "train.lr_decay_steps=9"], tmp_path)
+    cfg = compose_config(
+        "train", ["train.lr_schedule=inverse_sqrt", "train.lr_warmup_steps=5", "train.lr_decay_steps=9"], tmp_path
+    )
     module = build_module(cfg, teacher)
     assert module.lr_schedule == dict(schedule="inverse_sqrt", warmup_steps=5, decay_steps=9)
 
@@ -158,10 +179,18 @@ def test_grad_clip_zero_leaves_the_gradient_unclipped(grad_clip, tmp_path):
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=8, depth=1)), (2,))
     student = student_from_teacher(teacher.model)
     before = [p.detach().clone() for p in student.parameters()]
-    module = DistillModule(teacher, student, ConstantGradient(), lambda p: torch.optim.SGD(p, lr=0.01),
-                           grad_clip=grad_clip)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    module = DistillModule(
+        teacher, student, ConstantGradient(), lambda p: torch.optim.SGD(p, lr=0.01), grad_clip=grad_clip
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4))
     moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.student.parameters(), strict=True)])
     if grad_clip == 0:

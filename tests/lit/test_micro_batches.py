@@ -29,11 +29,25 @@ def trained_state(micro_batches: int) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    module = DistillModule(teacher, student, TeacherRegression(), lambda p: torch.optim.Adam(p, lr=1e-2),
-                           ema_decays=[0.9], grad_clip=0.5, max_batches=3, micro_batches=micro_batches)
+    module = DistillModule(
+        teacher,
+        student,
+        TeacherRegression(),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        ema_decays=[0.9],
+        grad_clip=0.5,
+        max_batches=3,
+        micro_batches=micro_batches,
+    )
     data = torch.randn(24, 2, generator=torch.Generator().manual_seed(1))
-    trainer = L.Trainer(accelerator="cpu", max_steps=module.optimizer_steps_bound(3), logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=module.optimizer_steps_bound(3),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(data), batch_size=8))
     assert int(module.step_count) == 3
     assert float(trainer.callback_metrics["student/batch"]) == 8 / micro_batches  # each part saw its share
@@ -47,7 +61,9 @@ def test_four_micro_batches_make_the_update_of_the_whole_batch():
 
 
 def test_the_batch_plan_reaches_the_config(compose_train):
-    cfg = compose_train("hardware=ddp_sim", "train.global_batch_size=64", "train.images=640", "train.max_device_batch=16")
+    cfg = compose_train(
+        "hardware=ddp_sim", "train.global_batch_size=64", "train.images=640", "train.max_device_batch=16"
+    )
     plan = apply_batch_plan(cfg)
     assert (cfg.train.batch_size, cfg.train.max_steps, plan.accumulation) == (32, 10, 2)
     assert world_size(compose_train("hardware=8xa100_ddp").hardware) == 8

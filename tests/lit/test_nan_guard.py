@@ -52,11 +52,25 @@ class Snapshots(L.Callback):
 def fit(method: Method, batches: int, tmp_path, max_bad_steps: int = 10, *callbacks: L.Callback):
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1)), (2,))
-    module = DistillModule(teacher, student_from_teacher(teacher.model), method, lambda p: torch.optim.Adam(p, lr=1e-2),
-                           ema_decays=[0.9], max_batches=batches, max_bad_steps=max_bad_steps)
-    trainer = L.Trainer(accelerator="cpu", max_steps=100, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
-                        callbacks=list(callbacks))
+    module = DistillModule(
+        teacher,
+        student_from_teacher(teacher.model),
+        method,
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        ema_decays=[0.9],
+        max_batches=batches,
+        max_bad_steps=max_bad_steps,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=100,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=list(callbacks),
+    )
     data = DataLoader(TensorDataset(torch.randn(256, 2)), batch_size=32)
     return module, trainer, lambda: trainer.fit(module, data)
 

@@ -44,14 +44,22 @@ class TwoOptimizerSteps(Tiny):
 
 def fit(module: L.LightningModule, max_steps: int) -> None:
     data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4)  # 4 batches an epoch
-    trainer = L.Trainer(max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[StepProgressBar()], accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[StepProgressBar()],
+        accelerator="cpu",
+    )
     trainer.fit(module, data)
 
 
 @pytest.mark.parametrize(("module", "max_steps", "expected"), [(Tiny, 10, "10/10"), (TwoOptimizerSteps, 100, "6/6")])
-def test_bar_shows_steps_of_the_whole_run_not_epochs(capfd: pytest.CaptureFixture, module, max_steps: int,
-                                                     expected: str) -> None:
+def test_bar_shows_steps_of_the_whole_run_not_epochs(
+    capfd: pytest.CaptureFixture, module, max_steps: int, expected: str
+) -> None:
     fit(module() if module is Tiny else module(6), max_steps)
     captured = capfd.readouterr()
     output = captured.out + captured.err  # Lightning draws its bars on stdout

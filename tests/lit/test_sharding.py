@@ -29,8 +29,13 @@ from distill.teachers import Teacher
 def dmd2_module() -> DistillModule:
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=32, depth=2)), (2,))
-    return DistillModule(teacher, student_from_teacher(teacher.model), DMD2(generator_times=[1.0]),
-                         lambda p: torch.optim.Adam(p), ema_decays=[0.9, 0.99])
+    return DistillModule(
+        teacher,
+        student_from_teacher(teacher.model),
+        DMD2(generator_times=[1.0]),
+        lambda p: torch.optim.Adam(p),
+        ema_decays=[0.9, 0.99],
+    )
 
 
 def test_every_network_is_its_own_unit():
@@ -56,15 +61,23 @@ def one_process_group():
 
 
 def test_fsdp_wraps_each_network_and_its_large_blocks_in_uniform_units(one_process_group):
-    wrapped = FSDP(dmd2_module(), auto_wrap_policy=SeparateNetworks(min_params=1000),
-                   device_id=torch.device("cpu"), use_orig_params=True)
+    wrapped = FSDP(
+        dmd2_module(),
+        auto_wrap_policy=SeparateNetworks(min_params=1000),
+        device_id=torch.device("cpu"),
+        use_orig_params=True,
+    )
     units = {name.replace("_fsdp_wrapped_module.", ""): m for name, m in wrapped.named_modules() if isinstance(m, FSDP)}
     assert {"teacher", "student", "method", "ema.copies.0", "ema.copies.1"} <= set(units)
     assert any(name.startswith("student.net.blocks.") for name in units)  # blocks of >= min_params
     for name, unit in units.items():
-        own = [p for p in unit.parameters() if not any(p is q for sub in unit.modules()
-                                                       if sub is not unit and isinstance(sub, FSDP)
-                                                       for q in sub.parameters())]
+        own = [
+            p
+            for p in unit.parameters()
+            if not any(
+                p is q for sub in unit.modules() if sub is not unit and isinstance(sub, FSDP) for q in sub.parameters()
+            )
+        ]
         assert len({p.requires_grad for p in own}) <= 1, name
     assert trainability(units["teacher"]) == {False} and trainability(units["student"]) == {True}
 

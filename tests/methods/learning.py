@@ -56,7 +56,10 @@ def sample_error(method: Method, student: nn.Module, noise: Tensor, exact: Tenso
 
 
 def regress_velocity(
-    velocity: Callable[[Tensor, Tensor], Tensor], params: Iterable[nn.Parameter], teacher: GMMTeacher, data: Tensor,
+    velocity: Callable[[Tensor, Tensor], Tensor],
+    params: Iterable[nn.Parameter],
+    teacher: GMMTeacher,
+    data: Tensor,
     steps: int,
 ) -> None:
     """A rough diffusion model, the starting point of tuning methods: regress the exact velocity."""
@@ -71,7 +74,12 @@ def regress_velocity(
 
 
 def train_method(
-    method: Method, teacher: GMMTeacher | None, student: nn.Module, data: Tensor, steps: int, lr: float,
+    method: Method,
+    teacher: GMMTeacher | None,
+    student: nn.Module,
+    data: Tensor,
+    steps: int,
+    lr: float,
     batch_size: int = 256,
 ) -> None:
     """Plain single-optimizer training: the method's networks attached, its loss, Adam, and its per-step hook."""
@@ -86,14 +94,22 @@ def train_method(
 
 
 def train_phases(
-    method: Method, teacher: nn.Module, student: nn.Module, data: Tensor, steps: int, lr: float,
-    batch_size: int = 256, betas: tuple[float, float] = (0.0, 0.99),
+    method: Method,
+    teacher: nn.Module,
+    student: nn.Module,
+    data: Tensor,
+    steps: int,
+    lr: float,
+    batch_size: int = 256,
+    betas: tuple[float, float] = (0.0, 0.99),
 ) -> None:
     """Multi-optimizer training as ``DistillModule`` runs it: one Adam per optimizer name, the
     phases ``method.phases(step)`` in order, each with its learning-rate scale."""
     method.attach(teacher, student)
-    opts = {name: torch.optim.Adam(list(method.trainable_parameters(name, student)), lr=lr, betas=betas)
-            for name in method.optimizer_names}
+    opts = {
+        name: torch.optim.Adam(list(method.trainable_parameters(name, student)), lr=lr, betas=betas)
+        for name in method.optimizer_names
+    }
     for step in range(steps):
         x0 = data[torch.randint(0, len(data), (batch_size,))]
         for phase in method.phases(step):

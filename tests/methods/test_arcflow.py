@@ -29,8 +29,16 @@ def test_teacher_share_falls_linearly_over_the_mixing_steps():
     assert [method.teacher_share(s) for s in (0, 50, 100, 900)] == [1.0, 0.5, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("bad", [{"train_nfes": []}, {"intermediate_states": 0}, {"component_dropout": 1.0},
-                                 {"window_substeps": -1}, {"total_substeps": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"train_nfes": []},
+        {"intermediate_states": 0},
+        {"component_dropout": 1.0},
+        {"window_substeps": -1},
+        {"total_substeps": 0},
+    ],
+)
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValueError, match="method."):
         ArcFlow(**bad)

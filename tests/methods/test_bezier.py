@@ -69,8 +69,9 @@ def test_teachers_are_loaded_frozen_and_stay_out_of_the_checkpoint(two_teacher_d
     terms = method.loss("student", data[:16], teacher, student, 0)
     assert set(terms) == {"loss", "endpoint", "velocity", "curve", "teacher_spread"} and terms["teacher_spread"] > 0
     # Nothing of the listed teachers is in the state dict: it is exactly the run-teacher-only run's.
-    single = DistillModule(teacher, mlp_student(method), BezierDistillation(**SMALL),
-                           lambda params: torch.optim.Adam(params))
+    single = DistillModule(
+        teacher, mlp_student(method), BezierDistillation(**SMALL), lambda params: torch.optim.Adam(params)
+    )
     assert set(module.state_dict()) == set(single.state_dict())
     assert not method.state_dict()
 
@@ -166,9 +167,16 @@ def test_bad_teachers_are_refused_by_their_index():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"control": "spline"}, "method.objective.control"), ({"endpoint": "best"}, "method.objective.endpoint"),
-     ({"degree": 0}, "method.objective.degree"), ({"endpoint": 1}, "method.objective.endpoint"), ({"combine": "max"}, "method.objective.combine"), ({"record_times": [1.0]}, "method.objective.record_times"),
-     ({"degree": 4, "record_times": [0.5, 0.2]}, "method.objective.record_times"), ({"ode_grid": "log"}, "unknown grid")],
+    [
+        ({"control": "spline"}, "method.objective.control"),
+        ({"endpoint": "best"}, "method.objective.endpoint"),
+        ({"degree": 0}, "method.objective.degree"),
+        ({"endpoint": 1}, "method.objective.endpoint"),
+        ({"combine": "max"}, "method.objective.combine"),
+        ({"record_times": [1.0]}, "method.objective.record_times"),
+        ({"degree": 4, "record_times": [0.5, 0.2]}, "method.objective.record_times"),
+        ({"ode_grid": "log"}, "unknown grid"),
+    ],
 )
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -204,5 +212,7 @@ def test_two_opposite_teachers_distil_better_than_either_alone():
             errors[name, nfe] = (samples[name, nfe].double() - exact).pow(2).sum(1).mean().item()
     for nfe in (1, 2):
         assert errors["multi", nfe] < 0.5 * errors["single", nfe]
-        assert sliced_wasserstein(samples["multi", nfe], data[:2000]) < sliced_wasserstein(samples["single", nfe], data[:2000])
+        assert sliced_wasserstein(samples["multi", nfe], data[:2000]) < sliced_wasserstein(
+            samples["single", nfe], data[:2000]
+        )
     assert errors["multi", 1] < 0.25  # near the exact ODE endpoints (ring radius 2, mode std 0.15)

@@ -14,9 +14,15 @@ from distill.teachers import Teacher
 
 def rcm(weights=None) -> WeightedSum:
     return WeightedSum(
-        terms={"scm": SCM(jvp="finite_difference", fd_step=0.1),
-               "dmd": DMD2(generator_times=[0.98, 0.5], fake_updates_per_generator=5)},
-        weights=weights or {"scm": 1.0, "dmd": 0.02}, sampler="scm", schedule="dmd", name="rcm")
+        terms={
+            "scm": SCM(jvp="finite_difference", fd_step=0.1),
+            "dmd": DMD2(generator_times=[0.98, 0.5], fake_updates_per_generator=5),
+        },
+        weights=weights or {"scm": 1.0, "dmd": 0.02},
+        sampler="scm",
+        schedule="dmd",
+        name="rcm",
+    )
 
 
 def setup(method):
@@ -53,7 +59,8 @@ def test_optimizers_are_the_union_and_the_schedule_is_dmds():
     teacher, student = setup(method)
     assert method.optimizer_names == ("student", "fake_score")
     assert [tuple(method.phases(s)) for s in range(6)] == [("fake_score", "student")] + [("fake_score",)] * 4 + [
-        ("fake_score", "student")]
+        ("fake_score", "student")
+    ]
     student_params = {id(p) for p in method.trainable_parameters("student", student)}
     assert {id(p) for p in method.terms["scm"].weighting.parameters()} <= student_params  # sCM's w_phi
     assert {id(p) for p in student.parameters()} <= student_params
@@ -92,10 +99,17 @@ def test_unknown_term_names_are_refused():
 
 def rcm_with_warmup(warmup=10) -> WeightedSum:
     return WeightedSum(
-        terms={"scm": SCM(jvp="finite_difference", fd_step=0.1, adaptive_weighting=False),
-               "dmd": DMD2(generator_times=[0.98, 0.5], fake_updates_per_generator=5)},
-        weights={"scm": 1.0, "dmd": 0.02}, sampler="scm", schedule="dmd", name="rcm",
-        warmup=warmup, warmup_terms=["scm"])
+        terms={
+            "scm": SCM(jvp="finite_difference", fd_step=0.1, adaptive_weighting=False),
+            "dmd": DMD2(generator_times=[0.98, 0.5], fake_updates_per_generator=5),
+        },
+        weights={"scm": 1.0, "dmd": 0.02},
+        sampler="scm",
+        schedule="dmd",
+        name="rcm",
+        warmup=warmup,
+        warmup_terms=["scm"],
+    )
 
 
 def test_warmup_trains_only_the_warmup_terms_then_follows_the_schedule_from_its_end():
@@ -105,7 +119,8 @@ def test_warmup_trains_only_the_warmup_terms_then_follows_the_schedule_from_its_
     teacher, student = setup(method)
     assert [tuple(method.phases(s)) for s in (0, 9)] == [("student",)] * 2
     assert [tuple(method.phases(s)) for s in range(10, 16)] == [("fake_score", "student")] + [("fake_score",)] * 4 + [
-        ("fake_score", "student")]
+        ("fake_score", "student")
+    ]
     x0 = torch.randn(16, 2)
     torch.manual_seed(0)
     during = method.loss("student", x0, teacher, student, step=3)

@@ -166,8 +166,15 @@ def tiny_vp_student():
     from distill.teachers.edm import EDMVelocity
 
     torch.manual_seed(0)
-    net = VPPrecond(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
-                    attn_resolutions=[], dropout=0.0)
+    net = VPPrecond(
+        img_resolution=8,
+        img_channels=1,
+        model_channels=8,
+        channel_mult=[1],
+        num_blocks=1,
+        attn_resolutions=[],
+        dropout=0.0,
+    )
     return EDMVelocity(net).double()
 
 

@@ -29,7 +29,6 @@ def mlp(width: int = 32, depth: int = 2) -> nn.Module:
     return VelocityModel(TimeMLP((2,), width=width, depth=depth))
 
 
-
 # --- the gradient -------------------------------------------------------------------------------
 def test_dm_gradient_is_the_normalised_score_difference():
     x = torch.tensor([[1.0, 3.0], [0.0, 2.0]])
@@ -74,10 +73,15 @@ def test_dm_term_gives_zero_generator_gradient_when_fake_equals_real():
 
 # --- the update alternation ----------------------------------------------------------------------
 
+
 def test_ttur_steps_the_generator_every_ratio_batches():
     method = DMD2(fake_updates_per_generator=3)
     assert [tuple(method.phases(s)) for s in range(4)] == [
-        ("fake_score", "student"), ("fake_score",), ("fake_score",), ("fake_score", "student")]
+        ("fake_score", "student"),
+        ("fake_score",),
+        ("fake_score",),
+        ("fake_score", "student"),
+    ]
 
 
 def test_each_phase_reaches_only_its_own_networks():
@@ -132,8 +136,10 @@ def test_sampling_times_use_trained_times_then_fill_below_them():
     assert sampling_times(times, 1).tolist() == [1.0, 0.0]
     assert sampling_times(times, 2).tolist() == [1.0, 0.5, 0.0]
     assert sampling_times(times, 4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
-    torch.testing.assert_close(sampling_times(torch.tensor([1.0], dtype=torch.float64), 3),
-                               torch.tensor([1.0, 2 / 3, 1 / 3, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        sampling_times(torch.tensor([1.0], dtype=torch.float64), 3),
+        torch.tensor([1.0, 2 / 3, 1 / 3, 0.0], dtype=torch.float64),
+    )
 
 
 def test_backward_simulation_reaches_the_state_sampling_visits():
@@ -203,8 +209,11 @@ def test_edm_weighting_weighs_the_velocity_error_as_edm_weighs_the_x0_error():
     teacher = Teacher(mlp(), (2,))
     method = DMD2(fake_score_weighting="edm", sigma_data=0.5)
     method.attach(teacher, copy.deepcopy(teacher.model))
-    x0, eps, s = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), torch.tensor(
-        [0.1, 0.5, 0.9], dtype=torch.float64)
+    x0, eps, s = (
+        torch.randn(3, 2, dtype=torch.float64),
+        torch.randn(3, 2, dtype=torch.float64),
+        torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64),
+    )
     method.fake_score.double()
     x_s = (1 - s[:, None]) * x0 + s[:, None] * eps
     x0_pred = x_s - s[:, None] * method.fake_score(x_s, s)
@@ -260,8 +269,9 @@ def test_sampling_is_reproducible_per_sample():
 def test_regression_pairs_grow_a_few_per_step_into_one_fixed_set():
     teacher = Teacher(mlp(), (2,))
     like = torch.zeros(3, 2)
-    method, again = (DMD2(regression_weight=1.0, regression_pairs=5, pairs_per_step=2, regression_steps=4)
-                     for _ in range(2))
+    method, again = (
+        DMD2(regression_weight=1.0, regression_pairs=5, pairs_per_step=2, regression_steps=4) for _ in range(2)
+    )
     sizes = []
     for _ in range(4):
         method.grow_pairs(teacher, like)
@@ -276,8 +286,14 @@ def test_regression_pairs_grow_a_few_per_step_into_one_fixed_set():
 def test_dmd_regression_variant_pulls_one_step_samples_to_teacher_pairs():
     teacher, data = ring_teacher_and_data(2048)
     student = mlp()
-    method = DMD2(generator_times=[1.0], fake_updates_per_generator=1, regression_weight=1.0, regression_pairs=64,
-                  regression_steps=8, pairs_per_step=64)
+    method = DMD2(
+        generator_times=[1.0],
+        fake_updates_per_generator=1,
+        regression_weight=1.0,
+        regression_pairs=64,
+        regression_steps=8,
+        pairs_per_step=64,
+    )
     method.attach(teacher, student)
     first = method.regression_term(student, teacher, data[:64]).item()
     torch.manual_seed(0)
@@ -288,7 +304,9 @@ def test_dmd_regression_variant_pulls_one_step_samples_to_teacher_pairs():
 
 def test_dmd2_learns_the_ring_mixture_in_one_step():
     """A rough diffusion model's one-step sample is the blurred mean; DMD2 makes it the ring."""
-    (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(DMD2(generator_times=[1.0]))
+    (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(
+        DMD2(generator_times=[1.0])
+    )
     assert sw_after < 0.25 * sw_before
     assert covered == 1.0  # every mode kept: no collapse
     assert near_after > near_before + 0.3
@@ -314,8 +332,9 @@ def test_lora_fake_score_trains_adapters_on_the_teachers_own_weights():
     teacher_ptrs = {p.data_ptr() for p in teacher.parameters()}
     assert all(p.data_ptr() in teacher_ptrs for p in method.fake_score.parameters() if not p.requires_grad)
     method.loss("fake_score", torch.randn(4, 1, 8, 8), teacher, student, 0)["loss"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in method.fake_score.named_parameters() if "lora_B" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in method.fake_score.named_parameters() if "lora_B" in n
+    )
     assert not has_gradients(teacher)
 
 

@@ -81,8 +81,9 @@ def test_external_feature_network_loads_local_weights_and_stays_frozen(tmp_path)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1))
     save_file(net.state_dict(), str(tmp_path / "features.safetensors"))
     fresh = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1))
-    features = FrozenFeatureNetwork(fresh, layers=["0", "2"], weights=str(tmp_path / "features.safetensors"),
-                                    input_size=16)
+    features = FrozenFeatureNetwork(
+        fresh, layers=["0", "2"], weights=str(tmp_path / "features.safetensors"), input_size=16
+    )
     torch.testing.assert_close(fresh[0].weight, net[0].weight)
     x = torch.rand(2, 1, 8, 8, requires_grad=True)  # grey images: repeated to 3 channels, resized to 16
     maps = features(x)
@@ -98,7 +99,8 @@ def test_external_feature_network_loads_local_weights_and_stays_frozen(tmp_path)
     method.attach(teacher, student)
     assert not any(k.startswith("external") for k in method.state_dict())  # never checkpointed
     assert [id(p) for p in method.trainable_parameters("discriminator", student)] == [
-        id(p) for p in method.heads.parameters()]
+        id(p) for p in method.heads.parameters()
+    ]
 
 
 @pytest.mark.parametrize("kind", ["song", "dhariwal"])
@@ -121,7 +123,9 @@ def test_discriminator_features_and_losses_are_finite_on_an_edm_teacher(kind):
 
 
 def test_gdd_learns_the_ring_mixture_in_one_step_from_real_data_only():
-    (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(GDD(r1_gamma=1e-2))
+    (sw_before, _, near_before), (sw_after, covered, near_after) = one_step_ring_quality_before_after(
+        GDD(r1_gamma=1e-2)
+    )
     assert sw_after < 0.25 * sw_before
     assert covered == 1.0  # every mode kept: no collapse
     assert near_after > near_before + 0.3
@@ -131,8 +135,9 @@ def test_a_gdd_i_run_keeps_the_teachers_convolutions_bit_identical(compose_train
     """End to end (Lightning, gradient clipping, EMA, checkpoint): frozen layers never move."""
     cfg = compose_train("method=gdd_i", "train.max_steps=3", "eval=fast", "eval.teacher=false", "eval.student_nfes=[1]")
     train(cfg)
-    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=True)["state_dict"]
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     teacher_model = load_teacher(Path(cfg.paths.cache) / "teachers" / "digits").model
     teacher, frozen = teacher_model.state_dict(), frozen_parameter_names(teacher_model, "gdd")
     assert cfg.method.objective.frozen_layers == "gdd" and frozen  # GDD's own rule is gdd_i's default

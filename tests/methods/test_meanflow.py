@@ -262,7 +262,9 @@ def test_one_step_sample_is_eps_minus_u_and_multistep_is_reproducible_per_sample
 
 def test_sampling_shift_moves_the_jump_times_towards_data_and_keeps_the_ends():
     times = MeanFlow(sampling_shift=0.7).sample_times(2)
-    torch.testing.assert_close(times, torch.tensor([1.0, 0.35 / 0.85, 0.0], dtype=times.dtype))  # k s / (1 + (k - 1) s) at s = 0.5
+    torch.testing.assert_close(
+        times, torch.tensor([1.0, 0.35 / 0.85, 0.0], dtype=times.dtype)
+    )  # k s / (1 + (k - 1) s) at s = 0.5
     torch.testing.assert_close(MeanFlow().sample_times(4), torch.linspace(1, 0, 5, dtype=times.dtype))
     with pytest.raises(ValueError, match="sampling_shift"):
         MeanFlow(sampling_shift=0.0)

@@ -160,7 +160,9 @@ def test_sampling_stops_nest_and_extra_nfe_renoises_inside_the_last_phase():
     torch.testing.assert_close(method.sample_times(2), torch.tensor([1.0, 0.5, 0.0], dtype=F64))
     assert method.sample_times(1).tolist() == [1.0, 0.0]
     # The SD3 shift moves the grid and its edges: k = 1/3 puts the middle edge at s = 0.25.
-    torch.testing.assert_close(PhasedConsistency(shift=1 / 3).sample_times(2), torch.tensor([1.0, 0.25, 0.0], dtype=F64))
+    torch.testing.assert_close(
+        PhasedConsistency(shift=1 / 3).sample_times(2), torch.tensor([1.0, 0.25, 0.0], dtype=F64)
+    )
     assert set(method.sample_times(2).tolist()) <= set(method.sample_times(4).tolist())  # edges stay stops
     torch.testing.assert_close(method.last_phase_times(4), torch.tensor([0.5, 1 / 3, 1 / 6, 0.0], dtype=F64))
     assert method.supported_nfes([1, 2, 4, 64]) == [1, 2, 4, 64]
@@ -342,7 +344,9 @@ def test_ddim_grid_is_the_teachers_ddim_timesteps_in_fm_time():
     # Distances are measured on the teacher's native states: FM state times (alpha + sigma).
     t = teacher.process.from_fm_time(method.times[12:13])
     expected = teacher.process.alpha(t) + teacher.process.sigma(t)
-    torch.testing.assert_close(method.native_scale(method.times[12:13], torch.zeros(1, 2, dtype=torch.float64)).flatten(), expected)
+    torch.testing.assert_close(
+        method.native_scale(method.times[12:13], torch.zeros(1, 2, dtype=torch.float64)).flatten(), expected
+    )
 
 
 def test_ddim_grid_refuses_a_teacher_without_discrete_timesteps():

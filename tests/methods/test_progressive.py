@@ -65,8 +65,12 @@ def test_one_round_learns_the_two_step_teacher():
     def gap() -> float:
         noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            target = ddim_step(teacher, ddim_step(teacher, noise, torch.ones(2000), torch.full((2000,), 0.5)),
-                               torch.full((2000,), 0.5), torch.zeros(2000))
+            target = ddim_step(
+                teacher,
+                ddim_step(teacher, noise, torch.ones(2000), torch.full((2000,), 0.5)),
+                torch.full((2000,), 0.5),
+                torch.zeros(2000),
+            )
             return (method.sample(student, noise, 1) - target).pow(2).mean().item()
 
     before = gap()

@@ -19,8 +19,16 @@ def mlp() -> VelocityModel:
 
 def test_stages_snapshot_the_flow_and_reset_the_optimizer(tmp_path: Path):
     teacher, data = ring_teacher_and_data(512)
-    method = Reflow(rounds=2, steps_per_round=2, distill_steps=3, pairs_per_round=64, shard_size=32,
-                    ode_steps=4, pair_dir=str(tmp_path), straightness_samples=16)
+    method = Reflow(
+        rounds=2,
+        steps_per_round=2,
+        distill_steps=3,
+        pairs_per_round=64,
+        shard_size=32,
+        ode_steps=4,
+        pair_dir=str(tmp_path),
+        straightness_samples=16,
+    )
     student = mlp()
     assert method.num_steps == 7
     events = []
@@ -43,8 +51,15 @@ def test_stages_snapshot_the_flow_and_reset_the_optimizer(tmp_path: Path):
 
 def test_without_distillation_the_final_flow_is_measured_and_sampled():
     teacher, data = ring_teacher_and_data(512)
-    method = Reflow(rounds=1, steps_per_round=2, distill=False, pairs_per_round=32, shard_size=32, ode_steps=4,
-                    straightness_samples=16)
+    method = Reflow(
+        rounds=1,
+        steps_per_round=2,
+        distill=False,
+        pairs_per_round=32,
+        shard_size=32,
+        ode_steps=4,
+        straightness_samples=16,
+    )
     student = mlp()
     for step in range(2):
         method.loss("student", data[:8], teacher, student, step)
@@ -67,8 +82,11 @@ def test_budget_is_split_over_rounds_and_distillation():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"rounds": 0, "distill": False}, "method.objective.rounds"), ({"ode_sampler": "rk4"}, "method.objective.ode_sampler"),
-     ({"shard_size": 0}, "method.objective.shard_size")],
+    [
+        ({"rounds": 0, "distill": False}, "method.objective.rounds"),
+        ({"ode_sampler": "rk4"}, "method.objective.ode_sampler"),
+        ({"shard_size": 0}, "method.objective.shard_size"),
+    ],
 )
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -93,8 +111,10 @@ def test_reflow_straightens_the_flow_and_distils_better_in_one_step():
     # The 2-rectified flow is far straighter than the teacher (the 1-rectified flow).
     assert reflow.straightness[1] < 0.05 * reflow.straightness[0]
     noise = evaluation_noise(2000)
-    one_step = {name: m.sample(s, noise, 1) for name, m, s in
-                (("plain", plain, plain_student), ("reflow", reflow, reflow_student))}
+    one_step = {
+        name: m.sample(s, noise, 1)
+        for name, m, s in (("plain", plain, plain_student), ("reflow", reflow, reflow_student))
+    }
     # One step reproduces the flow it was distilled from far better when that flow is straight...
     plain_error = (one_step["plain"] - ode_pairs(teacher, noise, 64, "heun", "cosine")).pow(2).sum(1).mean()
     flow = reflow.snapshots["flow"]
@@ -122,9 +142,16 @@ def test_velocity_head_reads_the_unet_output_as_the_fm_velocity():
     # InstaFlow (gnobitab/InstaFlow code/pipeline_rf.py:638-668): v = unet(latents, 1000 t), raw latents in
     from distill.teachers.diffusers_dir import DiffusersVelocity, parameterization
 
-    process, prediction, _ = parameterization({"_class_name": "DDPMScheduler", "prediction_type": "epsilon",
-                                               "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                               "beta_end": 0.012, "num_train_timesteps": 1000})
+    process, prediction, _ = parameterization(
+        {
+            "_class_name": "DDPMScheduler",
+            "prediction_type": "epsilon",
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "num_train_timesteps": 1000,
+        }
+    )
     torch.manual_seed(0)
     student = DiffusersVelocity(_EpsUNet(), process, prediction)
     x, s = torch.randn(3, 2, 4, 4), torch.tensor([0.9, 0.5, 0.1])
@@ -164,8 +191,17 @@ def test_distillation_pairs_come_from_the_guided_reflowed_flow():
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3)), (2,), guidance=2.0)
     student = VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3))
-    method = Reflow(rounds=1, steps_per_round=1, distill_steps=1, pairs_per_round=16, shard_size=16, ode_steps=3,
-                    straightness_samples=4, condition_dropout=0.5, distill_guidance=1.5)
+    method = Reflow(
+        rounds=1,
+        steps_per_round=1,
+        distill_steps=1,
+        pairs_per_round=16,
+        shard_size=16,
+        ode_steps=3,
+        straightness_samples=4,
+        condition_dropout=0.5,
+        distill_guidance=1.5,
+    )
     x0 = torch.zeros(8, 2)
     method.loss("student", x0, teacher, student, 0)
     method.on_step_end(0, student)
@@ -187,8 +223,16 @@ def test_reflow_stage_trains_a_share_of_samples_on_the_null_condition():
 
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=3)), (2,))
-    method = Reflow(rounds=1, steps_per_round=1, distill=False, pairs_per_round=64, shard_size=64, ode_steps=2,
-                    straightness_samples=4, condition_dropout=0.5)
+    method = Reflow(
+        rounds=1,
+        steps_per_round=1,
+        distill=False,
+        pairs_per_round=64,
+        shard_size=64,
+        ode_steps=2,
+        straightness_samples=4,
+        condition_dropout=0.5,
+    )
     seen = []
 
     def student(x, s):
@@ -203,8 +247,16 @@ def test_reflow_stage_trains_a_share_of_samples_on_the_null_condition():
 def test_every_stage_warms_its_learning_rate_up_from_zero():
     # gnobitab/RectifiedFlow losses.py:40-46: lr * min(step / warmup, 1), and each stage is a fresh run
     teacher, data = ring_teacher_and_data(256)
-    method = Reflow(rounds=1, steps_per_round=4, distill_steps=4, pairs_per_round=16, shard_size=16, ode_steps=2,
-                    straightness_samples=4, stage_warmup_steps=2)
+    method = Reflow(
+        rounds=1,
+        steps_per_round=4,
+        distill_steps=4,
+        pairs_per_round=16,
+        shard_size=16,
+        ode_steps=2,
+        straightness_samples=4,
+        stage_warmup_steps=2,
+    )
     student, scales = mlp(), []
     for step in range(8):
         scales.append(method.lr_scale("student", step))

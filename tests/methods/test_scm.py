@@ -59,12 +59,17 @@ def test_tangent_at_full_warmup_is_cos_t_times_the_total_derivative_of_f():
     _, F_sg, cs_dFdt = method.student_F_and_tangent(model, x_t, t, dxdt, r=1.0)
     g = scm_tangent(F_sg, cs_dFdt, x_t, dxdt, t, sd, r=1.0)
     h = 1e-5
-    df_dt = (trig_consistency_fn(model, x_t + h * dxdt, t + h, sd) - trig_consistency_fn(model, x_t - h * dxdt, t - h, sd)) / (2 * h)
+    df_dt = (
+        trig_consistency_fn(model, x_t + h * dxdt, t + h, sd) - trig_consistency_fn(model, x_t - h * dxdt, t - h, sd)
+    ) / (2 * h)
     torch.testing.assert_close(g, torch.cos(t)[:, None] * df_dt, atol=1e-6, rtol=1e-5)
 
 
 def test_tangent_normalisation_bounds_the_norm():
-    g = torch.randn(5, 3, 4, dtype=torch.float64) * torch.tensor([1e-3, 1, 10, 1e3, 1e6], dtype=torch.float64)[:, None, None]
+    g = (
+        torch.randn(5, 3, 4, dtype=torch.float64)
+        * torch.tensor([1e-3, 1, 10, 1e3, 1e6], dtype=torch.float64)[:, None, None]
+    )
     norms = normalize_tangent(g, 0.1).flatten(1).norm(dim=1)
     assert (norms < 1).all() and norms[-1] > 0.999
     torch.testing.assert_close(norms, g.flatten(1).norm(dim=1) / (g.flatten(1).norm(dim=1) + 0.1))
@@ -198,7 +203,8 @@ def test_prior_weighting_divides_each_samples_mse_by_sigma_d_tan_t():
 
 
 def test_t_mid_none_samples_with_the_first_nfe_minus_1_multistep_times():
-    """rCM's sampler: ``mid_t = backward_timesteps[: num_steps - 1]`` at every NFE (t2v_model_distill_rcm.py:768-769)."""
+    """rCM's sampler: ``mid_t = backward_timesteps[: num_steps - 1]`` at every NFE
+    (t2v_model_distill_rcm.py:768-769)."""
     method = SCM(t_mid=None, multistep_times=[1.5, 1.4, 1.0])
     assert method.trig_sample_times(2)[1:-1].tolist() == [1.5]
     assert method.trig_sample_times(3)[1:-1].tolist() == [1.5, 1.4]

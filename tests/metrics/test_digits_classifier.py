@@ -17,9 +17,7 @@ def test_cached_classifier_reaches_95_percent_on_heldout(
     meta = json.loads((classifier_cache / dc.META_FILE).read_text())
     assert meta["heldout_accuracy"] >= 0.95 and meta["epochs"] == dc.DEFAULT_EPOCHS
     assert meta["trained_on"].startswith("digits train split")
-    assert dc.accuracy(digits_classifier, *load_digits_split("heldout")) == pytest.approx(
-        meta["heldout_accuracy"]
-    )
+    assert dc.accuracy(digits_classifier, *load_digits_split("heldout")) == pytest.approx(meta["heldout_accuracy"])
 
 
 def test_shapes_and_frozen(digits_classifier: dc.DigitsClassifier) -> None:
@@ -58,9 +56,7 @@ def test_corrupt_cache_warns_and_retrains(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.warns(UserWarning, match="is unreadable .*retraining it"):
         dc.load_or_train_digits_classifier(tmp_path, progress=False)
     assert calls == [0]
-    assert set(load_file(str(tmp_path / dc.WEIGHTS_FILE))) == set(
-        dc.DigitsClassifier().state_dict()
-    )
+    assert set(load_file(str(tmp_path / dc.WEIGHTS_FILE))) == set(dc.DigitsClassifier().state_dict())
     assert "heldout_accuracy" in json.loads((tmp_path / dc.META_FILE).read_text())
 
 

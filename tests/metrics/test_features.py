@@ -63,19 +63,13 @@ def test_extract_features_batches_equal_one_call(digits_classifier: DigitsClassi
 
 
 @pytest.mark.slow
-def test_inception_forward_with_random_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_inception_forward_with_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Builds torch-fidelity's network with random weights (never downloads) to check our
     # conversion: grayscale and odd sizes in, (N, 2048) out.
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    monkeypatch.setattr(
-        FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None
-    )
-    monkeypatch.setattr(
-        "torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {}
-    )
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    monkeypatch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {})
     state = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
     monkeypatch.undo()
     path = tmp_path / INCEPTION_WEIGHTS_FILE

@@ -18,8 +18,11 @@ def test_trains_on_the_train_split_caches_and_loads_back(tmp_path: Path, monkeyp
     write_fashion_mnist(tmp_path / "data", n_train=200, n_test=40)
     seen = []
     train = fc.train_fmnist_classifier
-    monkeypatch.setattr(fc, "train_fmnist_classifier", lambda images, labels, **kw: seen.append(len(images))
-                        or train(images, labels, **{**kw, "epochs": 1}))
+    monkeypatch.setattr(
+        fc,
+        "train_fmnist_classifier",
+        lambda images, labels, **kw: seen.append(len(images)) or train(images, labels, **{**kw, "epochs": 1}),
+    )
     model = fc.load_or_train_fmnist_classifier(tmp_path / "cache", tmp_path / "data", progress=False)
     assert seen == [200]  # all 200 fake training images are the train split (fewer than 55,000)
     record = json.loads((tmp_path / "cache" / fc.META_FILE).read_text())
@@ -36,8 +39,9 @@ def test_unreadable_cache_is_retrained_with_a_warning(tmp_path: Path, monkeypatc
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / fc.WEIGHTS_FILE).write_bytes(b"not safetensors")
     train = fc.train_fmnist_classifier
-    monkeypatch.setattr(fc, "train_fmnist_classifier", lambda images, labels, **kw: train(images, labels,
-                                                                                           **{**kw, "epochs": 1}))
+    monkeypatch.setattr(
+        fc, "train_fmnist_classifier", lambda images, labels, **kw: train(images, labels, **{**kw, "epochs": 1})
+    )
     with pytest.warns(UserWarning, match="unreadable.*retraining"):
         fc.load_or_train_fmnist_classifier(tmp_path / "cache", tmp_path / "data", progress=False)
     assert "test_accuracy" in fc.load_fmnist_classifier(tmp_path / "cache")[1]  # the new cache loads

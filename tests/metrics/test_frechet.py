@@ -27,15 +27,9 @@ def _features(seed: int, n: int = 400, d: int = 16, shift: float = 0.0) -> torch
 def test_gaussian_stats_match_numpy() -> None:
     f = _features(0)
     mu, sigma = gaussian_stats(f.float())
-    assert (
-        mu.dtype == sigma.dtype == torch.float64 and mu.shape == (16,) and sigma.shape == (16, 16)
-    )
-    np.testing.assert_allclose(
-        mu.numpy(), f.float().double().numpy().mean(0), rtol=1e-12, atol=1e-12
-    )
-    np.testing.assert_allclose(
-        sigma.numpy(), np.cov(f.float().double().numpy(), rowvar=False), rtol=1e-10, atol=1e-12
-    )
+    assert mu.dtype == sigma.dtype == torch.float64 and mu.shape == (16,) and sigma.shape == (16, 16)
+    np.testing.assert_allclose(mu.numpy(), f.float().double().numpy().mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sigma.numpy(), np.cov(f.float().double().numpy(), rowvar=False), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_stats(torch.zeros(1, 4))
 
@@ -59,21 +53,15 @@ def test_matches_scipy_sqrtm_formula() -> None:
 def test_closed_form_for_diagonal_gaussians() -> None:
     mu1, mu2 = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.5])
     v1, v2 = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
-    expected = float(
-        ((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum()
-    )  # 7.25 + 4 + 1
-    assert frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2)) == pytest.approx(
-        expected, rel=1e-12
-    )
+    expected = float(((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum())  # 7.25 + 4 + 1
+    assert frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2)) == pytest.approx(expected, rel=1e-12)
     assert expected == pytest.approx(12.25)
 
 
 def test_zero_for_identical_and_symmetric() -> None:
     f, g = _features(5), _features(6, shift=1.0)
     assert abs(frechet_distance_from_features(f, f)) < 1e-8
-    assert frechet_distance_from_features(f, g) == pytest.approx(
-        frechet_distance_from_features(g, f), rel=1e-9
-    )
+    assert frechet_distance_from_features(f, g) == pytest.approx(frechet_distance_from_features(g, f), rel=1e-9)
     # Singular (rank-deficient) covariances stay finite and non-negative.
     low_rank = torch.cat([f[:, :2], torch.zeros(len(f), 14, dtype=torch.float64)], 1)
     assert frechet_distance_from_features(low_rank, low_rank) == pytest.approx(0.0, abs=1e-8)

@@ -9,17 +9,15 @@ from distill.metrics.sliced_wasserstein import random_directions, sliced_wassers
 
 
 def _gauss(n: int, seed: int, shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
-    return torch.randn(
-        n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    ) + torch.tensor(shift, dtype=torch.float64)
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + torch.tensor(
+        shift, dtype=torch.float64
+    )
 
 
 def test_zero_for_identical_sets() -> None:
     x = _gauss(1000, 0)
     assert sliced_wasserstein(x, x) == 0.0
-    assert sliced_wasserstein(x, x[torch.randperm(1000)]) == pytest.approx(
-        0.0, abs=1e-12
-    )  # order-free
+    assert sliced_wasserstein(x, x[torch.randperm(1000)]) == pytest.approx(0.0, abs=1e-12)  # order-free
 
 
 def test_grows_with_shift() -> None:
@@ -37,13 +35,9 @@ def test_matches_closed_form_for_shifted_gaussians(p: int, factor: float) -> Non
     expected_fixed = float(per_slice.pow(p).mean() ** (1 / p))
     x = _gauss(5_000, 0)
     # Same points shifted: every slice is an exact translate, so SW is exact for these directions.
-    assert sliced_wasserstein(x, x + m, num_projections=512, seed=0, p=p) == pytest.approx(
-        expected_fixed, rel=1e-9
-    )
+    assert sliced_wasserstein(x, x + m, num_projections=512, seed=0, p=p) == pytest.approx(expected_fixed, rel=1e-9)
     # Independent samples: the expectation over all directions, up to sampling and direction noise.
-    sw = sliced_wasserstein(
-        x, _gauss(5_000, 1, tuple(m.tolist())), num_projections=512, seed=0, p=p
-    )
+    sw = sliced_wasserstein(x, _gauss(5_000, 1, tuple(m.tolist())), num_projections=512, seed=0, p=p)
     assert sw == pytest.approx(2.0 * factor, rel=0.04)
 
 
@@ -57,9 +51,7 @@ def test_unequal_sizes_are_subsampled_deterministically() -> None:
 
 def test_directions_are_unit_and_seeded() -> None:
     theta = random_directions(5, 64, seed=1)
-    assert theta.shape == (5, 64) and torch.allclose(
-        theta.norm(dim=0), torch.ones(64, dtype=torch.float64)
-    )
+    assert theta.shape == (5, 64) and torch.allclose(theta.norm(dim=0), torch.ones(64, dtype=torch.float64))
     assert torch.equal(theta, random_directions(5, 64, seed=1))
     assert not torch.equal(theta, random_directions(5, 64, seed=2))
 

@@ -23,9 +23,7 @@ def test_a_deep_copy_runs_its_own_weights(scheme):
         torch.testing.assert_close(copied(x, s), model(x, s))
 
 
-@pytest.mark.parametrize(
-    "precond", ["edm_scheme", "EDMPrecond", "VPPrecond", "VEPrecond", "EDM2Precond"]
-)
+@pytest.mark.parametrize("precond", ["edm_scheme", "EDMPrecond", "VPPrecond", "VEPrecond", "EDM2Precond"])
 def test_edm_networks_are_finite_at_clean_data_and_map_it_to_itself(precond):
     # At s = 0 (sigma = 0) an EDM network's c_noise = ln(sigma) / 4 is -inf and x0-prediction's
     # eps = (x - x0) / sigma is 0/0: ECT's r = 0 targets, PCM's first grid point and GDD's
@@ -45,9 +43,7 @@ def test_edm_networks_are_finite_at_clean_data_and_map_it_to_itself(precond):
             "VEPrecond": VEPrecond,
             "EDM2Precond": EDM2Precond,
         }
-        kwargs = (
-            dict(TINY_EDM2, label_dim=0, use_fp16=False) if precond == "EDM2Precond" else TINY_SONG
-        )
+        kwargs = dict(TINY_EDM2, label_dim=0, use_fp16=False) if precond == "EDM2Precond" else TINY_SONG
         model, shape = (
             EDMVelocity(cls[precond](img_resolution=8, img_channels=3, **kwargs)),
             (3, 8, 8),

@@ -57,10 +57,16 @@ def test_bottleneck_and_encoder_layers_of_our_nets():
     assert has_parameters(mlp) and not has_parameters(nn.Identity())
 
 
-@pytest.mark.parametrize(("shape", "kind", "out"), [
-    ((16, 4, 4), ConvHead, (3, 2, 2)), ((16, 8, 8), ConvHead, (3, 2, 2)), ((16, 2, 2), ConvHead, (3, 2, 2)),
-    ((32,), VectorHead, (3,)), ((10, 32), VectorHead, (3, 10)),
-])
+@pytest.mark.parametrize(
+    ("shape", "kind", "out"),
+    [
+        ((16, 4, 4), ConvHead, (3, 2, 2)),
+        ((16, 8, 8), ConvHead, (3, 2, 2)),
+        ((16, 2, 2), ConvHead, (3, 2, 2)),
+        ((32,), VectorHead, (3,)),
+        ((10, 32), VectorHead, (3, 10)),
+    ],
+)
 def test_heads_fit_the_feature_shape(shape, kind, out):
     head = head_for(shape)
     assert isinstance(head, kind)

@@ -63,8 +63,9 @@ def official_segment(teacher, policy, x_src, raw_src, sigma_src, ratio, segment,
     student_iv = torch.rand((b, n)).to(DT) * ((1 - ratio) * (segment - window))
     student_iv = torch.diff(torch.sort(student_iv, dim=-1)[0], dim=-1, prepend=torch.zeros((b, 1), dtype=DT))
     teacher_iv = torch.sort(torch.rand((b, n - 1)).to(DT), dim=-1)[0]
-    teacher_iv = torch.diff(teacher_iv, dim=-1, prepend=torch.zeros((b, 1), dtype=DT),
-                            append=torch.ones((b, 1), dtype=DT))
+    teacher_iv = torch.diff(
+        teacher_iv, dim=-1, prepend=torch.zeros((b, 1), dtype=DT), append=torch.ones((b, 1), dtype=DT)
+    )
     teacher_iv = teacher_iv * (ratio * (segment - window))
     x, raw, sigma = x_src, raw_src, sigma_src
     preds, targets = [], []
@@ -145,10 +146,17 @@ def random_policy(b=2, k=4, c=2, h=3, w=3):
 
 def test_closed_form_step_equals_the_official_momentum_integration():
     policy = random_policy()
-    m = Momentum(policy["means_u"], torch.softmax(policy["logweights"], dim=1),
-                 torch.cat([torch.zeros_like(policy["loggammas"][:, :1]), policy["loggammas"]], dim=1))
+    m = Momentum(
+        policy["means_u"],
+        torch.softmax(policy["logweights"], dim=1),
+        torch.cat([torch.zeros_like(policy["loggammas"][:, :1]), policy["loggammas"]], dim=1),
+    )
     x = torch.randn(2, 2, 3, 3, dtype=DT)
-    raw_src, raw_a, raw_b = torch.tensor([1.0, 0.5], dtype=DT), torch.tensor([0.8, 0.3], dtype=DT), torch.tensor([0.55, 0.0], dtype=DT)
+    raw_src, raw_a, raw_b = (
+        torch.tensor([1.0, 0.5], dtype=DT),
+        torch.tensor([0.8, 0.3], dtype=DT),
+        torch.tensor([0.55, 0.0], dtype=DT),
+    )
     s_src, s_a, s_b = warp(raw_src), warp(raw_a), warp(raw_b)
     expected, _ = official_momentum_integration(s_src.view(-1, 1, 1, 1), x, s_a.view(-1, 1, 1, 1), raw_b, policy)
     # the official clamp |u| >= 1e-4 is exact here: every gamma * step is far from 0
@@ -156,8 +164,9 @@ def test_closed_form_step_equals_the_official_momentum_integration():
     torch.testing.assert_close(advance(x, m, s_src, s_a, s_b), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("total_substeps, nfe, expected", [(128, 2, 3 / 128), (128, 3, 3 / 129), (128, 1, 3 / 128),
-                                                          (4, 4, 0.25)])
+@pytest.mark.parametrize(
+    "total_substeps, nfe, expected", [(128, 2, 3 / 128), (128, 3, 3 / 129), (128, 1, 3 / 128), (4, 4, 0.25)]
+)
 def test_window_is_measured_in_raw_substeps_as_official(total_substeps, nfe, expected):
     # pnotp/ArcFlow lakonlab/models/diffusions/arcflow.py:134-137
     segment = torch.tensor([1 / nfe], dtype=torch.float32)
@@ -171,8 +180,15 @@ def test_window_is_measured_in_raw_substeps_as_official(total_substeps, nfe, exp
 def test_training_loss_and_gradient_equal_the_official_data_free_rollout(nfe, share, dropout):
     student, x0 = student_and_inputs()
     teacher = CurvedTeacher()
-    method = ArcFlow(components=3, train_nfes=[nfe], shift=SHIFT, intermediate_states=4, component_dropout=dropout,
-                     loss_scale=30.0, teacher_mix_steps=10)
+    method = ArcFlow(
+        components=3,
+        train_nfes=[nfe],
+        shift=SHIFT,
+        intermediate_states=4,
+        component_dropout=dropout,
+        loss_scale=30.0,
+        teacher_mix_steps=10,
+    )
     step = round((1 - share) * 10)
     assert method.teacher_share(step) == pytest.approx(share)
     torch.manual_seed(7)

@@ -129,7 +129,10 @@ def test_paper_config_is_cms_cifar10_recipe():
     cfg = yaml.safe_load((CONF / "experiment" / "paper_cd_cifar10.yaml").read_text())
     objective = cfg["method"]["objective"]
     assert objective["num_scales"] == 18 and objective["ema_target"] == 0.0 and objective["solver"] == "edm_heun"
-    assert cfg["method"]["optimizer"]["_target_"] == "torch.optim.RAdam" and float(cfg["method"]["optimizer"]["lr"]) == 4e-4
+    assert (
+        cfg["method"]["optimizer"]["_target_"] == "torch.optim.RAdam"
+        and float(cfg["method"]["optimizer"]["lr"]) == 4e-4
+    )
     assert cfg["method"]["grad_clip"] == 0 and cfg["train"]["global_batch_size"] == 512
     # ts = [0, 11, 17] on the 18-point training grid: the re-noising sigma is index 11's.
     (sigma,) = objective["sampling_sigmas"]

@@ -75,9 +75,7 @@ def test_regression_loss_is_the_ode_pair_regression_of_the_one_step_generator():
     torch.manual_seed(1)
     ours = method.regression_term(student, teacher, like)
     torch.manual_seed(1)
-    idx = torch.randint(
-        6, (4,)
-    )  # a random batch of the fixed pairs (train_sd_ode.py: a shuffled ODE-pair loader)
+    idx = torch.randint(6, (4,))  # a random batch of the fixed pairs (train_sd_ode.py: a shuffled ODE-pair loader)
     ode_noises, ode_images = method.pair_noise[idx], method.pair_target[idx]
     # DMD's one-step generator at pure noise: D(80 z; 80); train_sd_ode.py:262-283 with MSE for LPIPS
     pred = student.net(80.0 * ode_noises, torch.full((4,), 80.0, dtype=DT))

@@ -53,9 +53,7 @@ def setup(**kwargs):
     net, _ = tiny_edm("song")
     teacher = edm_teacher(net.double(), {})
     student = copy.deepcopy(teacher.model).requires_grad_(True)
-    method = DMD2(
-        generator_times=[1.0], dm_time_dist="karras", fake_score_weighting="edm", **kwargs
-    )
+    method = DMD2(generator_times=[1.0], dm_time_dist="karras", fake_score_weighting="edm", **kwargs)
     method.attach(teacher, student)
     randomized(method.fake_score.net, seed=1)
     method.fake_score.train()
@@ -160,9 +158,7 @@ def test_gan_losses_are_dmd2s():
     real, fake = torch.randn(5, 1, dtype=DT), torch.randn(5, 1, dtype=DT)
     # edm_guidance.py:199 (generator) and :209-217 (guidance: classification_loss.mean())
     torch.testing.assert_close(ns_g_loss([fake]), F.softplus(-fake).mean())
-    torch.testing.assert_close(
-        ns_d_loss([real], [fake]), (F.softplus(fake) + F.softplus(-real)).mean()
-    )
+    torch.testing.assert_close(ns_d_loss([real], [fake]), (F.softplus(fake) + F.softplus(-real)).mean())
 
 
 def test_one_step_generator_is_dmd2s_d_of_80z_at_80():

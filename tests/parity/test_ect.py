@@ -130,8 +130,15 @@ def test_ecmprecond_scalings_restated():
     from distill.nets.edm import VPPrecond
 
     torch.manual_seed(0)
-    vp = VPPrecond(img_resolution=8, img_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
-                   attn_resolutions=[], dropout=0.0).double()
+    vp = VPPrecond(
+        img_resolution=8,
+        img_channels=1,
+        model_channels=8,
+        channel_mult=[1],
+        num_blocks=1,
+        attn_resolutions=[],
+        dropout=0.0,
+    ).double()
     net = ECMPrecond(vp)
     x = torch.randn(2, 1, 8, 8, dtype=F64)
     sigma = torch.tensor([0.05, 20.0], dtype=F64).reshape(-1, 1, 1, 1)

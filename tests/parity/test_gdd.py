@@ -26,8 +26,7 @@ def official_frozen(named_parameters, freeze_layer=("conv", "proj")):
     return {
         k
         for k, v in named_parameters
-        if ("block" in k or "up" in k or "down" in k or "in" in k)
-        and any(fl in k for fl in freeze_layer)
+        if ("block" in k or "up" in k or "down" in k or "in" in k) and any(fl in k for fl in freeze_layer)
     }
 
 
@@ -53,15 +52,10 @@ def test_gdd_freeze_rule_is_the_official_optimizer_rule_on_song_unet():
     teacher = edm_teacher(net, {})
     ours = frozen_parameter_names(teacher.model, "gdd")
     official = official_frozen(net.named_parameters())
-    assert any(
-        "down" in k or "up" in k
-        for k in official - {k for k in official if "block" in k or "in" in k}
-    )
+    assert any("down" in k or "up" in k for k in official - {k for k in official if "block" in k or "in" in k})
     assert ours == {f"net.{k}" for k in official}
     sizes = dict(teacher.model.named_parameters())
-    frozen = sum(sizes[k].numel() for k in ours) / sum(
-        p.numel() for p in teacher.model.parameters()
-    )
+    frozen = sum(sizes[k].numel() for k in ours) / sum(p.numel() for p in teacher.model.parameters())
     assert frozen == sum(p.numel() for k, p in net.named_parameters() if k in official) / sum(
         p.numel() for p in net.parameters()
     )
@@ -102,13 +96,9 @@ def test_discriminator_loss_and_lazy_r1_are_gdds():
     real_images = images.clone().detach().requires_grad_(True)
     d_r1_logits = method.discriminate(real_images, teacher)
     sum_r1_logits = sum(dr1logit.sum() for dr1logit in d_r1_logits)
-    r1_grads = torch.autograd.grad(
-        outputs=[sum_r1_logits], inputs=[real_images], create_graph=True
-    )[0]
+    r1_grads = torch.autograd.grad(outputs=[sum_r1_logits], inputs=[real_images], create_graph=True)[0]
     r1_loss = r1_grads.square().sum(axis=[1, 2, 3]) * 0.5 / 2
     official_r1 = r1_loss.mean().mul(16)
     assert official_r1 > 0
     torch.testing.assert_close(lazy["r1"], official_r1.detach(), rtol=1e-9, atol=0)
-    torch.testing.assert_close(
-        lazy["loss"], d_gen_loss + d_gt_loss + official_r1, rtol=1e-9, atol=0
-    )
+    torch.testing.assert_close(lazy["loss"], d_gen_loss + d_gt_loss + official_r1, rtol=1e-9, atol=0)

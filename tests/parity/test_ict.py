@@ -33,7 +33,8 @@ def paper_sigmas(num_points: int) -> torch.Tensor:
 
 
 def paper_index_probs(sigmas: torch.Tensor) -> torch.Tensor:
-    # Sec. 3.5: p(sigma_i) ∝ erf((ln sigma_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((ln sigma_i - P_mean) / (sqrt 2 P_std)).
+    # Sec. 3.5: p(sigma_i) ∝ erf((ln sigma_{i+1} - P_mean) / (sqrt 2 P_std))
+    #                     - erf((ln sigma_i - P_mean) / (sqrt 2 P_std)).
     cdf = torch.special.erf((sigmas.log() - P_MEAN) / (math.sqrt(2) * P_STD))
     mass = cdf[1:] - cdf[:-1]
     return mass / mass.sum()

@@ -20,9 +20,7 @@ from distill.students.average_velocity import AverageVelocityModel
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
 # cifar10_v0.sh: --tr_sampler v0 --P_mean_t -2.0 --P_std_t 2.0 --P_mean_r -2.0 --P_std_r 2.0 --norm_p 0.75 --ratio 0.75
-ARGS = SimpleNamespace(
-    P_mean_t=-2.0, P_std_t=2.0, P_mean_r=-2.0, P_std_r=2.0, ratio=0.75, norm_p=0.75, norm_eps=1e-3
-)
+ARGS = SimpleNamespace(P_mean_t=-2.0, P_std_t=2.0, P_mean_r=-2.0, P_std_r=2.0, ratio=0.75, norm_p=0.75, norm_eps=1e-3)
 
 
 class TwoTimeNet(nn.Module):
@@ -39,9 +37,7 @@ class TwoTimeNet(nn.Module):
         return self.body(torch.cat([x, c_noise[:, None], c_extra[:, None]], dim=1))
 
 
-def logit_normal_timestep_sample(
-    P_mean, P_std, num_samples
-):  # time_sampler.py:4-8 (drawn in float64)
+def logit_normal_timestep_sample(P_mean, P_std, num_samples):  # time_sampler.py:4-8 (drawn in float64)
     rnd_normal = torch.randn((num_samples,), dtype=torch.float64)
     return torch.clip(torch.sigmoid(rnd_normal * P_std + P_mean), min=0.0, max=1.0)
 
@@ -85,9 +81,7 @@ def test_time_sampler_is_v0_with_ratio_the_probability_of_r_not_t():
         torch.testing.assert_close(r, r_off, rtol=0, atol=0)
     torch.manual_seed(0)
     r, t = sample_time_pair(20000, -2.0, 2.0, 0.25, dtype=torch.float64)
-    assert (
-        abs((r == t).double().mean().item() - 0.25) < 0.015
-    )  # CIFAR-10: 75% of samples have r != t
+    assert abs((r == t).double().mean().item() - 0.25) < 0.015  # CIFAR-10: 75% of samples have r != t
 
 
 def test_loss_and_gradient_equal_py_meanflows():
@@ -133,6 +127,4 @@ def test_paper_config_is_the_cifar10_v0_script():
     ]  # train_arg_parser.py:19-20
     assert cfg.method.grad_clip == 0 and cfg.hardware.precision == "32-true"
     assert cfg.train.global_batch_size == 8 * 128
-    assert cfg.train.lr_warmup_steps == 200 * (
-        50000 // 1024
-    )  # 200 warm-up epochs of drop_last batches
+    assert cfg.train.lr_warmup_steps == 200 * (50000 // 1024)  # 200 warm-up epochs of drop_last batches

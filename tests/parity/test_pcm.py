@@ -71,7 +71,9 @@ def official_pcm_loss(latents, student_w, teacher_w, alphas_cumprod, phases, see
     c_out = 1 - c_skip
     noisy = alpha_schedule[start_timesteps][:, None] * latents + sigma_schedule[start_timesteps][:, None] * noise
     noise_pred = eps_net(student_w, noisy, start_timesteps.to(F64))  # :1191-1197
-    model_pred = multiphase_pred(predicted_origin(noise_pred, start_timesteps, noisy), noise_pred, index)  # c_skip_start 0
+    model_pred = multiphase_pred(
+        predicted_origin(noise_pred, start_timesteps, noisy), noise_pred, index
+    )  # c_skip_start 0
     with torch.no_grad():
         teacher_out = eps_net(teacher_w, noisy, start_timesteps.to(F64))  # :1215-1230, no CFG
         x_prev = ddim_step(predicted_origin(teacher_out, start_timesteps, noisy), teacher_out, index)  # :1254
@@ -88,8 +90,9 @@ def test_pcm_loss_and_gradient_equal_the_sd15_scripts_on_the_ddim_grid():
     x0 = torch.randn(batch, dim, dtype=F64)
     teacher_w, student_w = 0.4 * torch.randn(dim, dim, dtype=F64), 0.4 * torch.randn(dim, dim, dtype=F64)
     teacher, student = VPVelocity(teacher_w, process, False), VPVelocity(student_w, process, True)
-    method = PhasedConsistency(phases=4, num_euler_timesteps=N, grid="ddim", target="online", loss="huber",
-                               huber_c=HUBER_C)
+    method = PhasedConsistency(
+        phases=4, num_euler_timesteps=N, grid="ddim", target="online", loss="huber", huber_c=HUBER_C
+    )
     method.attach(teacher, student)
     torch.manual_seed(1)
     ours = method.loss("student", x0, teacher, student, 0)["loss"]

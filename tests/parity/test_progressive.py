@@ -53,7 +53,8 @@ def official_training_losses(x, eps, i, num_steps, student_fn, teacher_fn, weigh
     def run(fn, z_, logsnr_):  # _run_model (dpm.py:135-170), mean_type 'x', no clipping
         model_x = fn(z_, logsnr_)
         model_eps = (1 + torch.exp(logsnr_)).sqrt().view(-1, 1) * (
-            z_ - model_x * torch.rsqrt(1 + torch.exp(-logsnr_)).view(-1, 1))
+            z_ - model_x * torch.rsqrt(1 + torch.exp(-logsnr_)).view(-1, 1)
+        )
         return model_x, model_eps
 
     x_pred, eps_pred = run(teacher_fn, z, logsnr)
@@ -67,7 +68,9 @@ def official_training_losses(x, eps, i, num_steps, student_fn, teacher_fn, weigh
     stdv_frac = bc(torch.exp(0.5 * (nn.functional.softplus(logsnr) - nn.functional.softplus(logsnr_s))))
     x_target = (z_teacher - stdv_frac * z) / (a_s - stdv_frac * a_t)
     x_target = torch.where(bc(i == 0), x_pred, x_target)
-    eps_target = (1 + torch.exp(logsnr)).sqrt().view(-1, 1) * (z - x_target * torch.rsqrt(1 + torch.exp(-logsnr)).view(-1, 1))
+    eps_target = (1 + torch.exp(logsnr)).sqrt().view(-1, 1) * (
+        z - x_target * torch.rsqrt(1 + torch.exp(-logsnr)).view(-1, 1)
+    )
     model_x, model_eps = run(student_fn, z, logsnr)
     x_mse = (model_x - x_target).pow(2).flatten(1).mean(1)
     eps_mse = (model_eps - eps_target).pow(2).flatten(1).mean(1)
@@ -101,7 +104,8 @@ def test_pd_loss_and_gradient_equal_dpm_training_losses(weighting, official_weig
     g_ours = torch.autograd.grad(ours, list(student.parameters()))
     g_official = torch.autograd.grad(
         official_training_losses(x0, eps, n - 1 - i, n, x_model(student), x_model(teacher), official_weight).mean(),
-        list(student.parameters()))
+        list(student.parameters()),
+    )
     for a, b in zip(g_ours, g_official, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
 

@@ -25,8 +25,6 @@ CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
 LOSS_SCALE, LOSS_SCALE_DMD = 100.0, 1.0
 
 
-
-
 def rcm_F(net: nn.Module, xt: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
     """rCM ``denoise(...).F`` for a rectified-flow net (denoiser_scaling.py:24-30, model :405-420)."""
     c, s = torch.cos(time)[:, None], torch.sin(time)[:, None]
@@ -48,15 +46,11 @@ def rcm_scm_loss(student, teacher, x0, seed):
     with torch.no_grad():
         F_teacher = rcm_F(teacher, xt, time)  # :519
         t_xt, t_time = c * s * F_teacher, (c * s)[:, 0]  # :525-526
-        t_F = torch.func.jvp(lambda x, t: rcm_F(student, x, t), (xt, time), (t_xt, t_time))[
-            1
-        ]  # :543
+        t_F = torch.func.jvp(lambda x, t: rcm_F(student, x, t), (xt, time), (t_xt, t_time))[1]  # :543
     F_theta = rcm_F(student, xt, time)  # :545
     F_sg = F_theta.clone().detach()  # :546
     ratio = 1.0
-    g = -c * torch.sqrt(1 - ratio**2 * s**2) * (F_sg - F_teacher) - (
-        ratio * c * s * xt + t_F
-    )  # :550-552
+    g = -c * torch.sqrt(1 - ratio**2 * s**2) * (F_sg - F_teacher) - (ratio * c * s * xt + t_F)  # :550-552
     g = g / (g.norm(p=2, dim=1, keepdim=True) + 0.1)  # :571
     return LOSS_SCALE * ((F_theta - F_sg - g) ** 2).sum(dim=1)  # :573-574
 
@@ -99,14 +93,11 @@ def test_weights_1_to_0_02_are_rcms_100_to_1_balance():
         weight_factor = (x_hat - mu_real).abs().mean(dim=1, keepdim=True).clip(min=1e-5)
         grad = (mu_fake - mu_real) / weight_factor
     rcm_total = (
-        LOSS_SCALE * (scm_residual**2).sum(1)
-        + LOSS_SCALE_DMD * ((x_hat - (x_hat - grad).detach()) ** 2).sum(1)
+        LOSS_SCALE * (scm_residual**2).sum(1) + LOSS_SCALE_DMD * ((x_hat - (x_hat - grad).detach()) ** 2).sum(1)
     ).mean()
 
     weights = compose_rcm().method.objective.weights
-    ours = weights.scm * (scm_residual**2).mean() + weights.dmd * dm_loss(
-        x_hat, dm_gradient(x_hat, mu_real, mu_fake)
-    )
+    ours = weights.scm * (scm_residual**2).mean() + weights.dmd * dm_loss(x_hat, dm_gradient(x_hat, mu_real, mu_fake))
     torch.testing.assert_close(LOSS_SCALE * dim * ours, rcm_total)
     g_ours, g_rcm = (torch.autograd.grad(v, x_hat)[0] for v in (LOSS_SCALE * dim * ours, rcm_total))
     torch.testing.assert_close(g_ours, g_rcm)
@@ -138,9 +129,7 @@ def test_schedule_is_rcms_student_phases_and_dmd_emission():
         phases = tuple(method.phases(it))
         assert ("student" in phases) == is_student_phase(it), it
         emit_dmd = is_student_phase(it) and it >= warmup  # :709
-        dmd_in_student_loss = (
-            "student" in phases and not it < method._warmup_length()
-        )  # WeightedSum.loss
+        dmd_in_student_loss = "student" in phases and not it < method._warmup_length()  # WeightedSum.loss
         assert dmd_in_student_loss == emit_dmd, it
 
 

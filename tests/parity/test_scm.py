@@ -22,8 +22,6 @@ SD = 0.5
 P_MEAN, P_STD = -1.0, 1.4
 
 
-
-
 def fastgen_trig_F(net: nn.Module, x_t_hat: torch.Tensor, t_hat: torch.Tensor) -> torch.Tensor:
     """FastGen ``TrigFlowPrecond.forward`` (sCM.py:35-80) for an FM net (alpha = 1 - s, sigma = s).
 
@@ -40,9 +38,7 @@ def fastgen_trig_F(net: nn.Module, x_t_hat: torch.Tensor, t_hat: torch.Tensor) -
     return flow / SD
 
 
-def fastgen_scm_loss(
-    student, teacher, x0, logvar_fn, r, prior_weighting, use_cd, seed, finish=None
-):
+def fastgen_scm_loss(student, teacher, x0, logvar_fn, r, prior_weighting, use_cd, seed, finish=None):
     """FastGen's sCM training step (sCM.py:183-287), per-sample losses (B,)."""
     torch.manual_seed(seed)
     # The time law: ln sigma ~ N(P_mean, P_std^2), t_hat = atan2(sigma, sigma_d) (sCM.py:198-203; rCM
@@ -116,9 +112,7 @@ def test_scm_loss_and_gradient_equal_fastgens(tangent, prior_weighting, step):
         seed=0,
     ).mean()
     expected = torch.autograd.grad(theirs, list(student.parameters()))
-    torch.testing.assert_close(
-        ours.double(), theirs, rtol=1e-6, atol=1e-9
-    )  # the loss leaves as float32
+    torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=1e-9)  # the loss leaves as float32
     for a, b in zip(grads, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -170,9 +164,7 @@ def test_time_law_is_scms_log_normal_sigma():
     ours = sample_trig_time(1000, P_MEAN, P_STD, SD)
     torch.manual_seed(0)
     sigma = torch.exp(torch.randn(1000, dtype=torch.float64) * P_STD + P_MEAN)
-    torch.testing.assert_close(
-        ours, torch.atan2(sigma, torch.full_like(sigma, SD)), rtol=1e-12, atol=1e-12
-    )
+    torch.testing.assert_close(ours, torch.atan2(sigma, torch.full_like(sigma, SD)), rtol=1e-12, atol=1e-12)
 
 
 def compose_experiment(name):
@@ -207,25 +199,14 @@ def test_paper_configs_are_fastgens(name, side, fastgen):
     obj = cfg.method.objective
     assert (obj.p_mean, obj.p_std) == fastgen["p"] and obj.sigma_data == 0.5
     assert obj.tangent_warmup == 10000 and obj.prior_weighting and obj.adaptive_weighting
-    assert obj.tangent_norm == pytest.approx(
-        0.1 * math.sqrt(3 * side * side), rel=1e-6
-    )  # RMS norm + 0.1
-    assert obj.t_mid == pytest.approx(
-        math.atan(fastgen["sigma"] / 0.5), abs=1e-6
-    )  # recommended 2-step sigma
-    assert (
-        list(cfg.method.optimizer.betas) == [0.9, 0.99] and cfg.method.optimizer.lr == fastgen["lr"]
-    )
+    assert obj.tangent_norm == pytest.approx(0.1 * math.sqrt(3 * side * side), rel=1e-6)  # RMS norm + 0.1
+    assert obj.t_mid == pytest.approx(math.atan(fastgen["sigma"] / 0.5), abs=1e-6)  # recommended 2-step sigma
+    assert list(cfg.method.optimizer.betas) == [0.9, 0.99] and cfg.method.optimizer.lr == fastgen["lr"]
     assert cfg.method.grad_clip == fastgen["clip"]
     assert list(cfg.method.ema_decays) == [0.9999, 0.99995, 0.9996]  # EMA_CONST_CALLBACKS
-    assert (
-        cfg.train.max_steps == fastgen["steps"] and cfg.train.global_batch_size == fastgen["batch"]
-    )
+    assert cfg.train.max_steps == fastgen["steps"] and cfg.train.global_batch_size == fastgen["batch"]
     if side == 32:
-        assert (
-            cfg.method.optimizer._target_ == "torch.optim.RAdam"
-            and cfg.hardware.precision == "32-true"
-        )
+        assert cfg.method.optimizer._target_ == "torch.optim.RAdam" and cfg.hardware.precision == "32-true"
     else:
         assert cfg.method.optimizer.eps == 1e-11
         assert (cfg.train.lr_schedule, cfg.train.lr_decay_steps) == ("inverse_sqrt", 35000)

@@ -18,7 +18,8 @@ def test_only_adapters_and_named_heads_train_and_the_start_is_the_teacher():
     add_lora(student, rank=2, alpha=2, targets=TARGETS, train_fully=["means.*", "logits.*", "rates.*"])
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
     assert trainable == set(lora_parameter_names(student)) | {
-        f"{head}.{p}" for head in ("means", "logits", "rates") for p in ("weight", "bias")}
+        f"{head}.{p}" for head in ("means", "logits", "rates") for p in ("weight", "bias")
+    }
     assert any("mid_block" in n for n in trainable) and any("time_emb_proj" in n for n in trainable)
     x, s = torch.randn(2, 1, 8, 8), torch.rand(2)
     with torch.no_grad():
@@ -37,7 +38,9 @@ def test_frozen_weights_are_the_teachers_tensors():
     assert shared == sum(p.numel() for p in teacher.model.parameters())  # every base weight, untouched so far
     teacher_ptrs = {p.data_ptr() for p in teacher.model.parameters()}
     assert all(p.data_ptr() in teacher_ptrs for p in student.parameters() if not p.requires_grad)
-    assert module_memory_bytes(torch.nn.ModuleList([teacher.model, student])) < 0.55 * separate  # about one copy, plus adapters
+    assert (
+        module_memory_bytes(torch.nn.ModuleList([teacher.model, student])) < 0.55 * separate
+    )  # about one copy, plus adapters
     x, s = torch.randn(2, 1, 8, 8), torch.rand(2)
     with torch.no_grad():
         torch.testing.assert_close(student(x, s), teacher(x, s))

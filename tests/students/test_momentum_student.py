@@ -29,8 +29,10 @@ def test_heads_start_as_the_teacher_velocity(kind):
     with torch.no_grad():
         torch.testing.assert_close(student(x, s), model(x, s), rtol=1e-5, atol=1e-5)
     # Initial rates are log-spaced over [0.2, 4] (the ArcFlow code's bias initialisation).
-    torch.testing.assert_close(m.rates[0, 1:].flatten(1)[:, 0],
-                               torch.logspace(torch.log10(torch.tensor(0.2)), torch.log10(torch.tensor(4.0)), 3).log())
+    torch.testing.assert_close(
+        m.rates[0, 1:].flatten(1)[:, 0],
+        torch.logspace(torch.log10(torch.tensor(0.2)), torch.log10(torch.tensor(4.0)), 3).log(),
+    )
 
 
 def test_symmetry_is_broken_and_reloads_are_kept():
@@ -70,18 +72,41 @@ def tiny_text_transformer(family: str) -> nn.Module:
 
     torch.manual_seed(0)
     if family == "flux":
-        net = FluxTransformer2DModel(in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                     num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8,
-                                     axes_dims_rope=(2, 2, 4))
+        net = FluxTransformer2DModel(
+            in_channels=8,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=8,
+            pooled_projection_dim=8,
+            axes_dims_rope=(2, 2, 4),
+        )
         null = {PROMPTS: torch.randn(1, 3, 8), POOLED: torch.randn(1, 8)}
     elif family == "qwen":
-        net = QwenImageTransformer2DModel(in_channels=8, out_channels=2, num_layers=1, attention_head_dim=8,
-                                          num_attention_heads=2, joint_attention_dim=8, axes_dims_rope=(2, 2, 4))
+        net = QwenImageTransformer2DModel(
+            in_channels=8,
+            out_channels=2,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=8,
+            axes_dims_rope=(2, 2, 4),
+        )
         null = {PROMPTS: torch.randn(1, 3, 8), PROMPT_MASK: torch.tensor([[1.0, 1.0, 0.0]])}
     else:
-        net = SD3Transformer2DModel(sample_size=8, in_channels=2, out_channels=2, num_layers=1, attention_head_dim=4,
-                                    num_attention_heads=2, joint_attention_dim=8, caption_projection_dim=8,
-                                    pooled_projection_dim=8, pos_embed_max_size=8)
+        net = SD3Transformer2DModel(
+            sample_size=8,
+            in_channels=2,
+            out_channels=2,
+            num_layers=1,
+            attention_head_dim=4,
+            num_attention_heads=2,
+            joint_attention_dim=8,
+            caption_projection_dim=8,
+            pooled_projection_dim=8,
+            pos_embed_max_size=8,
+        )
         null = {PROMPTS: torch.randn(1, 3, 8), POOLED: torch.randn(1, 8)}
     return TextTransformerVelocity(net, null, data_shape=(2, 8, 8))
 

@@ -24,12 +24,15 @@ from distill.nets.edm import EDMPrecond
 from distill.nets.edm2 import EDM2Precond
 
 EDM_NAMES = {"EDM2Precond": "Precond", "EDM2UNet": "UNet"}  # our class -> the name EDM's pickles carry
-TINY_SONG = dict(model_type="SongUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
-                 dropout=0.0)
-TINY_DHARIWAL = dict(model_type="DhariwalUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1,
-                     attn_resolutions=[4], dropout=0.0)
-TINY_EDM2 = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], channels_per_head=8,
-                 logvar_channels=8)
+TINY_SONG = dict(
+    model_type="SongUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0
+)
+TINY_DHARIWAL = dict(
+    model_type="DhariwalUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0
+)
+TINY_EDM2 = dict(
+    model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], channels_per_head=8, logvar_channels=8
+)
 
 
 def marker_source(marker: Path) -> str:
@@ -48,8 +51,9 @@ def fake_persistence() -> Iterator[Any]:
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     easydict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
-    modules = {name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib",
-                                                          "dnnlib.util")}
+    modules = {
+        name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
+    }
     modules["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
     modules["dnnlib.util"].EasyDict = easydict
     saved = {k: sys.modules.get(k) for k in modules}
@@ -77,8 +81,9 @@ class PersistencePickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, PersistentStub):
-            return self.reconstruct, (dict(type="class", version=6, module_src=self.module_src,
-                                           class_name=obj.class_name, state=obj.state),)
+            return self.reconstruct, (
+                dict(type="class", version=6, module_src=self.module_src, class_name=obj.class_name, state=obj.state),
+            )
         if not (isinstance(obj, nn.Module) and type(obj).__module__.startswith("distill.nets.edm")):
             return NotImplemented
         state = {**obj.__dict__, "_init_args": (), "_init_kwargs": self.init_kwargs.get(id(obj), {})}
@@ -100,16 +105,22 @@ def tiny_edm(kind: str = "song", channels: int = 1, resolution: int = 8, label_d
     """A small random EDM (``song``, ``dhariwal``) or EDM2 (``edm2``) network and its init kwargs."""
     torch.manual_seed(0)
     if kind == "edm2":
-        kwargs = dict(img_resolution=resolution, img_channels=channels, label_dim=label_dim, use_fp16=False,
-                      **TINY_EDM2)
+        kwargs = dict(
+            img_resolution=resolution, img_channels=channels, label_dim=label_dim, use_fp16=False, **TINY_EDM2
+        )
         return randomized(EDM2Precond(**kwargs)), kwargs
-    kwargs = dict(img_resolution=resolution, img_channels=channels, label_dim=label_dim,
-                  **(TINY_SONG if kind == "song" else TINY_DHARIWAL))
+    kwargs = dict(
+        img_resolution=resolution,
+        img_channels=channels,
+        label_dim=label_dim,
+        **(TINY_SONG if kind == "song" else TINY_DHARIWAL),
+    )
     return randomized(EDMPrecond(**kwargs)), kwargs
 
 
-def write_edm_pickle(path: Path, net: nn.Module, init_kwargs: dict, marker: Path, extra: dict | None = None,
-                     easydict: bool = False) -> Path:
+def write_edm_pickle(
+    path: Path, net: nn.Module, init_kwargs: dict, marker: Path, extra: dict | None = None, easydict: bool = False
+) -> Path:
     """``path`` holding ``{"ema": net, **extra}`` in EDM's pickle format (module_src writes ``marker``),
     as a ``dnnlib.util.EasyDict`` with ``easydict`` (as EDM2's training snapshots are)."""
     path.parent.mkdir(parents=True, exist_ok=True)

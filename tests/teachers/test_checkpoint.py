@@ -28,8 +28,10 @@ def test_missing_directory_names_pretrain(tmp_path):
         load_teacher(tmp_path / "nope")
 
 
-@pytest.mark.parametrize(("name", "target"), [("digits_2rf", "make teacher-reflow"), ("digits_s1", "make teachers-extra"),
-                                              ("digits_w", "make teachers-extra")])
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [("digits_2rf", "make teacher-reflow"), ("digits_s1", "make teachers-extra"), ("digits_w", "make teachers-extra")],
+)
 def test_a_missing_extra_teacher_names_the_target_that_builds_it(tmp_path, name, target):
     with pytest.raises(TeacherCheckpointError, match=f"does not exist: build it with `{target}`"):
         load_teacher(tmp_path / name)

@@ -19,9 +19,16 @@ from diffusers import (
 from distill.teachers import TeacherCheckpointError
 from distill.teachers.diffusers_dir import load_diffusers_teacher
 
-TINY = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": (8, 16),
-        "layers_per_block": 1, "norm_num_groups": 4, "down_block_types": ("DownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "UpBlock2D")}
+TINY = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+}
 
 
 def tiny_unet() -> UNet2DModel:
@@ -99,10 +106,18 @@ def test_bad_directories_name_the_problem(tmp_path):
 
 def test_text_conditional_teachers_need_their_text_encoder(tmp_path):
     torch.manual_seed(0)
-    UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                         layers_per_block=1, norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(tmp_path / "cond")
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).save_pretrained(tmp_path / "cond")
     DDPMScheduler().save_pretrained(tmp_path / "cond")
     with pytest.raises(TeacherCheckpointError, match="needs text_encoder/ and tokenizer/"):
         load_diffusers_teacher(tmp_path / "cond")

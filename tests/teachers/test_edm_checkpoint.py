@@ -59,9 +59,16 @@ def test_edm2_training_snapshot_with_its_encoder_and_half_weights(tmp_path, mark
     """As edm2's training loop writes it: an EasyDict, the ema net in float16, a latent encoder whose
     scale and bias are numpy arrays (recorded in the spec, never loaded)."""
     net, kwargs = tiny_edm("edm2", label_dim=10)
-    encoder = PersistentStub("StabilityVAEEncoder", {
-        "vae_name": "stabilityai/sd-vae-ft-mse", "scale": np.float32(0.5) / np.array([4.17, 4.62], np.float32),
-        "batch_size": 8, "_vae": None, "_init_kwargs": {}})
+    encoder = PersistentStub(
+        "StabilityVAEEncoder",
+        {
+            "vae_name": "stabilityai/sd-vae-ft-mse",
+            "scale": np.float32(0.5) / np.array([4.17, 4.62], np.float32),
+            "batch_size": 8,
+            "_vae": None,
+            "_init_kwargs": {},
+        },
+    )
     half = copy.deepcopy(net).half()
     path = write_edm_pickle(tmp_path / "snapshot.pkl", half, kwargs, marker, {"encoder": encoder}, easydict=True)
     converted, spec = network_from_pickle(path)
@@ -127,8 +134,9 @@ def test_weights_that_do_not_fit_the_recorded_kwargs_are_reported(tmp_path, mark
 def test_bare_networks_without_preconditioning_are_refused(tmp_path, marker):
     net, kwargs = tiny_edm("song")
     with fake_persistence() as reconstruct:
-        meta = dict(type="class", version=6, module_src=marker_source(marker), class_name="SongUNet",
-                    state={"_init_kwargs": {}})
+        meta = dict(
+            type="class", version=6, module_src=marker_source(marker), class_name="SongUNet", state={"_init_kwargs": {}}
+        )
         payload = pickle.dumps({"ema": _Persistent(reconstruct, meta)})
     (tmp_path / "bare.pkl").write_bytes(payload)
     with pytest.raises(EDMPickleError, match="SongUNet.*supported networks"):
@@ -150,7 +158,9 @@ def test_converted_directory_loads_as_a_pretrained_teacher(tmp_path, marker):
     config = json.loads((tmp_path / "converted" / "teacher.json").read_text())
     assert config["kind"] == "edm" and config["edm_class"] == "EDMPrecond" and config["data_shape"] == [1, 8, 8]
     teacher = load_teacher(tmp_path / "converted")
-    assert isinstance(teacher.model, EDMVelocity) and teacher.num_classes == 10 and teacher.model.data_shape == (1, 8, 8)
+    assert (
+        isinstance(teacher.model, EDMVelocity) and teacher.num_classes == 10 and teacher.model.data_shape == (1, 8, 8)
+    )
     x, sigma, labels = inputs(10)
     torch.testing.assert_close(teacher.model.net(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
 

@@ -40,21 +40,33 @@ def by_hand(family: str, pipe, x, s, prompts: list[str]):
     b, c, h, w = x.shape
     t = 1000 * s  # the scheduler's timesteps are 1000 sigma
     if family == "sd3":
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
-                                                  max_sequence_length=8)
-        return pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds,
-                                pooled_projections=pooled).sample
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=8
+        )
+        return pipe.transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled
+        ).sample
     if family == "flux":
         embeds, pooled, text_ids = pipe.encode_prompt(prompts, max_sequence_length=8)
         guidance = torch.full((b,), 3.5) if pipe.transformer.config.guidance_embeds else None
-        out = pipe.transformer(hidden_states=pipe._pack_latents(x, b, c, h, w), timestep=t / 1000, guidance=guidance,
-                               pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                               img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)).sample
+        out = pipe.transformer(
+            hidden_states=pipe._pack_latents(x, b, c, h, w),
+            timestep=t / 1000,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype),
+        ).sample
         return pipe._unpack_latents(out, h * 8, w * 8, 8)
     embeds, mask = pipe.encode_prompt(prompts, max_sequence_length=8)
-    out = pipe.transformer(hidden_states=pipe._pack_latents(x.unsqueeze(2), b, c, h, w), timestep=t / 1000,
-                           encoder_hidden_states=embeds, encoder_hidden_states_mask=mask,
-                           img_shapes=[[(1, h // 2, w // 2)]] * b).sample
+    out = pipe.transformer(
+        hidden_states=pipe._pack_latents(x.unsqueeze(2), b, c, h, w),
+        timestep=t / 1000,
+        encoder_hidden_states=embeds,
+        encoder_hidden_states_mask=mask,
+        img_shapes=[[(1, h // 2, w // 2)]] * b,
+    ).sample
     return pipe._unpack_latents(out, h * 8, w * 8, 8)[:, :, 0]
 
 
@@ -97,8 +109,10 @@ def test_qwen_padding_is_masked_out(pipelines):
     """Tables are padded to a common length and trimmed to the longest prompt: neither changes the output."""
     teacher = load_diffusers_teacher(pipelines["qwen"], resolution=8, max_sequence_length=8)
     rows = table_rows(encode_prompt_table(PROMPTS_USED, teacher, None), torch.arange(3))
-    padded = {PROMPTS: torch.nn.functional.pad(rows[PROMPTS], (0, 0, 0, 5)),
-              PROMPT_MASK: torch.nn.functional.pad(rows[PROMPT_MASK], (0, 5))}
+    padded = {
+        PROMPTS: torch.nn.functional.pad(rows[PROMPTS], (0, 0, 0, 5)),
+        PROMPT_MASK: torch.nn.functional.pad(rows[PROMPT_MASK], (0, 5)),
+    }
     x, s = torch.randn(3, 1, 8, 8), torch.full((3,), 0.7)
     with torch.no_grad():
         with conditioned(rows):
@@ -132,11 +146,22 @@ def test_packing_round_trips_and_odd_sizes_are_refused(pipelines):
 def test_other_text_to_image_transformers_are_refused_naming_the_supported_ones(tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImageTransformer2DModel
 
-    HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1,
-                                   attention_head_dim=8, num_attention_heads=2, caption_channels=[8, 8],
-                                   text_emb_dim=8, num_routed_experts=2, num_activated_experts=1,
-                                   axes_dims_rope=(2, 2, 4), max_resolution=(8, 8), llama_layers=[0],
-                                   ).save_pretrained(tmp_path / "transformer")
+    HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=[8, 8],
+        text_emb_dim=8,
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(2, 2, 4),
+        max_resolution=(8, 8),
+        llama_layers=[0],
+    ).save_pretrained(tmp_path / "transformer")
     FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "scheduler")
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(TeacherCheckpointError, match="FluxTransformer2DModel"):
