@@ -60,8 +60,9 @@ test: setup ## build the docs strictly (a dead link fails) and run the fast test
 test-slow: setup ## run the slow tests too
 	$(PY) -m pytest -q -m "slow or not slow"
 
-lint: setup ## ruff
+lint: setup ## ruff check and ruff format --check (CI runs it)
 	$(VENV)/bin/ruff check distill tests experiments
+	$(VENV)/bin/ruff format --check distill tests experiments
 
 format: setup ## ruff format distill, tests and experiments
 	$(VENV)/bin/ruff format distill tests experiments
