@@ -32,9 +32,7 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     out = run_dir_of(cfg)
     dm = build_datamodule(cfg)
     scorer, spec, teacher = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), build_teacher(cfg, dm)
-    spec.num_classes = teacher.num_classes  # a conditional teacher samples balanced classes
-    spec.prompt_table = getattr(teacher, "prompt_table", None)  # a text teacher: the dataset's prompts
-    spec.decode = teacher.codec.decode if teacher.codec is not None else None  # latent teachers: score pixels
+    spec.follow_teacher(teacher)
     # A run's student alone with eval.teacher=false: re-scoring many runs needs the teacher rows once.
     rows, arrays = [], cfg.eval.get("save_arrays", False)
     if cfg.eval.teacher or not cfg.run_dir:

@@ -109,10 +109,7 @@ class EvaluationCallback(L.Callback):
         self.rows = [ResultRow(**r) for r in state["rows"]]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self.spec.num_classes = getattr(pl_module.teacher, "num_classes", 0)  # conditional: balanced classes
-        self.spec.prompt_table = getattr(pl_module.teacher, "prompt_table", None)  # text: the dataset's prompts
-        codec = getattr(pl_module.teacher, "codec", None)
-        self.spec.decode = codec.decode if codec is not None else None  # latent teachers: score decoded pixels
+        self.spec.follow_teacher(pl_module.teacher)
         if not trainer.is_global_zero:
             return
         # A resumed run drops rows written after its checkpoint (they come again); a fresh one starts empty.

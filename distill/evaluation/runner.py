@@ -34,6 +34,14 @@ class EvalSpec:
     decode: Callable[[Tensor], Tensor] | None = None  # latent teachers: latents -> pixels before scoring
     extra: dict = field(default_factory=dict)
 
+    def follow_teacher(self, teacher: nn.Module) -> None:
+        """Sample as the teacher is conditioned: balanced classes for a class-conditional teacher, the
+        dataset's prompts for a text teacher, and pixels decoded from a latent teacher's samples."""
+        self.num_classes = getattr(teacher, "num_classes", 0)
+        self.prompt_table = getattr(teacher, "prompt_table", None)
+        codec = getattr(teacher, "codec", None)
+        self.decode = codec.decode if codec is not None else None
+
 
 def reachable_steps(sampler: str, nfes: Sequence[int]) -> list[tuple[int, int]]:
     """(steps, actual NFE) for each budget: the most steps whose NFE fits it, duplicates dropped."""
