@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_UNET, train_tiny_teacher
-from tests.data.test_fashion_mnist import write_fashion_mnist
+from tests.helpers.fashion_mnist import write_fashion_mnist
 
 SCRIPT = Path(__file__).parents[2] / "experiments" / "table_fmnist.py"
 

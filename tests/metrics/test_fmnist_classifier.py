@@ -11,7 +11,7 @@ import torch
 import distill.data.fashion_mnist as fm
 import distill.metrics.fmnist_classifier as fc
 from distill.metrics.digits_classifier import accuracy
-from tests.data.test_fashion_mnist import write_fashion_mnist
+from tests.helpers.fashion_mnist import write_fashion_mnist
 
 
 def test_trains_on_the_train_split_caches_and_loads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
