@@ -20,6 +20,12 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
     return torch.sqrt(sq + c**2) - c
 
 
+def elementwise_pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """PCM/LCM's pseudo-Huber per element, ``sqrt((a - b)^2 + c^2) - c``, then the mean over the
+    non-batch dims -> (B,). Unlike ``pseudo_huber`` (iCT's, on the whole sample's norm)."""
+    return (torch.sqrt((a - b).pow(2) + c**2) - c).reshape(a.shape[0], -1).mean(dim=1)
+
+
 def edm_loss_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     """EDM weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (docs/methods.md 1.3); (B,) -> (B,)."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2

@@ -19,42 +19,14 @@ from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.losses import per_sample_mse, pseudo_huber
 from distill.core.precision import full_precision
-from distill.core.prediction import consistency_fn, fm_noise, velocity_to_x0
+from distill.core.prediction import consistency_fn, fm_noise
 from distill.core.rng import capture_rng, restore_rng
-from distill.core.samplers import consistency_sampling_times
-from distill.core.tensors import append_dims
+from distill.core.samplers import consistency_sampling_times, edm_heun_step, heun_step
 from distill.methods.base import Method, SamplingPlan, attached, check_choice, check_sampling_sigmas
 from distill.nets.lpips import PerceptualDistance
 from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "pseudo_huber", "lpips")
-
-
-@torch.no_grad()
-def heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-    """One teacher Heun step from ``s`` to ``s_next`` (both (B,), s_next > 0) in FM coordinates (s, v)."""
-    h = append_dims(s_next - s, x.ndim)
-    v = teacher(x, s)
-    x_euler = x + h * v
-    return x + h * 0.5 * (v + teacher(x_euler, s_next))
-
-
-@torch.no_grad()
-def edm_heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
-    """CD's own step (``karras_diffusion.py`` ``heun_solver``): Heun in EDM coordinates (sigma, d).
-
-    ``x_sigma = x_s / (1 - s)`` with ``sigma = s / (1 - s)`` and ``d = (x_sigma - D) / sigma``. The
-    Euler part equals the FM one (both are DDIM); the correction averages d instead of v, so the
-    result differs from ``heun_step`` at second order. Needs s, s_next in (0, 1): (B,) each.
-    """
-    a, b = append_dims(s, x.ndim), append_dims(s_next, x.ndim)
-    sigma, sigma_next = a / (1 - a), b / (1 - b)
-    x_sigma = x / (1 - a)
-    d = (x_sigma - velocity_to_x0(x, s, teacher(x, s))) / sigma
-    x_euler = x_sigma + (sigma_next - sigma) * d
-    x_euler_fm = (1 - b) * x_euler
-    d_next = (x_euler - velocity_to_x0(x_euler_fm, s_next, teacher(x_euler_fm, s_next))) / sigma_next
-    return (1 - b) * (x_sigma + 0.5 * (sigma_next - sigma) * (d + d_next))
 
 
 SOLVERS = {"heun": heun_step, "edm_heun": edm_heun_step}

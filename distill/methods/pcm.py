@@ -43,7 +43,7 @@ from distill.core.ema import ema_update_
 from distill.core.errors import ConfigError
 from distill.core.gan import hinge_d_loss, hinge_g_loss_pcm, r1_penalty
 from distill.core.grids import ddim_grid, make_grid
-from distill.core.losses import per_sample_mse
+from distill.core.losses import elementwise_pseudo_huber, per_sample_mse
 from distill.core.precision import full_precision
 from distill.core.prediction import fm_noise
 from distill.core.samplers import ddim_step, prior_state, sample_flow_map
@@ -91,11 +91,6 @@ def renoise_within_phase(x_edge: Tensor, s_edge: Tensor, s_adv: Tensor, eps: Ten
     """
     s_edge, s_adv = append_dims(s_edge, x_edge.ndim), append_dims(s_adv, x_edge.ndim)
     return ((1 - s_adv) * x_edge + (s_adv - s_edge) * eps) / (1 - s_edge)
-
-
-def per_sample_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
-    """PCM/LCM's element-wise pseudo-Huber ``sqrt((a - b)^2 + c^2) - c``, mean over non-batch dims."""
-    return (torch.sqrt((a - b).pow(2) + c**2) - c).reshape(a.shape[0], -1).mean(dim=1)
 
 
 class PhasedConsistency(Method):
@@ -260,7 +255,7 @@ class PhasedConsistency(Method):
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.loss_kind == "l2":
             return per_sample_mse(pred, target)
-        return per_sample_huber(pred, target, self.huber_c)
+        return elementwise_pseudo_huber(pred, target, self.huber_c)
 
     def _draw(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         n = torch.randint(1, self.num_euler_timesteps + 1, (x0.shape[0],), device=x0.device)

@@ -5,8 +5,8 @@ import torch
 
 from distill.core.gmm import ring_mixture
 from distill.core.prediction import consistency_fn
-from distill.core.samplers import sample_heun
-from distill.methods.consistency import ConsistencyDistillation, edm_heun_step, heun_step
+from distill.core.samplers import edm_heun_step, heun_step, sample_heun
+from distill.methods.consistency import ConsistencyDistillation
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.teachers import GMMTeacher

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from distill.core.gmm import ring_mixture
+from distill.core.losses import elementwise_pseudo_huber
 from distill.core.samplers import sample_euler
 from distill.methods.pcm import (
     PhasedConsistency,
-    per_sample_huber,
     phase_bounds,
     phase_edges,
     phased_consistency_fn,
@@ -200,7 +200,7 @@ def test_renoising_within_the_phase_and_the_huber_distance():
     zero = torch.zeros(1, dtype=F64)
     torch.testing.assert_close(renoise_within_phase(x, zero, s_adv, eps), 0.25 * x + 0.75 * eps)
     a, b = torch.tensor([[0.0, 3.0]], dtype=F64), torch.zeros(1, 2, dtype=F64)
-    torch.testing.assert_close(per_sample_huber(a, b, 1.0), torch.tensor([(10**0.5 - 1) / 2], dtype=F64))
+    torch.testing.assert_close(elementwise_pseudo_huber(a, b, 1.0), torch.tensor([(10**0.5 - 1) / 2], dtype=F64))
 
 
 def adversarial_method(**kwargs) -> PhasedConsistency:
