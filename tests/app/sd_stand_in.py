@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from tests.app.test_text_teacher import save_text_pipeline
+from tests.helpers.text_pipeline import save_text_pipeline
 
 CAPTIONS = ["a red square", "a blue circle", "a dark square", "a red circle"]
 

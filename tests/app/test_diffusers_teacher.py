@@ -11,7 +11,7 @@ import pytest
 
 from distill.evaluation.results import MEMORY_METRICS
 from distill.train import train
-from tests.teachers.test_diffusers_dir import save_flow_model, save_pipeline
+from tests.helpers.diffusers_models import save_flow_model, save_pipeline
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from distill.export import LORA_WEIGHTS, SAMPLER_NAME, export_run, write_lora
 from distill.runs import load_run_module
 from distill.sample import sample_export, sample_run, write_samples
 from distill.students.lora import add_lora
-from tests.app.test_init_from import run
+from tests.helpers.runs import run
 
 DIFFUSERS_ONLY = r"""
 import json, sys
@@ -110,7 +110,7 @@ save_file({"model": velocity(unet), "pipeline": velocity(pipe.unet)}, f"{io}/out
 def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from tests.app.test_text_teacher import captioned_images, save_text_pipeline
+    from tests.helpers.text_pipeline import captioned_images, save_text_pipeline
 
     pipe = save_text_pipeline(tmp_path / "pipe")
     FlowMatchEulerDiscreteScheduler().save_pretrained(pipe / "scheduler")  # a flow teacher exports

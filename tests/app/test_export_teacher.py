@@ -13,7 +13,7 @@ from distill.errors import ConfigError
 from distill.export_teacher import export_teacher
 from distill.runs import load_run_module
 from distill.teachers import load_teacher
-from tests.app.test_init_from import run
+from tests.helpers.runs import run
 
 
 def test_reflow_student_exports_as_a_loadable_teacher(cache_dir, tmp_path):

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, UNet2DMode
 from distill.build import build_datamodule, build_teacher
 from distill.export import export_run
 from distill.sample import sample_export, sample_run
-from tests.app.test_init_from import run
+from tests.helpers.runs import run
 
 
 def save_latent_pipeline(directory: Path) -> Path:

@@ -9,8 +9,8 @@ import torch
 from distill.build import build_datamodule, build_module, build_teacher
 from distill.errors import ConfigError
 from distill.runs import load_run_module
-from tests.app.test_init_from import TINY_RUN, run
 from tests.conftest import compose_config
+from tests.helpers.runs import TINY_RUN, run
 
 
 @pytest.mark.parametrize("method", ["progressive", "arcflow"])

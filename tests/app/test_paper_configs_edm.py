@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from distill.build import build_datamodule
 from distill.nets.edm import EDMPrecond
 from distill.train import train
-from tests.app.test_paper_configs import (
+from tests.conftest import compose_config
+from tests.helpers.paper_configs import (
     PAPER_CONFIGS,
     REPO,
     STAND_IN,
@@ -23,7 +24,6 @@ from tests.app.test_paper_configs import (
     compressed,
     stand_in_data,
 )
-from tests.conftest import compose_config
 from tests.teachers.edm_pickles import randomized, write_edm_pickle
 
 EDM_PAPER_RUNS = [  # literal, so test_paper_configs.py sees each config started here

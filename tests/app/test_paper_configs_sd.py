@@ -8,8 +8,8 @@ import pytest
 
 from distill.train import train
 from tests.app.sd_stand_in import captioned_rgb_images, save_sd_pipeline
-from tests.app.test_paper_configs import STAND_IN, assert_trained, compressed
 from tests.conftest import compose_config
+from tests.helpers.paper_configs import STAND_IN, assert_trained, compressed
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from distill.train import train
-from tests.app.test_paper_configs import STAND_IN, assert_trained, compressed
 from tests.conftest import compose_config
+from tests.helpers.paper_configs import STAND_IN, assert_trained, compressed
 from tests.teachers.tiny_text_transformers import (
     captioned_rgb_images,
     save_flux_pipeline,

@@ -15,7 +15,7 @@ from distill.build import build_datamodule, build_teacher
 from distill.data.errors import DatasetError
 from distill.errors import ConfigError
 from distill.train import train
-from tests.app.test_text_teacher import save_text_pipeline
+from tests.helpers.text_pipeline import save_text_pipeline
 
 PROMPTS = ["a red square", "a blue circle", "a dark square"]
 

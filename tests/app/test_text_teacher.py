@@ -10,61 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
-from PIL import Image
 
 from distill.build import build_datamodule, build_teacher
 from distill.core.conditioning import PROMPTS, conditioned
 from distill.errors import ConfigError
 from distill.evaluation.results import MEMORY_METRICS
 from distill.train import train
-
-WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "square", "circle", "dark"]
-
-
-def save_text_pipeline(directory: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", model_max_length=6
-    ).save_pretrained(directory / "tokenizer")
-    CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(WORDS),
-            hidden_size=8,
-            intermediate_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=6,
-        )
-    ).save_pretrained(directory / "text_encoder", safe_serialization=True)
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).save_pretrained(directory / "unet")
-    DDPMScheduler().save_pretrained(directory / "scheduler")
-    (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return directory
-
-
-def captioned_images(directory: Path) -> Path:
-    directory.mkdir(parents=True)
-    for i, caption in enumerate(["a red square", "a blue circle", "a dark square", "a red circle"] * 2):
-        Image.new("L", (8, 8), 30 * i).save(directory / f"{i}.png")
-        (directory / f"{i}.txt").write_text(caption)
-    return directory
+from tests.helpers.text_pipeline import captioned_images, save_text_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from distill.evaluation.results import MEMORY_METRICS
 from distill.train import train
-from tests.app.test_text_teacher import captioned_images
+from tests.helpers.text_pipeline import captioned_images
 from tests.teachers.tiny_text_transformers import (
     save_flux_pipeline,
     save_qwen_pipeline,

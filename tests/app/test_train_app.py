@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
-from PIL import Image
 
 from distill.build import build_datamodule, build_eval_spec, build_scorer, build_teacher
 from distill.data import DatasetError
@@ -22,18 +21,11 @@ from distill.evaluation.runner import evaluate_teacher
 from distill.teachers import TeacherCheckpointError
 from distill.train import train
 from tests.conftest import TINY_UNET, compose_config, train_tiny_teacher
+from tests.helpers.images import image_folder
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 FAST = ["debug=fast"]
-
-
-def image_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir(exist_ok=True)
-    for i in range(6):
-        Image.new("RGB", (12, 10), (40 * i, 90, 200 - 30 * i)).save(folder / f"{i}.png")
-    return folder
 
 
 def dataset_overrides(name: str, tmp_path: Path, request) -> list[str]:

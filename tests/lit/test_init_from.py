@@ -9,7 +9,7 @@ from distill.lit.init_from import load_student_init
 from distill.methods.meanflow import MeanFlow
 from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
-from tests.lit.test_distill_module import fit, make_module
+from tests.helpers.modules import fit, make_module
 
 
 def student(width: int = 32) -> nn.Module:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
-from tests.lit.test_distill_module import make_module
+from tests.helpers.modules import make_module
 
 
 def test_parameters_and_buffers_are_counted_by_their_bytes():

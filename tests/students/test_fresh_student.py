@@ -9,8 +9,8 @@ from torch import nn
 from distill.build import build_datamodule, build_student, build_teacher
 from distill.errors import ConfigError
 from distill.students.flow_map import fresh_student_like
-from tests.app.test_init_from import TINY_RUN
 from tests.conftest import compose_config
+from tests.helpers.runs import TINY_RUN
 from tests.methods.learning import tiny_unet_teacher
 
 
