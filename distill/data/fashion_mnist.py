@@ -130,18 +130,18 @@ def download(root: str | Path) -> Path:
     return Path(root).expanduser() / TORCHVISION_SUBDIR
 
 
-def split_range(split: str, total_train: int = NUM_TRAIN_IMAGES) -> tuple[bool, slice]:
-    """(reads the training files?, which rows) of one split.
-
-    Raises:
-        DatasetError: an unknown split name.
-    """
+def check_split(split: str) -> None:
+    """Raises DatasetError for a name that is not one of ``SPLITS``."""
     if split not in SPLITS:
         raise DatasetError(f"split={split!r} is not a Fashion-MNIST split; choose one of {', '.join(SPLITS)}")
+
+
+def split_rows(split: str, total: int) -> slice:
+    """The rows of one split in its file of ``total`` images (train and validation share the training file)."""
     if split == "test":
-        return False, slice(None)
-    start = min(VALIDATION_START, total_train)
-    return True, slice(0, start) if split == "train" else slice(start, total_train)
+        return slice(None)
+    start = min(VALIDATION_START, total)
+    return slice(0, start) if split == "train" else slice(start, total)
 
 
 def load_fashion_mnist(folder: str | Path, split: Split) -> tuple[Tensor, Tensor]:
@@ -155,7 +155,8 @@ def load_fashion_mnist(folder: str | Path, split: Split) -> tuple[Tensor, Tensor
         DatasetError: a file is missing, truncated or not IDX, or images and labels disagree.
     """
     folder = Path(folder)
-    is_train, rows = split_range(split)
+    check_split(split)
+    is_train = split != "test"
     arrays = []
     for part in ("images", "labels"):
         path = idx_file(folder, FILES[(part, is_train)])
@@ -167,7 +168,6 @@ def load_fashion_mnist(folder: str | Path, split: Split) -> tuple[Tensor, Tensor
         raise DatasetError(
             f"{folder}: {images.shape} images but {labels.shape} labels; the files do not belong together; {HOW_TO_GET}"
         )
-    if is_train:
-        _, rows = split_range(split, len(images))
+    rows = split_rows(split, len(images))
     images = torch.from_numpy(images[rows].copy()).float().div_(127.5).sub_(1.0)[:, None]
     return images, torch.from_numpy(labels[rows].astype(np.int64))
