@@ -128,3 +128,18 @@ def test_every_method_config_says_what_was_tuned_on_which_split() -> None:
         text = " ".join(line.removeprefix("# ") for line in path.read_text().splitlines())
         assert "Tuned on data: " in text, path.name
         assert "held-out split" in text or "Tuned on data: nothing" in text, path.name
+
+
+def test_committed_cpu_teacher_is_the_cpu_profiles_recipe_and_loads() -> None:
+    from distill.teachers.checkpoint import load_teacher
+
+    table = load_script()
+    profile = table.PROFILES["cpu"]
+    folder = table.COMMITTED / profile.teacher
+    teacher = load_teacher(folder)
+    recipe = dict(arg.split("=", 1) for arg in profile.teacher_recipe)
+    record = json.loads((folder / "teacher.json").read_text())
+    assert record["net"]["block_out_channels"] == json.loads(recipe["net.block_out_channels"])
+    assert record["net"]["attention"] is (recipe["net.attention"] == "true")
+    assert record["train_steps"] == int(recipe["train.max_steps"]) and record["dataset"] == "fashion_mnist"
+    assert tuple(teacher.data_shape) == (1, 28, 28)
