@@ -43,8 +43,7 @@ class StepProgressBar(TQDMProgressBar):
         done, _ = run_progress(trainer, pl_module)
         if bar is not None and self._should_update(done, bar.total):
             bar.n = done
-            bar.refresh()
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar too
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.train_progress_bar.disable:
