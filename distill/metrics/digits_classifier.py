@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.data.digits import DIGITS_NUM_CLASSES, load_digits_split
+from distill.metrics.cached import load_cached
 
 WEIGHTS_FILE = "digits_classifier.safetensors"
 META_FILE = "digits_classifier.json"
@@ -157,15 +157,9 @@ def load_or_train_digits_classifier(
         The model in eval mode with gradients disabled.
     """
     cache_dir = Path(cache_dir).expanduser()
-    if (cache_dir / WEIGHTS_FILE).exists():
-        try:
-            return load_digits_classifier(cache_dir)[0]
-        except Exception as err:  # safetensors, json and load_state_dict each raise their own types
-            warnings.warn(
-                f"cached digits classifier in {cache_dir} is unreadable ({type(err).__name__}: "
-                f"{err}); retraining it and overwriting the cache",
-                stacklevel=2,
-            )
+    cached = load_cached(cache_dir, WEIGHTS_FILE, lambda d: load_digits_classifier(d)[0], "digits classifier")
+    if cached is not None:
+        return cached
     start = time.perf_counter()
     model = train_digits_classifier(seed=seed, epochs=epochs, progress=progress)
     seconds = time.perf_counter() - start

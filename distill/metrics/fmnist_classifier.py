@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from distill.core.io import atomic_write, load_weights, save_weights
 from distill.data.fashion_mnist import FASHION_MNIST_NUM_CLASSES, load_fashion_mnist
+from distill.metrics.cached import load_cached
 from distill.metrics.digits_classifier import accuracy
 
 WEIGHTS_FILE = "fmnist_classifier.safetensors"
@@ -130,15 +130,9 @@ def load_or_train_fmnist_classifier(
     """The cached classifier from ``cache_dir``, trained on ``data_root``'s train split (and cached)
     when absent or unreadable. Its record holds the test accuracy (about 93 % at the defaults)."""
     cache_dir = Path(cache_dir).expanduser()
-    if (cache_dir / WEIGHTS_FILE).exists():
-        try:
-            return load_fmnist_classifier(cache_dir)[0]
-        except Exception as err:  # safetensors, json and load_state_dict each raise their own types
-            warnings.warn(
-                f"cached Fashion-MNIST classifier in {cache_dir} is unreadable ({type(err).__name__}: "
-                f"{err}); retraining it and overwriting the cache",
-                stacklevel=2,
-            )
+    cached = load_cached(cache_dir, WEIGHTS_FILE, lambda d: load_fmnist_classifier(d)[0], "Fashion-MNIST classifier")
+    if cached is not None:
+        return cached
     start = time.perf_counter()
     model = train_fmnist_classifier(
         *load_fashion_mnist(data_root, "train"), seed=seed, epochs=epochs, progress=progress
