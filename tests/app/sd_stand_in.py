@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler
 from PIL import Image
 
-from tests.helpers.text_pipeline import save_text_pipeline
+from tests.helpers.text_pipeline import save_text_pipeline, tiny_text_unet
 
 CAPTIONS = ["a red square", "a blue circle", "a dark square", "a red circle"]
 
@@ -31,18 +31,7 @@ def save_sd_pipeline(directory: Path) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
     ).save_pretrained(directory / "vae")
-    UNet2DConditionModel(
-        sample_size=4,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).save_pretrained(directory / "unet")
+    tiny_text_unet(4, 4).save_pretrained(directory / "unet")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         directory / "scheduler"
     )

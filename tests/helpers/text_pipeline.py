@@ -12,6 +12,22 @@ from PIL import Image
 WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "square", "circle", "dark"]
 
 
+def tiny_text_unet(sample_size: int, channels: int) -> UNet2DConditionModel:
+    """The smallest cross-attention UNet the text teachers accept (8-d text embeddings)."""
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+
+
 def save_text_pipeline(directory: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
@@ -32,18 +48,7 @@ def save_text_pipeline(directory: Path) -> Path:
             max_position_embeddings=6,
         )
     ).save_pretrained(directory / "text_encoder", safe_serialization=True)
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).save_pretrained(directory / "unet")
+    tiny_text_unet(8, 1).save_pretrained(directory / "unet")
     DDPMScheduler().save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return directory

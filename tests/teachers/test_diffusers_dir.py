@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers import (
     DDPMScheduler,
-    UNet2DConditionModel,
 )
 
 from distill.teachers import TeacherCheckpointError
 from distill.teachers.diffusers_dir import load_diffusers_teacher
 from tests.helpers.diffusers_models import save_flow_model, save_pipeline, tiny_unet
+from tests.helpers.text_pipeline import tiny_text_unet
 
 
 def vp_state(timestep: int) -> tuple[float, float, float]:
@@ -72,18 +72,7 @@ def test_bad_directories_name_the_problem(tmp_path):
 
 def test_text_conditional_teachers_need_their_text_encoder(tmp_path):
     torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).save_pretrained(tmp_path / "cond")
+    tiny_text_unet(8, 1).save_pretrained(tmp_path / "cond")
     DDPMScheduler().save_pretrained(tmp_path / "cond")
     with pytest.raises(TeacherCheckpointError, match="needs text_encoder/ and tokenizer/"):
         load_diffusers_teacher(tmp_path / "cond")
