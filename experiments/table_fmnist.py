@@ -6,6 +6,7 @@
     python experiments/table_fmnist.py hardware=cpu methods=progressive,dmd2 seeds=0,1 parallel=2
     python experiments/table_fmnist.py hardware=cpu stage=teacher      # only train (or find) the teacher
     python experiments/table_fmnist.py hardware=cpu fast_dev_run=true  # 20 steps on 256 images, 64 samples
+    python experiments/table_fmnist.py hardware=cpu resume=true        # keep the finished rows, run the rest
 
 Every student trains on the train split with the profile's budget (stated in images), the teacher
 is sampled with Euler, Heun and DPM-Solver++(2M), and every row is ``fd_fmnist`` of 10,000 samples
@@ -13,6 +14,10 @@ against the test split. Writes ``benchmark.md``, ``benchmark.json`` and ``benchm
 ``out`` (default ``experiments/results/fashion_mnist``), a grid per row under ``grids/``, and the
 10,000 samples of the teacher's best row and of each method's best row as ``<model>_<sampler>_nfe<k>.npy``.
 Any other ``key=value`` is passed to every training run as a Hydra override.
+
+Each invocation starts from an empty run directory, so every row comes from it. ``resume=true``
+keeps the rows an interrupted invocation finished (teacher rows, noise floor, finished runs) and
+runs only the rest; the table then names the invocation of every row.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ def fast_dev(profile: Profile) -> Profile:
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """``key=value`` arguments: the runner's own keys, and the rest as overrides for every run."""
-    own_keys = {"hardware", "methods", "seeds", "parallel", "out", "runs", "stage", "fast_dev_run", "cache"}
+    own_keys = {"hardware", "methods", "seeds", "parallel", "out", "runs", "stage", "fast_dev_run", "cache", "resume"}
     own, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -173,9 +178,12 @@ def common_overrides(profile: Profile, cache: Path, teacher: Path) -> list[str]:
     ]
 
 
-def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path) -> None:
+def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path, invocation: str) -> None:
     """Every teacher sampler x NFE, scored once (``distill-eval``), with a grid and array per row."""
     out = runs / "teacher"
+    if (out / "results.json").is_file():
+        print(f"teacher rows: kept from invocation {invocation_of(out)}", flush=True)
+        return
     cmd = python(
         "distill.evaluate",
         f"dataset={DATASET}",
@@ -188,13 +196,16 @@ def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path) -> No
     )
     start = time.time()
     print(f"teacher rows: {', '.join(profile.teacher_samplers)} at NFE {list(profile.teacher_nfes)}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "invocation").write_text(invocation + "\n")
     with open(runs / "teacher.log", "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode:
+            (out / "results.json").unlink(missing_ok=True)  # a failed evaluation is not a row to keep
             raise SystemExit(f"teacher evaluation failed; see {runs / 'teacher.log'}")
     print(f"teacher rows: done in {hms(time.time() - start)}", flush=True)
 
 
-def noise_floor(profile: Profile, cache: Path, runs: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+def noise_floor(profile: Profile, cache: Path, runs: Path, invocation: str, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
     """``fd_fmnist`` of real training images against the test split, one subset per seed: the
     best any model can score with this many samples, and the metric's own seed-to-seed spread."""
     from omegaconf import OmegaConf
@@ -203,6 +214,9 @@ def noise_floor(profile: Profile, cache: Path, runs: Path, seeds: tuple[int, ...
     from distill.evaluation.results import ResultRow, write_results
     from distill.evaluation.scorer import Scorer
 
+    if all((runs / "noise_floor" / f"s{seed}" / "results.json").is_file() for seed in seeds):
+        print(f"noise floor: kept from invocation {invocation_of(runs / 'noise_floor' / f's{seeds[0]}')}", flush=True)
+        return
     dm = DataModule(DATASET, batch_size=1)
     scorer = Scorer(METRIC, dm.reference_samples(), cache, data_root=dm.fashion_mnist_root)
     images = dm.train_tensor()
@@ -217,6 +231,7 @@ def noise_floor(profile: Profile, cache: Path, runs: Path, seeds: tuple[int, ...
         OmegaConf.save(
             {"table_label": "noise floor", "dataset": {"name": DATASET}, "seed": seed}, run / ".hydra" / "config.yaml"
         )
+        (run / "invocation").write_text(invocation + "\n")
         write_results(run / "results.json", rows)
     print(f"noise floor: {len(seeds)} subsets of {profile.num_samples} training images scored", flush=True)
 
@@ -237,6 +252,12 @@ def train_all(
     """Every method x seed as its own distill-train process, ``profile.parallel`` at a time, with a
     line per finished run and the ETA of the rest."""
     todo = [Run(m, s, runs / m / f"s{s}") for s in profile.seeds for m in methods]
+    kept = [r for r in todo if (r.dir / "done").is_file()]
+    if kept:
+        print(
+            f"training: {len(kept)} finished runs kept: {', '.join(f'{r.method}/s{r.seed}' for r in kept)}", flush=True
+        )
+    todo = [r for r in todo if r not in kept]
     pending, active, finished, failed = list(todo), [], [], []
     begin = time.time()
     print(
@@ -247,7 +268,8 @@ def train_all(
     while pending or active:
         while pending and len(active) < profile.parallel:
             run = pending.pop(0)
-            run.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run.dir, ignore_errors=True)  # an unfinished run of an earlier invocation starts again
+            run.dir.mkdir(parents=True)
             (run.dir / "invocation").write_text(invocation + "\n")
             cmd = python(
                 "distill.train",
@@ -261,13 +283,16 @@ def train_all(
                 *overrides,
             )
             log = open(run.dir / "train.log", "w")  # noqa: SIM115 (closed when the process ends)
-            run.proc, run.start = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), time.time()
+            run.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env(profile))
+            run.start = time.time()
             active.append(run)
         time.sleep(1.0)
         for run in [r for r in active if r.proc.poll() is not None]:
             active.remove(run)
             run.seconds = time.time() - run.start
             (finished if run.proc.returncode == 0 else failed).append(run)
+            if run.proc.returncode == 0:
+                (run.dir / "done").touch()
             done = len(finished) + len(failed)
             mean = statistics.fmean(r.seconds for r in finished + failed)
             eta = mean * math.ceil((len(todo) - done) / profile.parallel)
@@ -284,6 +309,35 @@ def train_all(
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(f'{r.method}/s{r.seed}' for r in failed)}", flush=True)
     return finished
+
+
+def child_env(profile: Profile) -> dict[str, str]:
+    """On the CPU, runs side by side share the cores instead of each taking all of them."""
+    env = dict(os.environ)
+    if profile.hardware == "cpu" and profile.parallel > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // profile.parallel))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return env
+
+
+def invocation_of(run: Path) -> str:
+    marker = run / "invocation"
+    return marker.read_text().strip() if marker.is_file() else "unknown"
+
+
+def provenance(runs: Path) -> list[str]:
+    """Which invocation made each row, when the rows come from more than one."""
+    by_row = {
+        str(marker.parent.relative_to(runs)): marker.read_text().strip() for marker in sorted(runs.rglob("invocation"))
+    }
+    if len(set(by_row.values())) <= 1:
+        return []
+    return [
+        f"Rows from {len(set(by_row.values()))} invocations (resume=true):",
+        "",
+        *(f"- `{row}`: {when}" for row, when in by_row.items()),
+        "",
+    ]
 
 
 def best_rows(rows: list[dict]) -> dict[str, dict]:
@@ -366,9 +420,10 @@ def publish(
         "",
         f"`python experiments/table_fmnist.py hardware={profile.hardware}"
         + "".join(f" {o}" for o in overrides)
-        + "`, one invocation"
-        f" ({invocation}, {hms(wall)} wall on {machine(profile)}).",
+        + ("`, one invocation" if not provenance(runs) else "`, resumed")
+        + f" ({invocation}, {hms(wall)} wall on {machine(profile)}).",
         "",
+        *provenance(runs),
         f"fd_fmnist: Fréchet distance in the 128-d features of a CNN trained on the train split "
         f"({classifier_accuracy(cache)}), {profile.num_samples:,} samples per row against the 10,000 test images. "
         f"Every method trains on training images 0-54,999 for {profile.images:,} images "
@@ -429,11 +484,12 @@ def main(argv: list[str]) -> None:
     teacher = ensure_teacher(profile, cache, logs / "pretrain.log")
     if own.get("stage") == "teacher":
         return
-    shutil.rmtree(runs, ignore_errors=True)  # every row of the table comes from this invocation
-    runs.mkdir(parents=True)
+    if own.get("resume", "false").lower() != "true":
+        shutil.rmtree(runs, ignore_errors=True)  # every row of the table comes from this invocation
+    runs.mkdir(parents=True, exist_ok=True)
     ensure_classifier(cache)
-    teacher_rows(profile, cache, teacher, runs)
-    noise_floor(profile, cache, runs)
+    teacher_rows(profile, cache, teacher, runs, invocation)
+    noise_floor(profile, cache, runs, invocation)
     train_all(profile, methods, cache, teacher, runs, overrides, invocation)
     publish(profile, cache, runs, out, invocation, time.time() - begin, overrides)
 

@@ -68,7 +68,7 @@ def test_arguments_split_into_the_runners_keys_and_run_overrides() -> None:
         table.main(["hardware=cpu", "methods=nope"])
 
 
-def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
+def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20 steps on a 256-image subset of fake Fashion-MNIST files, one method, 64 samples per row."""
@@ -79,17 +79,16 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     images = table_images(tmp_path / "data" / "fashion-mnist")
     train_tiny_teacher(cache / "teachers" / "fashion_mnist_cpu", images, TINY_UNET, steps=3)
     out = tmp_path / "out"
-    table.main(
-        [
-            "hardware=cpu",
-            "fast_dev_run=true",
-            "methods=dmd2",
-            f"cache={cache}",
-            f"runs={tmp_path / 'runs'}",
-            f"out={out}",
-            "method.ema_decays=[0.9]",
-        ]
-    )
+    arguments = [
+        "hardware=cpu",
+        "fast_dev_run=true",
+        "methods=dmd2",
+        f"cache={cache}",
+        f"runs={tmp_path / 'runs'}",
+        f"out={out}",
+        "method.ema_decays=[0.9]",
+    ]
+    table.main(arguments)
     rows = json.loads((out / "benchmark.json").read_text())
     scored = {(r["method"], r["sampler"], r["nfe"]) for r in rows if r["metric"] == "fd_fmnist"}
     # Heun's one step is Euler's (no row of its own), so at NFE <= 2 only Euler and DPM-Solver++(2M) have rows.
@@ -113,6 +112,15 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays(
     assert samples.shape == (64, 28, 28) and samples.dtype == np.uint8
     committed = (SCRIPT.parent / "weights" / "fmnist_classifier.safetensors").read_bytes()
     assert (cache / "fmnist_classifier.safetensors").read_bytes() == committed  # scored with the committed classifier
+
+    # resume=true keeps every finished row, retrains nothing, and the table names each row's invocation
+    (tmp_path / "runs" / "teacher" / "invocation").write_text("2026-01-01T00:00:00Z\n")
+    trained = (tmp_path / "runs" / "dmd2" / "s0" / "results.json").stat().st_mtime_ns
+    table.main([*arguments, "resume=true"])
+    assert (tmp_path / "runs" / "dmd2" / "s0" / "results.json").stat().st_mtime_ns == trained
+    markdown = (out / "benchmark.md").read_text()
+    assert "Rows from 2 invocations (resume=true)" in markdown and "- `teacher`: 2026-01-01T00:00:00Z" in markdown
+    assert "| dmd2 | dmd2 | 1 |" in markdown
 
 
 def table_images(folder: Path):
