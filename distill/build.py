@@ -17,6 +17,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distill.callbacks.progress import StepProgressBar
+from distill.callbacks.resume import ResumePoint
+from distill.callbacks.speedups import Speedups
 from distill.core.conditioning import table_rows
 from distill.core.gmm import ring_mixture
 from distill.core.io import cache_key
@@ -30,13 +32,11 @@ from distill.lit.batching import BatchPlan, plan_batches
 from distill.lit.checkpoint_io import AtomicCheckpointIO
 from distill.lit.distill import DistillModule
 from distill.lit.init_from import load_student_init
-from distill.lit.resume import ResumePoint
-from distill.lit.speedups import Speedups
 from distill.methods.base import Method, label_count
-from distill.nets.denoiser import VelocityModel
 from distill.nets.dropout import set_residual_dropout
 from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import fresh_student_like, student_from_teacher
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from distill.build import CONF_DIR
 from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
-from distill.nets.denoiser import VelocityModel
+from distill.nets.velocity import VelocityModel
 from distill.runs import load_run_module
 from distill.teachers.checkpoint import CONFIG_NAME, save_teacher
 

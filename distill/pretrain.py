@@ -24,8 +24,8 @@ from distill.core.samplers import prior_state, sample_heun
 from distill.errors import ConfigError, friendly_errors
 from distill.evaluation.plots import save_samples_png
 from distill.lit.pretrain import PretrainModule
-from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
+from distill.nets.velocity import VelocityModel
 from distill.teachers.checkpoint import CONFIG_NAME, load_teacher, save_teacher
 
 

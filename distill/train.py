@@ -25,15 +25,15 @@ from distill.build import (
     build_trainer,
 )
 from distill.callbacks import EvaluationCallback
+from distill.callbacks.final_checkpoint import FinalCheckpoint
+from distill.callbacks.preemption import PreemptionCallback
+from distill.callbacks.rank_seed import RankSeed
+from distill.callbacks.resume import LAST, RunState, find_resume_point
 from distill.config_schema import validate_train_config
 from distill.errors import friendly_errors
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
-from distill.lit.final_checkpoint import FinalCheckpoint
 from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
-from distill.lit.preemption import PreemptionCallback
-from distill.lit.rank_seed import RankSeed
-from distill.lit.resume import LAST, RunState, find_resume_point
 from distill.runs import run_dir_of
 from distill.table import format_rows
 

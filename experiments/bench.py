@@ -29,12 +29,12 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.build import CONF_DIR, build_module
+from distill.callbacks.speedups import Speedups
 from distill.core.grids import make_grid
 from distill.core.samplers import SAMPLERS, prior_state, sampler_nfe
 from distill.data.digits import load_digits_split
 from distill.lit.distill import DistillModule
 from distill.lit.memory import MIB, module_memory_bytes
-from distill.lit.speedups import Speedups
 from distill.nets.acceleration import compile_forward
 from distill.teachers import load_teacher
 

@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from distill.data import DataModule
-from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
+from distill.nets.velocity import VelocityModel
 from distill.teachers import save_teacher
 from distill.teachers.pretraining import denoising_loss
 

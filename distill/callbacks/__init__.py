@@ -1,4 +1,5 @@
-"""Layer 4: callbacks that evaluate, draw sample grids and report to the logger."""
+"""Layer 4: Lightning callbacks (evaluation and sample grids, progress, resume state, per-rank seeds,
+preemption, the final checkpoint, speed switches)."""
 
 from distill.callbacks.evaluation import EvaluationCallback
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distill.core.prediction import VelocityModel, check_kind, from_x0_eps, to_x0_eps
+from distill.core.prediction import VelocityFn, check_kind, from_x0_eps, to_x0_eps
 from distill.core.process import NoiseProcess
 from distill.core.tensors import append_dims
 
@@ -33,7 +33,7 @@ def _time_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def to_velocity_model(native: NativeModel, process: NoiseProcess, kind: str, sigma_data: float = 1.0) -> VelocityModel:
+def to_velocity_model(native: NativeModel, process: NoiseProcess, kind: str, sigma_data: float = 1.0) -> VelocityFn:
     """Canonical velocity model ``(x_s, s) -> eps - x0`` from a native predictor.
 
     Args:
@@ -61,7 +61,7 @@ def to_velocity_model(native: NativeModel, process: NoiseProcess, kind: str, sig
     return velocity
 
 
-def from_velocity_model(model: VelocityModel, process: NoiseProcess, kind: str, sigma_data: float = 1.0) -> NativeModel:
+def from_velocity_model(model: VelocityFn, process: NoiseProcess, kind: str, sigma_data: float = 1.0) -> NativeModel:
     """Native predictor ``(x_t, t) -> prediction of kind`` from a canonical velocity model.
 
     Used by methods that consume e.g. TrigFlow ``F`` (``process = TrigFlow(sd), kind = "trig"``)

@@ -24,7 +24,7 @@ from distill.core.tensors import append_dims
 
 PREDICTION_KINDS: tuple[str, ...] = ("eps", "x0", "v", "flow", "trig")
 
-VelocityModel = Callable[[Tensor, Tensor], Tensor]
+VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """Canonical model ``(x_s, s) -> v = eps - x0``, with ``s`` of shape (B,) in FM time."""
 
 
@@ -103,7 +103,7 @@ def velocity_to_x0(x: Tensor, s: Tensor, v: Tensor) -> Tensor:
     return x - append_dims(s, x.ndim) * v
 
 
-def consistency_fn(model: VelocityModel, x: Tensor, s: Tensor) -> Tensor:
+def consistency_fn(model: VelocityFn, x: Tensor, s: Tensor) -> Tensor:
     """A velocity model's consistency function, its one-jump DDIM estimate ``f(x_s, s) = x_s - s v(x_s, s)``
     (docs/methods.md 3.2); equals x at s = 0 (the boundary condition)."""
     return velocity_to_x0(x, s, model(x, s))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from distill.core.grids import make_grid
-from distill.core.prediction import VelocityModel, consistency_fn, velocity_to_x0
+from distill.core.prediction import VelocityFn, consistency_fn, velocity_to_x0
 from distill.core.tensors import append_dims, batch_time
 
 FlowMap = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -38,7 +38,7 @@ def prior_state(noise: Tensor, s0: float | Tensor = 1.0) -> Tensor:
 
 
 def sample_euler(
-    model: VelocityModel,
+    model: VelocityFn,
     x: Tensor,
     grid: Tensor,
     *,
@@ -56,7 +56,7 @@ def sample_euler(
 
 
 def sample_heun(
-    model: VelocityModel,
+    model: VelocityFn,
     x: Tensor,
     grid: Tensor,
     *,
@@ -89,7 +89,7 @@ def _lambda(s: float) -> float:
 
 
 def sample_dpmpp_2m(
-    model: VelocityModel,
+    model: VelocityFn,
     x: Tensor,
     grid: Tensor,
     *,
@@ -214,13 +214,13 @@ def edm_heun_step(teacher: nn.Module, x: Tensor, s: Tensor, s_next: Tensor) -> T
     return (1 - b) * (x_sigma + 0.5 * (sigma_next - sigma) * (d + d_next))
 
 
-def ddim_step(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+def ddim_step(model: VelocityFn, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
     """One DDIM (= flow-matching Euler) step of a velocity model from ``s`` to ``s_next`` (both (B,)).
     As a flow map (``partial(ddim_step, model)``) it is the map PD students learn."""
     return x + append_dims(s_next - s, x.ndim) * model(x, s)
 
 
-def consistency_jump(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
+def consistency_jump(model: VelocityFn, x: Tensor, s: Tensor, s_next: Tensor) -> Tensor:
     """The flow map of multistep consistency sampling: a jump to data, whatever ``s_next``
     (``sample_flow_map`` re-noises to it)."""
     return consistency_fn(model, x, s)
@@ -228,7 +228,7 @@ def consistency_jump(model: VelocityModel, x: Tensor, s: Tensor, s_next: Tensor)
 
 @torch.no_grad()
 def multistep_consistency_sample(
-    model: VelocityModel, noise: Tensor, times: Tensor, renoise: Renoise | None = None
+    model: VelocityFn, noise: Tensor, times: Tensor, renoise: Renoise | None = None
 ) -> Tensor:
     """Multistep consistency sampling (docs/methods.md 3.6) from ``times[0] * noise``: jump to data,
     re-noise to the next time with ``renoise(i)`` (else the global RNG), repeat."""

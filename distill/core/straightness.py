@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from distill.core.grids import make_grid
-from distill.core.prediction import VelocityModel
+from distill.core.prediction import VelocityFn
 from distill.core.samplers import SAMPLERS, prior_state
 
 
@@ -39,7 +39,7 @@ def path_straightness(states: Sequence[Tensor], grid: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def straightness(model: VelocityModel, noise: Tensor, grid: Tensor, sampler: str = "euler") -> Tensor:
+def straightness(model: VelocityFn, noise: Tensor, grid: Tensor, sampler: str = "euler") -> Tensor:
     """Straightness of ``model``'s ODE path from ``noise`` (at s = grid[0] = 1) along ``grid``."""
     grid = grid.to(noise.device, noise.dtype)
     states = [prior_state(noise, grid[0])]
@@ -48,14 +48,14 @@ def straightness(model: VelocityModel, noise: Tensor, grid: Tensor, sampler: str
 
 
 @torch.no_grad()
-def ode_pairs(model: VelocityModel, noise: Tensor, steps: int, sampler: str = "euler", grid: str = "uniform") -> Tensor:
+def ode_pairs(model: VelocityFn, noise: Tensor, steps: int, sampler: str = "euler", grid: str = "uniform") -> Tensor:
     """The coupled endpoints ``x_hat = ODE(noise)`` reflow trains on (``steps`` steps of ``sampler``)."""
     return SAMPLERS[sampler](model, prior_state(noise), make_grid(grid, steps).to(noise))
 
 
 @torch.no_grad()
 def ode_states(
-    model: VelocityModel,
+    model: VelocityFn,
     noise: Tensor,
     times: Sequence[float],
     steps: int,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from distill.core.ema import ema_update_
-from distill.students.flow_map import frozen_copy
+from distill.nets.freezing import frozen_copy
 
 
 class EMAStack(nn.Module):

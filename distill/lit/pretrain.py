@@ -7,7 +7,7 @@ import torch
 
 from distill.core.conditioning import conditioned, drop_labels, num_classes_of
 from distill.lit.ema import EMAStack
-from distill.nets.denoiser import VelocityModel
+from distill.nets.velocity import VelocityModel
 from distill.teachers.pretraining import denoising_loss
 
 

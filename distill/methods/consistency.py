@@ -23,8 +23,8 @@ from distill.core.prediction import consistency_fn, fm_noise
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import consistency_sampling_times, edm_heun_step, heun_step
 from distill.methods.base import Method, SamplingPlan, attached, check_choice, check_sampling_sigmas
+from distill.nets.freezing import frozen_copy
 from distill.nets.lpips import PerceptualDistance
-from distill.students.flow_map import frozen_copy
 
 LOSSES = ("l2", "pseudo_huber", "lpips")
 

@@ -51,7 +51,7 @@ from distill.core.tensors import append_dims
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, SamplingPlan, attached, check_choice
 from distill.nets.discriminator import build_discriminator, data_shape_of
-from distill.students.flow_map import frozen_copy
+from distill.nets.freezing import frozen_copy
 
 LOSSES = ("l2", "huber")
 TARGETS = ("ema", "online")

@@ -20,7 +20,7 @@ from distill.core.prediction import fm_noise
 from distill.core.samplers import ddim_step
 from distill.core.tensors import append_dims
 from distill.methods.base import Method, SamplingPlan, check_choice
-from distill.students.flow_map import frozen_copy
+from distill.nets.freezing import frozen_copy
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one")
 

@@ -39,8 +39,8 @@ from distill.methods.base import (
     label_condition,
     label_count,
 )
+from distill.nets.freezing import frozen_copy
 from distill.nets.lpips import PerceptualDistance
-from distill.students.flow_map import frozen_copy
 
 SAMPLERS = ("euler", "heun")
 STUDENT_HEADS = ("teacher", "velocity")

@@ -1,4 +1,4 @@
-"""Which of a network's parameters stay frozen (GDD-I, docs/methods.md 7), as plain name sets.
+"""Which of a network's parameters stay frozen (GDD-I, docs/methods.md 7), as plain name sets, and frozen copies.
 
 GDD-I fine-tunes a teacher into a one-step generator while its convolutions stay exactly as
 pretrained: the claim is that the teacher's layers already hold the generator, and only norms,
@@ -7,6 +7,7 @@ embeddings and attention need to move.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -83,3 +84,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
+    return copy.deepcopy(model).eval().requires_grad_(False)

@@ -19,8 +19,8 @@ from distill.core.adapt import to_velocity_model
 from distill.core.errors import ConfigError
 from distill.core.process import EDM
 from distill.core.tensors import append_dims
-from distill.nets.denoiser import SCHEMES, VelocityModel, edm_denoise
 from distill.nets.factory import rebuild_with_extra_time
+from distill.nets.velocity import SCHEMES, VelocityModel, edm_denoise
 
 TIME_SCALE = 1000.0  # the diffusers convention every fm-scheme net was trained with
 

@@ -1,4 +1,4 @@
-"""Students made from the teacher's network, and frozen copies of a network.
+"""Students made from the teacher's network.
 
 (The flow maps a few-step student samples with live in ``distill.core.samplers``.)
 """
@@ -40,8 +40,3 @@ def fresh_student_like(teacher_model: nn.Module) -> nn.Module:
             "reset_parameters): use student.init=teacher, or student.init=random with a student.net"
         )
     return student
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
-    return copy.deepcopy(model).eval().requires_grad_(False)

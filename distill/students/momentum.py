@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
 from distill.core.momentum import Momentum, velocity_at
-from distill.nets.denoiser import VelocityModel
+from distill.nets.velocity import VelocityModel
 
 OUTPUT_TYPES = (nn.Conv2d, nn.Linear)
 

@@ -9,8 +9,8 @@ from typing import Any
 from safetensors import SafetensorError
 
 from distill.core.io import load_weights, save_json, save_weights
-from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
+from distill.nets.velocity import VelocityModel
 from distill.teachers.base import Teacher
 
 FORMAT_VERSION = 1

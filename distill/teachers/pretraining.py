@@ -9,7 +9,7 @@ from distill.core.losses import edm_loss_weight, per_sample_mse
 from distill.core.prediction import fm_noise
 from distill.core.tensors import append_dims
 from distill.core.time_sampling import sample_edm_sigma, sample_logit_normal
-from distill.nets.denoiser import VelocityModel
+from distill.nets.velocity import VelocityModel
 
 
 def flow_matching_loss(model: VelocityModel, x0: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:

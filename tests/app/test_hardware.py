@@ -53,7 +53,7 @@ def test_slurm_multinode_submits_one_task_per_gpu_and_signals_the_preemption_han
         "--gpus-per-node=8",
         "--partition=gpu",
         "--signal=USR1@120",
-    ):  # SIGUSR1: distill.lit.preemption's, which finishes the batch first
+    ):  # SIGUSR1: distill.callbacks.preemption's, which finishes the batch first
         assert f"#SBATCH {line}\n" in script
     (plugin,) = instantiate(cfg.hardware.plugins)
     assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue  # the preempted job requeues itself

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.callbacks.preemption import Preempted
+from distill.callbacks.resume import RUN_KEY, find_resume_point
 from distill.evaluation.results import RESULTS_NAME
 from distill.lit.checkpoint_io import read_checkpoint
 from distill.lit.distill import DistillModule
-from distill.lit.preemption import Preempted
-from distill.lit.resume import RUN_KEY, find_resume_point
 from distill.train import train
 from tests.conftest import compose_config
 

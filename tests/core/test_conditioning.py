@@ -20,9 +20,9 @@ from distill.core.conditioning import (
     table_rows,
     table_size,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.nets.velocity import VelocityModel
 
 
 def test_labels_reach_calls_of_their_batch_and_of_stacked_copies():

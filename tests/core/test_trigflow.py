@@ -17,8 +17,8 @@ from distill.core.trigflow import (
     trig_noise,
     trig_time,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher
 
 SD = 0.5

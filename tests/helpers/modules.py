@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from distill.core.gmm import ring_mixture
 from distill.lit.distill import DistillModule
 from distill.methods.progressive import ProgressiveDistillation
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 

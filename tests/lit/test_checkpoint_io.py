@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.callbacks.resume import RUN_KEY, find_resume_point
 from distill.errors import CheckpointError, ConfigError
 from distill.lit import checkpoint_io
 from distill.lit.checkpoint_io import AtomicCheckpointIO, read_checkpoint
-from distill.lit.resume import RUN_KEY, find_resume_point
 
 
 def checkpoint(step: int, method: str = "pcm") -> dict:

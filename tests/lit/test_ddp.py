@@ -18,14 +18,14 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from distill.callbacks.rank_seed import RankSeed
 from distill.core.gmm import ring_mixture
 from distill.lit.distill import DistillModule
-from distill.lit.rank_seed import RankSeed
 from distill.methods import DMD2
 from distill.methods.meanflow import MeanFlow
 from distill.methods.scm import SCM
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 

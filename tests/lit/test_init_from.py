@@ -7,8 +7,8 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.lit.init_from import load_student_init
 from distill.methods.meanflow import MeanFlow
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from tests.helpers.modules import fit, make_module
 
 

@@ -20,8 +20,8 @@ from distill.errors import ConfigError
 from distill.lit.distill import DistillModule
 from distill.methods.base import Method
 from distill.methods.progressive import ProgressiveDistillation
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 from tests.conftest import compose_config

@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from distill.build import apply_batch_plan, world_size
 from distill.lit.distill import DistillModule
 from distill.methods.base import Method
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 

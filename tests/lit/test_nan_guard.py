@@ -12,8 +12,8 @@ from distill.errors import CheckpointError, DivergenceError
 from distill.lit.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from distill.lit.distill import DistillModule
 from distill.methods.base import Method
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 

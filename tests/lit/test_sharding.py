@@ -20,8 +20,8 @@ from distill.lit.sharding import (
     trainability,
 )
 from distill.methods import DMD2
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 

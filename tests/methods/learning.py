@@ -16,9 +16,9 @@ from distill.evaluation.runner import EvalSpec, generate
 from distill.methods.base import Method
 from distill.metrics import mode_coverage_gmm
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher, Teacher
 
 

@@ -6,8 +6,8 @@ import torch
 
 from distill.core.momentum import advance, velocity_at
 from distill.methods.arcflow import ArcFlow
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.students.lora import add_lora
 from tests.methods.learning import (

@@ -12,8 +12,8 @@ from distill.core.straightness import ode_states
 from distill.lit.distill import DistillModule
 from distill.methods.bezier import BezierDistillation, endpoint_of
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import Teacher
 from tests.conftest import TINY_MLP, train_tiny_teacher
 from tests.methods.learning import (

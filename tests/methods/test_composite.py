@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from distill.methods import DMD2, SCM, WeightedSum
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import Teacher
 
 

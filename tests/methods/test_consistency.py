@@ -7,8 +7,8 @@ from distill.core.gmm import ring_mixture
 from distill.core.prediction import consistency_fn
 from distill.core.samplers import edm_heun_step, heun_step, sample_heun
 from distill.methods.consistency import ConsistencyDistillation
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher
 from tests.methods.learning import (
     assert_sampling_reproducible_per_sample,

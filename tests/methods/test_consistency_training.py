@@ -12,8 +12,8 @@ from distill.methods.consistency_training import (
     karras_sigmas,
     lognormal_index_probs,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from tests.methods.learning import (
     evaluation_noise,
     exact_endpoints,

@@ -11,8 +11,8 @@ from distill.core.dmd import dm_gradient, dm_loss, flow_score_loss
 from distill.core.grids import make_grid
 from distill.core.samplers import sample_heun
 from distill.methods import DMD2
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.generator import backward_simulate, sampling_times
 from distill.teachers import Teacher
 from tests.methods.learning import (

@@ -13,9 +13,9 @@ from distill.methods.meanflow import (
     meanflow_target,
     sample_time_pair,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.average_velocity import AverageVelocityModel, average_velocity_from, flow_map
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import GMMTeacher

@@ -14,8 +14,8 @@ from distill.methods.pcm import (
     phased_consistency_fn,
     renoise_within_phase,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher
 from tests.methods.learning import (
     assert_sampling_reproducible_per_sample,

@@ -5,8 +5,8 @@ import torch
 from distill.core.gmm import ring_mixture
 from distill.core.samplers import ddim_step
 from distill.methods.progressive import ProgressiveDistillation, pd_target_x0
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher
 
 

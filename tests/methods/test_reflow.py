@@ -8,8 +8,8 @@ import torch
 from distill.core.straightness import ode_pairs
 from distill.methods.reflow import Reflow
 from distill.metrics.sliced_wasserstein import sliced_wasserstein
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from tests.methods.learning import evaluation_noise, ring_teacher_and_data, train_method
 
 

@@ -8,8 +8,8 @@ import torch
 
 from distill.build import build_method
 from distill.core.samplers import SamplingPlan
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from tests.conftest import compose_config
 
 PLANNED = ["progressive", "reflow", "consistency", "ict", "ect", "scd", "sct", "pcm", "dmd2", "gdd", "rcm"]

@@ -13,8 +13,8 @@ import distill.methods.scm as scm_module
 from distill.core.gmm import ring_mixture
 from distill.core.trigflow import trig_consistency_fn
 from distill.methods.scm import SCM, normalize_tangent, scm_tangent
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 from tests.methods.learning import (

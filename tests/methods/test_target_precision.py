@@ -8,8 +8,8 @@ from torch import nn
 
 from distill.core.gmm import ring_mixture
 from distill.methods import ConsistencyDistillation, ConsistencyTraining, PhasedConsistency
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.teachers import GMMTeacher
 
 

@@ -17,8 +17,8 @@ from distill.nets.acceleration import (
     repeated_blocks,
     to_channels_last,
 )
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
 from distill.teachers import Teacher
 from tests.methods.learning import tiny_unet_teacher

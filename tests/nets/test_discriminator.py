@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from distill.nets.denoiser import VelocityModel
 from distill.nets.discriminator import (
     ConvDiscriminator,
     MLPDiscriminator,
@@ -14,6 +13,7 @@ from distill.nets.discriminator import (
 )
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.nets.velocity import VelocityModel
 
 
 def test_images_get_per_location_or_pooled_logits():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from distill.errors import ConfigError
-from distill.nets.denoiser import VelocityModel
 from distill.nets.dropout import set_residual_dropout
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import fresh_student_like, student_from_teacher
 
 

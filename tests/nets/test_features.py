@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from distill.nets.denoiser import VelocityModel
 from distill.nets.discriminator import ConvHead, FeatureHeads, VectorHead, head_for
 from distill.nets.features import (
     FeatureTap,
@@ -16,6 +15,7 @@ from distill.nets.features import (
 from distill.nets.freezing import frozen, frozen_parameter_names
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
+from distill.nets.velocity import VelocityModel
 from distill.teachers.edm import EDMVelocity
 from tests.teachers.edm_pickles import tiny_edm
 

@@ -59,8 +59,8 @@ def test_missing_or_wrong_weights_name_the_files(tmp_path, reference_and_backbon
 
 def test_consistency_distillation_trains_on_lpips_of_prediction_and_target(reference_and_backbone, tmp_path):
     from distill.methods import ConsistencyDistillation
-    from distill.nets.denoiser import VelocityModel
     from distill.nets.unet import UNet
+    from distill.nets.velocity import VelocityModel
 
     torch.manual_seed(0)
     student = VelocityModel(UNet(8, channels=3, block_out_channels=(8, 16), norm_num_groups=4))

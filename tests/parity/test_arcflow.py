@@ -11,7 +11,7 @@ from torch import nn
 
 from distill.core.momentum import Momentum, advance
 from distill.methods.arcflow import ArcFlow, window_length
-from distill.nets.denoiser import VelocityModel
+from distill.nets.velocity import VelocityModel
 from distill.students.momentum import MomentumStudent
 
 SHIFT = 3.2

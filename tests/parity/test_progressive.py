@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from distill.methods.progressive import ProgressiveDistillation
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 
 DT = torch.float64
 

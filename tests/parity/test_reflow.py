@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from distill.methods.reflow import Reflow
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 
 DT = torch.float64
 

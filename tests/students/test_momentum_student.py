@@ -6,8 +6,8 @@ from torch import nn
 
 from distill.core.conditioning import POOLED, PROMPT_MASK, PROMPTS
 from distill.core.momentum import advance, velocity_at
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 from distill.students.momentum import MomentumStudent, momentum_student_from
 from distill.teachers.transformers import TextTransformerVelocity
 from tests.methods.learning import tiny_unet_teacher

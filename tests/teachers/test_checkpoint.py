@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from distill.nets.denoiser import VelocityModel
 from distill.nets.factory import build_net
+from distill.nets.velocity import VelocityModel
 from distill.teachers import TeacherCheckpointError, load_teacher, save_teacher
 
 SPEC = {"type": "mlp", "width": 32, "depth": 1}

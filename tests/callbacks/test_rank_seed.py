@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from distill.callbacks.rank_seed import RankSeed, rank_seed
+from distill.callbacks.resume import RUN_KEY, RunState
 from distill.core.rng import process_rng_state
-from distill.lit.rank_seed import RankSeed, rank_seed
-from distill.lit.resume import RUN_KEY, RunState
 
 
 def test_every_rank_seed_and_resume_step_gets_its_own_seed():

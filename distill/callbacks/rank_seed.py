@@ -3,7 +3,7 @@
 ``seed_everything`` gives every process the same seed, so without this all ranks would draw the
 same noise for their different data: a 2-GPU run would see half the noise a 1-GPU run of the same
 global batch sees (docs/scaling.md, per-rank noise). A resumed run continues each rank's stream from the RNG
-states its checkpoint holds (``distill.lit.resume.RunState``, restored at ``on_train_start``,
+states its checkpoint holds (``distill.callbacks.resume.RunState``, restored at ``on_train_start``,
 after this); the step enters the seed only for a resume that has no states to restore.
 """
 

@@ -7,7 +7,7 @@ import os
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from distill.lit.preemption import requeue_slurm_job, slurm_job_id
+from distill.callbacks.preemption import requeue_slurm_job, slurm_job_id
 from tests.conftest import compose_config
 
 

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from distill.nets.denoiser import VelocityModel
 from distill.nets.mlp import TimeMLP
+from distill.nets.velocity import VelocityModel
 
 
 @pytest.mark.parametrize("scheme", ["fm", "edm"])
