@@ -319,11 +319,12 @@ def build_optimizer(cfg: DictConfig):
     return instantiate_config(cfg.method.optimizer)
 
 
-def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> DistillModule:
+def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_batches: int = 1) -> DistillModule:
     """Student, method (fitted to the run's budget) and optimizer around ``teacher``.
 
     With ``init`` and ``cfg.init_from`` set, the student (and so its EMA copies) starts from that
     run's student weights; reloading a finished run passes ``init=False``, its checkpoint wins.
+    ``micro_batches`` is the batch plan's gradient accumulation (``distill.lit.batching``).
     """
     if init and cfg.get("after") and not cfg.get("init_from"):
         raise ConfigError(
@@ -357,6 +358,9 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True) -> Distil
         lr_schedule=cfg.train.get("lr_schedule", "constant"),
         lr_warmup_steps=cfg.train.get("lr_warmup_steps", 0),
         lr_decay_steps=cfg.train.get("lr_decay_steps"),
+        max_batches=method.num_steps or cfg.train.max_steps,
+        max_bad_steps=cfg.train.get("max_bad_steps", 10),
+        micro_batches=micro_batches,
     )
 
 

@@ -62,7 +62,8 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     teacher = build_teacher(cfg, dm)
-    module = build_module(cfg, teacher, init=resume is None)  # a resumed student comes from its checkpoint
+    # A resumed student comes from its checkpoint.
+    module = build_module(cfg, teacher, init=resume is None, micro_batches=batches.accumulation)
     evaluation = EvaluationCallback(
         build_scorer(cfg, dm, progress=cfg.progress),
         build_eval_spec(cfg),
@@ -90,9 +91,6 @@ def train(cfg: DictConfig) -> list[ResultRow]:
         RankSeed(cfg.seed),
         build_speedups(cfg),
     ]
-    module.max_batches = module.method.num_steps or cfg.train.max_steps
-    module.bad_steps.limit = cfg.train.max_bad_steps
-    module.micro_batches = batches.accumulation
     trainer = build_trainer(cfg, run_dir, callbacks, module.optimizer_steps_bound(module.max_batches), resume)
     if resume is not None:
         print(f"resuming from {resume.path} (optimizer step {resume.step})")

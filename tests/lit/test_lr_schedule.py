@@ -166,6 +166,20 @@ def test_build_module_passes_the_train_schedule_to_the_module(tmp_path):
     assert module.lr_schedule == dict(schedule="inverse_sqrt", warmup_steps=5, decay_steps=9)
 
 
+def test_build_module_gives_the_module_its_length_guard_and_accumulation(tmp_path):
+    """Every training setting reaches the module through its constructor: nothing is set after it."""
+    from distill.build import build_module
+
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=1)), (2,))
+    cfg = compose_config("train", ["method=consistency", "train.max_steps=17", "train.max_bad_steps=3"], tmp_path)
+    module = build_module(cfg, teacher, micro_batches=2)
+    assert (module.max_batches, module.bad_steps.limit, module.micro_batches) == (17, 3, 2)
+    # a method that sets its own length (PD's rounds) wins over train.max_steps
+    cfg = compose_config("train", ["method=progressive", "train.max_steps=40"], tmp_path)
+    module = build_module(cfg, teacher)
+    assert module.max_batches == module.method.num_steps is not None
+
+
 class ConstantGradient(Method):
     """Every student parameter gets gradient 100 (a global norm far above 1)."""
 
