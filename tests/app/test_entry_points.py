@@ -30,3 +30,17 @@ def test_no_entry_point_imports_another():
     for name in sorted(entries):
         crossing = distill_imports(REPO / "distill" / f"{name}.py") & entries
         assert not crossing, f"distill/{name}.py imports the entry point(s) {sorted(crossing)}"
+
+
+def test_every_entry_point_takes_its_paths_from_the_one_paths_group(tmp_path, monkeypatch):
+    from tests.conftest import compose_config
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    configs = sorted(p.stem for p in (REPO / "conf").glob("*.yaml"))
+    assert configs == ["evaluate", "export", "export_teacher", "pretrain", "sample", "train"]
+    for name in configs:
+        cfg = compose_config(name, ["run_dir=x", "out=y"] if name.startswith("export") else [], tmp_path)
+        assert cfg.paths.cache == str(tmp_path / "cache"), name
+        assert cfg.paths.models == str(tmp_path / "cache" / "models"), name
+        restated = re.search(r"^paths:", (REPO / "conf" / f"{name}.yaml").read_text(), re.MULTILINE)
+        assert restated is None, f"conf/{name}.yaml restates paths"
