@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from distill.data import DataModule
+from distill.metrics.digits_classifier import DigitsClassifier, load_or_train_digits_classifier
 from distill.nets.factory import build_net
 from distill.nets.velocity import VelocityModel
 from distill.teachers import save_teacher
@@ -53,6 +54,19 @@ def train_tiny_teacher(directory: Path, x: torch.Tensor, net_spec: dict, steps: 
         loss.backward()
         opt.step()
     return save_teacher(directory, model.eval(), net_spec, tuple(x.shape[1:]), {"dataset": "test"})
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One digits classifier per test session (trained once, ~3 s), cached in a temporary folder."""
+    cache = tmp_path_factory.mktemp("digits_cache")
+    load_or_train_digits_classifier(cache, progress=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(classifier_cache: Path) -> DigitsClassifier:
+    return load_or_train_digits_classifier(classifier_cache, progress=False)
 
 
 @pytest.fixture(scope="session")
