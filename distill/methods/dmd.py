@@ -25,6 +25,10 @@ adds its regression term: the generator's one-step output on fixed noises is pul
 teacher's ODE endpoints from the same noises (a mean squared error here; DMD used LPIPS, whose
 weights cannot be downloaded here).
 
+f-distill (``f_divergence`` other than ``rkl``, Xu et al. 2025): the DM gradient of each sample is
+scaled by the f-divergence's weight of the teacher/student density ratio, which the GAN head's
+logit at the same noised sample estimates (``distill.core.f_divergence``); ``rkl`` is DMD2.
+
 Multi-step generators train by backward simulation: each generator step picks one of the K times
 (at random) and reaches it by running the current generator from fresh noise.
 """
@@ -48,6 +52,7 @@ from distill.core.dmd import (
     karras_times,
 )
 from distill.core.errors import ConfigError
+from distill.core.f_divergence import F_WEIGHTINGS, density_ratio, f_weight, time_bin_normalised
 from distill.core.gan import mean_probability, ns_d_loss, ns_g_loss
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
@@ -131,6 +136,11 @@ class DMD2(Method):
         step): what a PCM-warm-started student's edge-to-edge sampler does.
     fake_score_lora: None trains the whole fake-score copy; ``{rank, alpha, targets}`` trains LoRA
         adapters on it instead, its frozen body being the teacher's own tensors (one copy in memory).
+    f_divergence: ``rkl`` (DMD's reverse KL) or another key of ``F_WEIGHTINGS`` (f-distill: needs
+        the GAN, whose head reads the DM term's own noised samples for the density ratio).
+    ratio_lower, ratio_upper: the density ratio's clamp (FastGen: 0.1, 20).
+    ratio_bins: 0 uses the ratio as it is; K > 0 divides it by its running mean in K equal bins of
+        the noise level (FastGen: 10), updated with ``ratio_ema_rate`` (FastGen: 0, the batch's mean).
     name: the sampler name on result rows.
     """
 
@@ -164,6 +174,11 @@ class DMD2(Method):
         fake_score_lora: dict | None = None,
         transition: str = "renoise",
         regression_lpips: dict | None = None,
+        f_divergence: str = "rkl",
+        ratio_lower: float = 0.1,
+        ratio_upper: float = 20.0,
+        ratio_bins: int = 10,
+        ratio_ema_rate: float = 0.0,
         name: str = "dmd2",
     ):
         super().__init__()
@@ -187,6 +202,22 @@ class DMD2(Method):
             raise ConfigError(f"method.objective.min_time={min_time}, max_time={max_time}: need 0 <= min < max <= 1")
         if not 0 <= teacher_sample_fraction <= 1:
             raise ConfigError(f"method.objective.teacher_sample_fraction={teacher_sample_fraction} must be in [0, 1]")
+        check_choice("f_divergence", f_divergence, tuple(F_WEIGHTINGS))
+        if f_divergence != "rkl" and gan_weight <= 0:
+            raise ConfigError(
+                f"method.objective.f_divergence={f_divergence} reads the density ratio from the GAN head: "
+                "set method.objective.gan_weight > 0 (f-distill: 3e-3), or f_divergence=rkl for plain DMD2"
+            )
+        if not 0 < ratio_lower <= ratio_upper:
+            raise ConfigError(
+                f"method.objective.ratio_lower={ratio_lower}, ratio_upper={ratio_upper}: need 0 < lower <= upper"
+            )
+        if ratio_bins < 0 or not 0 <= ratio_ema_rate < 1:
+            raise ConfigError(
+                f"method.objective.ratio_bins={ratio_bins} must be >= 0 and ratio_ema_rate={ratio_ema_rate} in [0, 1)"
+            )
+        self.f_divergence, self.ratio_lower, self.ratio_upper = f_divergence, ratio_lower, ratio_upper
+        self.ratio_ema_rate = ratio_ema_rate
         self.name = name
         self.times = check_generator_times(generator_times)
         self.min_time, self.max_time, self.time_shift = min_time, max_time, time_shift
@@ -211,6 +242,9 @@ class DMD2(Method):
         # DMD's regression pairs grow during training: checkpointed, so a resumed run has the same set.
         self.register_buffer("pair_noise", torch.empty(0), persistent=regression_weight > 0)
         self.register_buffer("pair_target", torch.empty(0), persistent=regression_weight > 0)
+        # f-distill's running mean ratio per noise-level bin: checkpointed, so a resume continues it.
+        weighted = f_divergence != "rkl" and ratio_bins > 0
+        self.register_buffer("ratio_bin_means", torch.ones(ratio_bins if weighted else 0), persistent=weighted)
 
     # --- networks -------------------------------------------------------------------------
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
@@ -281,10 +315,18 @@ class DMD2(Method):
             return self._karras_times(0, KARRAS_STEPS, n, like)
         return self._dm_times(n, like)
 
-    def dm_term(self, x_hat: Tensor, teacher: nn.Module, s: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+    def dm_term(
+        self,
+        x_hat: Tensor,
+        teacher: nn.Module,
+        s: Tensor | None = None,
+        eps: Tensor | None = None,
+        scale: Tensor | None = None,
+    ) -> Tensor:
         """The distribution-matching loss of generator samples x_hat (grad flows into x_hat only).
 
-        ``s`` (B,) and ``eps`` (like x_hat) fix the noise level and noise (None: drawn).
+        ``s`` (B,) and ``eps`` (like x_hat) fix the noise level and noise (None: drawn); ``scale``
+        (B,) multiplies each sample's gradient (f-distill's weight; None: 1).
         """
         with torch.no_grad():
             s = self._dm_times(x_hat.shape[0], x_hat) if s is None else s
@@ -293,7 +335,17 @@ class DMD2(Method):
             mu_real = velocity_to_x0(x_s, s, teacher(x_s, s))
             mu_fake = generator_x0(self.fake_score, x_s, s)
             grad = dm_gradient(x_hat.detach(), mu_real, mu_fake)
+            if scale is not None:
+                grad = grad * scale.double().reshape(-1, *[1] * (grad.ndim - 1))
         return dm_loss(x_hat, grad)
+
+    def f_scale(self, logits: list[Tensor], s: Tensor) -> Tensor:
+        """f-distill's per-sample DM scale from the GAN logits at the DM term's noised samples."""
+        per_sample = torch.cat([lg.reshape(len(lg), -1) for lg in logits], dim=1)  # (B,) vector heads too
+        ratio = density_ratio(per_sample, self.ratio_lower, self.ratio_upper)
+        if len(self.ratio_bin_means):
+            ratio = time_bin_normalised(ratio, s, self.ratio_bin_means, self.ratio_ema_rate)
+        return f_weight(ratio, self.f_divergence)
 
     # --- the GAN --------------------------------------------------------------------------
     def _gan_times(self, n: int, like: Tensor) -> Tensor:
@@ -385,6 +437,8 @@ class DMD2(Method):
 
     def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         x_hat = self.generator_sample(student, torch.randn_like(x0))
+        if self.f_divergence != "rkl":
+            return self.f_distill_loss(x0, x_hat, teacher, student)
         dm = self.dm_term(x_hat, teacher)
         terms: dict[str, Tensor] = {"dm": dm.detach()}
         total = dm
@@ -393,6 +447,23 @@ class DMD2(Method):
                 g_loss = ns_g_loss(self.gan_logits(x_hat, teacher))
             total = total + self.gan_weight * g_loss
             terms["gan_g"] = g_loss.detach()
+        if self.regression_weight > 0:
+            reg = self.regression_term(student, teacher, x0)
+            total = total + self.regression_weight * reg
+            terms["regression"] = reg.detach()
+        return {"loss": total, **terms}
+
+    def f_distill_loss(self, x0: Tensor, x_hat: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
+        """f-distill's generator loss: the GAN head reads the DM term's noised samples (same noise
+        level and noise, gradient into x_hat), its logits weigh the DM gradient and give the G loss."""
+        s, eps = self._dm_times(x_hat.shape[0], x_hat), torch.randn_like(x_hat)
+        with frozen(self.fake_score), frozen(self.gan_heads):
+            logits = self.gan_heads(self.gan_features(fm_noise(x_hat, eps, s), s, teacher))
+        g_loss = ns_g_loss(logits)
+        scale = self.f_scale(logits, s)
+        dm = self.dm_term(x_hat, teacher, s, eps, scale)
+        total = dm + self.gan_weight * g_loss
+        terms = {"dm": dm.detach(), "gan_g": g_loss.detach(), "h_min": scale.min(), "h_max": scale.max()}
         if self.regression_weight > 0:
             reg = self.regression_term(student, teacher, x0)
             total = total + self.regression_weight * reg
