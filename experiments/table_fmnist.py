@@ -9,10 +9,11 @@
     python experiments/table_fmnist.py hardware=cpu resume=true        # keep the finished rows, run the rest
 
 Every student trains on the train split with the profile's budget (stated in images), the teacher
-is sampled with Euler, Heun and DPM-Solver++(2M), and every row is ``fd_fmnist`` of 10,000 samples
-against the test split. Writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png`` into
-``out`` (default ``experiments/results/fashion_mnist``), a grid per row under ``grids/``, and the
-10,000 samples of the teacher's best row and of each method's best row as ``<model>_<sampler>_nfe<k>.npy``.
+is sampled with Euler, Heun and DPM-Solver++(2M), and every row is ``fd_fmnist`` of the profile's
+sample count (10,000 on the GPU, 2,000 on the CPU) against the test split. Writes ``benchmark.md``,
+``benchmark.json`` and ``benchmark.png`` into ``out`` (default ``experiments/results/fashion_mnist``),
+a grid per row under ``grids/``, and the samples of the teacher's best row and of each method's best
+row as ``<model>_<sampler>_nfe<k>.npy``.
 Any other ``key=value`` is passed to every training run as a Hydra override.
 
 Each invocation starts from an empty run directory, so every row comes from it. ``resume=true``
@@ -30,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class Profile:
     num_samples: int = 10_000
     eval_batch: int = 1000
     subset: int | None = None  # train on this many images (fast_dev_run)
+    # Per-method overrides of this profile, printed in the table's header.
+    method_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 PROFILES = {
@@ -73,12 +76,13 @@ PROFILES = {
         batch_size=128,
         eval_batch=2000,
     ),
-    # Two CPU cores: a 1.1 M-parameter UNet teacher (three levels, attention at 7x7) and a short
-    # budget, so that one seed of every method fits in about three hours.
+    # Two CPU cores: a 1.1 M-parameter UNet teacher (three levels, attention at 7x7), a short budget
+    # and 2,000 samples per row, so that one seed of every method fits in three hours. Two runs side by
+    # side, one core each, keep both cores busy through the single-threaded stretches of each run.
     "cpu": Profile(
         hardware="cpu",
         seeds=(0,),
-        parallel=1,
+        parallel=2,
         teacher="fashion_mnist_cpu",
         teacher_recipe=(
             "net=unet",
@@ -87,9 +91,18 @@ PROFILES = {
             "train.max_steps=1500",
             "train.lr=1e-3",
         ),
-        images=12_800,
+        images=9_600,
         batch_size=64,
         teacher_nfes=(1, 2, 4, 8, 16),
+        num_samples=2_000,
+        # The methods that train on teacher ODE solutions (16 Heun steps each) solve 1,024 of them,
+        # not 16,384: the budget sees 9,600 images, and 16,384 solutions would take hours on 2 cores.
+        method_overrides={
+            "bezier": ("method.objective.num_pairs=1024",),
+            "bezier_single": ("method.objective.num_pairs=1024",),
+            "reflow": ("method.objective.pairs_per_round=1024",),
+            "distill_direct": ("method.objective.pairs_per_round=1024",),
+        },
     ),
 }
 
@@ -178,12 +191,9 @@ def common_overrides(profile: Profile, cache: Path, teacher: Path) -> list[str]:
     ]
 
 
-def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path, invocation: str) -> None:
+def teacher_job(profile: Profile, cache: Path, teacher: Path, runs: Path) -> Job:
     """Every teacher sampler x NFE, scored once (``distill-eval``), with a grid and array per row."""
     out = runs / "teacher"
-    if (out / "results.json").is_file():
-        print(f"teacher rows: kept from invocation {invocation_of(out)}", flush=True)
-        return
     cmd = python(
         "distill.evaluate",
         f"dataset={DATASET}",
@@ -194,15 +204,7 @@ def teacher_rows(profile: Profile, cache: Path, teacher: Path, runs: Path, invoc
         "progress=false",
         f"hydra.run.dir={out}",
     )
-    start = time.time()
-    print(f"teacher rows: {', '.join(profile.teacher_samplers)} at NFE {list(profile.teacher_nfes)}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "invocation").write_text(invocation + "\n")
-    with open(runs / "teacher.log", "w") as f:
-        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode:
-            (out / "results.json").unlink(missing_ok=True)  # a failed evaluation is not a row to keep
-            raise SystemExit(f"teacher evaluation failed; see {runs / 'teacher.log'}")
-    print(f"teacher rows: done in {hms(time.time() - start)}", flush=True)
+    return Job(f"teacher rows ({', '.join(profile.teacher_samplers)} at NFE {list(profile.teacher_nfes)})", out, cmd)
 
 
 def noise_floor(profile: Profile, cache: Path, runs: Path, invocation: str, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
@@ -237,77 +239,74 @@ def noise_floor(profile: Profile, cache: Path, runs: Path, invocation: str, seed
 
 
 @dataclass
-class Run:
-    method: str
-    seed: int
+class Job:
+    """One process of the table (the teacher rows, or one method x seed), run in its own directory."""
+
+    name: str
     dir: Path
+    cmd: list[str]
     proc: subprocess.Popen | None = None
     start: float = 0.0
     seconds: float = 0.0
 
 
-def train_all(
-    profile: Profile, methods: list[str], cache: Path, teacher: Path, runs: Path, overrides: list[str], invocation: str
-) -> list[Run]:
-    """Every method x seed as its own distill-train process, ``profile.parallel`` at a time, with a
-    line per finished run and the ETA of the rest."""
-    todo = [Run(m, s, runs / m / f"s{s}") for s in profile.seeds for m in methods]
-    kept = [r for r in todo if (r.dir / "done").is_file()]
+def training_job(
+    profile: Profile, method: str, seed: int, cache: Path, teacher: Path, runs: Path, overrides: list[str]
+) -> Job:
+    out = runs / method / f"s{seed}"
+    cmd = python(
+        "distill.train",
+        "experiment=bench_fmnist",
+        f"method={method}",
+        f"seed={seed}",
+        *common_overrides(profile, cache, teacher),
+        f"train.images={profile.images}",
+        f"train.batch_size={profile.batch_size}",
+        f"hydra.run.dir={out}",
+        *profile.method_overrides.get(method, ()),
+        *overrides,
+    )
+    return Job(f"{method} seed {seed}", out, cmd)
+
+
+def run_all(profile: Profile, jobs: list[Job], invocation: str) -> list[Job]:
+    """Every job as its own process, ``profile.parallel`` at a time, with a line per finished job
+    and the ETA of the rest. A job's ``done`` marker lets ``resume=true`` keep it."""
+    kept = [j for j in jobs if (j.dir / "done").is_file()]
     if kept:
-        print(
-            f"training: {len(kept)} finished runs kept: {', '.join(f'{r.method}/s{r.seed}' for r in kept)}", flush=True
-        )
-    todo = [r for r in todo if r not in kept]
+        print(f"kept from earlier invocations: {', '.join(j.name for j in kept)}", flush=True)
+    todo = [j for j in jobs if j not in kept]
     pending, active, finished, failed = list(todo), [], [], []
     begin = time.time()
-    print(
-        f"training: {len(todo)} runs ({len(methods)} methods x seeds {list(profile.seeds)}), {profile.parallel} "
-        f"at a time, {profile.images:,} images each",
-        flush=True,
-    )
+    print(f"running {len(todo)} jobs, {profile.parallel} at a time", flush=True)
     while pending or active:
         while pending and len(active) < profile.parallel:
-            run = pending.pop(0)
-            shutil.rmtree(run.dir, ignore_errors=True)  # an unfinished run of an earlier invocation starts again
-            run.dir.mkdir(parents=True)
-            (run.dir / "invocation").write_text(invocation + "\n")
-            cmd = python(
-                "distill.train",
-                "experiment=bench_fmnist",
-                f"method={run.method}",
-                f"seed={run.seed}",
-                *common_overrides(profile, cache, teacher),
-                f"train.images={profile.images}",
-                f"train.batch_size={profile.batch_size}",
-                f"hydra.run.dir={run.dir}",
-                *overrides,
-            )
-            log = open(run.dir / "train.log", "w")  # noqa: SIM115 (closed when the process ends)
-            run.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env(profile))
-            run.start = time.time()
-            active.append(run)
+            job = pending.pop(0)
+            shutil.rmtree(job.dir, ignore_errors=True)  # an unfinished job of an earlier invocation starts again
+            job.dir.mkdir(parents=True)
+            (job.dir / "invocation").write_text(invocation + "\n")
+            log = open(job.dir / "job.log", "w")  # noqa: SIM115 (closed when the process ends)
+            job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env(profile))
+            job.start = time.time()
+            active.append(job)
         time.sleep(1.0)
-        for run in [r for r in active if r.proc.poll() is not None]:
-            active.remove(run)
-            run.seconds = time.time() - run.start
-            (finished if run.proc.returncode == 0 else failed).append(run)
-            if run.proc.returncode == 0:
-                (run.dir / "done").touch()
+        for job in [j for j in active if j.proc.poll() is not None]:
+            active.remove(job)
+            job.seconds = time.time() - job.start
+            (finished if job.proc.returncode == 0 else failed).append(job)
+            if job.proc.returncode == 0:
+                (job.dir / "done").touch()
             done = len(finished) + len(failed)
-            mean = statistics.fmean(r.seconds for r in finished + failed)
+            mean = statistics.fmean(j.seconds for j in finished + failed)
             eta = mean * math.ceil((len(todo) - done) / profile.parallel)
-            status = (
-                "ok"
-                if run.proc.returncode == 0
-                else f"FAILED (exit {run.proc.returncode}, see {run.dir / 'train.log'})"
-            )
+            status = "ok" if job.proc.returncode == 0 else f"FAILED (exit {job.proc.returncode}, see {job.dir}/job.log)"
             print(
-                f"[{done:>3}/{len(todo)}] {run.method:<15} seed {run.seed}  {status}  {hms(run.seconds)}  "
+                f"[{done:>3}/{len(todo)}] {job.name:<22} {status}  {hms(job.seconds)}  "
                 f"elapsed {hms(time.time() - begin)}  ETA {hms(eta)}",
                 flush=True,
             )
     if failed:
-        print(f"{len(failed)} runs failed: {', '.join(f'{r.method}/s{r.seed}' for r in failed)}", flush=True)
+        print(f"{len(failed)} jobs failed: {', '.join(j.name for j in failed)}", flush=True)
     return finished
 
 
@@ -430,6 +429,16 @@ def publish(
         f"(batch {profile.batch_size}); seeds {list(profile.seeds)}; mean ± std over seeds. The noise floor is "
         f"{profile.num_samples:,} training images against the test split, three subsets.",
         "",
+        *(
+            [
+                "Per-method settings of this profile: "
+                + "; ".join(f"{m}: `{' '.join(o)}`" for m, o in sorted(profile.method_overrides.items()))
+                + ".",
+                "",
+            ]
+            if profile.method_overrides
+            else []
+        ),
         "## Targets",
         "",
         *targets(agg),
@@ -488,9 +497,10 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(runs, ignore_errors=True)  # every row of the table comes from this invocation
     runs.mkdir(parents=True, exist_ok=True)
     ensure_classifier(cache)
-    teacher_rows(profile, cache, teacher, runs, invocation)
     noise_floor(profile, cache, runs, invocation)
-    train_all(profile, methods, cache, teacher, runs, overrides, invocation)
+    jobs = [teacher_job(profile, cache, teacher, runs)]  # first: the longest job, beside the first runs
+    jobs += [training_job(profile, m, s, cache, teacher, runs, overrides) for s in profile.seeds for m in methods]
+    run_all(profile, jobs, invocation)
     publish(profile, cache, runs, out, invocation, time.time() - begin, overrides)
 
 

@@ -151,3 +151,17 @@ def test_committed_cpu_teacher_is_the_cpu_profiles_recipe_and_loads() -> None:
     assert record["net"]["attention"] is (recipe["net.attention"] == "true")
     assert record["train_steps"] == int(recipe["train.max_steps"]) and record["dataset"] == "fashion_mnist"
     assert tuple(teacher.data_shape) == (1, 28, 28)
+
+
+def test_profile_method_overrides_reach_their_method_only_and_name_real_keys(tmp_path: Path) -> None:
+    from tests.conftest import compose_config
+
+    table = load_script()
+    profile = table.PROFILES["cpu"]
+    assert profile.method_overrides, "the CPU profile bounds the ODE-pair methods' solves"
+    for method, overrides in profile.method_overrides.items():
+        job = table.training_job(profile, method, 0, tmp_path, tmp_path, tmp_path, ["method.grad_clip=2.0"])
+        assert set(overrides) <= set(job.cmd) and job.cmd[-1] == "method.grad_clip=2.0"  # the user's word last
+        compose_config("train", [f"method={method}", *overrides], tmp_path)  # an unknown key fails to compose
+    plain = table.training_job(profile, "dmd2", 0, tmp_path, tmp_path, tmp_path, [])
+    assert not [arg for overrides in profile.method_overrides.values() for arg in overrides if arg in plain.cmd]
