@@ -4,7 +4,8 @@
     python experiments/readme_table.py --check   # exit 1 when the README's block is stale
 
 The block sits between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``; everything
-in it is generated, so it cannot drift from the results file (``tests/docs/test_readme.py``).
+in it is generated, and so is the "best row" column of the method table, so neither can drift from
+the results file (``tests/docs/test_readme.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "experiments" / "results" / "benchmark.md"
+RESULTS = REPO / "experiments" / "results" / "benchmark.md"  # make table
+DATASET, METRIC = "digits", "fd_digits"
 README = REPO / "README.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 NFES = (1, 2, 4)  # the student step counts the headline shows
@@ -51,10 +53,10 @@ def section(text: str, dataset: str, metric: str) -> list[Row]:
     return rows
 
 
-def best(rows: list[Row], model: str, sampler: str | None = None) -> Row:
-    """The lowest-mean row of ``model`` (and ``sampler``), over every NFE."""
+def best(rows: list[Row], model: str, sampler: str | None = None) -> Row | None:
+    """The lowest-mean row of ``model`` (and ``sampler``), over every NFE; None when it has no row."""
     mine = [r for r in rows if r.model == model and sampler in (None, r.sampler)]
-    return min(mine, key=lambda r: r.mean)
+    return min(mine, key=lambda r: r.mean, default=None)
 
 
 def cell(row: Row | None) -> str:
@@ -85,7 +87,7 @@ def render(rows: list[Row], metric: str, source: str) -> str:
     return "\n".join(lines)
 
 
-def headline(results: Path = RESULTS, dataset: str = "digits", metric: str = "fd_digits") -> str:
+def headline(results: Path = RESULTS, dataset: str = DATASET, metric: str = METRIC) -> str:
     return render(section(results.read_text(), dataset, metric), metric, results.relative_to(REPO).as_posix())
 
 
@@ -98,15 +100,34 @@ def replace_block(readme: str, block: str) -> str:
     return f"{head}{START}\n\n{block}\n\n{END}{tail}"  # blank lines: the table stays a table
 
 
+METHOD_ROW = re.compile(r"^(\| [^|]+ \| `(?P<config>[a-z0-9_]+)` \|.*\| )(?P<best>[^|]*?)( \|)$", re.MULTILINE)
+
+
+def best_cell(rows: list[Row], config: str) -> str:
+    """The method table's last column: the config's best row and its NFE, ``-`` when it has none."""
+    top = best(rows, config)
+    return "-" if top is None else f"{cell(top)} ({top.nfe})"
+
+
+def with_best_rows(readme: str, rows: list[Row]) -> str:
+    """``readme`` with every method-table row's best-row cell taken from ``rows``."""
+    return METHOD_ROW.sub(lambda m: m.group(1) + best_cell(rows, m.group("config")) + m.group(4), readme)
+
+
+def updated_readme(readme: str, results: Path = RESULTS) -> str:
+    rows = section(results.read_text(), DATASET, METRIC)
+    return with_best_rows(replace_block(readme, headline(results)), rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report whether README.md is up to date")
     args = parser.parse_args(argv)
     text = README.read_text()
-    updated = replace_block(text, headline())
+    updated = updated_readme(text)
     if args.check:
         if updated != text:
-            print("README.md's benchmark table is stale: run `python experiments/readme_table.py`")
+            print("README.md's benchmark tables are stale: run `python experiments/readme_table.py`")
             return 1
         return 0
     README.write_text(updated)

@@ -34,20 +34,24 @@ def cells(row: str) -> list[str]:
     return [cell.strip() for cell in row.strip().strip("|").split("|")]
 
 
-def test_the_benchmark_block_is_what_the_results_file_renders_to():
-    assert readme_table.replace_block(README, readme_table.headline()) == README, (
-        "README.md's benchmark table differs from experiments/results/benchmark.md: "
+def test_the_benchmark_tables_are_what_the_results_file_renders_to():
+    assert readme_table.updated_readme(README) == README, (
+        f"README.md's benchmark tables differ from {readme_table.RESULTS.relative_to(REPO)}: "
         "run `python experiments/readme_table.py`"
     )
 
 
-def test_a_changed_result_makes_the_block_stale():
+def test_a_changed_result_makes_the_tables_stale(tmp_path):
     results = readme_table.RESULTS.read_text()
-    changed = results.replace("| progressive | progressive | 4 | 1.7080", "| progressive | progressive | 4 | 9.7080", 1)
-    assert changed != results, "the results file no longer has the row this test edits"
-    rows = readme_table.section(changed, "digits", "fd_digits")
-    block = readme_table.render(rows, "fd_digits", "experiments/results/benchmark.md")
-    assert readme_table.replace_block(README, block) != README
+    row = next(r for r in readme_table.section(results, readme_table.DATASET, readme_table.METRIC) if r.nfe > 0)
+    start = f"| {row.model} | {row.sampler} | {row.nfe} |"
+    line = next(line for line in results.splitlines() if line.startswith(start))
+    value = line.split("|")[4]
+    changed = tmp_path / "benchmark.md"
+    changed.write_text(results.replace(line, line.replace(value, f" {row.mean + 50:.4f} ± 0.0000 "), 1))
+    rows = readme_table.section(changed.read_text(), readme_table.DATASET, readme_table.METRIC)
+    block = readme_table.render(rows, readme_table.METRIC, "experiments/results/benchmark.md")
+    assert readme_table.with_best_rows(readme_table.replace_block(README, block), rows) != README
 
 
 def test_every_method_config_has_one_row():
@@ -66,9 +70,8 @@ def test_a_method_row_names_its_configs_class_recipe_and_best_row(row, tmp_path)
     )
     parity = "tests/parity/" in cells(recipe_row)[2]
     assert recipe == ("parity-tested" if parity else "reconstruction")
-    rows = readme_table.section(readme_table.RESULTS.read_text(), "digits", "fd_digits")
-    top = readme_table.best(rows, config)
-    assert best_cell == f"{readme_table.cell(top)} ({top.nfe})"
+    rows = readme_table.section(readme_table.RESULTS.read_text(), readme_table.DATASET, readme_table.METRIC)
+    assert best_cell == readme_table.best_cell(rows, config)
 
 
 def test_relative_links_resolve():
