@@ -13,6 +13,7 @@ from distill.methods.pcm import PhasedConsistency
 from distill.methods.progressive import ProgressiveDistillation
 from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
+from distill.methods.sid import SiD
 
 __all__ = [
     "Method",
@@ -27,5 +28,6 @@ __all__ = [
     "ProgressiveDistillation",
     "Reflow",
     "SCM",
+    "SiD",
     "WeightedSum",
 ]

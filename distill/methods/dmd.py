@@ -35,7 +35,6 @@ Multi-step generators train by backward simulation: each generator step picks on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -60,10 +59,10 @@ from distill.core.samplers import sample_heun
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, SamplingPlan, check_choice
 from distill.nets.discriminator import FeatureHeads, data_shape_of
-from distill.nets.features import bottleneck_layer, has_parameters, read_features
+from distill.nets.features import bottleneck_layer, read_features
 from distill.nets.freezing import frozen
 from distill.nets.lpips import PerceptualDistance
-from distill.students.flow_map import student_from_teacher
+from distill.students.flow_map import fake_score_copy
 from distill.students.generator import (
     TRANSITIONS,
     check_generator_times,
@@ -75,22 +74,10 @@ from distill.students.generator import (
 )
 from distill.students.lora import add_lora, share_frozen_weights
 
-log = logging.getLogger(__name__)
-
 GAN_BACKBONES = ("fake_score", "teacher")
 TIME_DISTS = ("uniform", "karras")
 SCORE_WEIGHTINGS = ("uniform", "edm")
 GAN_HEADS = ("patch", "dmd2")
-
-
-def network_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
-    """A trainable copy of the teacher's network, or of the student's when the teacher is analytic
-    (no parameters, e.g. the exact Gaussian-mixture field)."""
-    source = getattr(teacher, "model", teacher)
-    if not has_parameters(source):
-        log.warning("the teacher has no network to copy: the fake-score net starts as a copy of the student")
-        source = student
-    return student_from_teacher(source)
 
 
 class DMD2(Method):
@@ -250,7 +237,7 @@ class DMD2(Method):
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         self.times = clamp_generator_times(self.times, student)
         if self.fake_score is None:
-            self.fake_score = network_copy(teacher, student)
+            self.fake_score = fake_score_copy(teacher, student)
             if self.fake_score_lora:
                 add_lora(self.fake_score, **self.fake_score_lora)
                 share_frozen_weights(self.fake_score, getattr(teacher, "model", teacher))

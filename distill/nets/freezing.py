@@ -86,6 +86,17 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Inside: ``module`` in eval mode (no dropout); afterwards back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
     return copy.deepcopy(model).eval().requires_grad_(False)

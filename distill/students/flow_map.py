@@ -6,8 +6,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 from torch import nn
+
+from distill.nets.features import has_parameters
+
+log = logging.getLogger(__name__)
 
 
 def student_from_teacher(teacher_model: nn.Module) -> nn.Module:
@@ -40,3 +45,13 @@ def fresh_student_like(teacher_model: nn.Module) -> nn.Module:
             "reset_parameters): use student.init=teacher, or student.init=random with a student.net"
         )
     return student
+
+
+def fake_score_copy(teacher: nn.Module, student: nn.Module) -> nn.Module:
+    """A trainable copy of the teacher's network for a fake-score net (DMD2, SiD), or of the
+    student's when the teacher is analytic (no parameters, e.g. the exact Gaussian-mixture field)."""
+    source = getattr(teacher, "model", teacher)
+    if not has_parameters(source):
+        log.warning("the teacher has no network to copy: the fake-score net starts as a copy of the student")
+        source = student
+    return student_from_teacher(source)

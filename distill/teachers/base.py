@@ -41,6 +41,11 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         """The velocity; a conditional teacher with ``guidance != 1`` gives the CFG velocity."""
+        return self.differentiable(x, s)
+
+    def differentiable(self, x: Tensor, s: Tensor) -> Tensor:
+        """The velocity with its gradient to ``x`` (the weights stay frozen): for losses that
+        differentiate through the teacher, as SiD's does."""
         null = self.null_condition
         if null is not None and self.guidance != 1.0:
             return guided(self.model, x, s, self.guidance, null)
