@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-SCRIPT = Path(__file__).parents[2] / "experiments" / "reflow_budget.py"
+SCRIPT = Path(__file__).parents[3] / "experiments" / "reflow_budget.py"
 
 
 def load_script():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from distill.train import train
-from tests.app.sd_stand_in import captioned_rgb_images, save_sd_pipeline
+from tests.app.teachers.sd_stand_in import captioned_rgb_images, save_sd_pipeline
 from tests.conftest import compose_config
 from tests.helpers.paper_configs import STAND_IN, assert_trained, compressed
 
@@ -65,7 +65,7 @@ def test_instaflow_sd_trains_on_prompts_alone(cache_dir, sd_stand_in, tmp_path):
     """experiment=paper_instaflow_sd: reflow of the SD stand-in on a prompt file, pairs labelled by prompt."""
     from safetensors.torch import load_file
 
-    from tests.app.sd_stand_in import CAPTIONS
+    from tests.app.teachers.sd_stand_in import CAPTIONS
 
     pipe, _ = sd_stand_in
     (tmp_path / "prompts.txt").write_text("\n".join(CAPTIONS))

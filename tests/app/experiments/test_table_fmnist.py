@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import TINY_UNET, train_tiny_teacher
 from tests.helpers.fashion_mnist import write_fashion_mnist
 
-SCRIPT = Path(__file__).parents[2] / "experiments" / "table_fmnist.py"
+SCRIPT = Path(__file__).parents[3] / "experiments" / "table_fmnist.py"
 
 
 def load_script():
