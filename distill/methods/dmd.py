@@ -424,38 +424,36 @@ class DMD2(Method):
 
     def generator_loss(self, x0: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
         x_hat = self.generator_sample(student, torch.randn_like(x0))
-        if self.f_divergence != "rkl":
-            return self.f_distill_loss(x0, x_hat, teacher, student)
-        dm = self.dm_term(x_hat, teacher)
-        terms: dict[str, Tensor] = {"dm": dm.detach()}
-        total = dm
-        if self.gan_heads is not None:
-            with frozen(self.fake_score), frozen(self.gan_heads):
-                g_loss = ns_g_loss(self.gan_logits(x_hat, teacher))
-            total = total + self.gan_weight * g_loss
-            terms["gan_g"] = g_loss.detach()
+        matching = self.f_distill_terms if self.f_divergence != "rkl" else self.dmd_terms
+        total, terms = matching(x_hat, teacher)
         if self.regression_weight > 0:
             reg = self.regression_term(student, teacher, x0)
             total = total + self.regression_weight * reg
             terms["regression"] = reg.detach()
         return {"loss": total, **terms}
 
-    def f_distill_loss(self, x0: Tensor, x_hat: Tensor, teacher: nn.Module, student: nn.Module) -> dict[str, Tensor]:
-        """f-distill's generator loss: the GAN head reads the DM term's noised samples (same noise
-        level and noise, gradient into x_hat), its logits weigh the DM gradient and give the G loss."""
+    def dmd_terms(self, x_hat: Tensor, teacher: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+        """DMD2's DM loss, plus its GAN's G loss on x_hat noised to a GAN time of its own."""
+        dm = self.dm_term(x_hat, teacher)
+        terms: dict[str, Tensor] = {"dm": dm.detach()}
+        if self.gan_heads is None:
+            return dm, terms
+        with frozen(self.fake_score), frozen(self.gan_heads):
+            g_loss = ns_g_loss(self.gan_logits(x_hat, teacher))
+        terms["gan_g"] = g_loss.detach()
+        return dm + self.gan_weight * g_loss, terms
+
+    def f_distill_terms(self, x_hat: Tensor, teacher: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+        """f-distill: the GAN head reads the DM term's noised samples (same noise level and noise,
+        gradient into x_hat), its logits weigh the DM gradient and give the G loss."""
         s, eps = self._dm_times(x_hat.shape[0], x_hat), torch.randn_like(x_hat)
         with frozen(self.fake_score), frozen(self.gan_heads):
             logits = self.gan_heads(self.gan_features(fm_noise(x_hat, eps, s), s, teacher))
         g_loss = ns_g_loss(logits)
         scale = self.f_scale(logits, s)
         dm = self.dm_term(x_hat, teacher, s, eps, scale)
-        total = dm + self.gan_weight * g_loss
         terms = {"dm": dm.detach(), "gan_g": g_loss.detach(), "h_min": scale.min(), "h_max": scale.max()}
-        if self.regression_weight > 0:
-            reg = self.regression_term(student, teacher, x0)
-            total = total + self.regression_weight * reg
-            terms["regression"] = reg.detach()
-        return {"loss": total, **terms}
+        return dm + self.gan_weight * g_loss, terms
 
     # --- sampling ---------------------------------------------------------------------------
     def sampling_plan(self, student: nn.Module, nfe: int) -> SamplingPlan:
