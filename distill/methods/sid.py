@@ -24,7 +24,7 @@ from distill.core.sid import edm_denoising_loss, lognormal_sigmas, sid_generator
 from distill.methods.base import Method, SamplingPlan
 from distill.nets.freezing import evaluating, frozen
 from distill.students.flow_map import fake_score_copy
-from distill.students.generator import clamp_generator_times, generator_x0, sampling_times
+from distill.students.generator import clamp_generator_times, deterministic_sample, generator_x0, sampling_times
 
 
 class SiD(Method):
@@ -83,8 +83,7 @@ class SiD(Method):
 
     def generate(self, student: nn.Module, like: Tensor) -> Tensor:
         """One-step generator samples for a batch like ``like``: ``D(sigma_init z; sigma_init)``."""
-        s = self.times[0].to(like).expand(like.shape[0])
-        return generator_x0(student, s[0] * torch.randn_like(like), s)
+        return deterministic_sample(student, torch.randn_like(like), self.times)[0]
 
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         if phase == "fake_score":
