@@ -414,15 +414,16 @@ def publish(
         found = sorted(runs.glob(pattern))
         if found:
             shutil.copy(found[-1], out / f"{model}_{row['sampler']}_nfe{row['nfe']}.npy")
+    invocations = provenance(runs)
     header = [
         "# Fashion-MNIST benchmark",
         "",
         f"`python experiments/table_fmnist.py hardware={profile.hardware}"
         + "".join(f" {o}" for o in overrides)
-        + ("`, one invocation" if not provenance(runs) else "`, resumed")
+        + ("`, resumed" if invocations else "`, one invocation")
         + f" ({invocation}, {hms(wall)} wall on {machine(profile)}).",
         "",
-        *provenance(runs),
+        *invocations,
         f"fd_fmnist: Fréchet distance in the 128-d features of a CNN trained on the train split "
         f"({classifier_accuracy(cache)}), {profile.num_samples:,} samples per row against the 10,000 test images. "
         f"Every method trains on training images 0-54,999 for {profile.images:,} images "
