@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDPMPipeline,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -22,6 +23,23 @@ TINY = {
     "down_block_types": ("DownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "UpBlock2D"),
 }
+
+
+def tiny_vae(channels: int, latent_channels: int, **config) -> AutoencoderKL:
+    """An AutoencoderKL between 8x8 images of ``channels`` and 4x4 latents of ``latent_channels``
+    (``config``: its scaling and shift factors)."""
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        latent_channels=latent_channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        **config,
+    )
 
 
 def tiny_unet() -> UNet2DModel:

@@ -58,21 +58,9 @@ def t5(width: int):
 
 def autoencoder_kl():
     """An AutoencoderKL as SD3 / FLUX.1 use, with a shift factor (FLUX's) and a scale."""
-    from diffusers import AutoencoderKL
+    from tests.helpers.diffusers_models import tiny_vae
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=8,
-        scaling_factor=0.5,
-        shift_factor=0.1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-    )
+    return tiny_vae(3, 2, scaling_factor=0.5, shift_factor=0.1)
 
 
 def qwen_vae():

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import DDPMScheduler
 from PIL import Image
 
+from tests.helpers.diffusers_models import tiny_vae
 from tests.helpers.text_pipeline import save_text_pipeline, tiny_text_unet
 
 CAPTIONS = ["a red square", "a blue circle", "a dark square", "a red circle"]
@@ -20,17 +21,7 @@ def save_sd_pipeline(directory: Path) -> Path:
     """8x8 RGB images <-> 4x4x4 latents; the text encoder and tokenizer of test_text_teacher."""
     save_text_pipeline(directory)  # tokenizer/, text_encoder/ (its 1-channel unet/ is replaced below)
     torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=8,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-    ).save_pretrained(directory / "vae")
+    tiny_vae(3, 4).save_pretrained(directory / "vae")
     tiny_text_unet(4, 4).save_pretrained(directory / "unet")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         directory / "scheduler"

@@ -8,37 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from distill.build import build_datamodule, build_teacher
 from distill.export import export_run
 from distill.sample import sample_export, sample_run
+from tests.helpers.diffusers_models import TINY, tiny_vae
 from tests.helpers.runs import run
 
 
 def save_latent_pipeline(directory: Path) -> Path:
     torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=8,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-    ).save_pretrained(directory / "vae")
-    UNet2DModel(
-        sample_size=4,
-        in_channels=2,
-        out_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2,
-    ).save_pretrained(directory / "unet")
+    tiny_vae(1, 2).save_pretrained(directory / "vae")
+    UNet2DModel(**{**TINY, "sample_size": 4, "in_channels": 2, "out_channels": 2}).save_pretrained(directory / "unet")
     FlowMatchEulerDiscreteScheduler().save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({"_class_name": "LDMPipeline"}))
     return directory
