@@ -60,3 +60,18 @@ def captioned_images(directory: Path) -> Path:
         Image.new("L", (8, 8), 30 * i).save(directory / f"{i}.png")
         (directory / f"{i}.txt").write_text(caption)
     return directory
+
+
+def captioned_run(teacher: Path, images: Path) -> list[str]:
+    """Overrides that train a diffusers text teacher on the 8x8 ``captioned_images``."""
+    return [
+        "teacher=diffusers",
+        f"teacher.path={teacher}",
+        "dataset=image_folder",
+        f"dataset.path={images}",
+        "dataset.resolution=8",
+        "dataset.channels=1",
+        "dataset.captions=true",
+        "eval.metric=sw",
+        "train.batch_size=4",
+    ]

@@ -16,7 +16,7 @@ from distill.core.conditioning import PROMPTS, conditioned
 from distill.errors import ConfigError
 from distill.evaluation.results import MEMORY_METRICS
 from distill.train import train
-from tests.helpers.text_pipeline import captioned_images, save_text_pipeline
+from tests.helpers.text_pipeline import captioned_images, captioned_run, save_text_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +26,7 @@ def text_setup(tmp_path_factory):
 
 
 def overrides(text_setup) -> list[str]:
-    pipe, images = text_setup
-    return [
-        "teacher=diffusers",
-        f"teacher.path={pipe}",
-        "dataset=image_folder",
-        f"dataset.path={images}",
-        "dataset.resolution=8",
-        "dataset.channels=1",
-        "dataset.captions=true",
-        "eval.metric=sw",
-        "train.batch_size=4",
-    ]
+    return captioned_run(*text_setup)
 
 
 def test_captions_become_a_cached_prompt_table_and_guidance_uses_the_empty_prompt(compose_train, text_setup):

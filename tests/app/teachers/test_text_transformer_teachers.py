@@ -11,7 +11,7 @@ import pytest
 
 from distill.evaluation.results import MEMORY_METRICS
 from distill.train import train
-from tests.helpers.text_pipeline import captioned_images
+from tests.helpers.text_pipeline import captioned_images, captioned_run
 from tests.teachers.tiny_text_transformers import (
     save_flux_pipeline,
     save_qwen_pipeline,
@@ -29,18 +29,7 @@ def t2i_setup(tmp_path_factory):
 
 def overrides(t2i_setup, family: str) -> list[str]:
     pipes, images = t2i_setup
-    return [
-        "teacher=diffusers",
-        f"teacher.path={pipes[family]}",
-        "teacher.max_sequence_length=8",
-        "dataset=image_folder",
-        f"dataset.path={images}",
-        "dataset.resolution=8",
-        "dataset.channels=1",
-        "dataset.captions=true",
-        "eval.metric=sw",
-        "train.batch_size=4",
-    ]
+    return [*captioned_run(pipes[family], images), "teacher.max_sequence_length=8"]
 
 
 def student_nfes(cfg) -> set[int]:
