@@ -30,7 +30,7 @@ from distill.core.samplers import SAMPLERS
 from distill.data.datamodule import DATASET_NAMES, DataModule
 from distill.data.toy2d import TOY2D_NAMES
 from distill.errors import ConfigError
-from distill.lit.sharding import check_fsdp_devices, is_fsdp
+from distill.lit.sharding import check_strategy
 
 
 def positive(**kw: Any) -> Any:
@@ -279,8 +279,7 @@ def check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.metric=fid needs images, and dataset={dataset} is 2-D points: use eval.metric=sw")
     if cfg.teacher.get("kind") == "gmm_exact" and cfg.student.get("init") == "teacher":
         raise ConfigError("teacher=gmm_exact has no network for student=copy_of_teacher to copy: use student=mlp")
-    if is_fsdp(cfg.hardware.strategy):
-        check_fsdp_devices(cfg.hardware.devices, cfg.hardware.get("num_nodes", 1))
+    check_strategy(cfg.hardware.strategy)
     check_lr_schedule(cfg.train)
 
 

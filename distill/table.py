@@ -190,14 +190,15 @@ def memory_table(agg: list[dict]) -> str:
     if not agg:
         return ""
     cells = {(a["dataset"], a["method"], a["metric"]): a for a in agg}
+    metrics = [m for m in MEMORY_METRICS if any(a["metric"] == m for a in agg)]  # runs before a figure existed lack it
     lines = [
         "## Memory",
         "",
-        f"| dataset | method | {' | '.join(MEMORY_METRICS)} | seeds |",
-        "|---|---|" + "---:|" * (len(MEMORY_METRICS) + 1),
+        f"| dataset | method | {' | '.join(metrics)} | seeds |",
+        "|---|---|" + "---:|" * (len(metrics) + 1),
     ]
     for dataset, method in sorted({key[:2] for key in cells}):
-        found = [cells.get((dataset, method, m)) for m in MEMORY_METRICS]
+        found = [cells.get((dataset, method, m)) for m in metrics]
         values = " | ".join(mean_std(a, 1) if a else "-" for a in found)
         lines.append(f"| {dataset} | {method} | {values} | {max(a['seeds'] for a in found if a)} |")
     lines.append("")

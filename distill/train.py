@@ -33,15 +33,20 @@ from distill.config_schema import validate_train_config
 from distill.errors import friendly_errors
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.lit.distill import DistillModule
-from distill.lit.memory import MIB, module_memory_bytes, peak_memory_bytes
+from distill.lit.memory import MIB, module_memory_bytes, optimizer_memory_bytes, peak_memory_bytes
 from distill.runs import run_dir_of
 from distill.table import format_rows
 
 
-def memory_rows(module: DistillModule, device: torch.device, method: str) -> list[ResultRow]:
-    """``model_memory_mb`` (teacher, student, EMA copies and the method's nets, shared tensors once) and
+def memory_rows(module: DistillModule, optimizers: list, device: torch.device, method: str) -> list[ResultRow]:
+    """``model_memory_mb`` (teacher, student, EMA copies and the method's nets, shared tensors once),
+    ``optimizer_memory_mb`` (their optimizers' state), both this rank's (its shards under FSDP), and
     ``peak_memory_mb`` (CUDA: peak allocated this fit; CPU: peak RSS, Python runtime and data included), in MiB."""
-    figures = {"model_memory_mb": module_memory_bytes(module), "peak_memory_mb": peak_memory_bytes(device)}
+    figures = {
+        "model_memory_mb": module_memory_bytes(module),
+        "optimizer_memory_mb": optimizer_memory_bytes(*optimizers),
+        "peak_memory_mb": peak_memory_bytes(device),
+    }
     step = int(module.step_count)
     return [ResultRow("student", method, 0, metric, value / MIB, 0, step) for metric, value in figures.items()]
 
@@ -49,7 +54,10 @@ def memory_rows(module: DistillModule, device: torch.device, method: str) -> lis
 def format_memory(rows: list[ResultRow], device: torch.device) -> str:
     figures = {r.metric: r.value for r in rows}
     peak = "peak allocated" if device.type == "cuda" else "peak RSS of the process"
-    return f"memory: model {figures['model_memory_mb']:.1f} MiB, {peak} {figures['peak_memory_mb']:.1f} MiB"
+    return (
+        f"memory: model {figures['model_memory_mb']:.1f} MiB, optimizer state "
+        f"{figures['optimizer_memory_mb']:.1f} MiB, {peak} {figures['peak_memory_mb']:.1f} MiB"
+    )
 
 
 def train(cfg: DictConfig) -> list[ResultRow]:
@@ -101,7 +109,7 @@ def train(cfg: DictConfig) -> list[ResultRow]:
     if not trainer.is_global_zero:
         return evaluation.rows
     device = trainer.strategy.root_device  # the module itself is back on the CPU after fit
-    memory = memory_rows(module, device, cfg.method.name)
+    memory = memory_rows(module, trainer.optimizers, device, cfg.method.name)
     append_results(run_dir / RESULTS_NAME, memory)
     if evaluation.rows:
         print(format_rows(evaluation.rows, title=f"{cfg.method.name} on {dm.name} (run dir: {run_dir})"))

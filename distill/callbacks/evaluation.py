@@ -20,6 +20,7 @@ from distill.evaluation.runner import (
     teacher_ode_endpoints,
 )
 from distill.evaluation.scorer import Scorer
+from distill.lit.sharding import is_sharded
 
 
 def log_rows(pl_module: L.LightningModule, rows: list[ResultRow], step: int) -> None:
@@ -88,9 +89,13 @@ class EvaluationCallback(L.Callback):
         self.endpoints: Tensor | None = None
         self.rows: list[ResultRow] = []
 
-    def _record(self, pl_module, rows: list[ResultRow], samples: dict[str, Tensor], step: int, tag: str) -> None:
-        append_results(self.run_dir / RESULTS_NAME, rows)
+    def _record(
+        self, trainer: L.Trainer, pl_module, rows: list[ResultRow], samples: dict[str, Tensor], step: int, tag: str
+    ) -> None:
         self.rows.extend(rows)
+        if not trainer.is_global_zero:
+            return
+        append_results(self.run_dir / RESULTS_NAME, rows)
         log_rows(pl_module, rows, step)
         for name, x in samples.items():
             sampler, nfe = name.split("@")
@@ -108,20 +113,27 @@ class EvaluationCallback(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [ResultRow(**r) for r in state["rows"]]
 
+    @staticmethod
+    def _takes_part(trainer: L.Trainer, network) -> bool:
+        """Rank zero evaluates. A sharded network's every forward is a collective, so then every rank
+        runs the same sampling with it (and only rank zero writes)."""
+        return trainer.is_global_zero or is_sharded(network)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.spec.follow_teacher(pl_module.teacher)
-        if not trainer.is_global_zero:
-            return
-        # A resumed run drops rows written after its checkpoint (they come again); a fresh one starts empty.
-        write_results(self.run_dir / RESULTS_NAME, self.rows)
-        if self.evaluate_teacher and not any(r.model == "teacher" for r in self.rows):
+        if trainer.is_global_zero:
+            # A resumed run drops rows written after its checkpoint (they come again); a fresh one starts empty.
+            write_results(self.run_dir / RESULTS_NAME, self.rows)
+        teacher_rows = any(r.model == "teacher" for r in self.rows)
+        if self.evaluate_teacher and not teacher_rows and self._takes_part(trainer, pl_module.teacher):
             rows, samples = evaluate_teacher(pl_module.teacher, self.shape, self.scorer, self.spec, 0, pl_module.device)
             keep = {k: v for k, v in samples.items() if int(k.split("@")[1]) in self.spec.student_nfes}
-            self._record(pl_module, rows, keep, 0, "teacher")
+            self._record(trainer, pl_module, rows, keep, 0, "teacher")
 
     def _evaluate_student(self, trainer: L.Trainer, pl_module) -> None:
         step = int(pl_module.step_count)
-        if not trainer.is_global_zero or any(r.model == "student" and r.step == step for r in self.rows):
+        done = any(r.model == "student" and r.step == step for r in self.rows)
+        if done or not self._takes_part(trainer, pl_module.student):
             return
         student = pl_module.sampling_student()
         rows, samples = evaluate_student(
@@ -137,7 +149,7 @@ class EvaluationCallback(L.Callback):
                     pl_module.method, student, self.endpoints, self.shape, self.spec, step, pl_module.device
                 )
             )
-        self._record(pl_module, rows, samples, step, "student")
+        self._record(trainer, pl_module, rows, samples, step, "student")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = int(pl_module.step_count)

@@ -10,7 +10,7 @@ from distill.core.io import save_json
 
 RESULTS_NAME = "results.json"
 # Training-memory rows (model="student", sampler=<method name>, nfe=0): facts of the run, not of samples.
-MEMORY_METRICS = ("peak_memory_mb", "model_memory_mb")
+MEMORY_METRICS = ("peak_memory_mb", "model_memory_mb", "optimizer_memory_mb")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from distill.lit.nan_guard import (
     nonfinite_terms,
     nonfinite_weights,
 )
+from distill.lit.sharding import FullyShardedStrategy, is_sharded
 from distill.methods.base import Method, label_condition, label_count
 
 TEACHER_PREFIX = "teacher."
@@ -105,6 +106,19 @@ class DistillModule(L.LightningModule):
                     f"unexpected {sorted(result.unexpected_keys)[:5]}"
                 )
         return result
+
+    # --- sharding ---------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under FSDP every network is sharded here, before the optimizers are built over the shards."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FullyShardedStrategy):
+            strategy.shard(self)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the networks are sharded over the ranks: every forward is then a collective, so
+        evaluation and sampling run on every rank in step (rank zero alone would wait forever)."""
+        return is_sharded(self.student)
 
     # --- optimization ---------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -226,6 +240,8 @@ class DistillModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bad = nonfinite_weights(self)
+        if self.sharded and self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            bad = bad or ["a shard on another rank"]  # every rank refuses together: the save is collective
         if bad:  # raised before anything is written: the previous checkpoint stays the last good one
             raise CheckpointError(
                 f"refusing to checkpoint non-finite weights ({', '.join(bad[:3])}) at step "

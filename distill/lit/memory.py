@@ -9,26 +9,40 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from distill.lit.sharding import local_tensor
+
 MIB = 2**20
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages under ``tensors``, each once; of a shard (DTensor), this rank's part only."""
+    storages: dict[tuple[torch.device, int], int] = {}
+    for t in tensors:
+        storage = local_tensor(t).untyped_storage()
+        key = (t.device, storage.data_ptr())
+        storages[key] = max(storages.get(key, 0), storage.nbytes())
+    return sum(storages.values())
+
+
 def module_memory_bytes(*modules: nn.Module) -> int:
-    """Bytes of every parameter and buffer of ``modules``, each storage once (tied or shared weights count once).
+    """Bytes of every parameter and buffer of ``modules``, each storage once (tied or shared weights count
+    once); of sharded modules, this rank's shards.
 
     Tensors kept as plain attributes (not parameters or buffers) and optimizer state are not counted.
     """
-    storages: dict[tuple[torch.device, int], int] = {}
-    for module in modules:
-        tensors = [*module.parameters(), *module.buffers()]
-        for t in tensors:
-            storage = t.untyped_storage()
-            key = (t.device, storage.data_ptr())
-            storages[key] = max(storages.get(key, 0), storage.nbytes())
-    return sum(storages.values())
+    return storage_bytes(t for module in modules for t in (*module.parameters(), *module.buffers()))
+
+
+def optimizer_memory_bytes(*optimizers: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizers' state (Adam's two moments per parameter); of sharded parameters, this rank's."""
+    return storage_bytes(
+        v for opt in optimizers for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    )
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from distill.lit.sharding import full_tensor, local_tensor
+
 
 def nonfinite_weights(module: nn.Module) -> list[str]:
-    """Names of ``module``'s parameters holding a NaN or an infinity (buffers may use NaN as "unset")."""
-    return [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+    """Names of ``module``'s parameters holding a NaN or an infinity (buffers may use NaN as "unset").
+    Of a sharded module, those whose shard on this rank does."""
+    return [name for name, p in module.named_parameters() if not torch.isfinite(local_tensor(p)).all()]
 
 
 def nonfinite_terms(terms: dict[str, Tensor]) -> list[str]:
@@ -29,9 +32,12 @@ def nonfinite_terms(terms: dict[str, Tensor]) -> list[str]:
 def grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> Tensor:
     """Global gradient norm, clipping to ``max_norm`` when it is positive (a NaN anywhere makes it NaN)."""
     if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    # Over sharded (DTensor) gradients the norm is the global one, still spread over the ranks.
+    return full_tensor(norm)
 
 
 @dataclass

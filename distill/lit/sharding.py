@@ -1,88 +1,218 @@
-"""FSDP for distillation: every network a sharding unit of its own.
+"""FSDP for distillation: FSDP2 (``fully_shard``) on every module that owns parameters.
 
-A flat FSDP unit holds parameters that are either all trainable or all frozen, so the frozen
-teacher, the trainable student, its frozen EMA copies and the method's auxiliaries (fake score,
-discriminator) cannot share one (docs/scaling.md, FSDP). ``SeparateNetworks`` wraps each *maximal
-uniform subtree* (the largest modules whose parameters all train, or all do not) as a unit, and
-inside those every block of at least ``min_params`` parameters, so that a large network is
-gathered block by block rather than whole.
+Each parameter is sharded over the ranks along its first dimension (a ``DTensor``); a module's own
+parameters are gathered just before its ``forward`` and freed after it (and again in backward).
+Methods reach into their networks (GAN heads read a teacher's inner layers through hooks, ArcFlow
+calls its student's ``mixture``, LoRA layers mix frozen and trainable weights), so the unit is the
+smallest one that is always right: the module whose ``forward`` uses the parameter, which is the
+module that owns it. Teacher, student, its EMA copies and the method's networks are sharded alike,
+so an EMA copy's shards pair with the student's and its update stays elementwise.
+
+Everything that reads whole weights follows from that: the optimizers step their shards, the
+gradient norm is the global one (``clip_grad_norm_`` over DTensor gradients reduces across ranks),
+evaluation runs its forwards on every rank (``DistillModule.sharded``), and checkpoints are
+torch distributed checkpoints, one shard file per rank (``distill.lit.checkpoint_io``).
+
+Lightning's ``ModelParallelStrategy`` starts the ranks and calls ``DistillModule.configure_model``,
+which calls ``FullyShardedStrategy.shard``; ``hardware=fsdp_sim`` runs it on two CPU ranks (gloo).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import Any
 
-from lightning.pytorch.strategies import FSDPStrategy
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from distill.errors import ConfigError
+from distill.nets.freezing import SHARDED_COPY
+
+TEACHER = "teacher"
 
 
-def trainability(module: nn.Module) -> set[bool]:
-    """The ``requires_grad`` values among ``module``'s parameters: {True}, {False}, both, or none."""
-    return {p.requires_grad for p in module.parameters()}
+def owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
 
 
-def network_units(root: nn.Module) -> list[nn.Module]:
-    """The maximal submodules of ``root`` whose parameters are all trainable or all frozen.
+def parameter_owners(root: nn.Module, skip: tuple[str, ...] = ()) -> list[nn.Module]:
+    """The modules of ``root`` that own parameters themselves, each once, deepest first (``fully_shard``
+    must reach a module's children before the module), leaving out those under the ``skip`` prefixes.
 
-    ``root`` itself when it is uniform; else the uniform children, and the same search inside
-    each mixed child (a LoRA layer: frozen base, trainable adapters). A uniform module whose
-    parameters all sit in one ``nn.ModuleList`` (the EMA copies) gives one unit per element, so
-    each copy shards exactly as the student does and the EMA update pairs matching shards.
-    Parameter-free modules are not units.
+    A module shared by two networks (a LoRA student's frozen layer and the teacher) is listed once,
+    and skipped when any of its names is: a teacher kept whole keeps the layers it shares whole."""
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, module in root.named_modules(remove_duplicate=False):
+        if owns_parameters(module):
+            names.setdefault(id(module), []).append(name)
+            modules.setdefault(id(module), module)
+    order = [m for _, m in root.named_modules() if id(m) in modules]  # pre-order: parents before children
+    kept = [m for m in order if not any(_under(n, skip) for n in names[id(m)])]
+    return kept[::-1]
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def adopt_teacher_modules(root: nn.Module) -> int:
+    """Make each module outside the teacher whose own weights all *are* one teacher module's (a LoRA
+    student's frozen layers after ``distill.students.lora.share_frozen_weights``) that very module.
+
+    FSDP can shard a tensor in one unit only: sharded twice, the shared weights would become two
+    copies. As one module they stay one, gathered whenever either network runs it. Returns the count.
     """
-    kinds = trainability(root)
-    if not kinds:
-        return []
-    if len(kinds) == 1:
-        holders = [c for c in root.children() if trainability(c)]
-        own = any(True for _ in root.parameters(recurse=False))
-        if len(holders) == 1 and isinstance(holders[0], nn.ModuleList) and not own:
-            return [m for m in holders[0] if trainability(m)]
-        return [root]
-    return [unit for child in root.children() for unit in network_units(child)]
+    if not isinstance(getattr(root, TEACHER, None), nn.Module):
+        return 0
+    owner = {id(p): m for m in root.get_submodule(TEACHER).modules() for p in m.parameters(recurse=False)}
+    adopted = 0
+    for name, module in list(root.named_modules()):
+        if _under(name, (TEACHER,)) or not owns_parameters(module) or any(True for _ in module.children()):
+            continue
+        own = dict(module.named_parameters(recurse=False))
+        twin = owner.get(id(next(iter(own.values()))))
+        if twin is None or twin is module or type(twin) is not type(module):
+            continue
+        theirs = dict(twin.named_parameters(recurse=False))
+        if theirs.keys() == own.keys() and all(theirs[k] is p for k, p in own.items()):
+            if not any(True for _ in module.buffers(recurse=False)):
+                parent, _, attr = name.rpartition(".")
+                setattr(root.get_submodule(parent), attr, twin)
+                adopted += 1
+    return adopted
 
 
-class SeparateNetworks:
-    """An FSDP ``auto_wrap_policy``: the units of ``network_units`` and, inside them, every uniform
-    module of at least ``min_params`` parameters. FSDP calls it first with the root module."""
-
-    def __init__(self, min_params: int = 10**7):
-        self.min_params = min_params
-        self._units: set[int] | None = None
-
-    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int, **_: Any) -> bool:
-        if self._units is None:  # the first call is FSDP's root: the whole LightningModule
-            self._units = {id(m) for m in network_units(module)}
-        if recurse:
-            return True
-        if id(module) in self._units:
-            return True
-        return nonwrapped_numel >= self.min_params and len(trainability(module)) == 1
+def shard_networks(
+    root: nn.Module, mesh, shard_teacher: bool = True, mp_policy: MixedPrecisionPolicy | None = None
+) -> int:
+    """``fully_shard`` every parameter owner of ``root`` over ``mesh``; the teacher's only when
+    ``shard_teacher`` (else each rank keeps a whole frozen copy). Returns the number of units."""
+    adopt_teacher_modules(root)
+    owners = parameter_owners(root, skip=() if shard_teacher else (TEACHER,))
+    for module in owners:
+        shard_unit(module, mesh, mp_policy)
+    return len(owners)
 
 
-def fsdp_strategy(min_params: int = 10**7, **kwargs: Any) -> FSDPStrategy:
-    """Lightning's ``FSDPStrategy`` wrapping with ``SeparateNetworks`` (``kwargs`` go to the strategy:
-    ``sharding_strategy``, ``state_dict_type``, ``cpu_offload``, ...)."""
-    return FSDPStrategy(auto_wrap_policy=SeparateNetworks(min_params), **kwargs)
+def shard_unit(module: nn.Module, mesh, mp_policy: MixedPrecisionPolicy | None = None) -> None:
+    """``fully_shard`` one unit. Every unit is a root of its own (no unit holds another's call), and
+    FSDP keeps a root's weights whole after forward unless told otherwise: a teacher evaluated without
+    backward would then stay gathered for good."""
+    fully_shard(module, mesh=mesh, mp_policy=mp_policy or MixedPrecisionPolicy(), reshard_after_forward=True)
 
 
-def is_fsdp(strategy: str | Mapping) -> bool:
-    """Whether a ``hardware.strategy`` (a Lightning strategy name, or a config to instantiate) is FSDP."""
+def sharded_twin(template: nn.Module, source: nn.Module, mesh, mp_policy: MixedPrecisionPolicy) -> nn.Module:
+    """A copy of the sharded ``source`` with its own shards: ``template`` (``source`` as it was before
+    sharding, on the meta device) copied, sharded where ``source`` is, then given this rank's values.
+
+    FSDP modules cannot be deep-copied, and the methods that snapshot their student while training
+    (progressive distillation's rounds, reflow's stages) do so through ``frozen_copy``, which calls this.
+    """
+    twin = copy.deepcopy(template)
+    units = {name for name, m in source.named_modules() if isinstance(m, FSDPModule)}
+    for name, module in reversed(list(twin.named_modules())):
+        if name in units:
+            shard_unit(module, mesh, mp_policy)
+    twin.to_empty(device=local_tensor(next(source.parameters())).device)
+    with torch.no_grad():
+        for (name, mine), (theirs_name, theirs) in zip(
+            [*twin.named_parameters(), *twin.named_buffers()],
+            [*source.named_parameters(), *source.named_buffers()],
+            strict=True,
+        ):
+            if name != theirs_name:
+                raise RuntimeError(f"a sharded copy lists {name} where its source lists {theirs_name}")
+            local_tensor(mine).copy_(local_tensor(theirs))
+    return twin
+
+
+def copy_sharded_with(module: nn.Module, mesh, mp_policy: MixedPrecisionPolicy) -> None:
+    """Before ``module`` is sharded: let ``frozen_copy`` copy it once it is (``sharded_twin``)."""
+    template = copy.deepcopy(module).to("meta")
+    setattr_plain(module, SHARDED_COPY, lambda: sharded_twin(template, module, mesh, mp_policy))
+
+
+def setattr_plain(module: nn.Module, name: str, value) -> None:
+    """An attribute that is neither a submodule nor state (no parameters, not in the state dict)."""
+    object.__setattr__(module, name, value)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` is a shard (a DTensor)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t``: its shard when ``t`` is a DTensor, else ``t`` itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole of ``t`` (a collective when ``t`` is a DTensor: every rank must call it)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """Lightning's FSDP2 strategy, every rank one data-parallel shard (no tensor parallelism).
+
+    Args:
+        shard_teacher: shard the frozen teacher like the rest (False: a whole copy on every rank,
+            which saves its all-gathers when it fits).
+        param_dtype: the dtype parameters are gathered and computed in (``bfloat16`` halves the
+            all-gather traffic); None keeps theirs. Autocast (``hardware.precision``) applies either way.
+        reduce_dtype: the dtype gradients are reduced in; None: ``param_dtype``'s.
+        distributed_checkpoint: save one shard file per rank (torch distributed checkpoint) rather
+            than gathering everything on rank 0.
+        process_group_backend: ``gloo`` on CPU ranks, ``nccl`` on GPUs; None picks by device.
+    """
+
+    def __init__(
+        self,
+        shard_teacher: bool = True,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+    ):
+        super().__init__(
+            save_distributed_checkpoint=distributed_checkpoint, process_group_backend=process_group_backend
+        )
+        self.shard_teacher = shard_teacher
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype])
+
+    def setup_environment(self) -> None:
+        # Lightning's default mesh is tensor-parallel within a node; here every rank holds one shard.
+        self._data_parallel_size, self._tensor_parallel_size = self.world_size, 1
+        super().setup_environment()
+
+    def shard(self, module: nn.Module) -> None:
+        """Shard ``module``'s networks over the data-parallel ranks (once; ``configure_model`` may run again)."""
+        if not is_sharded(module):
+            mesh = self.device_mesh["data_parallel"]
+            copy_sharded_with(module.student, mesh, self.mp_policy)
+            shard_networks(module, mesh, self.shard_teacher, self.mp_policy)
+
+
+def is_lightning_fsdp1(strategy: str | Mapping) -> bool:
+    """Whether a ``hardware.strategy`` names Lightning's own FSDP (FSDP1, ``fsdp`` or ``FSDPStrategy``)."""
     target = strategy.get("_target_", "") if isinstance(strategy, Mapping) else strategy
-    return "fsdp" in str(target).lower()
+    return str(target).startswith("fsdp") or str(target).endswith("FSDPStrategy")
 
 
-def check_fsdp_devices(devices: int | str | list, num_nodes: int) -> None:
-    """Refuse FSDP on a single device. It would shard nothing: torch falls back to ``NO_SHARD``,
-    which leaves a network's own parameters unregistered after a forward that no backward follows
-    (seen on an H100), so the student and its EMA copies no longer list the same parameters."""
-    count = len(devices) if isinstance(devices, (list, tuple)) else devices
-    if count == 1 and num_nodes == 1:
+def check_strategy(strategy: str | Mapping) -> None:
+    """Refuse Lightning's FSDP1 strategies: they wrap the whole module as one flat unit, which cannot
+    hold frozen and trainable weights together, so nothing here would shard as documented."""
+    if is_lightning_fsdp1(strategy):
+        name = strategy.get("_target_") if isinstance(strategy, Mapping) else strategy
         raise ConfigError(
-            "an FSDP strategy on one device shards nothing (torch falls back to NO_SHARD, under which "
-            "the EMA update fails): on one GPU use hardware=gpu, or give FSDP several devices "
-            "(hardware.devices=8)"
+            f"hardware.strategy={name} is Lightning's FSDP1 wrapper, which distill does not shard with: "
+            "use hardware=fsdp_sim (CPU ranks) or hardware=8xa100_fsdp, whose strategy is "
+            "distill.lit.sharding.FullyShardedStrategy (FSDP2)"
         )

@@ -97,6 +97,12 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+# Set on a network sharded by FSDP (``distill.lit.sharding``), which cannot be deep-copied: its copier.
+SHARDED_COPY = "_sharded_copy"
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    """A deep copy in eval mode that takes no gradient: targets, snapshots and EMA copies (of a sharded
+    network, a copy sharded the same way)."""
+    copier = getattr(model, SHARDED_COPY, None)
+    return (copier() if copier else copy.deepcopy(model)).eval().requires_grad_(False)

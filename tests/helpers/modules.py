@@ -22,8 +22,13 @@ def make_module(steps_per_round: int = 2) -> DistillModule:
     )
 
 
-def fit(module: DistillModule, steps: int, tmp_path) -> L.Trainer:
+def ring_batches() -> DataLoader:
+    """512 points of the ring mixture in shuffled batches of 64."""
     data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
+    return DataLoader(TensorDataset(data), batch_size=64, shuffle=True)
+
+
+def fit(module: DistillModule, steps: int, tmp_path) -> L.Trainer:
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -33,5 +38,5 @@ def fit(module: DistillModule, steps: int, tmp_path) -> L.Trainer:
         default_root_dir=tmp_path,
         enable_checkpointing=False,
     )
-    trainer.fit(module, DataLoader(TensorDataset(data), batch_size=64, shuffle=True))
+    trainer.fit(module, ring_batches())
     return trainer

@@ -1,105 +1,129 @@
-"""FSDP: teacher, student, EMA and the method's nets are separate units; no unit mixes frozen and trainable."""
+"""FSDP2 units: every module that owns parameters, each once, a LoRA student's shared layers the
+teacher's own; the configs build the strategy; Lightning's FSDP1 is refused with the config to use.
+(Two and four ranks against DDP: tests/lit/test_fsdp.py.)"""
 
-import socket
+import os
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import FSDPStrategy
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch import nn
 
 from distill.config_schema import validate_train_config
 from distill.errors import ConfigError
 from distill.lit.distill import DistillModule
 from distill.lit.sharding import (
-    SeparateNetworks,
-    check_fsdp_devices,
-    is_fsdp,
-    network_units,
-    trainability,
+    FullyShardedStrategy,
+    adopt_teacher_modules,
+    check_strategy,
+    full_tensor,
+    is_sharded,
+    parameter_owners,
 )
 from distill.methods import DMD2
 from distill.nets.mlp import TimeMLP
 from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import student_from_teacher
+from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import Teacher
+from tests.helpers.modules import fit, make_module, ring_batches
 
 
 def dmd2_module() -> DistillModule:
     torch.manual_seed(0)
     teacher = Teacher(VelocityModel(TimeMLP((2,), width=32, depth=2)), (2,))
     return DistillModule(
-        teacher,
-        student_from_teacher(teacher.model),
-        DMD2(generator_times=[1.0]),
-        lambda p: torch.optim.Adam(p),
-        ema_decays=[0.9, 0.99],
+        teacher, student_from_teacher(teacher.model), DMD2(generator_times=[1.0]), torch.optim.Adam, ema_decays=[0.9]
     )
 
 
-def test_every_network_is_its_own_unit():
+def test_units_are_the_parameter_owners_deepest_first_and_the_teacher_can_stay_whole():
     module = dmd2_module()
-    units = {name for name, m in module.named_modules() if any(m is u for u in network_units(module))}
-    # the method's unit is DMD2's fake-score net; each EMA copy is a unit, sharded as the student is
-    assert units == {"teacher", "student", "method", "ema.copies.0", "ema.copies.1"}
-
-
-def test_a_lora_layer_splits_into_its_frozen_base_and_trainable_adapters():
-    layer = torch.nn.ModuleDict({"base": torch.nn.Linear(4, 4).requires_grad_(False), "lora_a": torch.nn.Linear(4, 1)})
-    assert network_units(layer) == [layer["base"], layer["lora_a"]]
-
-
-@pytest.fixture
-def one_process_group():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def test_fsdp_wraps_each_network_and_its_large_blocks_in_uniform_units(one_process_group):
-    wrapped = FSDP(
-        dmd2_module(),
-        auto_wrap_policy=SeparateNetworks(min_params=1000),
-        device_id=torch.device("cpu"),
-        use_orig_params=True,
+    owners = parameter_owners(module)
+    names = {id(m): name for name, m in module.named_modules()}
+    assert all(any(True for _ in m.parameters(recurse=False)) for m in owners)
+    # every parameter in exactly one unit
+    assert sorted(id(p) for m in owners for p in m.parameters(recurse=False)) == sorted(
+        id(p) for p in module.parameters()
     )
-    units = {name.replace("_fsdp_wrapped_module.", ""): m for name, m in wrapped.named_modules() if isinstance(m, FSDP)}
-    assert {"teacher", "student", "method", "ema.copies.0", "ema.copies.1"} <= set(units)
-    assert any(name.startswith("student.net.blocks.") for name in units)  # blocks of >= min_params
-    for name, unit in units.items():
-        own = [
-            p
-            for p in unit.parameters()
-            if not any(
-                p is q for sub in unit.modules() if sub is not unit and isinstance(sub, FSDP) for q in sub.parameters()
-            )
-        ]
-        assert len({p.requires_grad for p in own}) <= 1, name
-    assert trainability(units["teacher"]) == {False} and trainability(units["student"]) == {True}
+    position = {id(m): i for i, m in enumerate(owners)}
+    for name, m in module.named_modules():
+        for child in m.modules():
+            if child is not m and id(child) in position and id(m) in position:
+                assert position[id(child)] < position[id(m)], f"{names[id(child)]} after its parent {name}"
+    kept_whole = parameter_owners(module, skip=("teacher",))
+    assert {names[id(m)].split(".")[0] for m in kept_whole} == {"student", "method", "ema"}
 
 
-def test_the_fsdp_hardware_config_builds_lightnings_strategy_with_this_policy(compose_train):
-    strategy = instantiate(compose_train("hardware=8xa100_fsdp").hardware.strategy)
-    assert isinstance(strategy, FSDPStrategy)
-    assert isinstance(strategy.kwargs["auto_wrap_policy"], SeparateNetworks)
+def test_a_lora_students_shared_frozen_layers_become_the_teachers_own_modules():
+    torch.manual_seed(0)
+    teacher = Teacher(VelocityModel(TimeMLP((2,), width=16, depth=2)), (2,))
+    student = add_lora(student_from_teacher(teacher.model), 2, 2, r".*blocks\.\d+\.fc\d")
+    shared = share_frozen_weights(student, teacher.model)
+    root = nn.ModuleDict({"teacher": teacher, "student": student})
+    before = {name: p.clone() for name, p in root.named_parameters(remove_duplicate=False)}
+    adopted = adopt_teacher_modules(root)
+    assert shared > 0 and adopted > 0
+    teacher_modules = {id(m) for m in teacher.modules()}
+    for name, m in student.named_modules():
+        own = list(m.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            assert id(m) in teacher_modules, f"{name} still holds its own frozen copy"
+    lora = [p for n, p in student.named_parameters() if "lora_" in n]
+    assert lora and all(id(p) not in {id(q) for q in teacher.parameters()} for p in lora)
+    for name, p in root.named_parameters(remove_duplicate=False):  # same names, same values
+        assert torch.equal(p, before[name]), name
 
 
-@pytest.mark.parametrize("devices", [1, [0]])
-def test_fsdp_on_one_device_is_refused_with_the_config_to_use_instead(devices):
-    # torch turns FSDP on one device into NO_SHARD, under which the EMA update failed on an H100
-    with pytest.raises(ConfigError, match="hardware=gpu"):
-        check_fsdp_devices(devices, num_nodes=1)
-    check_fsdp_devices(8, num_nodes=1)
-    check_fsdp_devices(1, num_nodes=2)  # one GPU on each of two nodes still shards
+@pytest.mark.parametrize(
+    "strategy", ["fsdp", "fsdp_cpu_offload", {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}]
+)
+def test_lightnings_fsdp1_is_refused_with_the_configs_to_use(strategy):
+    with pytest.raises(ConfigError, match="hardware=fsdp_sim"):
+        check_strategy(strategy)
+    check_strategy("ddp")
 
 
-def test_config_validation_refuses_single_device_fsdp_before_anything_is_built(compose_train):
-    cfg = compose_train("hardware=8xa100_fsdp", "hardware.devices=1")
-    with pytest.raises(ConfigError, match="shards nothing"):
-        validate_train_config(cfg)
-    validate_train_config(compose_train("hardware=8xa100_fsdp"))  # 8 devices: accepted
-    assert is_fsdp(cfg.hardware.strategy) and is_fsdp("fsdp") and not is_fsdp("ddp")
+@pytest.mark.parametrize("hardware", ["fsdp_sim", "8xa100_fsdp"])
+def test_the_fsdp_hardware_configs_validate_and_build_the_fsdp2_strategy(compose_train, hardware):
+    cfg = compose_train(f"hardware={hardware}")
+    validate_train_config(cfg)
+    strategy = instantiate(cfg.hardware.strategy)
+    assert isinstance(strategy, FullyShardedStrategy) and strategy.shard_teacher
+    if hardware == "8xa100_fsdp":  # gathered in bf16, reduced in fp32
+        assert (strategy.mp_policy.param_dtype, strategy.mp_policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    else:
+        assert cfg.hardware.devices == 2 and strategy.mp_policy.param_dtype is None
+
+
+def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path):
+    # FSDP2 on one device shards over a mesh of one (no NO_SHARD fallback, unlike FSDP1).
+    plain = make_module()
+    fit(plain, 6, tmp_path / "plain")
+    sharded = make_module()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=FullyShardedStrategy(process_group_backend="gloo"),
+        use_distributed_sampler=False,  # as build_trainer
+        max_steps=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    env = dict(os.environ)  # Lightning sets MASTER_ADDR / MASTER_PORT for its one-process group
+    try:
+        trainer.fit(sharded, ring_batches())
+        assert is_sharded(sharded.student) and is_sharded(sharded.ema)
+        state = {k: full_tensor(v) for k, v in sharded.state_dict().items()}
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(env)
+    assert state.keys() == plain.state_dict().keys()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)

@@ -1,0 +1,143 @@
+"""FSDP2 on two CPU ranks (gloo) trains exactly as DDP on two CPU ranks, for every kind of method.
+
+Each rank builds the module from the same config and seed, sees the same half of every batch and
+draws the same noise under both strategies; after 20 batches with gradient clipping active, the
+student, its EMA copies and the method's networks (DMD2's fake score and GAN head) must agree to
+1e-5, and so must every step's gradient norm: under FSDP each rank holds a shard of the gradients,
+and a norm of the shard alone (clipping each rank by its own coefficient) would differ. The
+methods cover one optimizer (progressive distillation), two with auxiliary networks (DMD2 + GAN),
+a JVP through the sharded student (sCD) and a LoRA student whose frozen layers are the teacher's
+(ArcFlow).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.multiprocessing as mp
+from hydra.utils import instantiate
+from lightning.pytorch import seed_everything
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+import distill.lit.distill as lit_distill
+from distill.build import build_module
+from distill.callbacks.rank_seed import RankSeed
+from distill.lit.sharding import FullyShardedStrategy, full_tensor, is_sharded
+from distill.teachers.checkpoint import load_teacher
+from tests.conftest import compose_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "hardware"
+WORLD, GLOBAL_BATCH, BATCHES, CLIP = 2, 8, 20, 1e-2
+CASES = {
+    "progressive": ["method=progressive"],
+    "dmd2_gan": ["method=dmd2", "method.objective.gan_weight=0.1"],
+    "scd": ["method=scd"],
+    "arcflow_lora": ["method=arcflow", "method.objective.components=2", "method.objective.intermediate_states=1"],
+}
+
+
+def strategies() -> dict[str, object]:
+    ddp = OmegaConf.load(CONF / "ddp_sim.yaml").strategy
+    fsdp = instantiate(OmegaConf.load(CONF / "fsdp_sim.yaml").strategy)
+    assert isinstance(fsdp, FullyShardedStrategy)
+    return {"ddp": ddp, "fsdp": fsdp}
+
+
+def batches() -> torch.Tensor:
+    """(BATCHES, GLOBAL_BATCH, 1, 8, 8) digit-sized images; rank r trains on rows [4r, 4r + 4) of each."""
+    x = torch.rand(BATCHES * GLOBAL_BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return x.view(BATCHES, GLOBAL_BATCH, 1, 8, 8)
+
+
+def train_one(cfg, strategy, rank: int) -> tuple[dict[str, torch.Tensor], list[float], bool]:
+    """The whole state after BATCHES batches (gathered from the shards), every step's gradient norms,
+    and whether the networks were sharded."""
+    seed_everything(0, verbose=False)
+    module = build_module(cfg, load_teacher(cfg.teacher.path))
+    norms: list[float] = []
+    measure = lit_distill.grad_norm
+    lit_distill.grad_norm = lambda params, max_norm: norms.append(float(out := measure(params, max_norm))) or out
+    half = GLOBAL_BATCH // WORLD
+    mine = batches()[:, rank * half : (rank + 1) * half].reshape(-1, 1, 8, 8)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=WORLD,
+        strategy=strategy,
+        max_steps=module.optimizer_steps_bound(module.max_batches),
+        use_distributed_sampler=False,  # as build_trainer: the rank's data is its own
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RankSeed(seed=0)],
+    )
+    try:
+        trainer.fit(module, DataLoader(TensorDataset(mine), batch_size=half))
+    finally:
+        lit_distill.grad_norm = measure
+    state = {k: full_tensor(v).detach().clone() for k, v in module.state_dict().items()}  # collective
+    return state, norms, is_sharded(module.student)
+
+
+def _rank(rank: int, port: int, out: Path, configs: dict) -> None:
+    # Ranks started here rather than by Lightning (which would re-run pytest); Lightning joins them.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+    torch.set_num_threads(1)
+    for name, cfg in configs.items():
+        for kind, strategy in strategies().items():
+            state, norms, sharded = train_one(cfg, strategy, rank)
+            torch.save({"state": state, "norms": norms, "sharded": sharded}, out / f"{name}_{kind}_{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compare(names: list[str], cache_dir: Path, tmp_path: Path) -> None:
+    configs = {
+        name: compose_config(
+            "train",
+            ["dataset=digits", *CASES[name], f"train.max_steps={BATCHES}", f"method.grad_clip={CLIP}"],
+            tmp_path / name,
+        )
+        for name in names
+    }
+    mp.start_processes(_rank, args=(_free_port(), tmp_path, configs), nprocs=WORLD, join=True, start_method="fork")
+    for name in names:
+        ddp, fsdp = (torch.load(tmp_path / f"{name}_{kind}_0.pt", weights_only=True) for kind in ("ddp", "fsdp"))
+        other = torch.load(tmp_path / f"{name}_fsdp_1.pt", weights_only=True)
+        assert fsdp["sharded"] and not ddp["sharded"], name
+        assert len(ddp["norms"]) >= BATCHES and min(ddp["norms"]) > CLIP, f"{name}: clipping was not active"
+        torch.testing.assert_close(fsdp["norms"], ddp["norms"], rtol=1e-5, atol=0, msg=f"{name}: gradient norms")
+        assert fsdp["state"].keys() == ddp["state"].keys(), name
+        for key, value in ddp["state"].items():
+            torch.testing.assert_close(fsdp["state"][key], value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
+            assert torch.equal(other["state"][key], fsdp["state"][key]), f"{name}: ranks gathered different {key}"
+        kinds = {key.split(".")[0] for key in ddp["state"]}
+        assert "student" in kinds and ("ema" in kinds) == bool(configs[name].method.ema_decays), name
+        if name == "dmd2_gan":
+            assert any(".gan_heads." in key for key in ddp["state"]), "the GAN head is compared too"
+
+
+def test_fsdp_equals_ddp_for_progressive_distillation_and_dmd2_with_its_gan(cache_dir, tmp_path):
+    compare(["progressive", "dmd2_gan"], cache_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_fsdp_equals_ddp_for_scd_and_an_arcflow_lora_student(cache_dir, tmp_path):
+    compare(["scd", "arcflow_lora"], cache_dir, tmp_path)
