@@ -81,7 +81,8 @@ class RunState(L.Callback):
 
 
 def newest_first(directory: Path) -> list[Path]:
-    """``*.ckpt`` in ``directory``, newest first; ``last.ckpt`` first among equals."""
+    """``*.ckpt`` in ``directory`` (files, or an FSDP run's shard folders), newest first; ``last.ckpt``
+    first among equals."""
     paths = list(directory.glob("*.ckpt")) if directory.is_dir() else []
     return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p.name == LAST), reverse=True)
 
@@ -113,11 +114,11 @@ def find_resume_point(ckpt_path: str | None, directory: Path, method: str) -> Re
         return None
     if ckpt_path not in ("auto", "last"):
         path = Path(ckpt_path).expanduser()
-        return resume_point(path, read_checkpoint(path), method)
+        return resume_point(path, read_checkpoint(path, weights=False), method)
     skipped = []
     for path in newest_first(directory):
         try:
-            ckpt = read_checkpoint(path)
+            ckpt = read_checkpoint(path, weights=False)
         except CheckpointError as err:
             rank_zero_warn(f"resume: skipping {err}")
             skipped.append(path.name)

@@ -30,6 +30,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def swap_in_directory(staging: str | Path, out: str | Path) -> Path:
+    """Make the finished directory ``staging`` be ``out``. A previous ``out`` is first renamed to
+    ``<stem>.old<suffix>`` and removed only once the new one is in place, so a crash at any point
+    leaves a whole directory under one of the two names."""
+    staging, out = Path(staging), Path(out)
+    old = out.with_name(f"{out.stem}.old{out.suffix}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def replace_directory(out: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to fill a fresh ``<out>.tmp`` directory, then swap it in for ``out``: a crash
     while writing leaves any previous ``out`` whole (a stale ``.tmp`` is cleared by the next call)."""

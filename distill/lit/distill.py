@@ -90,9 +90,13 @@ class DistillModule(L.LightningModule):
         state = super().state_dict(*args, **kwargs)
         return {k: v for k, v in state.items() if not k.startswith(TEACHER_PREFIX)}
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+    def prepare_to_load(self, state_dict: dict[str, Any]) -> None:
+        """Grow the method's state (snapshots, pair buffers) to what ``state_dict`` holds."""
         method_state = {k.removeprefix("method."): v for k, v in state_dict.items() if k.startswith("method.")}
         self.method.prepare_to_load(method_state, self.student)
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        self.prepare_to_load(state_dict)
         missing_teacher = {k for k in super().state_dict() if k.startswith(TEACHER_PREFIX)}
         try:
             result = super().load_state_dict(state_dict, strict=False, assign=assign)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from distill.errors import CheckpointError, ConfigError
-from distill.lit.checkpoint_io import read_checkpoint
+from distill.lit.checkpoint_io import is_sharded_checkpoint, read_checkpoint
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 STUDENT_PREFIX = "student."
@@ -43,6 +43,8 @@ class StudentInit:
 def checkpoint_path(source: str | Path) -> Path:
     """``<run dir>/checkpoints/last.ckpt`` for a run dir, ``source`` itself for a file."""
     path = Path(source).expanduser()
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         if not (path / CHECKPOINT).is_file():
             raise ConfigError(

@@ -20,7 +20,10 @@ which calls ``FullyShardedStrategy.shard``; ``hardware=fsdp_sim`` runs it on two
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -28,7 +31,9 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from distill.core.io import swap_in_directory
 from distill.errors import ConfigError
+from distill.lit.checkpoint_io import is_sharded_checkpoint, stored_tensors
 from distill.nets.freezing import SHARDED_COPY
 
 TEACHER = "teacher"
@@ -198,6 +203,42 @@ class FullyShardedStrategy(ModelParallelStrategy):
             mesh = self.device_mesh["data_parallel"]
             copy_sharded_with(module.student, mesh, self.mp_policy)
             shard_networks(module, mesh, self.shard_teacher, self.mp_policy)
+
+    # --- checkpoints: one shard file per rank, written whole or not at all -------------------
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        """Every rank writes its shards into a staging folder beside ``filepath``; once all are done,
+        rank zero swaps it in (``swap_in_directory``), so a run killed mid-save keeps its last checkpoint."""
+        if not self._save_distributed_checkpoint:  # one gathered file, through the atomic CheckpointIO
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        staging = path.with_name(f".{path.name}.partial")
+        if self.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.barrier("staging cleared")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("shards written")
+        if self.is_global_zero:
+            swap_in_directory(staging, path)
+        self.barrier("checkpoint in place")
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Grow what the checkpoint grew (progressive distillation's round snapshots, DMD2's pair
+        buffers) before its shards are read into the module: the shards load into what exists."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if is_sharded_checkpoint(path):
+            self.lightning_module.prepare_to_load(stored_tensors(path))
+            materialize_meta_buffers(self.lightning_module, self.root_device)
+        return super().load_checkpoint(path, weights_only)
+
+
+def materialize_meta_buffers(module: nn.Module, device: torch.device) -> None:
+    """Give buffers grown on the meta device (shaped after a checkpoint's metadata) real storage to load into."""
+    for name, buffer in list(module.named_buffers()):
+        if buffer is not None and buffer.is_meta:
+            owner_name, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            persistent = attr not in owner._non_persistent_buffers_set
+            owner.register_buffer(attr, torch.empty_like(buffer, device=device), persistent=persistent)
 
 
 def is_lightning_fsdp1(strategy: str | Mapping) -> bool:
