@@ -1,4 +1,4 @@
-"""FSDP2 on two CPU ranks (gloo) trains exactly as DDP on two CPU ranks, for every kind of method.
+"""FSDP2 on two (and four) CPU ranks (gloo) trains exactly as DDP on as many, for every kind of method.
 
 Each rank builds the module from the same config and seed, sees the same half of every batch and
 draws the same noise under both strategies; after 20 batches with gradient clipping active, the
@@ -33,7 +33,7 @@ from distill.teachers.checkpoint import load_teacher
 from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "hardware"
-WORLD, GLOBAL_BATCH, BATCHES, CLIP = 2, 8, 20, 1e-2
+GLOBAL_BATCH, BATCHES, CLIP = 8, 20, 1e-2
 CASES = {
     "progressive": ["method=progressive"],
     "dmd2_gan": ["method=dmd2", "method.objective.gan_weight=0.1"],
@@ -50,12 +50,12 @@ def strategies() -> dict[str, object]:
 
 
 def batches() -> torch.Tensor:
-    """(BATCHES, GLOBAL_BATCH, 1, 8, 8) digit-sized images; rank r trains on rows [4r, 4r + 4) of each."""
+    """(BATCHES, GLOBAL_BATCH, 1, 8, 8) digit-sized images; of W ranks, rank r trains on the r-th W-th of each."""
     x = torch.rand(BATCHES * GLOBAL_BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
     return x.view(BATCHES, GLOBAL_BATCH, 1, 8, 8)
 
 
-def train_one(cfg, strategy, rank: int) -> tuple[dict[str, torch.Tensor], list[float], bool]:
+def train_one(cfg, strategy, rank: int, world: int) -> tuple[dict[str, torch.Tensor], list[float], bool]:
     """The whole state after BATCHES batches (gathered from the shards), every step's gradient norms,
     and whether the networks were sharded."""
     seed_everything(0, verbose=False)
@@ -63,11 +63,11 @@ def train_one(cfg, strategy, rank: int) -> tuple[dict[str, torch.Tensor], list[f
     norms: list[float] = []
     measure = lit_distill.grad_norm
     lit_distill.grad_norm = lambda params, max_norm: norms.append(float(out := measure(params, max_norm))) or out
-    half = GLOBAL_BATCH // WORLD
-    mine = batches()[:, rank * half : (rank + 1) * half].reshape(-1, 1, 8, 8)
+    part = GLOBAL_BATCH // world
+    mine = batches()[:, rank * part : (rank + 1) * part].reshape(-1, 1, 8, 8)
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=WORLD,
+        devices=world,
         strategy=strategy,
         max_steps=module.optimizer_steps_bound(module.max_batches),
         use_distributed_sampler=False,  # as build_trainer: the rank's data is its own
@@ -78,19 +78,19 @@ def train_one(cfg, strategy, rank: int) -> tuple[dict[str, torch.Tensor], list[f
         callbacks=[RankSeed(seed=0)],
     )
     try:
-        trainer.fit(module, DataLoader(TensorDataset(mine), batch_size=half))
+        trainer.fit(module, DataLoader(TensorDataset(mine), batch_size=part))
     finally:
         lit_distill.grad_norm = measure
     state = {k: full_tensor(v).detach().clone() for k, v in module.state_dict().items()}  # collective
     return state, norms, is_sharded(module.student)
 
 
-def _rank(rank: int, port: int, out: Path, configs: dict) -> None:
+def _rank(rank: int, world: int, port: int, out: Path, configs: dict) -> None:
     # Ranks started here rather than by Lightning (which would re-run pytest); Lightning joins them.
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
+        WORLD_SIZE=str(world),
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         NODE_RANK="0",
@@ -98,7 +98,7 @@ def _rank(rank: int, port: int, out: Path, configs: dict) -> None:
     torch.set_num_threads(1)
     for name, cfg in configs.items():
         for kind, strategy in strategies().items():
-            state, norms, sharded = train_one(cfg, strategy, rank)
+            state, norms, sharded = train_one(cfg, strategy, rank, world)
             torch.save({"state": state, "norms": norms, "sharded": sharded}, out / f"{name}_{kind}_{rank}.pt")
 
 
@@ -108,7 +108,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def compare(names: list[str], cache_dir: Path, tmp_path: Path) -> None:
+def compare(names: list[str], tmp_path: Path, world: int = 2) -> None:
     configs = {
         name: compose_config(
             "train",
@@ -117,10 +117,11 @@ def compare(names: list[str], cache_dir: Path, tmp_path: Path) -> None:
         )
         for name in names
     }
-    mp.start_processes(_rank, args=(_free_port(), tmp_path, configs), nprocs=WORLD, join=True, start_method="fork")
+    args = (world, _free_port(), tmp_path, configs)
+    mp.start_processes(_rank, args=args, nprocs=world, join=True, start_method="fork")
     for name in names:
         ddp, fsdp = (torch.load(tmp_path / f"{name}_{kind}_0.pt", weights_only=True) for kind in ("ddp", "fsdp"))
-        other = torch.load(tmp_path / f"{name}_fsdp_1.pt", weights_only=True)
+        other = torch.load(tmp_path / f"{name}_fsdp_{world - 1}.pt", weights_only=True)
         assert fsdp["sharded"] and not ddp["sharded"], name
         assert len(ddp["norms"]) >= BATCHES and min(ddp["norms"]) > CLIP, f"{name}: clipping was not active"
         torch.testing.assert_close(fsdp["norms"], ddp["norms"], rtol=1e-5, atol=0, msg=f"{name}: gradient norms")
@@ -134,10 +135,16 @@ def compare(names: list[str], cache_dir: Path, tmp_path: Path) -> None:
             assert any(".gan_heads." in key for key in ddp["state"]), "the GAN head is compared too"
 
 
+@pytest.mark.slow
 def test_fsdp_equals_ddp_for_progressive_distillation_and_dmd2_with_its_gan(cache_dir, tmp_path):
-    compare(["progressive", "dmd2_gan"], cache_dir, tmp_path)
+    compare(["progressive", "dmd2_gan"], tmp_path)
 
 
 @pytest.mark.slow
 def test_fsdp_equals_ddp_for_scd_and_an_arcflow_lora_student(cache_dir, tmp_path):
-    compare(["scd", "arcflow_lora"], cache_dir, tmp_path)
+    compare(["scd", "arcflow_lora"], tmp_path)
+
+
+@pytest.mark.slow
+def test_fsdp_equals_ddp_on_four_ranks_for_dmd2_with_its_gan(cache_dir, tmp_path):
+    compare(["dmd2_gan"], tmp_path, world=4)

@@ -98,15 +98,12 @@ def test_the_fsdp_hardware_configs_validate_and_build_the_fsdp2_strategy(compose
         assert cfg.hardware.devices == 2 and strategy.mp_policy.param_dtype is None
 
 
-def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path):
-    # FSDP2 on one device shards over a mesh of one (no NO_SHARD fallback, unlike FSDP1).
-    plain = make_module()
-    fit(plain, 6, tmp_path / "plain")
-    sharded = make_module()
+def fit_on_one_rank(module: DistillModule, strategy: FullyShardedStrategy) -> dict[str, torch.Tensor]:
+    """``fit`` under ``strategy`` on one CPU process (a gloo group of one); the whole state after it."""
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        strategy=FullyShardedStrategy(process_group_backend="gloo"),
+        strategy=strategy,
         use_distributed_sampler=False,  # as build_trainer
         max_steps=6,
         logger=False,
@@ -116,14 +113,38 @@ def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path):
     )
     env = dict(os.environ)  # Lightning sets MASTER_ADDR / MASTER_PORT for its one-process group
     try:
-        trainer.fit(sharded, ring_batches())
-        assert is_sharded(sharded.student) and is_sharded(sharded.ema)
-        state = {k: full_tensor(v) for k, v in sharded.state_dict().items()}
+        trainer.fit(module, ring_batches())
+        return {k: full_tensor(v) for k, v in module.state_dict().items()}
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(env)
+
+
+@pytest.mark.parametrize("shard_teacher", [True, False])
+def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path, shard_teacher):
+    # FSDP2 on one device shards over a mesh of one (no NO_SHARD fallback, unlike FSDP1).
+    plain = make_module()
+    fit(plain, 6, tmp_path / "plain")
+    sharded = make_module()
+    state = fit_on_one_rank(sharded, FullyShardedStrategy(shard_teacher=shard_teacher, process_group_backend="gloo"))
+    assert is_sharded(sharded.student) and is_sharded(sharded.ema) and is_sharded(sharded.teacher) == shard_teacher
     assert state.keys() == plain.state_dict().keys()
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_bf16_gathering_keeps_fp32_shards_and_trains(tmp_path):
+    # hardware=8xa100_fsdp's policy: weights gathered and used in bf16, stored and stepped in fp32.
+    module = make_module()
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    seen: list[torch.dtype] = []
+    layer = next(m for m in module.student.modules() if isinstance(m, nn.Linear))
+    layer.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    strategy = FullyShardedStrategy(param_dtype="bfloat16", reduce_dtype="float32", process_group_backend="gloo")
+    state = fit_on_one_rank(module, strategy)
+    assert seen and set(seen) == {torch.bfloat16}  # computed in bf16 ...
+    assert all(p.dtype == torch.float32 for p in module.student.parameters())  # ... stored in fp32
+    moved = [k for k in start if k.startswith("student.") and not torch.equal(state[k], start[k])]
+    assert moved and all(torch.isfinite(v).all() for v in state.values())
