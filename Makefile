@@ -11,7 +11,7 @@ METHODS ?= progressive,consistency,ict,ect,scd,sct,pcm,pcm_adv,meanflow,dmd,dmd2
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help setup run teacher teacher-retrain teachers-extra teacher-reflow test test-slow lint format bench table reflow-budget docs data teacher-fmnist table-fmnist clean
+.PHONY: help setup run teacher teacher-retrain teachers-extra teacher-reflow test test-slow lint format bench table reflow-budget docs data teacher-fmnist table-fmnist fsdp-memory clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ teacher-fmnist: data ## train the Fashion-MNIST teacher of HARDWARE=gpu|cpu (cac
 
 table-fmnist: data ## Fashion-MNIST table: every method, HARDWARE=gpu (3 seeds) or cpu (1 seed) -> experiments/results/fashion_mnist/
 	$(PY) experiments/table_fmnist.py hardware=$(HARDWARE)
+
+fsdp-memory: setup teacher ## per-rank weights, gradients and Adam state under FSDP on 1, 2 and 4 CPU ranks -> experiments/results/fsdp_memory.md
+	$(PY) experiments/fsdp_memory.py --out experiments/results/fsdp_memory.md
 
 REFLOW_BUDGETS ?= 100,250,500,750,1500
 reflow-budget: setup teacher teacher-reflow ## 1-step students distilled from the teacher vs from its 2-RF, per distillation budget x 3 seeds -> experiments/results/reflow_budget.{md,png}

@@ -36,8 +36,8 @@ def swap_in_directory(staging: str | Path, out: str | Path) -> Path:
     leaves a whole directory under one of the two names."""
     staging, out = Path(staging), Path(out)
     old = out.with_name(f"{out.stem}.old{out.suffix}")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
+    if out.exists():  # an ``old`` left by a crash is stale only while ``out`` is whole
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
     os.replace(staging, out)
     shutil.rmtree(old, ignore_errors=True)

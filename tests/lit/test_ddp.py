@@ -8,19 +8,17 @@ whole global batch with the same samples and the same noise.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.callbacks.rank_seed import RankSeed
 from distill.core.gmm import ring_mixture
 from distill.lit.distill import DistillModule
+from distill.lit.local_ranks import run_local_ranks
 from distill.methods import DMD2
 from distill.methods.meanflow import MeanFlow
 from distill.methods.scm import SCM
@@ -87,18 +85,7 @@ def fit(module: DistillModule, x: torch.Tensor, batch: int, devices: int, callba
     trainer.fit(module, DataLoader(TensorDataset(x), batch_size=batch))
 
 
-def _rank(rank: int, port: int, out: Path, names: list[str]) -> None:
-    # Ranks started here rather than by Lightning (which would re-run pytest): Lightning sees
-    # LOCAL_RANK and joins them, as it joins torchrun's or SLURM's.
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
-    torch.set_num_threads(1)
+def _rank(rank: int, world: int, out: Path, names: list[str]) -> None:
     half = GLOBAL_BATCH // WORLD
     mine = global_batches()[:, rank * half : (rank + 1) * half].reshape(-1, 2)
     for name in names:
@@ -125,15 +112,8 @@ def replay_ranks(module: DistillModule, rank_states: list[list[torch.Tensor]]) -
     module.method.loss = loss
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_two_ranks_and_compare(names: list[str], tmp_path: Path) -> None:
-    # fork: the ranks inherit the imported modules (a fresh interpreter spends ~15 s importing Lightning)
-    mp.start_processes(_rank, args=(_free_port(), tmp_path, names), nprocs=WORLD, join=True, start_method="fork")
+    run_local_ranks(_rank, WORLD, tmp_path, names)  # started here: Lightning would re-run pytest
     for name in names:
         ranks = [torch.load(tmp_path / f"{name}_{r}.pt", weights_only=True) for r in range(WORLD)]
         assert not torch.equal(ranks[0]["rng"][0], ranks[1]["rng"][0]), f"{name}: ranks draw the same noise"

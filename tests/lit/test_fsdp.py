@@ -12,14 +12,11 @@ a JVP through the sharded student (sCD) and a LoRA student whose frozen layers a
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from omegaconf import OmegaConf
@@ -28,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import distill.lit.distill as lit_distill
 from distill.build import build_module
 from distill.callbacks.rank_seed import RankSeed
+from distill.lit.local_ranks import run_local_ranks
 from distill.lit.sharding import FullyShardedStrategy, full_tensor, is_sharded
 from distill.teachers.checkpoint import load_teacher
 from tests.conftest import compose_config
@@ -85,27 +83,11 @@ def train_one(cfg, strategy, rank: int, world: int) -> tuple[dict[str, torch.Ten
     return state, norms, is_sharded(module.student)
 
 
-def _rank(rank: int, world: int, port: int, out: Path, configs: dict) -> None:
-    # Ranks started here rather than by Lightning (which would re-run pytest); Lightning joins them.
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(world),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
-    torch.set_num_threads(1)
+def _rank(rank: int, world: int, out: Path, configs: dict) -> None:
     for name, cfg in configs.items():
         for kind, strategy in strategies().items():
             state, norms, sharded = train_one(cfg, strategy, rank, world)
             torch.save({"state": state, "norms": norms, "sharded": sharded}, out / f"{name}_{kind}_{rank}.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def compare(names: list[str], tmp_path: Path, world: int = 2) -> None:
@@ -117,8 +99,7 @@ def compare(names: list[str], tmp_path: Path, world: int = 2) -> None:
         )
         for name in names
     }
-    args = (world, _free_port(), tmp_path, configs)
-    mp.start_processes(_rank, args=args, nprocs=world, join=True, start_method="fork")
+    run_local_ranks(_rank, world, tmp_path, configs)  # started here: Lightning would re-run pytest
     for name in names:
         ddp, fsdp = (torch.load(tmp_path / f"{name}_{kind}_0.pt", weights_only=True) for kind in ("ddp", "fsdp"))
         other = torch.load(tmp_path / f"{name}_fsdp_{world - 1}.pt", weights_only=True)
