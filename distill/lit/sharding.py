@@ -199,6 +199,12 @@ class FullyShardedStrategy(ModelParallelStrategy):
 
     def shard(self, module: nn.Module) -> None:
         """Shard ``module``'s networks over the data-parallel ranks (once; ``configure_model`` may run again)."""
+        if module.method.double_backward:
+            raise ConfigError(
+                f"method={module.method.name} differentiates a gradient (its R1 penalty), which FSDP does not "
+                "reduce correctly (the second backward runs after the weights' gradient hooks fired): set "
+                "method.objective.r1_gamma=0, or train it with DDP (hardware=ddp_sim, 8xa100_ddp)"
+            )
         if not is_sharded(module):
             mesh = self.device_mesh["data_parallel"]
             copy_sharded_with(module.student, mesh, self.mp_policy)

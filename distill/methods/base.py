@@ -109,6 +109,12 @@ class Method(nn.Module):
     data_role: str = "marginal"
 
     @property
+    def double_backward(self) -> bool:
+        """Whether ``loss`` differentiates a gradient (an R1 penalty); FSDP refuses such a method
+        (``distill.lit.sharding``)."""
+        return False
+
+    @property
     def num_steps(self) -> int | None:
         """Training length the method itself dictates (e.g. PD's rounds), or None."""
         return None

@@ -107,6 +107,10 @@ class GDD(Method):
         self.heads: nn.Module | None = None
 
     # --- networks ---------------------------------------------------------------------------
+    @property
+    def double_backward(self) -> bool:
+        return self.r1_gamma > 0  # R1 differentiates D's gradient on real data
+
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         self.times = clamp_generator_times(self.times, student)
         if self.heads is not None:

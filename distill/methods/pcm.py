@@ -179,6 +179,10 @@ class PhasedConsistency(Method):
             )
         return self._times
 
+    @property
+    def double_backward(self) -> bool:
+        return self.adv_weight > 0 and self.r1_gamma > 0  # R1 differentiates D's gradient on real data
+
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         if self.grid_name == "ddim":
             process = teacher_process(teacher)

@@ -69,6 +69,13 @@ def result_rows(run_dir: Path) -> dict[tuple, float]:
 
 
 @pytest.mark.slow
+def test_the_fsdp_debug_run_from_the_command_line(cache_dir, tmp_path):
+    cmd = [sys.executable, "-m", "distill.train", "hardware=fsdp_sim", "method=dmd2", "debug=fast"]
+    done = run([*cmd, f"hydra.run.dir={tmp_path / 'run'}"], cache_dir)
+    assert "MEMBER: 2/2" in done.stderr and "| student | dmd2 |" in done.stdout
+
+
+@pytest.mark.slow
 def test_an_fsdp_run_trains_evaluates_exports_and_resumes_as_the_ddp_run(cache_dir, tmp_path):
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     run(train_command("ddp_sim", ddp), cache_dir)

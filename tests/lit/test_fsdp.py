@@ -37,6 +37,11 @@ CASES = {
     "dmd2_gan": ["method=dmd2", "method.objective.gan_weight=0.1"],
     "scd": ["method=scd"],
     "arcflow_lora": ["method=arcflow", "method.objective.components=2", "method.objective.intermediate_states=1"],
+    # A conv bias before a GroupNorm has a zero gradient in exact arithmetic; Adam at eps 1e-8 turns its
+    # rounding noise into full-size steps whose sign differs between any two reduction orders (DDP's
+    # and FSDP's too). eps 1e-4 keeps that noise out. R1 is off: FSDP refuses it (test_sharding.py).
+    "gdd": ["method=gdd", "method.objective.r1_gamma=0", "+method.optimizer.eps=1e-4"],
+    "meanflow": ["method=meanflow"],
 }
 
 
@@ -90,6 +95,11 @@ def _rank(rank: int, world: int, out: Path, configs: dict) -> None:
             torch.save({"state": state, "norms": norms, "sharded": sharded}, out / f"{name}_{kind}_{rank}.pt")
 
 
+def labelled(label: str):
+    """An ``assert_close`` message: ``label``, then torch's own account of the difference."""
+    return lambda message: f"{label}: {message}"
+
+
 def compare(names: list[str], tmp_path: Path, world: int = 2) -> None:
     configs = {
         name: compose_config(
@@ -105,10 +115,11 @@ def compare(names: list[str], tmp_path: Path, world: int = 2) -> None:
         other = torch.load(tmp_path / f"{name}_fsdp_{world - 1}.pt", weights_only=True)
         assert fsdp["sharded"] and not ddp["sharded"], name
         assert len(ddp["norms"]) >= BATCHES and min(ddp["norms"]) > CLIP, f"{name}: clipping was not active"
-        torch.testing.assert_close(fsdp["norms"], ddp["norms"], rtol=1e-5, atol=0, msg=f"{name}: gradient norms")
+        # 1e-4: reduction orders differ; a shard's own norm would be off by tens of percent
+        torch.testing.assert_close(fsdp["norms"], ddp["norms"], rtol=1e-4, atol=0, msg=labelled(f"{name} norms"))
         assert fsdp["state"].keys() == ddp["state"].keys(), name
         for key, value in ddp["state"].items():
-            torch.testing.assert_close(fsdp["state"][key], value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
+            torch.testing.assert_close(fsdp["state"][key], value, rtol=0, atol=1e-5, msg=labelled(f"{name} {key}"))
             assert torch.equal(other["state"][key], fsdp["state"][key]), f"{name}: ranks gathered different {key}"
         kinds = {key.split(".")[0] for key in ddp["state"]}
         assert "student" in kinds and ("ema" in kinds) == bool(configs[name].method.ema_decays), name
@@ -124,6 +135,11 @@ def test_fsdp_equals_ddp_for_progressive_distillation_and_dmd2_with_its_gan(cach
 @pytest.mark.slow
 def test_fsdp_equals_ddp_for_scd_and_an_arcflow_lora_student(cache_dir, tmp_path):
     compare(["scd", "arcflow_lora"], tmp_path)
+
+
+@pytest.mark.slow
+def test_fsdp_equals_ddp_for_gdd_with_its_discriminator_and_meanflow(cache_dir, tmp_path):
+    compare(["gdd", "meanflow"], tmp_path)
 
 
 @pytest.mark.slow

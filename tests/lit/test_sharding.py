@@ -148,3 +148,15 @@ def test_bf16_gathering_keeps_fp32_shards_and_trains(tmp_path):
     assert all(p.dtype == torch.float32 for p in module.student.parameters())  # ... stored in fp32
     moved = [k for k in start if k.startswith("student.") and not torch.equal(state[k], start[k])]
     assert moved and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_method_that_differentiates_a_gradient_is_refused_with_the_fix(monkeypatch):
+    # GDD's R1 penalty: the second backward runs after FSDP's gradient hooks fired (its D gradient
+    # norm came out 10% off DDP's on two ranks), so FSDP is refused rather than trained wrong.
+    from distill.methods.gdd import GDD
+
+    assert GDD().double_backward and not GDD(r1_gamma=0).double_backward
+    module = make_module()
+    monkeypatch.setattr(type(module.method), "double_backward", property(lambda self: True))  # as GDD with R1
+    with pytest.raises(ConfigError, match="method.objective.r1_gamma=0, or train it with DDP"):
+        fit_on_one_rank(module, FullyShardedStrategy(process_group_backend="gloo"))
