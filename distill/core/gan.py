@@ -79,6 +79,13 @@ def r1_penalty(real_x: Tensor, real_logits: Logits, gamma: float, heads_reductio
     return 0.5 * gamma * grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
 
 
+def approximate_r1(real: Logits, shaken: Logits) -> Tensor:
+    """APT's approximate R1 (FastGen ``LADDModel._compute_r1_regularization``): the mean squared
+    difference between the logits of real inputs and of the same inputs perturbed by small noise,
+    averaged over heads. A penalty on D's local slope that needs no gradient of a gradient."""
+    return average_heads(F.mse_loss, real, shaken)
+
+
 def mean_probability(logits: Logits) -> Tensor:
     """Mean ``sigmoid(logit)`` over every logit, averaged over heads, detached: the D(real) / D(fake)
     that DMD2 logs (near 1 and 0 means D wins outright: its lr or weight is too high)."""

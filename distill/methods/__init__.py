@@ -8,6 +8,7 @@ from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.consistency_training import ConsistencyTraining
 from distill.methods.dmd import DMD2
 from distill.methods.gdd import GDD
+from distill.methods.ladd import LADD
 from distill.methods.meanflow import MeanFlow
 from distill.methods.pcm import PhasedConsistency
 from distill.methods.progressive import ProgressiveDistillation
@@ -23,6 +24,7 @@ __all__ = [
     "ConsistencyTraining",
     "DMD2",
     "GDD",
+    "LADD",
     "MeanFlow",
     "PhasedConsistency",
     "ProgressiveDistillation",
