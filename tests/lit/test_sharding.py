@@ -123,8 +123,9 @@ def fit_on_one_rank(module: DistillModule, strategy: FullyShardedStrategy) -> di
 
 
 @pytest.mark.parametrize("shard_teacher", [True, False])
-def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path, shard_teacher):
+def test_fsdp2_on_one_rank_trains_exactly_as_no_strategy(tmp_path, monkeypatch, shard_teacher):
     # FSDP2 on one device shards over a mesh of one (no NO_SHARD fallback, unlike FSDP1).
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # a strategy re-seeds from it (an earlier test's seed)
     plain = make_module()
     fit(plain, 6, tmp_path / "plain")
     sharded = make_module()
