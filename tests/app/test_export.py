@@ -107,6 +107,7 @@ save_file({"model": velocity(unet), "pipeline": velocity(pipe.unet)}, f"{io}/out
 """
 
 
+@pytest.mark.slow  # 12 s: a text pipeline saved and reloaded by diffusers
 def test_lora_text_student_exports_adapters_diffusers_loads(cache_dir, tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler
 

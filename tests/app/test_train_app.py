@@ -143,6 +143,7 @@ def cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # 11 s: a Hydra multirun of two jobs
 def test_multirun_sweep_from_the_command_line(cache_dir, tmp_path):
     proc = cli(
         [

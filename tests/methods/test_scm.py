@@ -308,5 +308,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # 9 s; tests/lit/test_ddp.py checks sCM under DDP in make test
 def test_gradients_are_synchronised_across_two_ddp_processes():
     mp.spawn(_ddp_worker, args=(2, _free_port(), "exact"), nprocs=2, join=True)

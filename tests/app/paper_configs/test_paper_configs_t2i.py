@@ -69,6 +69,7 @@ def test_rcm_t2i_trains(cache_dir, stand_ins, tmp_path):
     start("paper_rcm_t2i", stand_ins["sd3"], stand_ins, tmp_path / "run")  # experiment=paper_rcm_t2i
 
 
+@pytest.mark.slow  # 17 s: both Qwen-Image turbo stages, 30 steps each, in turn
 def test_qwen_turbo_pair_starts_stage2_from_stage1s_lora(cache_dir, stand_ins, tmp_path):
     start(
         "paper_qwen_turbo_stage1", stand_ins["qwen"], stand_ins, tmp_path / "stage1"
