@@ -45,16 +45,14 @@ def swap_in_directory(staging: str | Path, out: str | Path) -> Path:
 
 
 def replace_directory(out: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` to fill a fresh ``<out>.tmp`` directory, then swap it in for ``out``: a crash
-    while writing leaves any previous ``out`` whole (a stale ``.tmp`` is cleared by the next call)."""
+    """Call ``write(tmp)`` to fill a fresh ``<out>.tmp`` directory, then swap it in for ``out``
+    (``swap_in_directory``): a crash at any point leaves a whole directory (a stale ``.tmp`` is cleared
+    by the next call)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return swap_in_directory(tmp, out)
 
 
 def cache_key(text: str) -> str:

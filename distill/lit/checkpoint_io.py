@@ -76,11 +76,17 @@ def _load(path: Path, map_location: Any) -> Any:
 
 
 def read_sharded(path: Path) -> dict[str, Any]:
-    """A sharded checkpoint as one process's dict: whole tensors (every shard read), optimizer states
-    (``optimizer_<i>``, keyed by parameter name) and ``meta.pt``'s entries. Needs no process group."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    """A sharded checkpoint as one process's dict: its ``state_dict`` whole (every rank's shards read)
+    and ``meta.pt``'s entries. Needs no process group. The optimizer states (twice the weights under
+    Adam) stay on disk: only a resume reads them, each rank its own shards."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    return _load_distributed_checkpoint(path)
+    weights: dict[str, Any] = {}
+    planner = _EmptyStateDictLoadPlanner(keys={"state_dict"})  # builds the dict from the stored metadata
+    _load_state_dict(weights, storage_reader=FileSystemReader(str(path)), planner=planner, no_dist=True)
+    return {**_load(path / SHARDED_META, "cpu"), **weights}
 
 
 def stored_tensors(path: Path, prefix: str = "state_dict.") -> dict[str, torch.Tensor]:
@@ -104,8 +110,7 @@ def consolidate(sharded: str | Path, out: str | Path) -> Path:
     sharded, out = Path(sharded), Path(out)
     if not is_sharded_checkpoint(sharded):
         raise CheckpointError(f"{sharded} is not a sharded checkpoint (a folder holding {SHARDED_META})")
-    ckpt = read_checkpoint(sharded)
-    write_checkpoint({k: v for k, v in ckpt.items() if not k.startswith("optimizer")}, out)
+    write_checkpoint(read_checkpoint(sharded), out)
     return out
 
 

@@ -10,7 +10,7 @@ so an EMA copy's shards pair with the student's and its update stays elementwise
 
 Everything that reads whole weights follows from that: the optimizers step their shards, the
 gradient norm is the global one (``clip_grad_norm_`` over DTensor gradients reduces across ranks),
-evaluation runs its forwards on every rank (``DistillModule.sharded``), and checkpoints are
+evaluation runs its forwards on every rank (``EvaluationCallback``), and checkpoints are
 torch distributed checkpoints, one shard file per rank (``distill.lit.checkpoint_io``).
 
 Lightning's ``ModelParallelStrategy`` starts the ranks and calls ``DistillModule.configure_model``,
@@ -137,8 +137,18 @@ def sharded_twin(template: nn.Module, source: nn.Module, mesh, mp_policy: MixedP
 
 def copy_sharded_with(module: nn.Module, mesh, mp_policy: MixedPrecisionPolicy) -> None:
     """Before ``module`` is sharded: let ``frozen_copy`` copy it once it is (``sharded_twin``)."""
-    template = copy.deepcopy(module).to("meta")
+    template = meta_copy(module)
     setattr_plain(module, SHARDED_COPY, lambda: sharded_twin(template, module, mesh, mp_policy))
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are on the meta device, made without
+    allocating them a second time (the networks FSDP is for may not fit twice)."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(module, memo)
 
 
 def setattr_plain(module: nn.Module, name: str, value) -> None:
@@ -240,7 +250,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
 def materialize_meta_buffers(module: nn.Module, device: torch.device) -> None:
     """Give buffers grown on the meta device (shaped after a checkpoint's metadata) real storage to load into."""
     for name, buffer in list(module.named_buffers()):
-        if buffer is not None and buffer.is_meta:
+        if buffer.is_meta:
             owner_name, _, attr = name.rpartition(".")
             owner = module.get_submodule(owner_name)
             persistent = attr not in owner._non_persistent_buffers_set
