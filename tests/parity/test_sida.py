@@ -1,10 +1,10 @@
 """SiDA parity: the fake score's update (EDM loss plus the discriminator loss through its shared
 encoder), the generator's (SiD's loss plus the GAN loss, before and after the GAN joins), their
 gradients, the step schedule and the discriminator's logits on an EDM UNet, against float64
-restatements of mingyuanzhou/SiD branch ``sida`` @ a5510fd (sida_training/sida_loss.py:25-70
-generator_share_encoder_loss, :72-123 fakescore_discriminator_share_encoder_loss;
-sida_training/sida_networks.py:150-165 SongUNet_EncoderDecoder.forward's logits;
-sida_training/sida_training_loop.py:326-389, the reductions, the schedule and the clipping).
+restatements of mingyuanzhou/SiD branch ``sida`` @ a5510fd (sida_training/sida_loss.py:25-75
+generator_share_encoder_loss, :77-126 fakescore_discriminator_share_encoder_loss;
+sida_training/sida_networks.py:124-154 SongUNet_EncoderDecoder.forward up to its logits;
+sida_training/sida_training_loop.py:355-440: the reductions, the schedule and the clipping).
 """
 
 import math
@@ -26,7 +26,7 @@ ENCODER = "body.1"  # the tiny net's hidden layer stands for the encoder output 
 
 def edm_encoder_decoder(velocity):
     """EDMPrecond_EncoderDecoder's view of an FM velocity net: ``(D(x, sigma), logits)``, the logits
-    the channel mean of its encoder output (sida_networks.py:150-151), or the logits alone."""
+    the channel mean of its encoder output (sida_networks.py:151-152), or the logits alone."""
 
     def forward(x, sigma, return_flag="encoder_decoder"):
         sigma = sigma.reshape(-1)
@@ -52,7 +52,7 @@ def edm_denoiser(velocity):
 
 
 def official_fake_score_update(fake_score, images, real_images, sigma, noise, sigma_data=0.5, ls=1.0, lsd=1.0):
-    # sida_loss.py:72-123 with sigma and noise given; sida_training_loop.py:326-329 reduces and adds
+    # sida_loss.py:77-126 with sigma and noise given; sida_training_loop.py:363-366 reduces and adds
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     n = noise * sigma
     y_fake, logit_fake = fake_score(images + n, sigma, "encoder_decoder")
@@ -65,7 +65,7 @@ def official_fake_score_update(fake_score, images, real_images, sigma, noise, si
 
 
 def official_generator_update(true_score, fake_score, images, sigma, noise, gan_on, alpha=1.0, lsg=100.0, lsg_gan=0.01):
-    # sida_loss.py:25-70 with sigma and noise given; sida_training_loop.py:361-375 reduces and combines
+    # sida_loss.py:25-75 with sigma and noise given; sida_training_loop.py:402-413 reduces and combines
     y = images
     n = noise * sigma
     y_real = true_score(y + n, sigma)
@@ -135,19 +135,19 @@ def test_generator_update_and_its_gradient_are_sidas_before_and_after_the_gan_jo
 
 
 def test_schedule_is_sidas_image_counts_at_batch_256():
-    # sida_training_loop.py:371 (GAN once cur_nimg > 200k), :384 (G steps once cur_nimg > 100k), with
-    # cur_nimg = 256 k at iteration k (it grows after the update, :397)
+    # sida_training_loop.py:410 (GAN once cur_nimg > 200k), :425 (G steps once cur_nimg > 100k), with
+    # cur_nimg = 256 k at iteration k (it grows after the update, :440)
     method = SiDA()
     for k in range(1200):
         assert ("student" in method.phases(k)) == (256 * k > 100_000)
         assert (k >= method.gan_start_step) == (256 * k > 200_000)
         assert method.phases(k)[0] == "fake_score"  # the fake score first, every iteration
-    assert method.grad_value_clip("fake_score") == 1.0 and method.grad_value_clip("student") == 0.0  # :344-345
+    assert method.grad_value_clip("fake_score") == 1.0 and method.grad_value_clip("student") == 0.0  # :380-381
 
 
 def edm_encoder_logits(net, x, sigma):
-    """SongUNet_EncoderDecoder.forward up to its logits (sida_networks.py:124-151), under EDM's
-    preconditioning (:331-341)."""
+    """SongUNet_EncoderDecoder.forward up to its logits (sida_networks.py:124-152), under EDM's
+    preconditioning (:327-341)."""
     unet, sigma = net.model, sigma.reshape(-1, 1, 1, 1)
     c_in = 1 / (net.sigma_data**2 + sigma**2).sqrt()
     x, emb = c_in * x, unet.map_noise((sigma.log() / 4).flatten())

@@ -33,6 +33,8 @@ EDM_PAPER_RUNS = [  # literal, so test_paper_configs.py sees each config started
     "experiment=paper_gdd_afhq64",
     "experiment=paper_gdd_ffhq64",
     "experiment=paper_gdd_imagenet64",
+    "experiment=paper_sid_cifar10",
+    "experiment=paper_sida_cifar10",
 ]
 OFFICIAL_NAME = re.compile(r"edm-[a-z0-9]+-(\d+)x\1-(cond|uncond)-(vp|ve|adm)\.pkl")
 ARCHITECTURES = {  # NVlabs/edm train.py --arch, with EDM's own preconditioning (all edm-*.pkl)
