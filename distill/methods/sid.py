@@ -28,8 +28,8 @@ from distill.students.generator import clamp_generator_times, deterministic_samp
 
 
 def differentiable_x0(teacher: nn.Module, x_s: Tensor, s: Tensor) -> Tensor:
-    """The teacher's data estimate at x_s, with the gradient into x_s (a ``Teacher``'s own forward
-    runs without gradient; its ``differentiable`` one does not)."""
+    """The teacher's data estimate at x_s, with the gradient into x_s: a ``Teacher``'s forward runs
+    under no_grad, its ``differentiable`` forward keeps the graph."""
     real = getattr(teacher, "differentiable", teacher)
     return velocity_to_x0(x_s, s, real(x_s, s))
 
