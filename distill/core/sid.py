@@ -30,11 +30,17 @@ def lognormal_sigmas(n: int, p_mean: float, p_std: float, like: Tensor) -> Tenso
     return (torch.randn(n, device=like.device, dtype=like.dtype) * p_std + p_mean).exp()
 
 
+def sid_normaliser(y: Tensor, y_real: Tensor) -> Tensor:
+    """SiD's per-sample loss normaliser (B,): ``mean|y - y_real|`` in float32, at least 1e-5, without
+    gradient (SiDA divides its generator's GAN loss by it too)."""
+    with torch.no_grad():
+        return (y - y_real).abs().float().flatten(1).mean(dim=1).clamp(min=1e-5)
+
+
 def sid_generator_loss(y: Tensor, y_real: Tensor, y_fake: Tensor, alpha: float) -> Tensor:
     """``(y_real - y_fake) . ((y_real - y) - alpha (y_real - y_fake)) / mean|y - y_real|`` summed
     over each sample, averaged over the batch; the normaliser carries no gradient."""
-    with torch.no_grad():
-        scale = (y - y_real).abs().float().flatten(1).mean(dim=1).clamp(min=1e-5)
+    scale = sid_normaliser(y, y_real)
     diff = y_real - y_fake
     per_sample = (diff * ((y_real - y) - alpha * diff)).flatten(1).sum(dim=1)
     return (per_sample / scale.to(per_sample.dtype)).mean()
@@ -43,5 +49,9 @@ def sid_generator_loss(y: Tensor, y_real: Tensor, y_fake: Tensor, alpha: float) 
 def edm_denoising_loss(y_pred: Tensor, y: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
     """EDM's weighted x0 loss ``(sigma^2 + sigma_d^2) / (sigma sigma_d)^2 |y_pred - y|^2`` with sigma
     (B,), summed over each sample, averaged over the batch (SiD's fake-score loss)."""
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    return (weight * (y_pred - y).pow(2).flatten(1).sum(dim=1)).mean()
+    return (edm_weight(sigma, sigma_data) * (y_pred - y).pow(2).flatten(1).sum(dim=1)).mean()
+
+
+def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
+    """EDM's loss weight ``(sigma^2 + sigma_d^2) / (sigma sigma_d)^2`` (B,) at noise levels sigma (B,)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2

@@ -155,6 +155,8 @@ class DistillModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             terms = self.loss_and_backward(phase, batch, x0, step)
             params = [p for g in opt.param_groups for p in g["params"]]
+            if (bound := self.method.grad_value_clip(phase)) > 0:  # a NaN stays NaN for the guard below
+                torch.nn.utils.clip_grad_value_(params, bound)
             norm = grad_norm(params, self.grad_clip)
             logs.update({f"{phase}/{k}": v.detach() for k, v in terms.items()})
             logs[f"{phase}/lr"] = torch.tensor(opt.param_groups[0]["lr"])

@@ -146,6 +146,11 @@ class Method(nn.Module):
     def lr_scale(self, optimizer: str, step: int) -> float:
         return 1.0
 
+    def grad_value_clip(self, optimizer: str) -> float:
+        """Bound on each gradient element of ``optimizer``'s step, applied before ``method.grad_clip``'s
+        norm clipping (default 0: none; SiDA clips its fake score's at 1)."""
+        return 0.0
+
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         """Scalar terms for one phase; ``"loss"`` is what gets back-propagated."""
         raise NotImplementedError

@@ -27,6 +27,13 @@ from distill.students.flow_map import fake_score_copy
 from distill.students.generator import clamp_generator_times, deterministic_sample, generator_x0, sampling_times
 
 
+def differentiable_x0(teacher: nn.Module, x_s: Tensor, s: Tensor) -> Tensor:
+    """The teacher's data estimate at x_s, with the gradient into x_s: a ``Teacher``'s forward runs
+    under no_grad, its ``differentiable`` forward keeps the graph."""
+    real = getattr(teacher, "differentiable", teacher)
+    return velocity_to_x0(x_s, s, real(x_s, s))
+
+
 class SiD(Method):
     """Args:
     init_sigma: the generator's fixed EDM noise level (SiD: 2.5): G(z) = D(init_sigma z; init_sigma).
@@ -113,8 +120,7 @@ class SiD(Method):
         gradient through the teacher and the frozen fake-score net into y."""
         s = sigma / (1 + sigma)
         x_s = fm_noise(y, eps, s)
-        real = getattr(teacher, "differentiable", teacher)  # a Teacher's forward runs without gradient
-        y_real = velocity_to_x0(x_s, s, real(x_s, s))
+        y_real = differentiable_x0(teacher, x_s, s)
         with frozen(self.fake_score), evaluating(self.fake_score):  # as SiD: no dropout, no weight gradient
             y_fake = velocity_to_x0(x_s, s, self.fake_score(x_s, s))
         return sid_generator_loss(y, y_real, y_fake, self.alpha)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from distill.nets.embedding import SinusoidalEmbedding
@@ -224,3 +225,13 @@ class FeatureHeads(nn.Module):
         if len(features) != len(self.heads):
             raise ValueError(f"{len(features)} feature maps for {len(self.heads)} heads")
         return [head(f.float()) for head, f in zip(self.heads, features, strict=True)]
+
+
+def channel_mean_logits(features: Tensor) -> Tensor:
+    """SiDA's parameter-free head: each location's mean over channels, one logit per location.
+
+    (B, C, H, W) maps give (B, H, W); vectors (B, D) and tokens (B, N, D), channels last, give (B,)
+    and (B, N). At least float32, as low-precision features are averaged.
+    """
+    h = features.to(torch.promote_types(features.dtype, torch.float32))
+    return h.mean(dim=1) if h.ndim == 4 else h.mean(dim=-1)

@@ -150,3 +150,13 @@ def read_features(
     if not has_parameters(root):
         return [x]
     return FeatureTap(root, layers_of(root), stop_after_last=True).run(lambda: root(x, s))
+
+
+def forward_with_features(root: nn.Module, layers: Sequence[str], x: Tensor, s: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``root(x, s)`` and its outputs at ``layers``, from one forward (a discriminator sharing the
+    network it reads, as SiDA's fake-score encoder). An analytic model's "features" are x itself."""
+    if not has_parameters(root):
+        return root(x, s), [x]
+    outputs: list[Tensor] = []
+    features = FeatureTap(root, layers).run(lambda: outputs.append(root(x, s)))
+    return outputs[0], features

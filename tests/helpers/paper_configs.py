@@ -42,6 +42,8 @@ COMPRESSED = {
         "method.objective.stage_warmup_steps=5",
     ],  # each stage warms up within the run
     "paper_instaflow_sd": ["method.objective.steps_per_round=15", "method.objective.distill_steps=15"],
+    # the generator joins at step 10, the GAN at 20
+    "paper_sida_cifar10": ["method.objective.generator_start_step=10", "method.objective.gan_start_step=20"],
 }
 
 
@@ -55,6 +57,11 @@ CHANGED = {
     "paper_arcflow_flux_dev": lambda c: c["student/teacher_share"][0] == 1 and c["student/teacher_share"][-1] == 0,
     "paper_reflow_cifar10": lambda c: len(set(c["student/reflow_stage"])) == 2,
     "paper_instaflow_sd": lambda c: len(set(c["student/reflow_stage"])) == 2,
+    "paper_sida_cifar10": lambda c: (
+        len(c["student/loss"]) == TRAIN_STEPS - 10  # no generator step before 10
+        and math.isclose(c["student/loss"][0], 100 * c["student/sid"][0], rel_tol=1e-4)  # SiD's term alone
+        and not math.isclose(c["student/loss"][-1], 100 * c["student/sid"][-1], rel_tol=1e-2)
+    ),  # (SiD + GAN) / 2
 }
 
 

@@ -104,7 +104,7 @@ def train_phases(
     betas: tuple[float, float] = (0.0, 0.99),
 ) -> None:
     """Multi-optimizer training as ``DistillModule`` runs it: one Adam per optimizer name, the
-    phases ``method.phases(step)`` in order, each with its learning-rate scale."""
+    phases ``method.phases(step)`` in order, each with its learning-rate scale and gradient bound."""
     method.attach(teacher, student)
     opts = {
         name: torch.optim.Adam(list(method.trainable_parameters(name, student)), lr=lr, betas=betas)
@@ -118,6 +118,8 @@ def train_phases(
             loss = method.loss(phase, x0, teacher, student, step)["loss"]
             opts[phase].zero_grad(set_to_none=True)
             loss.backward()
+            if (bound := method.grad_value_clip(phase)) > 0:
+                torch.nn.utils.clip_grad_value_(list(method.trainable_parameters(phase, student)), bound)
             opts[phase].step()
         method.on_step_end(step, student)
 

@@ -33,7 +33,12 @@ EDM_PAPER_RUNS = [  # literal, so test_paper_configs.py sees each config started
     "experiment=paper_gdd_afhq64",
     "experiment=paper_gdd_ffhq64",
     "experiment=paper_gdd_imagenet64",
+    "experiment=paper_sid_cifar10",
+    "experiment=paper_sida_cifar10",
 ]
+# make test-slow only: SiD's 30 steps (25 s on 2 cores: three networks, the generator's gradient through
+# two of them) run the code paths paper_sida_cifar10's run through as well, on the same stand-in.
+SLOW_RUNS = {"experiment=paper_sid_cifar10"}
 OFFICIAL_NAME = re.compile(r"edm-[a-z0-9]+-(\d+)x\1-(cond|uncond)-(vp|ve|adm)\.pkl")
 ARCHITECTURES = {  # NVlabs/edm train.py --arch, with EDM's own preconditioning (all edm-*.pkl)
     "vp": dict(
@@ -83,7 +88,9 @@ def test_every_edm_paper_config_is_started_here():
     assert sorted(edm) == sorted(EDM_PAPER_RUNS)
 
 
-@pytest.mark.parametrize("experiment", EDM_PAPER_RUNS)
+@pytest.mark.parametrize(
+    "experiment", [pytest.param(run, marks=pytest.mark.slow if run in SLOW_RUNS else ()) for run in EDM_PAPER_RUNS]
+)
 def test_edm_paper_config_trains_on_a_stand_in_of_its_checkpoint(experiment, cache_dir, tmp_path, request):
     probe: DictConfig = compose_config("train", [experiment], tmp_path / "probe")
     path = Path(probe.teacher.path)
