@@ -15,6 +15,7 @@ from distill.methods.progressive import ProgressiveDistillation
 from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
 from distill.methods.sid import SiD
+from distill.methods.tcm import TruncatedConsistency
 
 __all__ = [
     "Method",
@@ -31,5 +32,6 @@ __all__ = [
     "Reflow",
     "SCM",
     "SiD",
+    "TruncatedConsistency",
     "WeightedSum",
 ]
