@@ -107,9 +107,6 @@ class Method(nn.Module):
     # teacher's own samples serve as well) or ``real`` (compared with real images: a GAN's real
     # side, a data velocity). A prompt-only dataset serves ``shape`` and ``marginal`` methods.
     data_role: str = "marginal"
-    # What a run of this method must start from through ``init_from`` ("": nothing; the student
-    # group's initialisation serves). A method that continues another run's model names it here.
-    init_from_holds: str = ""
 
     @property
     def double_backward(self) -> bool:

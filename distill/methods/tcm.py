@@ -68,7 +68,6 @@ class TruncatedConsistency(ConsistencyTraining):
     """
 
     name = "tcm"
-    init_from_holds = "a stage-1 consistency model (a finished method=ect run)"
 
     def __init__(
         self,
