@@ -137,7 +137,8 @@ class TruncatedConsistency(ConsistencyTraining):
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         t, r, boundary = self.draw_times(x0.shape[0], x0.device)
         stage1 = attached(self.stage1, "TCM's frozen stage-1 model")
-        target_net = two_stage(stage1, student, float(sigma_to_fm_time(torch.tensor(self.transition, dtype=torch.float64))))
+        transition = float(sigma_to_fm_time(torch.tensor(self.transition, dtype=torch.float64)))
+        target_net = two_stage(stage1, student, transition)
         distance = pair_distance(x0, t, r, student, target_net, self.huber_c)
         weighted = self.weight(t, r).to(distance) * distance
         consistency, at_boundary = masked_mean(weighted, ~boundary), masked_mean(weighted, boundary)
