@@ -19,19 +19,16 @@ def two_stage(early: VelocityFn, late: VelocityFn, transition: float) -> Velocit
     """The velocity of ``early`` at FM times ``s < transition`` and of ``late`` at ``s >= transition``.
 
     Both run from the same RNG state, so a network with dropout draws the masks either would have
-    drawn alone, and ``early`` leaves the RNG as it found it (FastGen forks the RNG around its
-    first-stage call). Where every row is at or above the transition, only ``late`` runs.
+    drawn alone (FastGen forks the RNG around its first-stage call). Both always run, on every row:
+    under FSDP every rank must make the same network calls whatever its rows' times (FastGen
+    synchronises its stage masks over the ranks for this), and TCM's batches hold rows of both
+    stages anyway.
     """
 
     def velocity(x: Tensor, s: Tensor) -> Tensor:
-        late_rows = s >= transition
-        if bool(late_rows.all()):
-            return late(x, s)
         rng = capture_rng(x.device)
-        out = early(x, s)
+        below = early(x, s)
         restore_rng(rng, x.device)
-        if bool(late_rows.any()):
-            out = torch.where(append_dims(late_rows, x.ndim), late(x, s), out)
-        return out
+        return torch.where(append_dims(s >= transition, x.ndim), late(x, s), below)
 
     return velocity
