@@ -330,6 +330,12 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
         raise ConfigError(
             f"this experiment continues experiment={cfg.after}: run that first, then pass init_from=<its run dir>"
         )
+    continues = cfg.method.get("continues")
+    if init and continues and not cfg.get("init_from"):
+        raise ConfigError(
+            f"method={cfg.method.name} continues a finished method={continues} run, and init_from is not set: "
+            f"train that run first (same dataset, teacher and student), then pass init_from=<its run dir>"
+        )
     method = build_method(cfg)
     if label_count(teacher) and not method.class_conditional:  # class labels or prompts
         raise ConfigError(

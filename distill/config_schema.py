@@ -73,6 +73,7 @@ class MethodSchema:
     optimizer: dict
     ema_decays: list[float] = field(metadata={"min": 0.0, "below": 1.0})
     grad_clip: float = field(metadata={"min": 0.0})
+    continues: str | None = None  # the method config whose finished run init_from must hold (TCM: ect)
 
 
 @dataclass(kw_only=True)

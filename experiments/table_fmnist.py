@@ -16,6 +16,10 @@ a grid per row under ``grids/``, and the samples of the teacher's best row and o
 row as ``<model>_<sampler>_nfe<k>.npy``.
 Any other ``key=value`` is passed to every training run as a Hydra override.
 
+A method that continues another's model (``method.continues`` in its config: TCM continues ECT)
+starts from the same seed's row of that method (``init_from``), which runs first and is added to the
+table if not asked for; its students have seen both runs' images, as the table's header says.
+
 Each invocation starts from an empty run directory, so every row comes from it. ``resume=true``
 keeps the rows an interrupted invocation finished (teacher rows, noise floor, finished runs) and
 runs only the rest; the table then names the invocation of every row.
@@ -34,6 +38,8 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
@@ -108,6 +114,24 @@ PROFILES = {
         },
     ),
 }
+
+
+def continues(method: str) -> str | None:
+    """The method whose same-seed run ``method`` starts from (its config's ``continues``), else None."""
+    config = yaml.safe_load((REPO / "conf" / "method" / f"{method}.yaml").read_text())
+    return config.get("continues")
+
+
+def with_first_methods(methods: list[str]) -> list[str]:
+    """``methods`` plus any method one of them continues, each before its continuation."""
+    ordered: list[str] = []
+    for method in methods:
+        first = continues(method)
+        if first and first not in ordered:
+            ordered.append(first)
+        if method not in ordered:
+            ordered.append(method)
+    return ordered
 
 
 def fast_dev(profile: Profile) -> Profile:
@@ -251,12 +275,15 @@ class Job:
     proc: subprocess.Popen | None = None
     start: float = 0.0
     seconds: float = 0.0
+    after: Path | None = None  # the run dir of the job whose finished model this one starts from
 
 
 def training_job(
     profile: Profile, method: str, seed: int, cache: Path, teacher: Path, runs: Path, overrides: list[str]
 ) -> Job:
     out = runs / method / f"s{seed}"
+    first = continues(method)
+    after = runs / first / f"s{seed}" if first else None
     cmd = python(
         "distill.train",
         "experiment=bench_fmnist",
@@ -266,10 +293,11 @@ def training_job(
         f"train.images={profile.images}",
         f"train.batch_size={profile.batch_size}",
         f"hydra.run.dir={out}",
+        *([f"init_from={after}"] if after else []),
         *profile.method_overrides.get(method, ()),
         *overrides,
     )
-    return Job(f"{method} seed {seed}", out, cmd)
+    return Job(f"{method} seed {seed}", out, cmd, after=after)
 
 
 def run_all(profile: Profile, jobs: list[Job], invocation: str) -> list[Job]:
@@ -283,8 +311,16 @@ def run_all(profile: Profile, jobs: list[Job], invocation: str) -> list[Job]:
     begin = time.time()
     print(f"running {len(todo)} jobs, {profile.parallel} at a time", flush=True)
     while pending or active:
-        while pending and len(active) < profile.parallel:
-            job = pending.pop(0)
+        for job in [j for j in pending if j.after in {f.dir for f in failed}]:
+            pending.remove(job)  # the run it starts from failed: nothing to start from
+            failed.append(job)
+            print(f"{job.name:<22} SKIPPED: {job.after} failed", flush=True)
+        while len(active) < profile.parallel:
+            ready = [j for j in pending if j.after is None or (j.after / "done").is_file()]
+            if not ready:
+                break
+            job = ready[0]
+            pending.remove(job)
             shutil.rmtree(job.dir, ignore_errors=True)  # an unfinished job of an earlier invocation starts again
             job.dir.mkdir(parents=True)
             (job.dir / "invocation").write_text(invocation + "\n")
@@ -433,6 +469,7 @@ def publish(
         f"(batch {profile.batch_size}); seeds {list(profile.seeds)}; mean ± std over seeds. The noise floor is "
         f"{profile.num_samples:,} training images against the test split, three subsets.",
         "",
+        *continuation_note(profile, runs),
         *(
             [
                 "Per-method settings of this profile: "
@@ -451,6 +488,17 @@ def publish(
     body = (out / "benchmark.md").read_text()
     (out / "benchmark.md").write_text("\n".join(header) + "\n" + body)
     print((out / "benchmark.md").read_text())
+
+
+def continuation_note(profile: Profile, runs: Path) -> list[str]:
+    """A header line for each method in the table that continues another's run, with its combined budget."""
+    lines = [
+        f"{method} starts from the same seed's {first} row (`init_from`): its students have seen "
+        f"{2 * profile.images:,} images in all, {profile.images:,} in each run."
+        for method in sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name in METHODS)
+        if (first := continues(method))
+    ]
+    return [*lines, ""] if lines else []
 
 
 def machine(profile: Profile) -> str:
@@ -487,6 +535,10 @@ def main(argv: list[str]) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"methods={','.join(unknown)} unknown; choose from {','.join(METHODS)}")
+    for method in methods:
+        if (first := continues(method)) and first not in methods:
+            print(f"methods: adding {first}: {method} starts from the same seed's {first} run", flush=True)
+    methods = with_first_methods(methods)
     cache = Path(own.get("cache", CACHE)).expanduser()
     runs = Path(own.get("runs", REPO / "experiments" / "runs" / f"fashion_mnist_{hardware}")).resolve()
     out = Path(own.get("out", REPO / "experiments" / "results" / "fashion_mnist")).resolve()

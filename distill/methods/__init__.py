@@ -16,6 +16,7 @@ from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
 from distill.methods.sid import SiD
 from distill.methods.sida import SiDA
+from distill.methods.tcm import TruncatedConsistency
 
 __all__ = [
     "Method",
@@ -33,5 +34,6 @@ __all__ = [
     "SCM",
     "SiD",
     "SiDA",
+    "TruncatedConsistency",
     "WeightedSum",
 ]

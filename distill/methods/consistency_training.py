@@ -27,7 +27,7 @@ from distill.core.errors import ConfigError
 from distill.core.grids import karras_grid
 from distill.core.losses import pseudo_huber
 from distill.core.precision import full_precision
-from distill.core.prediction import consistency_fn, fm_noise
+from distill.core.prediction import VelocityFn, consistency_fn, fm_noise
 from distill.core.rng import capture_rng, restore_rng
 from distill.core.samplers import consistency_sampling_times
 from distill.core.tensors import append_dims
@@ -59,14 +59,39 @@ def lognormal_index_probs(sigmas: Tensor, p_mean: float, p_std: float) -> Tensor
     return probs / probs.sum()
 
 
+def sigmoid_gap_r(t: Tensor, gap: float, k: float = 8.0, b: float = 1.0) -> Tensor:
+    """``r = t (1 - gap (1 + k sigmoid(-b t)))``: a relative gap ``gap``, larger at small t; r >= 0."""
+    return (t * (1 - gap * (1 + k * torch.sigmoid(-b * t)))).clamp_min(0)
+
+
 def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
     """ECT's ``r(t)``: a gap shrinking by q each stage, relatively larger at small t; r >= 0."""
-    ratio = 1 - q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * t))
-    return (t * ratio).clamp_min(0)
+    return sigmoid_gap_r(t, q ** -(stage + 1), k, b)
 
 
 def sigma_to_fm_time(sigma: Tensor) -> Tensor:
     return sigma / (1 + sigma)
+
+
+def pair_distance(
+    x0: Tensor, t: Tensor, r: Tensor, student: nn.Module, target_net: VelocityFn, huber_c: float
+) -> Tensor:
+    """Per-sample pseudo-Huber distance (B,) between the student's consistency function at sigma ``t``
+    and ``target_net``'s, under stop-gradient, at sigma ``r`` on the same noising path (one eps).
+
+    ``target_net`` is the student itself for iCT and ECT, a two-stage model for TCM. It runs from the
+    prediction's RNG state, so dropout draws the same masks in both branches (ECT, FastGen's CM).
+    """
+    s_t, s_r = sigma_to_fm_time(t).to(x0.dtype), sigma_to_fm_time(r).to(x0.dtype)
+    eps = torch.randn_like(x0)
+    rng = capture_rng(x0.device)
+    pred = consistency_fn(student, fm_noise(x0, eps, s_t), s_t)
+    with torch.no_grad(), full_precision():  # the target in fp32 under bf16-mixed
+        restore_rng(rng, x0.device)
+        target = consistency_fn(target_net, fm_noise(x0, eps, s_r), s_r)
+        # ECT's mask (locuslab/ect training/loss.py:70-79): at r = 0 the target is the data itself.
+        target = torch.where(append_dims(r > 0, x0.ndim), target.nan_to_num(), x0)
+    return pseudo_huber(pred, target, huber_c * x0[0].numel() ** 0.5)
 
 
 class ConsistencyTraining(Method):
@@ -173,16 +198,7 @@ class ConsistencyTraining(Method):
 
     def loss(self, phase: str, x0: Tensor, teacher: nn.Module, student: nn.Module, step: int) -> dict[str, Tensor]:
         t, r = self.sigma_pairs(x0.shape[0], step, x0.device)
-        s_t, s_r = sigma_to_fm_time(t).to(x0.dtype), sigma_to_fm_time(r).to(x0.dtype)
-        eps = torch.randn_like(x0)  # one eps for both points: the pair lies on one noising path
-        rng = capture_rng(x0.device)
-        pred = consistency_fn(student, fm_noise(x0, eps, s_t), s_t)
-        with torch.no_grad(), full_precision():  # the target in fp32 under bf16-mixed
-            restore_rng(rng, x0.device)  # the same dropout masks in both branches (ECT)
-            target = consistency_fn(student, fm_noise(x0, eps, s_r), s_r)
-            # ECT's mask (locuslab/ect training/loss.py:70-79): at r = 0 the target is the data itself.
-            target = torch.where(append_dims(r > 0, x0.ndim), target.nan_to_num(), x0)
-        distance = pseudo_huber(pred, target, self.huber_c * x0[0].numel() ** 0.5)
+        distance = pair_distance(x0, t, r, student, student, self.huber_c)
         weight = self.weight(t, r).to(distance)
         return {"loss": (weight * distance).mean(), "distance": distance.mean().detach(), "gap": (t - r).mean().float()}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from distill.callbacks.preemption import Preempted
 from distill.callbacks.resume import RUN_KEY, find_resume_point
@@ -88,12 +89,22 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     assert rows(reference) == rows(resumed) and any(r["model"] == "student" for r in rows(reference))
 
 
+def first_run(tmp_path: Path, method: str) -> list[str]:
+    """``init_from`` of a finished run of the method ``method`` continues (``method.continues``: TCM), if any."""
+    first = yaml.safe_load((REPO / "conf" / "method" / f"{method}.yaml").read_text()).get("continues")
+    if not first:
+        return []
+    run(tmp_path / "first", f"method={first}")
+    return [f"init_from={tmp_path / 'first'}"]
+
+
 def crash_and_resume(tmp_path: Path, method: str, step: int, capsys) -> None:
-    run(tmp_path / "reference", f"method={method}")
+    init = first_run(tmp_path, method)
+    run(tmp_path / "reference", f"method={method}", *init)
     with at_step(step, crash), pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "crashed", f"method={method}")
+        run(tmp_path / "crashed", f"method={method}", *init)
     torch.manual_seed(1234)  # whatever the crash left in the RNG is not what the resumed run draws
-    run(tmp_path / "crashed", f"method={method}")
+    run(tmp_path / "crashed", f"method={method}", *init)
     assert "resuming from" in capsys.readouterr().out
     assert_same_run(tmp_path / "reference", tmp_path / "crashed")
 

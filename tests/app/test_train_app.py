@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf, open_dict
 
 from distill.build import build_datamodule, build_eval_spec, build_scorer, build_teacher
@@ -22,6 +23,7 @@ from distill.teachers import TeacherCheckpointError
 from distill.train import train
 from tests.conftest import TINY_UNET, compose_config, train_tiny_teacher
 from tests.helpers.images import image_folder
+from tests.helpers.runs import run
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
@@ -64,11 +66,17 @@ def variant_of(method: str) -> str | None:
     return next((m for m in METHODS if re.search(rf"^  - {re.escape(m)}$", text, re.MULTILINE)), None)
 
 
+def continues(method: str) -> str | None:
+    """The method whose finished run a run of ``method`` starts from (``method.continues``), else None."""
+    return yaml.safe_load((REPO / "conf" / "method" / f"{method}.yaml").read_text()).get("continues")
+
+
 def in_make_test(method: str, dataset: str) -> bool:
     if method in FAST_METHODS:
         return True
-    # a re-tuned variant shares its base's code paths: digits is enough in make test
-    return dataset == "digits" if variant_of(method) else dataset in FAST_DATASETS
+    # a re-tuned variant shares its base's code paths, and a continuing method (two runs) its first
+    # method's: digits is enough in make test
+    return dataset == "digits" if variant_of(method) or continues(method) else dataset in FAST_DATASETS
 
 
 def method_dataset_matrix() -> list:
@@ -81,7 +89,10 @@ def method_dataset_matrix() -> list:
 
 @pytest.mark.parametrize(("method", "dataset"), method_dataset_matrix())
 def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, request, method, dataset):
-    cfg = compose_train(f"method={method}", *FAST, *dataset_overrides(dataset, tmp_path, request))
+    overrides = dataset_overrides(dataset, tmp_path, request)
+    first = continues(method)  # TCM: a two-step run of the method it continues, then init_from
+    init = [f"init_from={run(tmp_path / 'first', f'method={first}', *overrides)}"] if first else []
+    cfg = compose_train(f"method={method}", *FAST, *overrides, *init)
     rows = train(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert {r["model"] for r in results} == {"teacher", "student"}
@@ -90,6 +101,11 @@ def test_every_method_and_dataset_runs_fast_dev_run(compose_train, tmp_path, req
     assert all(r["value"] == r["value"] and r["value"] >= 0 for r in results)  # finite, non-negative
     assert len(rows) == len(results)
     assert list((Path(cfg.paths.output_dir) / "samples").glob("student_*_nfe2_*.png"))
+
+
+def test_a_continuing_method_without_init_from_names_the_run_it_needs(compose_train):
+    with pytest.raises(ConfigError, match=r"method=tcm continues a finished method=ect run.*init_from=<its run dir>"):
+        train(compose_train("method=tcm", *FAST))
 
 
 def test_resolution_mismatch_is_refused_before_training(compose_train, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,29 @@ def test_profile_method_overrides_reach_their_method_only_and_name_real_keys(tmp
         compose_config("train", [f"method={method}", *overrides], tmp_path)  # an unknown key fails to compose
     plain = table.training_job(profile, "dmd2", 0, tmp_path, tmp_path, tmp_path, [])
     assert not [arg for overrides in profile.method_overrides.values() for arg in overrides if arg in plain.cmd]
+
+
+def test_a_continuing_method_starts_from_the_same_seeds_run_of_the_method_it_continues(tmp_path: Path) -> None:
+    table = load_script()
+    assert table.with_first_methods(["tcm", "dmd2"]) == ["ect", "tcm", "dmd2"]  # added, and first
+    assert table.with_first_methods(["ect", "tcm"]) == ["ect", "tcm"]
+    job = table.training_job(table.PROFILES["cpu"], "tcm", 1, tmp_path, tmp_path / "t", tmp_path / "runs", [])
+    assert job.after == tmp_path / "runs" / "ect" / "s1" and f"init_from={job.after}" in job.cmd
+    assert table.training_job(table.PROFILES["cpu"], "ect", 1, tmp_path, tmp_path / "t", tmp_path, []).after is None
+
+
+def test_a_continuation_waits_for_its_first_run_and_is_skipped_when_that_fails(tmp_path: Path) -> None:
+    table = load_script()
+    profile = replace(table.PROFILES["cpu"], parallel=2)
+    log = tmp_path / "order"
+
+    def job(name: str, code: int, after: str | None = None):
+        script = (
+            f"import time; time.sleep(0.3); open({str(log)!r}, 'a').write({name!r} + ' '); raise SystemExit({code})"
+        )
+        return table.Job(name, tmp_path / name, [sys.executable, "-c", script], after=after and tmp_path / after)
+
+    finished = table.run_all(profile, [job("second", 0, after="first"), job("first", 0)], "now")
+    assert log.read_text() == "first second " and len(finished) == 2  # listed first, it still waited
+    finished = table.run_all(profile, [job("bad", 1), job("dependent", 0, after="bad")], "now")
+    assert finished == [] and not (tmp_path / "dependent").exists()
