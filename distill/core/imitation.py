@@ -48,7 +48,13 @@ def window_length(length: float, window_substeps: int, total_substeps: int) -> f
     return min(window_substeps * length / substeps, length)
 
 
-def segment_intervals(batch: int, states: int, share: float, span: float, like: Tensor) -> tuple[Tensor, Tensor]:
+def window_lengths(length: Tensor, window_substeps: int, total_substeps: int) -> Tensor:
+    """``window_length`` per sample: ``length`` (B,) -> (B,)."""
+    substeps = torch.round(length * total_substeps).clamp(min=1)
+    return torch.minimum(window_substeps * length / substeps, length)
+
+
+def segment_intervals(batch: int, states: int, share: float, span: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """Raw-time moves that reach a step's ``states`` intermediate states (piflow.py piid_segment).
 
     The policy's moves are the gaps of ``states`` sorted uniforms on ``[0, (1 - share) span]`` (so
@@ -64,6 +70,7 @@ def segment_intervals(batch: int, states: int, share: float, span: float, like: 
         return torch.rand((batch, n), device=like.device).to(like.dtype)
 
     zeros, ones = like.new_zeros((batch, 1)), like.new_ones((batch, 1))
+    span = span[:, None]
     moves = (uniforms(states) * ((1 - share) * span)).sort(dim=-1).values
     moves = torch.diff(moves, dim=-1, prepend=zeros)
     cuts = uniforms(states - 1).sort(dim=-1).values
@@ -85,8 +92,8 @@ def window_velocity(policy: Policy, x: Tensor, u_a: Tensor, u_end: Tensor, total
 
 def imitation_segment(
     x: Tensor,
-    u_src: float,
-    length: float,
+    u_src: float | Tensor,
+    length: float | Tensor,
     share: float,
     policy: Policy,
     rollout: Policy,
@@ -96,9 +103,9 @@ def imitation_segment(
     window_substeps: int,
     total_substeps: int,
 ) -> tuple[Tensor, Tensor]:
-    """One student step from raw time ``u_src`` over raw ``length`` (``piid_segment``, Lakonik/piFlow
-    lakonlab/models/diffusions/piflow.py). Returns the per-sample squared error averaged over the
-    step's states, (B,), and the detached end state.
+    """One student step from raw time ``u_src`` over raw ``length`` (floats, or (B,) per sample), as
+    ``piid_segment`` (Lakonik/piFlow lakonlab/models/diffusions/piflow.py). Returns the per-sample
+    squared error averaged over the step's states, (B,), and the detached end state.
 
     ``rollout`` is the detached policy (with any component dropout) that moves the states; ``policy``
     carries the gradients. States are reached by alternating rollout moves (raw total at most
@@ -107,8 +114,8 @@ def imitation_segment(
     the policy's mean velocity over ``[u_b - window, u_a]`` is pulled onto the teacher's velocity.
     """
     b = x.shape[0]
-    u = batch_time(u_src, x)
-    window = window_length(length, window_substeps, total_substeps)
+    u, length = batch_time(u_src, x), batch_time(length, x)
+    window = window_lengths(length, window_substeps, total_substeps)
     moves, hops = segment_intervals(b, states, share, length - window, x)
     error = x.new_zeros(b)
     for j in range(states):
@@ -123,5 +130,5 @@ def imitation_segment(
         x = x_a + append_dims(warp(u_b) - s_a, x.ndim) * target  # the teacher's Euler hop (empty when share = 0)
         u = u_b
     with torch.no_grad():
-        x_end = rollout.advance(x, u, batch_time(u_src - length, x))
+        x_end = rollout.advance(x, u, batch_time(u_src, x) - length)
     return error / states, x_end
