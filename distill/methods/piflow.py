@@ -203,7 +203,7 @@ class PiFlow(Method):
         else:
             loss = self.one_step_loss(x0, teacher, student, nfe, share)
         return {
-            "loss": self.loss_scale * loss,
+            "loss": self.loss_scale * 0.5 * loss,  # DiffusionMSELoss halves the mean squared error
             "teacher_share": torch.tensor(share),
             "trainable_fraction": torch.tensor(self.fraction),
         }
@@ -233,7 +233,7 @@ class PiFlow(Method):
         source raw time and raw length, (B,) each."""
         f = max(self.final_step_scale, EPS)
         base = 1 / (nfe - (1 - f))
-        raw = torch.rand(batch, device=like.device).to(like.dtype).clamp(min=EPS)
+        raw = (1 - torch.rand(batch, device=like.device)).to(like.dtype).clamp(min=EPS)  # ContinuousTimeStepSampler
         index = torch.ceil(raw / base + (1 - f)).clamp(min=1, max=nfe)
         u_src = ((index - (1 - f)) * base).clamp(min=EPS, max=1)
         length = torch.where(index == 1, torch.full_like(u_src, f * base), torch.full_like(u_src, base))
