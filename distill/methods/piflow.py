@@ -162,8 +162,7 @@ class PiFlow(Method):
         s_src = self.warp(u_src)
         common = {"x_src": x, "s_src": s_src, "warp": self.warp, "total_substeps": self.total_substeps}
         if isinstance(student, DXStudent):
-            grid = append_dims(s_src, x.ndim + 1)
-            x0 = x.unsqueeze(1) - grid * student.grid_output(x, s_src)
+            x0 = x.unsqueeze(1) - append_dims(s_src, x.ndim + 1) * student.grid_output(x, s_src)  # dx.py _u_to_x_0
             dx = {"u_src": u_src, "segment": self.dx_segment, "mode": student.mode, "eps": EPS, "mean_eps": EPS}
             return DXPolicy(**common, **dx, grid=x0), DXPolicy(**common, **dx, grid=x0.detach())
         if not isinstance(student, GMFlowStudent):
