@@ -17,6 +17,7 @@ so a step follows an arc with no discretisation error. Times are FM times (1 = n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,3 +92,23 @@ def drop_components(m: Momentum, p: float, generator: torch.Generator | None = N
     keep = (~drop).view(batch, k, *[1] * (m.means.ndim - 2))
     weights = m.weights * keep
     return Momentum(m.means, weights / weights.sum(dim=1, keepdim=True), m.rates)
+
+
+@dataclass
+class MomentumPolicy:
+    """A step's mixture as an imitation policy (``distill.core.imitation.Policy``): raw times in,
+    warped to FM time by ``warp``, the step's source at FM time ``s_src`` (B,)."""
+
+    mixture: Momentum
+    s_src: Tensor
+    warp: Callable[[Tensor], Tensor]
+
+    def advance(self, x: Tensor, u_a: Tensor, u_b: Tensor) -> Tensor:
+        return advance(x, self.mixture, self.s_src, self.warp(u_a), self.warp(u_b))
+
+    def mean_velocity(self, x: Tensor, u_a: Tensor, u_b: Tensor) -> Tensor:
+        s_a = self.warp(u_a)
+        return average_velocity(self.mixture, self.s_src - s_a, s_a - self.warp(u_b))
+
+    def velocity(self, x: Tensor, u: Tensor) -> Tensor:
+        return velocity_at(self.mixture, self.s_src - self.warp(u))

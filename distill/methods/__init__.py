@@ -11,6 +11,7 @@ from distill.methods.gdd import GDD
 from distill.methods.ladd import LADD
 from distill.methods.meanflow import MeanFlow
 from distill.methods.pcm import PhasedConsistency
+from distill.methods.piflow import PiFlow
 from distill.methods.progressive import ProgressiveDistillation
 from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
@@ -29,6 +30,7 @@ __all__ = [
     "LADD",
     "MeanFlow",
     "PhasedConsistency",
+    "PiFlow",
     "ProgressiveDistillation",
     "Reflow",
     "SCM",

@@ -25,44 +25,13 @@ from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
 from distill.core.grids import shifted_grid, uniform_grid
-from distill.core.losses import per_sample_mse
-from distill.core.momentum import advance, average_velocity, drop_components, velocity_at
-from distill.core.tensors import append_dims, batch_time
+from distill.core.imitation import imitation_segment
+from distill.core.momentum import MomentumPolicy, advance, drop_components
+from distill.core.tensors import batch_time
 from distill.core.time_sampling import shift_time
 from distill.methods.base import Method, Renoise, check_counts
 from distill.nets.freezing import trainable_fraction
 from distill.students.momentum import MomentumStudent, momentum_student_from
-
-
-def window_length(length: float, window_substeps: int, total_substeps: int) -> float:
-    """Raw-time length of the average-velocity window in a step of raw ``length``: ``window_substeps``
-    of the step's ``round(length * total_substeps)`` substeps, at most the step (arcflow.py:134-137).
-    2 NFE, 3 of 128: 3/128."""
-    substeps = max(1, round(length * total_substeps))
-    return min(window_substeps * length / substeps, length)
-
-
-def segment_intervals(batch: int, states: int, share: float, span: float, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Raw-time moves that reach a step's ``states`` intermediate states (arcflow.py:146-161).
-
-    The student's moves are the gaps of ``states`` sorted uniforms on ``[0, (1 - share) span]`` (so
-    they sum to at most that); the teacher's hops split ``share * span`` at ``states - 1`` sorted
-    uniforms (so they sum to it exactly). ``span`` is the step's raw length less the window.
-    The uniforms are drawn in float32 in the official order, then computed in ``like``'s dtype.
-
-    Returns:
-        (student, teacher): each (batch, states), on ``like``'s device and dtype.
-    """
-
-    def uniforms(n: int) -> Tensor:
-        return torch.rand((batch, n), device=like.device).to(like.dtype)
-
-    zeros, ones = like.new_zeros((batch, 1)), like.new_ones((batch, 1))
-    student = (uniforms(states) * ((1 - share) * span)).sort(dim=-1).values
-    student = torch.diff(student, dim=-1, prepend=zeros)
-    cuts = uniforms(states - 1).sort(dim=-1).values
-    teacher = torch.diff(cuts, dim=-1, prepend=zeros, append=ones) * (share * span)
-    return student, teacher
 
 
 class ArcFlow(Method):
@@ -191,41 +160,27 @@ class ArcFlow(Method):
         self, x: Tensor, u_src: float, length: float, share: float, student: MomentumStudent, teacher: nn.Module
     ) -> tuple[Tensor, Tensor]:
         """One student step from raw time ``u_src`` over raw ``length`` (``piid_segment_momentum``,
-        arcflow.py:120-209). Returns the mean squared error over its states and the detached end state.
-
-        States are reached by alternating detached-student moves (raw total at most
-        ``(1 - share)(length - window)``) and teacher Euler hops that reuse the target just computed
-        (raw total ``share (length - window)``), so mixing costs no extra teacher call. At each state
-        ``u_a`` the student's average velocity over ``[u_b - window, u_a]`` (the teacher hop plus the
-        window, warped to FM time) is pulled onto the teacher's velocity there.
+        arcflow.py:120-209): the shared imitation step (``distill.core.imitation``) with the momentum
+        mixture as the policy. Returns the mean squared error over its states and the detached end state.
         """
-        b = x.shape[0]
-        u = batch_time(u_src, x)
-        s_src = s = self.warp(u)
-        policy = student.mixture(x, s_src)
-        rollout = drop_components(policy.detach(), self.component_dropout)
-        window = window_length(length, self.window_substeps, self.total_substeps)
-        student_steps, teacher_steps = segment_intervals(b, self.intermediate_states, share, length - window, x)
-        error = x.new_zeros(b)
-        for j in range(self.intermediate_states):
-            u_a = (u - student_steps[:, j]).clamp(min=0)
-            u_b = (u_a - teacher_steps[:, j]).clamp(min=0)
-            s_a, s_b = self.warp(u_a), self.warp(u_b)
-            with torch.no_grad():
-                x_a = advance(x, rollout, s_src, s, s_a)
-                target = teacher(x_a, s_a)
-            u_end = (u_b - window).clamp(min=0)
-            predicted = average_velocity(policy, s_src - s_a, s_a - self.warp(u_end))
-            if self.window_substeps < 2:  # the official code's local velocity for spans under 2 substeps
-                short = torch.round((u_a - u_end) * self.total_substeps) < 2
-                local = velocity_at(policy, s_src - s_a)
-                predicted = torch.where(append_dims(short, x.ndim), local, predicted)
-            error = error + per_sample_mse(predicted, target)
-            x = x_a + append_dims(s_b - s_a, x.ndim) * target  # the teacher's Euler hop (empty when share = 0)
-            u, s = u_b, s_b
-        with torch.no_grad():
-            x_end = advance(x, rollout, s_src, s, self.warp(batch_time(u_src - length, x)))
-        return error.mean() / self.intermediate_states, x_end
+        s_src = self.warp(batch_time(u_src, x))
+        mixture = student.mixture(x, s_src)
+        policy = MomentumPolicy(mixture, s_src, self.warp)
+        rollout = MomentumPolicy(drop_components(mixture.detach(), self.component_dropout), s_src, self.warp)
+        error, x_end = imitation_segment(
+            x,
+            u_src,
+            length,
+            share,
+            policy,
+            rollout,
+            teacher,
+            self.warp,
+            self.intermediate_states,
+            self.window_substeps,
+            self.total_substeps,
+        )
+        return error.mean(), x_end
 
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from distill.core.imitation import window_length
 from distill.core.momentum import Momentum, advance
-from distill.methods.arcflow import ArcFlow, window_length
+from distill.methods.arcflow import ArcFlow
 from distill.nets.velocity import VelocityModel
 from distill.students.momentum import MomentumStudent
 
