@@ -147,7 +147,7 @@ class ArcFlow(Method):
             error, x = self.segment(x, raw[i], raw[i] - raw[i + 1], share, student, teacher)
             total = total + (raw[i] - raw[i + 1]) * error  # equal raw steps count equally
         return {
-            "loss": self.loss_scale * total,
+            "loss": self.loss_scale * 0.5 * total,  # DiffusionMSELoss halves the mean squared error
             "teacher_share": torch.tensor(share),
             "trainable_fraction": torch.tensor(self.fraction),
         }

@@ -84,8 +84,9 @@ def official_segment(teacher, policy, x_src, raw_src, sigma_src, ratio, segment,
         sigma_b = warp(raw_b).reshape(b, 1, 1, 1)
         x = x_a + target * (sigma_b - sigma_a)
         raw, sigma = raw_b, sigma_b
-    # DiffusionMSELoss, reduction 'flatmean' then mean, rescaled by the constant 30
-    loss = 30.0 * (torch.cat(preds) - torch.cat(targets)).pow(2).flatten(1).mean(1).mean()
+    # DiffusionMSELoss (lakonlab/models/losses/diffusion_loss.py:82): reduction 'flatmean', then mean,
+    # halved, and rescaled by the constant 30
+    loss = 30.0 * 0.5 * (torch.cat(preds) - torch.cat(targets)).pow(2).flatten(1).mean(1).mean()
     with torch.no_grad():
         x_dst, _ = official_momentum_integration(sigma_src, x, sigma, raw_src - segment, detached)
     return loss, x_dst
@@ -222,4 +223,4 @@ def test_two_step_losses_weigh_equally_in_raw_time_with_shift():
     student = MomentumStudent(VelocityModel(TinyNet()), components=2)
     loss = method.loss("student", torch.zeros(1, 2, 4, 4), CurvedTeacher(), student, step=0)["loss"]
     assert seen == [(1.0, 0.5), (0.5, 0.5)]
-    assert float(loss) == pytest.approx(0.5 * 2 + 0.5 * 3)
+    assert float(loss) == pytest.approx(0.5 * (0.5 * 2 + 0.5 * 3))  # DiffusionMSELoss halves the loss
