@@ -100,6 +100,7 @@ class SCM(Method):
     """
 
     name = "scm"
+    guidance_input = True  # the student learns guided teacher velocities alone (methods.md 13)
 
     def __init__(
         self,
