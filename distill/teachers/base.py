@@ -59,7 +59,8 @@ class Teacher(nn.Module):
         """What classifier-free guidance's unconditional prediction is conditioned on: the null class,
         or the empty prompt of a text-conditional model; None for an unconditional teacher."""
         if self.num_classes:
-            return {LABELS: torch.tensor([self.num_classes], device=next(self.model.parameters()).device)}
+            tensor = next(self.model.parameters(), None)  # an analytic teacher has none: CPU
+            return {LABELS: torch.tensor([self.num_classes], device=None if tensor is None else tensor.device)}
         return getattr(self.model, "null_condition", None)
 
     def x0(self, x: Tensor, s: Tensor) -> Tensor:
