@@ -62,3 +62,8 @@ def with_guidance_input(student: nn.Module, default_guidance: float) -> nn.Modul
         raise ValueError(f"the student's weights do not fit its net with a guidance input: {result}")
     student.net = wide.train(net.training).requires_grad_(True)
     return student
+
+
+def takes_guidance(student: nn.Module) -> bool:
+    """Whether ``student`` (any wrapper of it) has a guidance-scale input."""
+    return any(getattr(m, "guidance_embed", None) is not None for m in student.modules())
