@@ -46,6 +46,7 @@ from distill.build import CONF_DIR
 from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
 from distill.runs import SAMPLER_NAME, load_run_module
+from distill.students.guidance_input import no_guidance_input
 
 ADAPTER = "default"  # peft's name for the one adapter a LoRA student has
 TIME_SCALE = 1000  # the timestep a flow-matching diffusers model takes is 1000 sigma
@@ -82,10 +83,7 @@ def with_guidance_folded(network: ModelMixin, wrapper: nn.Module, guidance: floa
     """
     if getattr(wrapper, "guidance_embed", None) is None:
         if guidance is not None:
-            raise ConfigError(
-                f"guidance={guidance}: this student has no guidance input (it samples at the teacher.guidance "
-                "it was trained with); train one with student.guidance_range=[low,high], or drop guidance="
-            )
+            raise no_guidance_input(guidance)
         return network
     w = wrapper.default_guidance if guidance is None else float(guidance)
     folded = copy.deepcopy(network)

@@ -34,7 +34,7 @@ from distill.evaluation.noise import seed_generators, seeded_noise
 from distill.evaluation.plots import save_samples_png
 from distill.evaluation.runner import seed_labels
 from distill.runs import SAMPLER_NAME, load_run_module
-from distill.students.guidance_input import takes_guidance
+from distill.students.guidance_input import no_guidance_input, takes_guidance
 
 FORMATS = ("grid", "folder")
 
@@ -59,10 +59,7 @@ def run_condition(
         ConfigError: ``guidance`` given for a student without a guidance input.
     """
     if guidance is not None and not takes_guidance(student):
-        raise ConfigError(
-            f"guidance={guidance}: this run's student has no guidance input (it samples at the teacher.guidance "
-            "it was trained with); train one with student.guidance_range=[low,high], or drop guidance="
-        )
+        raise no_guidance_input(guidance)
     labels = seed_labels(seeds, num_classes)
     condition = {} if labels is None else {LABELS: labels}
     if guidance is not None:

@@ -12,6 +12,9 @@ last layer is zero, so a teacher copy starts as the teacher's conditional veloci
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 from distill.core.errors import ConfigError
@@ -64,6 +67,35 @@ def with_guidance_input(student: nn.Module, default_guidance: float) -> nn.Modul
     return student
 
 
+def no_guidance_input(guidance: float) -> ConfigError:
+    """The error of ``guidance=`` asked of a student without a guidance input."""
+    return ConfigError(
+        f"guidance={guidance}: this run's student has no guidance input (it samples at the teacher.guidance "
+        "it was trained with); train one with student.guidance_range=[low,high], or drop guidance="
+    )
+
+
 def takes_guidance(student: nn.Module) -> bool:
     """Whether ``student`` (any wrapper of it) has a guidance-scale input."""
     return any(getattr(m, "guidance_embed", None) is not None for m in student.modules())
+
+
+@contextmanager
+def sampling_at(student: nn.Module, guidance: float) -> Iterator[None]:
+    """Inside: ``student``'s guidance-input nets read ``guidance`` wherever a call passes no scale
+    (evaluation conditions calls on the seeds' classes only).
+
+    Raises:
+        ConfigError: the student has no guidance input.
+    """
+    nets = [m for m in student.modules() if getattr(m, "guidance_embed", None) is not None]
+    if not nets:
+        raise no_guidance_input(guidance)
+    before = [net.default_guidance for net in nets]
+    for net in nets:
+        net.default_guidance = float(guidance)
+    try:
+        yield
+    finally:
+        for net, w in zip(nets, before, strict=True):
+            net.default_guidance = w
