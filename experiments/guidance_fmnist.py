@@ -100,9 +100,9 @@ def main(argv: list[str]) -> None:
     fast = own.get("fast_dev_run", "false").lower() == "true"
     if fast:
         profile = fast_dev(profile)
-    profile = replace(
-        profile, teacher=f"{profile.teacher}_cond", teacher_recipe=(*profile.teacher_recipe, "conditional=true")
-    )
+    # A fast_dev_run teacher (5 steps) gets a name of its own, so that it never stands in for the real one.
+    name = f"{profile.teacher}_cond" + ("_fast_dev" if fast else "")
+    profile = replace(profile, teacher=name, teacher_recipe=(*profile.teacher_recipe, "conditional=true"))
     method, scales = own.get("method", "progressive"), numbers(own.get("scales", "1,2,3,4"))
     low, high = numbers(own.get("range", "1,4"))
     nfes = [int(k) for k in numbers(own.get("nfes", "1,2" if fast else "1,2,4"))]
