@@ -38,7 +38,12 @@ from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
 from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import fresh_student_like, student_from_teacher
-from distill.students.guidance_input import GUIDANCE_PARAMETERS, check_guidance_range, with_guidance_input
+from distill.students.guidance_input import (
+    GUIDANCE_INPUT_METHODS,
+    GUIDANCE_PARAMETERS,
+    check_guidance_range,
+    with_guidance_input,
+)
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
@@ -383,21 +388,13 @@ def guidance_range_for(cfg: DictConfig, method: Method, teacher: Teacher) -> tup
         raise ConfigError(
             f"method={cfg.method.name} cannot train a student over a guidance range (student.guidance_range): "
             "its other networks (a fake score, a discriminator) or its cached pairs know one guidance scale. "
-            f"use one of {guidance_input_methods()}, or set teacher.guidance instead"
+            f"use one of {', '.join(GUIDANCE_INPUT_METHODS)}, or set teacher.guidance instead"
         )
     if teacher.null_condition is None or not teacher.num_classes:
         raise ConfigError(
             "student.guidance_range needs a class-conditional teacher (pretrain one with conditional=true)"
         )
     return guidance_range
-
-
-def guidance_input_methods() -> list[str]:
-    """The methods (their ``name``) whose student may take a guidance input."""
-    import distill.methods as methods
-
-    classes = (getattr(methods, name) for name in methods.__all__)
-    return sorted(cls.name for cls in classes if getattr(cls, "guidance_input", False))
 
 
 def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:

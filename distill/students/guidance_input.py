@@ -21,6 +21,9 @@ from distill.core.errors import ConfigError
 from distill.nets.factory import rebuild_with
 from distill.nets.velocity import VelocityModel
 
+# The method configs whose objective says ``guidance_input`` (tests/students/test_guidance_input.py
+# keeps this list equal to what conf/method/ builds): students that learn guided teacher velocities alone.
+GUIDANCE_INPUT_METHODS = ("arcflow", "consistency", "meanflow", "pcm", "progressive", "scd")
 GUIDANCE_PARAMETERS = "*guidance_embed*"  # fnmatch pattern of the new parameters (LoRA trains them fully)
 
 

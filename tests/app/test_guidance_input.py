@@ -14,6 +14,7 @@ from distill.build import build_datamodule, build_module, build_teacher
 from distill.errors import ConfigError
 from distill.export import SAMPLER_NAME, export_run
 from distill.sample import sample_export, sample_run
+from distill.students.guidance_input import GUIDANCE_INPUT_METHODS
 from tests.conftest import TINY_UNET, train_tiny_teacher
 from tests.helpers.runs import run
 
@@ -72,3 +73,11 @@ def test_guidance_needs_a_guidance_input_method_and_a_conditional_teacher(
         sample_run(plain, 1, [0], str(cache_dir), guidance=2.0)
     with pytest.raises(ConfigError, match="has no guidance input"):
         export_run(plain, tmp_path / "export", 1, str(cache_dir), guidance=2.0)
+
+
+def test_the_listed_guidance_input_methods_are_what_the_method_configs_build(compose_train):
+    from distill.build import build_method
+
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "method").glob("*.yaml"))
+    takes = [name for name in names if build_method(compose_train(f"method={name}")).guidance_input]
+    assert takes == sorted(GUIDANCE_INPUT_METHODS)
