@@ -38,6 +38,12 @@ from distill.nets.factory import build_net
 from distill.nets.features import has_parameters
 from distill.nets.velocity import VelocityModel
 from distill.students.flow_map import fresh_student_like, student_from_teacher
+from distill.students.guidance_input import (
+    GUIDANCE_INPUT_METHODS,
+    GUIDANCE_PARAMETERS,
+    check_guidance_range,
+    with_guidance_input,
+)
 from distill.students.lora import add_lora, share_frozen_weights
 from distill.teachers import GMMTeacher, Teacher, load_teacher
 from distill.teachers.diffusers_dir import encode_prompt_table, load_diffusers_teacher
@@ -272,13 +278,18 @@ def with_lora(cfg: DictConfig, student: nn.Module, method: Method, teacher: Teac
             lora.alpha,
             lora.targets,
             lora.dropout,
-            [*lora.get("train_fully", []), *method.fresh_parameters],
+            [*lora.get("train_fully", []), *method.fresh_parameters, *guidance_parameters(cfg)],
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if lora.get("share_with_teacher", True) and cfg.student.init == "teacher":
         share_frozen_weights(student, teacher.model)
     return student
+
+
+def guidance_parameters(cfg: DictConfig) -> list[str]:
+    """The guidance input's parameters, new in a ``student.guidance_range`` student: LoRA trains them fully."""
+    return [GUIDANCE_PARAMETERS] if cfg.student.get("guidance_range") is not None else []
 
 
 def instantiation_message(err: InstantiationException) -> str:
@@ -344,9 +355,12 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
         )
     method.set_budget(cfg.train.max_steps)
     method.set_batch(cfg.train.get("global_batch_size") or cfg.train.batch_size * world_size(cfg.hardware))
+    guidance_range = guidance_range_for(cfg, method, teacher)
     student = build_student(cfg, teacher)
 
     def prepare(plain: nn.Module) -> nn.Module:  # so a LoRA run can start from a LoRA run's weights too
+        if guidance_range is not None:
+            plain = with_guidance_input(plain, teacher.guidance)
         return with_lora(cfg, method.prepare_student(plain), method, teacher)
 
     if init and cfg.get("init_from"):
@@ -367,7 +381,26 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
         max_batches=method.num_steps or cfg.train.max_steps,
         max_bad_steps=cfg.train.get("max_bad_steps", 10),
         micro_batches=micro_batches,
+        guidance_range=guidance_range,
     )
+
+
+def guidance_range_for(cfg: DictConfig, method: Method, teacher: Teacher) -> tuple[float, float] | None:
+    """``student.guidance_range``, refused where the method or the teacher cannot use it."""
+    guidance_range = check_guidance_range(cfg.student.get("guidance_range"))
+    if guidance_range is None:
+        return None
+    if not method.guidance_input:
+        raise ConfigError(
+            f"method={cfg.method.name} cannot train a student over a guidance range (student.guidance_range): "
+            "its other networks (a fake score, a discriminator) or its cached pairs know one guidance scale. "
+            f"use one of {', '.join(GUIDANCE_INPUT_METHODS)}, or set teacher.guidance instead"
+        )
+    if teacher.null_condition is None or not teacher.num_classes:
+        raise ConfigError(
+            "student.guidance_range needs a class-conditional teacher (pretrain one with conditional=true)"
+        )
+    return guidance_range
 
 
 def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:

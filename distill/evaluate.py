@@ -4,14 +4,16 @@ distill-eval                                         # the digits teacher, every
 distill-eval run_dir=outputs/main                    # + that run's last student checkpoint
 distill-eval run_dir=outputs/main eval.teacher=false # that student alone
 distill-eval dataset=gmm teacher=gmm_exact eval.num_samples=5000
+distill-eval run_dir=outputs/main guidance=3      # teacher and guidance-input student, both at w = 3
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from distill.build import (
     CONF_DIR,
@@ -25,11 +27,16 @@ from distill.evaluation.plots import save_sample_sets
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.evaluation.runner import evaluate_student, evaluate_teacher
 from distill.runs import load_run_module, run_dir_of
+from distill.students.guidance_input import sampling_at
 from distill.table import format_rows
 
 
 def evaluate(cfg: DictConfig) -> list[ResultRow]:
     out = run_dir_of(cfg)
+    guidance = cfg.get("guidance")
+    if guidance is not None:  # the teacher guided at w too: rows at the same w side by side
+        with open_dict(cfg):
+            cfg.teacher.guidance = float(guidance)
     dm = build_datamodule(cfg)
     scorer, spec, teacher = build_scorer(cfg, dm, progress=cfg.progress), build_eval_spec(cfg), build_teacher(cfg, dm)
     spec.follow_teacher(teacher)
@@ -40,9 +47,11 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
         save_sample_sets(out / "samples", "teacher", samples, arrays)
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
-        student_rows, samples = evaluate_student(
-            module.method, module.sampling_student(), teacher.data_shape, scorer, spec, int(module.step_count)
-        )
+        student = module.sampling_student()
+        with sampling_at(student, guidance) if guidance is not None else nullcontext():
+            student_rows, samples = evaluate_student(
+                module.method, student, teacher.data_shape, scorer, spec, int(module.step_count)
+            )
         save_sample_sets(out / "samples", "student", samples, arrays)
         rows += student_rows
     append_results(out / RESULTS_NAME, rows)

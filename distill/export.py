@@ -18,6 +18,12 @@ only, merged form. The sampling loop:
     x = sampler["initial_noise_scale"] * noise
     for t in scheduler.timesteps:
         x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+
+A class-conditional UNet takes ``class_labels`` too (``distill-sample`` asks seed i for class
+i mod classes). A student with a guidance-scale input (``student.guidance_range``) exports at one
+scale, ``guidance=<w>`` (default: the teacher's ``guidance`` it was trained beside): its w embedding
+is a constant added to the time embedding, folded into that embedding's last bias, so the export
+is a plain ``UNet2DModel`` that samples at w with one call per step; ``distill_sampler.json`` records w.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from distill.build import CONF_DIR
 from distill.core.io import replace_directory
 from distill.errors import ConfigError, friendly_errors
 from distill.runs import SAMPLER_NAME, load_run_module
+from distill.students.guidance_input import no_guidance_input
 
 ADAPTER = "default"  # peft's name for the one adapter a LoRA student has
 TIME_SCALE = 1000  # the timestep a flow-matching diffusers model takes is 1000 sigma
@@ -64,6 +71,33 @@ def diffusers_network(model: nn.Module) -> ModelMixin:
             "export needs a UNet or diffusers-teacher student"
         )
     return inner
+
+
+def with_guidance_folded(network: ModelMixin, wrapper: nn.Module, guidance: float | None) -> ModelMixin:
+    """``network`` (the diffusers model inside ``wrapper``) at guidance scale ``guidance``: a copy whose
+    time embedding's last bias holds the wrapper's w embedding (exact: the embedding is added to the
+    time embedding's output). A student without a guidance input is returned as is (``guidance`` None).
+
+    Raises:
+        ConfigError: ``guidance`` given for a student without a guidance input.
+    """
+    if getattr(wrapper, "guidance_embed", None) is None:
+        if guidance is not None:
+            raise no_guidance_input(guidance)
+        return network
+    w = wrapper.default_guidance if guidance is None else float(guidance)
+    folded = copy.deepcopy(network)
+    with torch.no_grad():
+        added = wrapper.guidance_embedding(torch.tensor([w], device=folded.device))[0]
+        folded.time_embedding.linear_2.bias.add_(added.to(folded.time_embedding.linear_2.bias.dtype))
+    return folded
+
+
+def export_guidance(wrapper: nn.Module, guidance: float | None) -> float | None:
+    """The guidance scale an export samples at (None: the student has no guidance input)."""
+    if getattr(wrapper, "guidance_embed", None) is None:
+        return None
+    return wrapper.default_guidance if guidance is None else float(guidance)
 
 
 def has_lora(network: nn.Module) -> bool:
@@ -155,8 +189,11 @@ def teacher_network(module: nn.Module) -> nn.Module | None:
     return net if isinstance(net, ModelMixin) else None
 
 
-def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool = False) -> Path:
-    """Write the export of ``run_dir``'s student at ``nfe`` steps to ``out`` (atomically: a temp dir renamed)."""
+def export_run(
+    run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool = False, guidance: float | None = None
+) -> Path:
+    """Write the export of ``run_dir``'s student at ``nfe`` steps to ``out`` (atomically: a temp dir renamed);
+    a guidance-input student at scale ``guidance`` (None: its default)."""
     if out.exists() and not overwrite:
         raise ConfigError(f"out={out} exists: choose another directory or pass overwrite=true")
     module = load_run_module(run_dir, cache)
@@ -168,9 +205,12 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
         )
     network = diffusers_network(plan.network)
     folder = folder_for(network)
+    wrapper = plan.network.net
+    with_guidance_folded(network, wrapper, guidance)  # refuses guidance= before anything is written
 
     def write(tmp: Path) -> None:
-        without_lora(network, merge=True).save_pretrained(tmp / folder, safe_serialization=True)
+        merged = without_lora(network, merge=True)
+        with_guidance_folded(merged, wrapper, guidance).save_pretrained(tmp / folder, safe_serialization=True)
         FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=TIME_SCALE, shift=1.0, stochastic_sampling=plan.renoise
         ).save_pretrained(tmp / "scheduler")
@@ -187,6 +227,7 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
             "network": folder,
             "run_dir": str(run_dir),
             "step": int(module.step_count),
+            "guidance": export_guidance(wrapper, guidance),
         }
         (tmp / SAMPLER_NAME).write_text(json.dumps(sampler, indent=2))
 
@@ -196,7 +237,7 @@ def export_run(run_dir: Path, out: Path, nfe: int, cache: str, overwrite: bool =
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    out = export_run(Path(cfg.run_dir), Path(cfg.out), cfg.nfe, cfg.paths.cache, cfg.overwrite)
+    out = export_run(Path(cfg.run_dir), Path(cfg.out), cfg.nfe, cfg.paths.cache, cfg.overwrite, cfg.get("guidance"))
     print(f"exported {cfg.run_dir} ({cfg.nfe} NFE) -> {out}")
 
 

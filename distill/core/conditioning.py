@@ -13,10 +13,15 @@ text-to-image transformers ``pooled_projections`` (B, P) (SD3, FLUX.1) and
 ``encoder_hidden_states_mask`` (B, L) (Qwen-Image: 1 on prompt tokens, 0 on padding). Label
 ``num_classes`` is the null class (trained by label dropout) and the empty prompt's embedding the
 null prompt: classifier-free guidance takes its unconditional prediction from them.
+
+``guidance_scale`` (B,) float is each sample's classifier-free guidance scale w: a teacher guides
+each sample at its own w, and a student built with a guidance input (``guidance_embed``) reads it,
+so one student serves a range of w (docs/methods.md 13).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,6 +34,7 @@ LABELS = "class_labels"
 PROMPTS = "encoder_hidden_states"
 POOLED = "pooled_projections"
 PROMPT_MASK = "encoder_hidden_states_mask"
+GUIDANCE = "guidance_scale"
 
 _CONDITION: ContextVar[Condition | None] = ContextVar("distill_condition", default=None)
 
@@ -96,6 +102,25 @@ def labels_for(x: Tensor) -> Tensor | None:
     return (condition_for(x) or {}).get(LABELS)
 
 
+def guidance_for(x: Tensor) -> Tensor | None:
+    """The per-sample guidance scales (B,) of a network call on ``x``, or None where none were given."""
+    return (condition_for(x) or {}).get(GUIDANCE)
+
+
+def guidance_of(x: Tensor, default: float) -> Tensor:
+    """The guidance scales (B,) a guidance-input network reads for ``x``: the condition's, else ``default``."""
+    w = guidance_for(x)
+    return torch.full((x.shape[0],), default, device=x.device) if w is None else w
+
+
+def draw_guidance(n: int, low: float, high: float, device: torch.device | str = "cpu") -> Tensor:
+    """``n`` guidance scales, log-uniform on ``[low, high]`` (improved MeanFlow's ``sample_cfg_scale`` at
+    ``cfg_beta=1``: ``w = (1 + s_max)^u``, i.e. log-uniform on [1, 1 + s_max]): as many draws between 1
+    and 2 as between 2 and 4, where a little more guidance changes samples the most."""
+    u = torch.rand(n, device=device, dtype=torch.float64)
+    return torch.exp(math.log(low) + u * (math.log(high) - math.log(low))).float()
+
+
 def num_classes_of(model: nn.Module) -> int:
     """Classes a velocity model is conditioned on (0: none): our nets' ``num_classes``, a diffusers
     UNet's ``num_class_embeds`` less its null class, or a DiT's ``num_embeds_ada_norm`` (its label
@@ -122,12 +147,17 @@ def null_labels(like: Tensor, num_classes: int) -> Tensor:
     return torch.full((like.shape[0],), num_classes, dtype=torch.long, device=like.device)
 
 
-def guided(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, scale: float, null: Condition) -> Tensor:
+def guided(
+    velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, scale: float | Tensor, null: Condition
+) -> Tensor:
     """Classifier-free guidance ``v_null + scale (v_cond - v_null)`` under the current condition,
-    ``null`` (batch 1) giving the unconditional prediction; scale 1 or no condition: one call."""
+    ``null`` (batch 1) giving the unconditional prediction; ``scale`` a number or one per sample (B,);
+    a scale of 1 or no condition: one call."""
     cond = velocity(x, s)
-    if scale == 1.0 or current_condition() is None:
+    if current_condition() is None or (not isinstance(scale, Tensor) and scale == 1.0):
         return cond
     with conditioned({k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in null.items()}):
         uncond = velocity(x, s)
+    if isinstance(scale, Tensor):
+        scale = scale.to(device=x.device, dtype=cond.dtype).view(-1, *[1] * (x.ndim - 1))
     return uncond + scale * (cond - uncond)

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from distill.core.conditioning import Condition, conditioned
+from distill.core.conditioning import GUIDANCE, Condition, conditioned, draw_guidance
 from distill.core.lr_schedule import lr_factor
 from distill.errors import CheckpointError, DivergenceError
 from distill.lit.ema import EMAStack
@@ -50,6 +50,9 @@ class DistillModule(L.LightningModule):
     lr_schedule, lr_warmup_steps, lr_decay_steps: ``train.lr_*``: every optimizer's lr is its base lr
         times ``distill.core.lr_schedule.lr_factor`` at ``step_count`` (batches done) times the method's
         ``lr_scale``.
+    guidance_range: ``(low, high)``: every training sample gets its own guidance scale, drawn by
+        ``distill.core.conditioning.draw_guidance``, in the batch's condition (the teacher guides it
+        at that scale, a guidance-input student reads it); None: the teacher's fixed ``guidance``.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class DistillModule(L.LightningModule):
         lr_schedule: str = "constant",
         lr_warmup_steps: int = 0,
         lr_decay_steps: int | None = None,
+        guidance_range: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -84,6 +88,7 @@ class DistillModule(L.LightningModule):
         self.micro_batches = micro_batches
         self.lr_schedule = dict(schedule=lr_schedule, warmup_steps=lr_warmup_steps, decay_steps=lr_decay_steps)
         lr_factor(0, **self.lr_schedule)  # a bad schedule fails here, not at the first step
+        self.guidance_range = guidance_range
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -272,10 +277,13 @@ class DistillModule(L.LightningModule):
 
     def batch_condition(self, batch) -> Condition | None:
         """The batch's condition: its captions' prompt embeddings for a text-conditional teacher, its
-        labels for a class-conditional one, else None."""
+        labels for a class-conditional one, else None; with ``guidance_range``, a guidance scale per sample."""
         if not isinstance(batch, (list, tuple)) or not label_count(self.teacher):
             return None
-        return {k: v.to(self.device) for k, v in label_condition(self.teacher, batch[1]).items()}
+        condition = {k: v.to(self.device) for k, v in label_condition(self.teacher, batch[1]).items()}
+        if self.guidance_range is not None:
+            condition[GUIDANCE] = draw_guidance(len(batch[1]), *self.guidance_range, device=self.device)
+        return condition
 
     def sampling_student(self) -> nn.Module:
         """The network evaluations should use: the slowest EMA, else the raw student."""

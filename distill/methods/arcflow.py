@@ -55,6 +55,7 @@ class ArcFlow(Method):
     """
 
     name = "arcflow"
+    guidance_input = True  # the student learns guided teacher velocities alone (methods.md 13)
     data_role = "shape"  # data-free: rollouts start from noise, the batch gives only size and condition
     fresh_parameters = ("means.*", "logits.*", "rates.*")
 

@@ -102,6 +102,11 @@ class Method(nn.Module):
     # a class-conditional run's labels apply (``distill.core.conditioning``). Methods that solve
     # their own cached pair sets say False: their pairs carry no labels.
     class_conditional: bool = True
+    # Whether the student may take the guidance scale as an input (``student.guidance_range``): its
+    # student is a velocity or flow-map network that learns from guided teacher velocities alone.
+    # Methods with networks of their own that model the student (a fake score, a discriminator) say
+    # False: those would need the guidance input too.
+    guidance_input: bool = False
     # What the data batch's images are to ``loss``: ``shape`` (only the batch's size, shape and
     # condition are read), ``marginal`` (x0 is noised to sample the teacher's marginals, so the
     # teacher's own samples serve as well) or ``real`` (compared with real images: a GAN's real

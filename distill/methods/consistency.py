@@ -50,6 +50,7 @@ class ConsistencyDistillation(Method):
     """
 
     name = "consistency"
+    guidance_input = True  # the student learns guided teacher velocities alone (methods.md 13)
 
     def __init__(
         self,

@@ -145,6 +145,8 @@ class MeanFlow(Method):
         self.time_dist, self.p_mean, self.p_std, self.equal_ratio = time_dist, p_mean, p_std, equal_ratio
         self.velocity, self.jvp_mode, self.fd_step, self.sampling_grid = velocity, jvp, fd_step, sampling_grid
         self.data_role = "real" if velocity == "data" else "marginal"
+        # A guidance-input student (methods.md 13) needs guided teacher velocities; the data velocity is unguided.
+        self.guidance_input = velocity == "teacher"
         if sampling_shift <= 0:
             raise ConfigError(f"method.objective.sampling_shift={sampling_shift} must be > 0 (1 keeps the grid)")
         self.adaptive_power, self.adaptive_eps = adaptive_power, adaptive_eps

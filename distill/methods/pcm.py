@@ -167,6 +167,8 @@ class PhasedConsistency(Method):
         self.extra_nfe = extra_nfe
         if adv_weight > 0:
             self.optimizer_names = ("student", "discriminator")
+        # A guidance-input student (methods.md 13): its discriminator would need the guidance input too.
+        self.guidance_input = adv_weight == 0
         self.target_net: nn.Module | None = None
         self.discriminator: nn.Module | None = None
 

@@ -56,6 +56,7 @@ class ProgressiveDistillation(Method):
     """
 
     name = "progressive"
+    guidance_input = True  # the student learns guided teacher velocities alone (methods.md 13)
 
     def __init__(
         self,

@@ -125,6 +125,7 @@ class SCM(Method):
             raise ConfigError(f"method.objective.tangent_warmup={tangent_warmup} must be >= 0")
         self.name, self.tangent = name, tangent
         self.data_role = "marginal" if tangent == "teacher" else "real"  # sCT's tangent is cos t z - sin t x0
+        self.guidance_input = tangent == "teacher"  # a guidance-input student (methods.md 13) needs guided tangents
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.tangent_warmup, self.tangent_norm = tangent_warmup, tangent_norm
         self.jvp_mode, self.fd_step = jvp, fd_step

@@ -38,6 +38,15 @@ def rebuild_with_extra_time(net: nn.Module) -> nn.Module:
     Raises:
         TypeError: ``net`` is not one of ``NETS`` (only they record how to rebuild themselves).
     """
+    return rebuild_with(net, "a second time input", extra_time=True)
+
+
+def rebuild_with(net: nn.Module, what: str, **changes: Any) -> nn.Module:
+    """A fresh net of ``net``'s architecture with ``changes`` to its config (weights not copied).
+
+    Raises:
+        TypeError: ``net`` is not one of ``NETS`` (only they record how to rebuild themselves).
+    """
     if not isinstance(net, tuple(NETS.values())):
-        raise TypeError(f"cannot add a second time input to a {type(net).__name__}; known nets: {sorted(NETS)}")
-    return type(net)(**{**net.config, "extra_time": True})
+        raise TypeError(f"cannot add {what} to a {type(net).__name__}; known nets: {sorted(NETS)}")
+    return type(net)(**{**net.config, **changes})

@@ -6,8 +6,8 @@ import math
 
 from torch import Tensor, nn
 
-from distill.core.conditioning import labels_for, null_labels
-from distill.nets.embedding import SinusoidalEmbedding
+from distill.core.conditioning import guidance_of, labels_for, null_labels
+from distill.nets.embedding import SinusoidalEmbedding, guidance_feature, zero_init_embedding
 
 
 class ResidualBlock(nn.Module):
@@ -24,14 +24,6 @@ class ResidualBlock(nn.Module):
         return h + self.fc2(self.act(y))
 
 
-def zero_init_embedding(embed_dim: int) -> nn.Sequential:
-    """Embedding of a second time input whose last layer is zero: it adds exactly 0 until trained."""
-    last = nn.Linear(embed_dim, embed_dim)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU(), last)
-
-
 class TimeMLP(nn.Module):
     """MLP over the flattened input, with the noise level injected into every block.
 
@@ -44,6 +36,10 @@ class TimeMLP(nn.Module):
             ``c_noise`` and added to its embedding; zero-initialised, so the net starts as without it.
         num_classes: class-conditional on ``distill.core.conditioning``'s labels (0: unconditional),
             a label embedding (plus the null class) added to the time embedding.
+        guidance_embed: take each sample's classifier-free guidance scale w (the condition's
+            ``guidance_scale``, else ``default_guidance``) through a zero-initialised embedding of
+            ``guidance_feature(w)`` added to the time embedding: the net starts as without it.
+        default_guidance: the w of calls whose condition carries none (evaluation, plain sampling).
     """
 
     def __init__(
@@ -54,6 +50,8 @@ class TimeMLP(nn.Module):
         embed_dim: int = 64,
         extra_time: bool = False,
         num_classes: int = 0,
+        guidance_embed: bool = False,
+        default_guidance: float = 1.0,
     ):
         super().__init__()
         self.data_shape = tuple(data_shape)
@@ -65,6 +63,8 @@ class TimeMLP(nn.Module):
             "extra_time": extra_time,
             "num_classes": num_classes,
         }
+        if guidance_embed:  # only then, so that the configs (and checkpoints) of other nets stay as they were
+            self.config.update(guidance_embed=True, default_guidance=float(default_guidance))
         self.extra_time = extra_time
         dim = math.prod(self.data_shape)
         self.time_embed = nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU())
@@ -72,6 +72,8 @@ class TimeMLP(nn.Module):
         self.extra_embed = zero_init_embedding(embed_dim) if extra_time else None
         self.num_classes = num_classes
         self.label_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+        self.guidance_embed = zero_init_embedding(embed_dim) if guidance_embed else None
+        self.default_guidance = float(default_guidance)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, embed_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
@@ -87,6 +89,8 @@ class TimeMLP(nn.Module):
         if self.label_embed is not None:
             labels = labels_for(x)
             emb = emb + self.label_embed(null_labels(x, self.num_classes) if labels is None else labels)
+        if self.guidance_embed is not None:
+            emb = emb + self.guidance_embed(guidance_feature(guidance_of(x, self.default_guidance)))
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)

@@ -105,7 +105,10 @@ def average_velocity_from(student: nn.Module, time_scale: float = TIME_SCALE) ->
     kwargs = {"time_scale": time_scale, "scheme": student.scheme, "sigma_data": student.sigma_data}
     if getattr(student.net, "extra_time", False):
         return AverageVelocityModel(student.net, **kwargs)
-    net = rebuild_with_extra_time(student.net).to(next(student.net.parameters()))
+    try:
+        net = rebuild_with_extra_time(student.net).to(next(student.net.parameters()))
+    except ValueError as err:  # a class-conditional UNet has no second embedding slot for the time input
+        raise ConfigError(f"{err}; an MLP student takes both (student=mlp +student.net.num_classes=<n>)") from err
     result = net.load_state_dict(student.net.state_dict(), strict=False)
     new_keys = set(net.state_dict()) - set(student.net.state_dict())
     if result.unexpected_keys or set(result.missing_keys) - new_keys:

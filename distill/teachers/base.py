@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.core.conditioning import LABELS, Condition, guided, num_classes_of
+from distill.core.conditioning import LABELS, Condition, guidance_for, guided, num_classes_of
 from distill.core.prediction import velocity_to_eps, velocity_to_x0
 from distill.core.tensors import append_dims
 
@@ -20,7 +20,8 @@ class Teacher(nn.Module):
         data_shape: shape of one sample.
         meta: how the teacher was made (stored beside its weights).
         guidance: classifier-free guidance scale of a class-conditional teacher (1: none); every
-            teacher call is guided, so guidance folds into whatever the student learns from it.
+            teacher call is guided, so guidance folds into whatever the student learns from it. A
+            condition that carries per-sample scales (``guidance_scale``) overrides it row by row.
     """
 
     def __init__(
@@ -47,8 +48,10 @@ class Teacher(nn.Module):
         """The velocity with its gradient to ``x`` (the weights stay frozen): for losses that
         differentiate through the teacher, as SiD's does."""
         null = self.null_condition
-        if null is not None and self.guidance != 1.0:
-            return guided(self.model, x, s, self.guidance, null)
+        scale = guidance_for(x)
+        scale = self.guidance if scale is None else scale
+        if null is not None and (isinstance(scale, Tensor) or scale != 1.0):
+            return guided(self.model, x, s, scale, null)
         return self.model(x, s)
 
     @property
@@ -56,7 +59,8 @@ class Teacher(nn.Module):
         """What classifier-free guidance's unconditional prediction is conditioned on: the null class,
         or the empty prompt of a text-conditional model; None for an unconditional teacher."""
         if self.num_classes:
-            return {LABELS: torch.tensor([self.num_classes], device=next(self.model.parameters()).device)}
+            tensor = next(self.model.parameters(), None)  # an analytic teacher has none: CPU
+            return {LABELS: torch.tensor([self.num_classes], device=None if tensor is None else tensor.device)}
         return getattr(self.model, "null_condition", None)
 
     def x0(self, x: Tensor, s: Tensor) -> Tensor:

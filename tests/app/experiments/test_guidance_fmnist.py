@@ -1,0 +1,38 @@
+"""experiments/guidance_fmnist.py: its table of teacher and student rows per guidance scale."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).parents[3] / "experiments"
+
+
+def load_script():
+    sys.path.insert(0, str(EXPERIMENTS))  # it imports table_fmnist's profiles and helpers
+    try:
+        spec = importlib.util.spec_from_file_location("guidance_fmnist", EXPERIMENTS / "guidance_fmnist.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def test_one_line_per_scale_with_the_teacher_and_each_student_nfe(tmp_path):
+    script = load_script()
+    rows = [
+        {"model": "teacher", "sampler": "heun", "nfe": 31, "metric": "fd_fmnist", "value": 20.0},
+        {"model": "teacher", "sampler": "heun", "nfe": 31, "metric": "class_accuracy", "value": 0.9},
+        {"model": "student", "sampler": "progressive", "nfe": 1, "metric": "fd_fmnist", "value": 30.0},
+        {"model": "student", "sampler": "progressive", "nfe": 1, "metric": "class_accuracy", "value": 0.8},
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    table = script.rows_at(tmp_path / "results.json")
+    text = script.markdown("progressive", 1.0, 4.0, {1.0: table, 2.5: table}, [1, 2], 16)
+    lines = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2.5 ")]
+    assert lines[0] == "| 1 | 20.00 | 90.0% | 30.00 | 80.0% | nan | nan% |"  # no 2-NFE row: nan
+    assert len(lines) == 2 and "over w in [1, 4]" in text
+    assert script.parse(["method=pcm", "train.max_steps=3"]) == ({"method": "pcm"}, ["train.max_steps=3"])
