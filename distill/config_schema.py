@@ -73,6 +73,7 @@ class MethodSchema:
     optimizer: dict
     ema_decays: list[float] = field(metadata={"min": 0.0, "below": 1.0})
     grad_clip: float = field(metadata={"min": 0.0})
+    student_nfes: list[int] | None = positive(default=None)  # eval.student_nfes unless set there
 
 
 @dataclass(kw_only=True)
