@@ -27,6 +27,15 @@ TIME_WEIGHTS = ("beta08", "gaussian", "uniform")
 WEIGHT_GRID_STEPS = 1000  # the scheduler's num_train_timesteps: the weights are a table on its grid
 
 
+def check_shares(diffusion_ratio: float, consistency_ratio: float) -> None:
+    """Refuse shares of the r = t and r = 0 rows that are negative or sum above 1."""
+    if diffusion_ratio < 0 or consistency_ratio < 0 or diffusion_ratio + consistency_ratio > 1:
+        raise ConfigError(
+            f"method.objective.diffusion_ratio={diffusion_ratio} and consistency_ratio={consistency_ratio} "
+            "must be >= 0 with a sum <= 1 (AnyFlow: 0.5 and 0.25)"
+        )
+
+
 def sample_flowmap_times(
     n: int,
     diffusion_ratio: float,
@@ -39,11 +48,7 @@ def sample_flowmap_times(
     ``round(diffusion_ratio n)`` rows get r = t and the next ``round(consistency_ratio n)`` rows r = 0;
     both times then take the SD3 ``shift`` (AnyFlow ``trainer_wan_anyflow_pretrain.py:sample_timestep``,
     by row index, as there on one device)."""
-    if diffusion_ratio < 0 or consistency_ratio < 0 or diffusion_ratio + consistency_ratio > 1:
-        raise ConfigError(
-            f"method.objective.diffusion_ratio={diffusion_ratio} and consistency_ratio={consistency_ratio} "
-            "must be >= 0 with a sum <= 1 (AnyFlow: 0.5 and 0.25)"
-        )
+    check_shares(diffusion_ratio, consistency_ratio)
     t1 = torch.rand(n, device=device, dtype=dtype)
     t2 = torch.rand(n, device=device, dtype=dtype)
     t, r = torch.maximum(t1, t2), torch.minimum(t1, t2)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from distill.core.anyflow import (
     central_difference_target,
+    check_shares,
     draw_rollout,
     rescaled_to_diffusion,
     sample_flowmap_times,
@@ -38,7 +39,7 @@ from distill.core.errors import ConfigError
 from distill.core.grids import make_grid
 from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import sample_flow_map
-from distill.core.time_sampling import sample_logit_normal, shift_time
+from distill.core.time_sampling import shift_time
 from distill.methods.base import FALLBACK_BUDGET, Method, Renoise, attached, check_choice
 from distill.students.average_velocity import AverageVelocityFlowMap, AverageVelocityModel, average_velocity_from
 from distill.students.flow_map import fake_score_copy
@@ -98,7 +99,7 @@ class AnyFlow(Method):
     ):
         super().__init__()
         check_choice("velocity", velocity, VELOCITIES)
-        sample_flowmap_times(1, diffusion_ratio, consistency_ratio)  # refuses bad shares now
+        check_shares(diffusion_ratio, consistency_ratio)
         for option, value in (("time_shift", time_shift), ("dmd_shift", dmd_shift), ("sampling_shift", sampling_shift)):
             if value <= 0:
                 raise ConfigError(f"method.objective.{option}={value} must be > 0 (1 keeps the times)")
@@ -203,6 +204,7 @@ class AnyFlow(Method):
         return shortcut_rollout(AverageVelocityFlowMap(student), noise, self.sample_times(nfe).to(noise), k)
 
     def _noise_levels(self, t: Tensor) -> Tensor:
+        """DM and fake-score noise levels from draws t (B,) (drawn in the default dtype, as AnyFlow's)."""
         return shift_time(t, self.dmd_shift).clamp(self.min_time, self.max_time)
 
     def dm_loss(self, x0: Tensor, teacher: nn.Module, student: AverageVelocityModel, nfe: int, k: int) -> Tensor:
@@ -211,7 +213,7 @@ class AnyFlow(Method):
         x_hat = self.rollout(student, torch.randn_like(x0), nfe, k)
         fake = attached(self.fake_score, "the fake score")
         with torch.no_grad():
-            s = self._noise_levels(torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype))
+            s = self._noise_levels(torch.rand(x0.shape[0], device=x0.device).to(x0.dtype))
             x_s = fm_noise(x_hat.detach(), torch.randn_like(x_hat), s)
             mu_real = velocity_to_x0(x_s, s, teacher(x_s, s))
             mu_fake = velocity_to_x0(x_s, s, fake(x_s, s))
@@ -223,8 +225,8 @@ class AnyFlow(Method):
         with torch.no_grad():
             x_hat = self.rollout(student, torch.randn_like(x0), nfe, k)
         eps = torch.randn_like(x_hat)
-        logit = sample_logit_normal(x0.shape[0], self.fake_p_mean, self.fake_p_std, dtype=x0.dtype, device=x0.device)
-        s = self._noise_levels(logit)
+        normal = torch.randn(x0.shape[0], device=x0.device).to(x0.dtype)
+        s = self._noise_levels(torch.sigmoid(self.fake_p_mean + self.fake_p_std * normal))
         fake = attached(self.fake_score, "the fake score")
         return flow_score_loss(fake(fm_noise(x_hat, eps, s), s), x_hat, eps)
 
