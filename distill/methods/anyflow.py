@@ -41,7 +41,12 @@ from distill.core.prediction import fm_noise, velocity_to_x0
 from distill.core.samplers import sample_flow_map
 from distill.core.time_sampling import shift_time
 from distill.methods.base import FALLBACK_BUDGET, Method, Renoise, attached, check_choice
-from distill.students.average_velocity import AverageVelocityFlowMap, AverageVelocityModel, average_velocity_from
+from distill.students.average_velocity import (
+    AverageVelocityFlowMap,
+    AverageVelocityModel,
+    InstantaneousVelocity,
+    average_velocity_from,
+)
 from distill.students.flow_map import fake_score_copy
 
 VELOCITIES = ("data", "teacher")
@@ -134,7 +139,8 @@ class AnyFlow(Method):
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         if self.fake_score is None:
-            self.fake_score = fake_score_copy(teacher, student)
+            fake = fake_score_copy(teacher, student)  # a copy of the student where the teacher has no network
+            self.fake_score = InstantaneousVelocity(fake) if isinstance(fake, AverageVelocityModel) else fake
 
     def trainable_parameters(self, optimizer: str, student: nn.Module):
         if optimizer == "student":
