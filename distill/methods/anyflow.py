@@ -88,7 +88,7 @@ class AnyFlow(Method):
         fd_step: float = 5e-3,
         velocity: str = "data",
         rescale: bool = True,
-        stage2_start: float = 0.5,
+        stage2_start: float = 0.75,
         rollout_nfes: Sequence[int] = (2, 4, 8, 16, 50),
         dmd_weight: float = 1.0,
         flowmap_weight: float = 1.0,
