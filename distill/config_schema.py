@@ -74,6 +74,7 @@ class MethodSchema:
     ema_decays: list[float] = field(metadata={"min": 0.0, "below": 1.0})
     grad_clip: float = field(metadata={"min": 0.0})
     continues: str | None = None  # the method config whose finished run init_from must hold (TCM: ect)
+    student_nfes: list[int] | None = positive(default=None)  # eval.student_nfes unless set there
 
 
 @dataclass(kw_only=True)

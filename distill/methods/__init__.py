@@ -1,5 +1,6 @@
 """Layer 2: distillation objectives. A method's loss is callable on an MLP teacher on CPU."""
 
+from distill.methods.anyflow import AnyFlow
 from distill.methods.arcflow import ArcFlow
 from distill.methods.base import Method
 from distill.methods.bezier import BezierDistillation
@@ -21,6 +22,7 @@ from distill.methods.tcm import TruncatedConsistency
 
 __all__ = [
     "Method",
+    "AnyFlow",
     "ArcFlow",
     "BezierDistillation",
     "ConsistencyDistillation",

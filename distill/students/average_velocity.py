@@ -83,6 +83,18 @@ class AverageVelocityFlowMap(nn.Module):
         return flow_map(self.model, x, s, s_next)
 
 
+class InstantaneousVelocity(nn.Module):
+    """``v(z, s) = u(z, s, s)`` of an average-velocity model, as a canonical velocity model ``model(x, s)``
+    (a fake-score net copied from such a student)."""
+
+    def __init__(self, model: AverageVelocityModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor, s: Tensor) -> Tensor:
+        return self.model.velocity(z, s)
+
+
 def average_velocity_from(student: nn.Module, time_scale: float = TIME_SCALE) -> AverageVelocityModel:
     """Turn a velocity-model student (a teacher copy or a random init) into ``u(z, r, t)``.
 
