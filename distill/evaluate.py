@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
         student = module.sampling_student()
-        with sampling_at(student, guidance) if guidance is not None else nullcontext():
+        with sampling_at(student, guidance, module.method) if guidance is not None else nullcontext():
             student_rows, samples = evaluate_student(
                 module.method, student, teacher.data_shape, scorer, spec, int(module.step_count)
             )

@@ -84,16 +84,20 @@ def takes_guidance(student: nn.Module) -> bool:
 
 
 @contextmanager
-def sampling_at(student: nn.Module, guidance: float) -> Iterator[None]:
-    """Inside: ``student``'s guidance-input nets read ``guidance`` wherever a call passes no scale
-    (evaluation conditions calls on the seeds' classes only).
+def sampling_at(student: nn.Module, guidance: float, method: nn.Module | None = None) -> Iterator[None]:
+    """Inside: ``student``'s guidance-input nets, and those ``method`` samples with (progressive
+    distillation's round snapshots), read ``guidance`` wherever a call passes no scale (evaluation
+    conditions calls on the seeds' classes only).
 
     Raises:
         ConfigError: the student has no guidance input.
     """
-    nets = [m for m in student.modules() if getattr(m, "guidance_embed", None) is not None]
-    if not nets:
+    if not takes_guidance(student):
         raise no_guidance_input(guidance)
+    owners = [student] if method is None else [student, method]
+    nets = list(
+        {id(m): m for o in owners for m in o.modules() if getattr(m, "guidance_embed", None) is not None}.values()
+    )
     before = [net.default_guidance for net in nets]
     for net in nets:
         net.default_guidance = float(guidance)
