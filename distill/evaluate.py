@@ -9,7 +9,6 @@ distill-eval run_dir=outputs/main guidance=3      # teacher and guidance-input s
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -27,7 +26,7 @@ from distill.evaluation.plots import save_sample_sets
 from distill.evaluation.results import RESULTS_NAME, ResultRow, append_results
 from distill.evaluation.runner import evaluate_student, evaluate_teacher
 from distill.runs import load_run_module, run_dir_of
-from distill.students.guidance_input import sampling_at
+from distill.students.guidance_input import no_guidance_input, takes_guidance
 from distill.table import format_rows
 
 
@@ -48,10 +47,12 @@ def evaluate(cfg: DictConfig) -> list[ResultRow]:
     if cfg.run_dir:
         module = load_run_module(Path(cfg.run_dir), cfg.paths.cache)
         student = module.sampling_student()
-        with sampling_at(student, guidance, module.method) if guidance is not None else nullcontext():
-            student_rows, samples = evaluate_student(
-                module.method, student, teacher.data_shape, scorer, spec, int(module.step_count)
-            )
+        if guidance is not None and not takes_guidance(student):
+            raise no_guidance_input(guidance)
+        spec.guidance = None if guidance is None else float(guidance)
+        student_rows, samples = evaluate_student(
+            module.method, student, teacher.data_shape, scorer, spec, int(module.step_count)
+        )
         save_sample_sets(out / "samples", "student", samples, arrays)
         rows += student_rows
     append_results(out / RESULTS_NAME, rows)

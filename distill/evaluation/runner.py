@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from distill.core.conditioning import conditioned, table_rows, table_size
+from distill.core.conditioning import GUIDANCE, LABELS, conditioned, table_rows, table_size
 from distill.core.grids import make_grid
 from distill.core.samplers import SAMPLERS, prior_state, sample_heun, sampler_nfe
 from distill.evaluation.noise import sample_seeds, seeded_noise
@@ -31,6 +31,7 @@ class EvalSpec:
     progress: bool = True
     num_classes: int = 0  # class-conditional models: sample i is asked for class seed_i mod num_classes
     prompt_table: Tensor | dict[str, Tensor] | None = None  # text: sample i gets prompt row seed_i mod rows
+    guidance: float | None = None  # every sample asked for this guidance scale (guidance-input students)
     decode: Callable[[Tensor], Tensor] | None = None  # latent teachers: latents -> pixels before scoring
     extra: dict = field(default_factory=dict)
 
@@ -60,11 +61,18 @@ def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device | s
 
 
 def seed_condition(seeds: Sequence[int], spec: EvalSpec, device: torch.device | str = "cpu"):
-    """What each seed is asked for: a prompt (text-conditional), a class (class-conditional), or nothing."""
+    """What each seed is asked for: a prompt (text-conditional), a class (class-conditional), or nothing;
+    and ``spec.guidance`` where set, which every network that reads the condition sees (a method's own
+    sampling copies too, such as progressive distillation's round snapshots)."""
     if spec.prompt_table is not None:
         rows = torch.tensor([s % table_size(spec.prompt_table) for s in seeds])
-        return {k: v.to(device) for k, v in table_rows(spec.prompt_table, rows).items()}
-    return seed_labels(seeds, spec.num_classes, device)
+        condition = {k: v.to(device) for k, v in table_rows(spec.prompt_table, rows).items()}
+    else:
+        labels = seed_labels(seeds, spec.num_classes, device)
+        condition = {} if labels is None else {LABELS: labels}
+    if spec.guidance is not None:
+        condition[GUIDANCE] = torch.full((len(seeds),), float(spec.guidance), device=device)
+    return condition or None
 
 
 @torch.no_grad()

@@ -12,9 +12,6 @@ last layer is zero, so a teacher copy starts as the teacher's conditional veloci
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from torch import nn
 
 from distill.core.errors import ConfigError
@@ -81,28 +78,3 @@ def no_guidance_input(guidance: float) -> ConfigError:
 def takes_guidance(student: nn.Module) -> bool:
     """Whether ``student`` (any wrapper of it) has a guidance-scale input."""
     return any(getattr(m, "guidance_embed", None) is not None for m in student.modules())
-
-
-@contextmanager
-def sampling_at(student: nn.Module, guidance: float, method: nn.Module | None = None) -> Iterator[None]:
-    """Inside: ``student``'s guidance-input nets, and those ``method`` samples with (progressive
-    distillation's round snapshots), read ``guidance`` wherever a call passes no scale (evaluation
-    conditions calls on the seeds' classes only).
-
-    Raises:
-        ConfigError: the student has no guidance input.
-    """
-    if not takes_guidance(student):
-        raise no_guidance_input(guidance)
-    owners = [student] if method is None else [student, method]
-    nets = list(
-        {id(m): m for o in owners for m in o.modules() if getattr(m, "guidance_embed", None) is not None}.values()
-    )
-    before = [net.default_guidance for net in nets]
-    for net in nets:
-        net.default_guidance = float(guidance)
-    try:
-        yield
-    finally:
-        for net, w in zip(nets, before, strict=True):
-            net.default_guidance = w

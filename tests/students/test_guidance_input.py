@@ -12,11 +12,12 @@ from torch import Tensor, nn
 from distill.core.conditioning import GUIDANCE, LABELS, conditioned, draw_guidance, labels_for, null_labels
 from distill.core.errors import ConfigError
 from distill.core.gmm import GaussianMixture, ring_mixture
+from distill.evaluation.runner import EvalSpec, seed_condition
 from distill.methods import MeanFlow
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
 from distill.nets.velocity import VelocityModel
-from distill.students.guidance_input import check_guidance_range, sampling_at, with_guidance_input
+from distill.students.guidance_input import check_guidance_range, with_guidance_input
 from distill.teachers import Teacher
 
 
@@ -157,20 +158,20 @@ def test_a_student_trained_over_w_matches_the_guided_teacher_across_w_better_tha
     assert ranged[1] < 1.5 * single[1]  # and about as good at the one-w student's own scale
 
 
-def test_sampling_at_reaches_the_nets_a_method_samples_with():
+def test_evaluation_at_a_guidance_reaches_the_copies_a_method_samples_with():
     """Progressive distillation samples k NFE with its round-k snapshot, a copy outside the student:
-    evaluation at ``guidance=w`` must set w there too, and restore every net's default after."""
+    evaluation at ``guidance=w`` asks every sample for w through its condition, which that copy reads
+    too, and changes no net's default."""
     torch.manual_seed(0)
     student = with_guidance_input(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=2)), default_guidance=2.0)
     for p in student.parameters():  # a trained w embedding: a zero-initialised one would hide the bug
         nn.init.normal_(p, std=0.3)
-    method = nn.Module()
-    method.snapshots = nn.ModuleDict({"1": copy.deepcopy(student)})
-    x, s, labels = torch.randn(4, 2), torch.full((4,), 0.5), torch.tensor([0, 1, 0, 1])
+    snapshot = copy.deepcopy(student)
+    x, s, seeds = torch.randn(4, 2), torch.full((4,), 0.5), [0, 1, 2, 3]
     outputs = []
     for w in (1.0, 4.0):
-        with sampling_at(student, w, method), conditioned({LABELS: labels}), torch.no_grad():
-            outputs.append(method.snapshots["1"](x, s))
+        spec = EvalSpec(num_classes=2, guidance=w)
+        with conditioned(seed_condition(seeds, spec)), torch.no_grad():
+            outputs.append(snapshot(x, s))
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3
-    nets = [net for owner in (student, method) for net in owner.modules() if hasattr(net, "default_guidance")]
-    assert len(nets) == 2 and all(net.default_guidance == 2.0 for net in nets)
+    assert student.net.default_guidance == snapshot.net.default_guidance == 2.0
