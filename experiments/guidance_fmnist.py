@@ -29,26 +29,20 @@ from table_fmnist import (
     CACHE,
     DATASET,
     METRIC,
-    PROFILES,
     REPO,
+    chosen_profile,
     ensure_classifier,
     ensure_teacher,
-    fast_dev,
     hms,
     python,
+    split_arguments,
 )
 
 OWN_KEYS = {"hardware", "method", "scales", "range", "nfes", "teacher_nfe", "out", "fast_dev_run", "cache"}
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    own, overrides = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"{arg!r}: arguments are key=value (see the docstring: python {__file__} --help)")
-        (own.__setitem__(key, value) if key in OWN_KEYS else overrides.append(arg))
-    return own, overrides
+    return split_arguments(argv, OWN_KEYS, __file__)
 
 
 def numbers(text: str) -> list[float]:
@@ -96,10 +90,8 @@ def main(argv: list[str]) -> None:
         print(__doc__)
         return
     own, overrides = parse(argv)
-    profile = PROFILES[own.get("hardware", "cpu")]
+    profile = chosen_profile(own, "cpu")
     fast = own.get("fast_dev_run", "false").lower() == "true"
-    if fast:
-        profile = fast_dev(profile)
     # A fast_dev_run teacher (5 steps) gets a name of its own, so that it never stands in for the real one.
     name = f"{profile.teacher}_cond" + ("_fast_dev" if fast else "")
     profile = replace(profile, teacher=name, teacher_recipe=(*profile.teacher_recipe, "conditional=true"))

@@ -149,16 +149,38 @@ def fast_dev(profile: Profile) -> Profile:
     )
 
 
-def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``key=value`` arguments: the runner's own keys, and the rest as overrides for every run."""
-    own_keys = {"hardware", "methods", "seeds", "parallel", "out", "runs", "stage", "fast_dev_run", "cache", "resume"}
+OWN_KEYS = {"hardware", "methods", "seeds", "parallel", "out", "runs", "stage", "fast_dev_run", "cache", "resume"}
+
+
+def split_arguments(argv: list[str], own_keys: set[str], script: str) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments: a script's own keys, and the rest as Hydra overrides for its runs."""
     own, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
-            raise SystemExit(f"{arg!r}: arguments are key=value (see the docstring: python {__file__} --help)")
+            raise SystemExit(f"{arg!r}: arguments are key=value (see the docstring: python {script} --help)")
         (own.__setitem__(key, value) if key in own_keys else overrides.append(arg))
     return own, overrides
+
+
+def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    return split_arguments(argv, OWN_KEYS, __file__)
+
+
+def chosen_profile(own: dict[str, str], hardware: str) -> Profile:
+    """The profile ``hardware=`` names (else ``hardware``), with ``fast_dev_run=``, ``seeds=`` and
+    ``parallel=`` applied."""
+    hardware = own.get("hardware", hardware)
+    if hardware not in PROFILES:
+        raise SystemExit(f"hardware={hardware!r}; choose {' or '.join(PROFILES)}")
+    profile = PROFILES[hardware]
+    if own.get("fast_dev_run", "false").lower() == "true":
+        profile = fast_dev(profile)
+    if "seeds" in own:
+        profile = replace(profile, seeds=tuple(int(s) for s in own["seeds"].split(",")))
+    if "parallel" in own:
+        profile = replace(profile, parallel=int(own["parallel"]))
+    return profile
 
 
 def hms(seconds: float) -> str:
@@ -521,16 +543,8 @@ def main(argv: list[str]) -> None:
         print(__doc__)
         return
     own, overrides = parse(argv)
-    hardware = own.get("hardware", "gpu")
-    if hardware not in PROFILES:
-        raise SystemExit(f"hardware={hardware!r}; choose {' or '.join(PROFILES)}")
-    profile = PROFILES[hardware]
-    if own.get("fast_dev_run", "false").lower() == "true":
-        profile = fast_dev(profile)
-    if "seeds" in own:
-        profile = replace(profile, seeds=tuple(int(s) for s in own["seeds"].split(",")))
-    if "parallel" in own:
-        profile = replace(profile, parallel=int(own["parallel"]))
+    profile = chosen_profile(own, "gpu")
+    hardware = profile.hardware
     methods = own["methods"].split(",") if "methods" in own else METHODS
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -1,20 +1,13 @@
 """experiments/fsdp_memory.py: the memory rule it compares against, and its table."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
+from tests.helpers.experiments import load_experiment
 from tests.lit.test_sharding import dmd2_module
-
-SCRIPT = Path(__file__).resolve().parents[3] / "experiments" / "fsdp_memory.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("fsdp_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("fsdp_memory")
 
 
 def test_the_rule_is_16_bytes_per_trained_parameter_and_4_per_frozen_one():

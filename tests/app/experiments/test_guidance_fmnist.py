@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-EXPERIMENTS = Path(__file__).parents[3] / "experiments"
+from tests.helpers.experiments import load_experiment
 
 
 def load_script():
-    sys.path.insert(0, str(EXPERIMENTS))  # it imports table_fmnist's profiles and helpers
-    try:
-        spec = importlib.util.spec_from_file_location("guidance_fmnist", EXPERIMENTS / "guidance_fmnist.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    return load_experiment("guidance_fmnist")
 
 
 def test_one_line_per_scale_with_the_teacher_and_each_student_nfe(tmp_path):

@@ -1,20 +1,16 @@
 """experiments/reflow_budget.py: one-step scores grouped by source flow and distillation budget."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-SCRIPT = Path(__file__).parents[3] / "experiments" / "reflow_budget.py"
+from tests.helpers.experiments import load_experiment
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reflow_budget", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("reflow_budget")
 
 
 def write_run(root, method, teacher, steps, seed, scores):

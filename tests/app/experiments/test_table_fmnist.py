@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -12,17 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_UNET, train_tiny_teacher
+from tests.helpers.experiments import EXPERIMENTS, load_experiment
 from tests.helpers.fashion_mnist import write_fashion_mnist
-
-SCRIPT = Path(__file__).parents[3] / "experiments" / "table_fmnist.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("table_fmnist", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["table_fmnist"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("table_fmnist")
 
 
 def agg_row(method: str, sampler: str, nfe: int, mean: float) -> dict:
@@ -111,7 +105,7 @@ def test_fast_dev_run_writes_the_table_grids_and_best_row_arrays_and_resumes(
     assert best == {"teacher", "dmd2"}
     samples = np.load(next(out.glob("dmd2_*.npy")))
     assert samples.shape == (64, 28, 28) and samples.dtype == np.uint8
-    committed = (SCRIPT.parent / "weights" / "fmnist_classifier.safetensors").read_bytes()
+    committed = (EXPERIMENTS / "weights" / "fmnist_classifier.safetensors").read_bytes()
     assert (cache / "fmnist_classifier.safetensors").read_bytes() == committed  # scored with the committed classifier
 
     # resume=true keeps every finished row, retrains nothing, and the table names each row's invocation
@@ -131,7 +125,7 @@ def table_images(folder: Path):
 
 
 def test_every_method_config_says_what_was_tuned_on_which_split() -> None:
-    configs = sorted((SCRIPT.parents[1] / "conf" / "method").glob("*.yaml"))
+    configs = sorted((EXPERIMENTS.parent / "conf" / "method").glob("*.yaml"))
     assert [p.stem for p in configs] == load_script().METHODS  # the table runs every method config
     for path in configs:
         text = " ".join(line.removeprefix("# ") for line in path.read_text().splitlines())
