@@ -11,7 +11,8 @@ log-uniformly, methods.md 13) for the profile's budget, then for every w in ``sc
 teacher guided at w (Heun, ``teacher_nfe`` steps) and the student asked for w (at each of ``nfes``)
 with ``distill-eval guidance=<w>``: ``fd_fmnist`` against the test split and ``class_accuracy`` (the
 share of samples the fd_fmnist classifier reads as the class each seed asked for). Writes
-``guidance.md`` and ``guidance.json`` into ``out`` (default ``experiments/results/fashion_mnist_guidance``).
+``guidance.md`` and ``guidance.json`` into ``out`` (default ``experiments/results/fashion_mnist_guidance``),
+and the runs and their logs under ``runs`` (default ``experiments/runs/fashion_mnist_guidance``).
 Any other ``key=value`` is passed to the training run as a Hydra override.
 """
 
@@ -38,7 +39,7 @@ from table_fmnist import (
     split_arguments,
 )
 
-OWN_KEYS = {"hardware", "method", "scales", "range", "nfes", "teacher_nfe", "out", "fast_dev_run", "cache"}
+OWN_KEYS = {"hardware", "method", "scales", "range", "nfes", "teacher_nfe", "out", "runs", "fast_dev_run", "cache"}
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -100,10 +101,9 @@ def main(argv: list[str]) -> None:
     nfes = [int(k) for k in numbers(own.get("nfes", "1,2" if fast else "1,2,4"))]
     teacher_nfe = int(own.get("teacher_nfe", "4" if fast else "16"))
     cache = Path(own.get("cache", CACHE))
-    out = Path(
-        own.get("out", REPO / "experiments" / "results" / ("fashion_mnist_guidance" + ("_fast_dev" if fast else "")))
-    )
-    runs = out / "runs"
+    folder = "fashion_mnist_guidance" + ("_fast_dev" if fast else "")
+    out = Path(own.get("out", REPO / "experiments" / "results" / folder))
+    runs = Path(own.get("runs", REPO / "experiments" / "runs" / folder))  # logs, the student's run and each w's
     runs.mkdir(parents=True, exist_ok=True)
     ensure_classifier(cache)
     teacher = ensure_teacher(profile, cache, runs / "teacher.log")
