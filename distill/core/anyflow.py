@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from distill.core.errors import ConfigError
+from distill.core.ranks import agreed_randint
 from distill.core.samplers import FlowMap
 from distill.core.tensors import append_dims, batch_time
 from distill.core.time_sampling import shift_time
@@ -105,11 +106,14 @@ def rescaled_to_diffusion(loss: Tensor, is_diffusion: Tensor, eps: float = 1e-5)
     return torch.where(is_diffusion, loss, loss * scale)
 
 
-def draw_rollout(nfes: Sequence[int], generator: torch.Generator | None = None) -> tuple[int, int]:
+def draw_rollout(
+    nfes: Sequence[int], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> tuple[int, int]:
     """``(nfe, k)``: a step count from ``nfes`` and the step ``k`` in [0, nfe) the rollout takes on its
-    own (uniform, as AnyFlow's ``random.choice`` and ``random.randrange``)."""
-    nfe = int(nfes[int(torch.randint(len(nfes), (), generator=generator))])
-    return nfe, int(torch.randint(nfe, (), generator=generator))
+    own (uniform, as AnyFlow's ``random.choice`` and ``random.randrange``). Rank 0's draw holds on
+    every rank, as AnyFlow broadcasts it. ``device``: the batch's (where the collective runs)."""
+    nfe = int(nfes[agreed_randint(len(nfes), device, generator)])
+    return nfe, agreed_randint(nfe, device, generator)
 
 
 def shortcut_rollout(flow_map: FlowMap, noise: Tensor, grid: Tensor, k: int) -> Tensor:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from distill.core.ranks import all_reduce_sum
 
 F_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
     "rkl": torch.ones_like,  # reverse KL: h = 1, plain DMD
@@ -26,13 +27,6 @@ F_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
     "jf": lambda r: 1 + r,  # Jeffreys
 }
 LOGIT_LIMIT = 10.0  # the logit is clamped before exp, so the ratio stays finite in float32
-
-
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """``x`` summed over the ranks (in place); itself when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(x)
-    return x
 
 
 def density_ratio(logits: Tensor, lower: float, upper: float) -> Tensor:

@@ -173,13 +173,13 @@ class AnyFlow(Method):
         if not isinstance(student, AverageVelocityModel):
             raise TypeError("AnyFlow trains an AverageVelocityModel: pass the student through prepare_student")
         if phase == "fake_score":
-            nfe, k = draw_rollout(self.rollout_nfes)
+            nfe, k = draw_rollout(self.rollout_nfes, device=x0.device)
             score = self.fake_score_loss(x0, student, nfe, k)
             return {"loss": score, "score": score.detach()}
         if self.stage(step) == 1:
             flowmap, mse = self.flowmap_loss(x0, teacher, student)
             return {"loss": flowmap, "flowmap": flowmap.detach(), "mse": mse}
-        nfe, k = draw_rollout(self.rollout_nfes)
+        nfe, k = draw_rollout(self.rollout_nfes, device=x0.device)
         dm = self.dm_loss(x0, teacher, student, nfe, k)  # AnyFlow's order: the DM term, then the flow-map loss
         flowmap, mse = self.flowmap_loss(x0, teacher, student)
         total = self.dmd_weight * dm + self.flowmap_weight * flowmap

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
 from distill.core.prediction import fm_noise, velocity_to_x0
+from distill.core.ranks import agreed_randint
 from distill.core.samplers import ddim_step
 from distill.core.tensors import batch_time
 
@@ -102,10 +103,11 @@ def backward_simulate(student: nn.Module, noise: Tensor, times: Tensor, k: int) 
 
 
 def training_sample(student: nn.Module, noise: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
-    """A generator sample with gradient from one random generator time, reached by backward
-    simulation (no grad) and finished by one step with grad. Returns (x_hat, its (B,) time)."""
+    """A generator sample with gradient from one random generator time (rank 0's on every rank),
+    reached by backward simulation (no grad) and finished by one step with grad. Returns (x_hat, its
+    (B,) time)."""
     times = times.to(noise)
-    k = int(torch.randint(len(times), ()))
+    k = agreed_randint(len(times), noise.device)
     x = backward_simulate(student, noise, times, k)
     s = times[k].expand(noise.shape[0])
     return generator_x0(student, x, s), s
