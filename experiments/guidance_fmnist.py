@@ -12,11 +12,11 @@ log-uniformly, methods.md 13) for the profile's budget (``images=`` sets another
 in ``scales`` scores the teacher guided at w (Heun, ``teacher_nfe`` steps) and the student asked for
 w (at each of ``nfes``) with ``distill-eval guidance=<w>``: ``fd_fmnist`` against the test split and
 ``class_accuracy`` (the share of samples the fd_fmnist classifier reads as the class each seed asked
-for). Writes
-``guidance.md`` and ``guidance.json`` into ``out`` (default ``experiments/results/fashion_mnist_guidance``),
-and the runs and their logs under ``runs`` (default ``experiments/runs/fashion_mnist_guidance``).
-``resume=true`` keeps the teacher rows of an earlier invocation that scored the same teacher with the
-same settings (the table names their invocation); the student is always trained and scored anew.
+for). Writes ``guidance.md`` and ``guidance.json`` into ``out`` (default
+``experiments/results/fashion_mnist_guidance``), and the runs and their logs under ``runs``
+(default ``experiments/runs/fashion_mnist_guidance``). ``resume=true`` keeps the teacher rows of an
+earlier invocation that scored the same teacher with the same settings (the table names their
+invocation); the student is always trained and scored anew.
 Any other ``key=value`` is passed to the training run as a Hydra override.
 """
 
@@ -130,7 +130,6 @@ def main(argv: list[str]) -> None:
     resume = own.get("resume", "false").lower() == "true"
     if "images" in own:
         profile = replace(profile, images=int(own["images"]))
-    invocation = INVOCATION
     # A fast_dev_run teacher (5 steps) gets a name of its own, so that it never stands in for the real one.
     name = f"{profile.teacher}_cond" + ("_fast_dev" if fast else "")
     profile = replace(profile, teacher=name, teacher_recipe=(*profile.teacher_recipe, "conditional=true"))
@@ -193,7 +192,7 @@ def main(argv: list[str]) -> None:
         run(cmd, runs / f"eval_w{w:g}.log", f"w = {w:g}: student")
         by_w[w] = {**rows, **rows_at(at / "results.json")}
     header = (
-        f"`python experiments/guidance_fmnist.py {' '.join(argv)}` ({invocation}); the student trained on "
+        f"`python experiments/guidance_fmnist.py {' '.join(argv)}` ({INVOCATION}); the student trained on "
         f"{profile.images:,} images at batch {profile.batch_size}; {profile.num_samples:,} samples per row; "
         f"teacher rows from the invocation{'s' if len(teacher_from) > 1 else ''} {', '.join(sorted(teacher_from))}."
     )
