@@ -19,7 +19,7 @@ gives the second stage alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,9 @@ class AnyFlow(Method):
     fake_lr_ratio: the fake score's lr / the student's in stage 2 (AnyFlow: 1).
     sampling_shift: SD3 shift of the sampling grid ``linspace(1, 0, n + 1)``, which stage-2 rollouts walk
         too (AnyFlow's Wan scheduler: 5; 1 keeps it uniform).
+    nfe_shifts: the sampling grid's shift at chosen step counts, ``{nfe: shift}``, in place of
+        ``sampling_shift`` when sampling only (rollouts keep ``sampling_shift``): one any-step student,
+        each step count on the grid that suits it (none by default; chosen on data, see the config).
     time_scale: k of the student's time inputs (``AverageVelocityModel``; 1000 for a teacher copy).
     """
 
@@ -100,12 +103,16 @@ class AnyFlow(Method):
         stage2_lr_scale: float = 1.0,
         fake_lr_ratio: float = 1.0,
         sampling_shift: float = 1.0,
+        nfe_shifts: Mapping[int, float] | None = None,
         time_scale: float = 1000.0,
     ):
         super().__init__()
         check_choice("velocity", velocity, VELOCITIES)
         check_shares(diffusion_ratio, consistency_ratio)
-        for option, value in (("time_shift", time_shift), ("dmd_shift", dmd_shift), ("sampling_shift", sampling_shift)):
+        nfe_shifts = {int(n): float(shift) for n, shift in (nfe_shifts or {}).items()}
+        shifts = [("time_shift", time_shift), ("dmd_shift", dmd_shift), ("sampling_shift", sampling_shift)]
+        shifts += [(f"nfe_shifts[{n}]", shift) for n, shift in nfe_shifts.items()]
+        for option, value in shifts:
             if value <= 0:
                 raise ConfigError(f"method.objective.{option}={value} must be > 0 (1 keeps the times)")
         if fd_step <= 0:
@@ -129,7 +136,7 @@ class AnyFlow(Method):
         self.dmd_weight, self.flowmap_weight, self.dmd_shift = dmd_weight, flowmap_weight, dmd_shift
         self.min_time, self.max_time, self.fake_p_mean, self.fake_p_std = min_time, max_time, fake_p_mean, fake_p_std
         self.stage2_lr_scale, self.fake_lr_ratio = stage2_lr_scale, fake_lr_ratio
-        self.sampling_shift, self.time_scale = sampling_shift, time_scale
+        self.sampling_shift, self.nfe_shifts, self.time_scale = sampling_shift, nfe_shifts, time_scale
         self.fake_score: nn.Module | None = None
 
     # --- networks and schedule ---------------------------------------------------------------
@@ -207,7 +214,8 @@ class AnyFlow(Method):
 
     def rollout(self, student: AverageVelocityModel, noise: Tensor, nfe: int, k: int) -> Tensor:
         """The student's ``nfe``-step sample from ``noise`` by ``shortcut_rollout`` (gradient through it)."""
-        return shortcut_rollout(AverageVelocityFlowMap(student), noise, self.sample_times(nfe).to(noise), k)
+        grid = shift_time(make_grid("uniform", nfe), self.sampling_shift)  # nfe_shifts are for sampling only
+        return shortcut_rollout(AverageVelocityFlowMap(student), noise, grid.to(noise), k)
 
     def _noise_levels(self, t: Tensor) -> Tensor:
         """DM and fake-score noise levels from draws t (B,) (drawn in the default dtype, as AnyFlow's)."""
@@ -238,8 +246,9 @@ class AnyFlow(Method):
 
     # --- sampling --------------------------------------------------------------------------------
     def sample_times(self, nfe: int) -> Tensor:
-        """The jump times: ``nfe + 1`` points of the shifted uniform grid, from 1 down to 0."""
-        return shift_time(make_grid("uniform", nfe), self.sampling_shift)
+        """The jump times: ``nfe + 1`` points of the uniform grid, from 1 down to 0, shifted by
+        ``nfe_shifts[nfe]`` where set, else ``sampling_shift``."""
+        return shift_time(make_grid("uniform", nfe), self.nfe_shifts.get(nfe, self.sampling_shift))
 
     def supported_nfes(self, nfes: Sequence[int]) -> list[int]:
         return [n for n in nfes if n >= 1]

@@ -83,6 +83,22 @@ def test_rollout_draws_cover_every_nfe_and_step():
     assert draws == {(1, 0), (4, 0), (4, 1), (4, 2), (4, 3)}
 
 
+def test_nfe_shifts_move_only_their_step_counts_sampling_grid_not_the_rollouts():
+    method = AnyFlow(sampling_shift=2.0, nfe_shifts={2: 0.25})
+    torch.testing.assert_close(method.sample_times(2), torch.tensor([1.0, 0.2, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(method.sample_times(1), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    four = method.sample_times(4)  # sampling_shift's grid: s t / (1 + (s - 1) t)
+    torch.testing.assert_close(four, torch.tensor([1.0, 6 / 7, 2 / 3, 0.4, 0.0], dtype=torch.float64))
+    seen = []
+
+    def recording_student(z, r, t):
+        seen.append(float(t[0]))
+        return torch.zeros_like(z)
+
+    method.rollout(recording_student, torch.randn(2, 1, 4, 4), nfe=2, k=1)  # a 2-step rollout in training
+    assert seen == [1.0, pytest.approx(2 / 3)]  # its middle is sampling_shift's (2/3), not nfe_shifts' (0.2)
+
+
 def test_stage_switch_phases_lr_and_optimizer_reset():
     method = AnyFlow(stage2_start=0.25, stage2_lr_scale=0.1, fake_lr_ratio=2.0)
     method.set_budget(100)
@@ -109,6 +125,7 @@ def test_stage_switch_phases_lr_and_optimizer_reset():
         ({"min_time": 0.5, "max_time": 0.4}, "min_time"),
         ({"fd_step": 0}, "fd_step"),
         ({"sampling_shift": 0}, "sampling_shift"),
+        ({"nfe_shifts": {2: -1.0}}, r"nfe_shifts\[2\]"),
         ({"consistency_ratio": 0.6}, "consistency_ratio"),
     ],
 )
