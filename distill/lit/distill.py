@@ -31,6 +31,7 @@ from distill.lit.nan_guard import (
 )
 from distill.lit.sharding import FullyShardedStrategy, is_sharded
 from distill.methods.base import Method, label_condition, label_count
+from distill.students.guidance_input import guidance_groups
 
 TEACHER_PREFIX = "teacher."
 
@@ -53,6 +54,7 @@ class DistillModule(L.LightningModule):
     guidance_range: ``(low, high)``: every training sample gets its own guidance scale, drawn by
         ``distill.core.conditioning.draw_guidance``, in the batch's condition (the teacher guides it
         at that scale, a guidance-input student reads it); None: the teacher's fixed ``guidance``.
+    guidance_lr_scale: the student's guidance-embedding lr / its optimizer's lr (``student.guidance_lr_scale``).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class DistillModule(L.LightningModule):
         lr_warmup_steps: int = 0,
         lr_decay_steps: int | None = None,
         guidance_range: tuple[float, float] | None = None,
+        guidance_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -88,7 +91,7 @@ class DistillModule(L.LightningModule):
         self.micro_batches = micro_batches
         self.lr_schedule = dict(schedule=lr_schedule, warmup_steps=lr_warmup_steps, decay_steps=lr_decay_steps)
         lr_factor(0, **self.lr_schedule)  # a bad schedule fails here, not at the first step
-        self.guidance_range = guidance_range
+        self.guidance_range, self.guidance_lr_scale = guidance_range, guidance_lr_scale
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -136,7 +139,12 @@ class DistillModule(L.LightningModule):
     def configure_optimizers(self):
         opts = []
         for name in self.method.optimizer_names:
-            opt = self.optimizer_factory(list(self.method.trainable_parameters(name, self.student)))
+            params = list(self.method.trainable_parameters(name, self.student))
+            if self.guidance_lr_scale != 1:
+                params = guidance_groups(params, self.student)
+            opt = self.optimizer_factory(params)
+            for group in opt.param_groups:
+                group["lr"] *= self.guidance_lr_scale if group.get("guidance") else 1.0
             self.base_lrs[name] = [g["lr"] for g in opt.param_groups]
             opts.append(opt)
         return opts

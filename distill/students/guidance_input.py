@@ -12,6 +12,9 @@ last layer is zero, so a teacher copy starts as the teacher's conditional veloci
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from fnmatch import fnmatch
+
 from torch import nn
 
 from distill.core.errors import ConfigError
@@ -38,6 +41,42 @@ def check_guidance_range(guidance_range: object) -> tuple[float, float] | None:
             "(e.g. [1, 4]: guidance scales drawn log-uniformly from 1 to 4), or null"
         )
     return low, high
+
+
+def check_guidance_lr_scale(scale: object) -> float:
+    """``student.guidance_lr_scale`` as a positive float."""
+    try:
+        value = float(scale)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(
+            f"student.guidance_lr_scale={scale!r} must be a number > 0 (the guidance embedding's lr / the "
+            "student's; 1: the same lr)"
+        )
+    return value
+
+
+def guidance_groups(params: Iterable[nn.Parameter] | list[dict], student: nn.Module) -> list[dict]:
+    """Optimizer groups with the guidance embedding's parameters apart, marked ``"guidance": True``
+    (each group split in two, its options kept), so that their lr can be raised: a zero-initialised
+    embedding learns at Adam's rate of about lr per step, far too slowly for a short distillation.
+
+    Args:
+        params: what ``Method.trainable_parameters`` gives: parameters, or optimizer groups.
+        student: the module whose named parameters tell which ones are the guidance embedding's.
+    """
+    guidance = {id(p) for name, p in student.named_parameters() if fnmatch(name, GUIDANCE_PARAMETERS)}
+    groups = [dict(g) for g in params] if isinstance(params, list) and params and isinstance(params[0], dict) else None
+    groups = groups if groups is not None else [{"params": list(params)}]
+    split = []
+    for group in groups:
+        members = list(group["params"])
+        rest = [p for p in members if id(p) not in guidance]
+        split += [{**group, "params": rest}] if rest else []
+        embedding = [p for p in members if id(p) in guidance]
+        split += [{**group, "params": embedding, "guidance": True}] if embedding else []
+    return split
 
 
 def with_guidance_input(student: nn.Module, default_guidance: float) -> nn.Module:

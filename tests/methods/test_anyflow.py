@@ -3,6 +3,7 @@ phase, and one student that samples the ring mixture well at every NFE."""
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from distill.core.anyflow import (
     draw_rollout,
@@ -97,6 +98,13 @@ def test_nfe_shifts_move_only_their_step_counts_sampling_grid_not_the_rollouts()
 
     method.rollout(recording_student, torch.randn(2, 1, 4, 4), nfe=2, k=1)  # a 2-step rollout in training
     assert seen == [1.0, pytest.approx(2 / 3)]  # its middle is sampling_shift's (2/3), not nfe_shifts' (0.2)
+
+
+def test_nfe_shifts_take_a_command_line_mapping(compose_train):
+    cfg = compose_train("method=anyflow", "method.objective.nfe_shifts={2:0.3}")
+    method = instantiate(cfg.method.objective)
+    assert method.sample_times(2)[1].item() == pytest.approx(0.15 / 0.65)  # shift(0.5, 0.3)
+    assert method.sample_times(4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
 
 
 def test_stage_switch_phases_lr_and_optimizer_reset():

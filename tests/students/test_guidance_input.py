@@ -13,11 +13,18 @@ from distill.core.conditioning import GUIDANCE, LABELS, conditioned, draw_guidan
 from distill.core.errors import ConfigError
 from distill.core.gmm import GaussianMixture, ring_mixture
 from distill.evaluation.runner import EvalSpec, seed_condition
+from distill.lit.distill import DistillModule
 from distill.methods import MeanFlow
+from distill.methods.progressive import ProgressiveDistillation
 from distill.nets.mlp import TimeMLP
 from distill.nets.unet import UNet
 from distill.nets.velocity import VelocityModel
-from distill.students.guidance_input import check_guidance_range, with_guidance_input
+from distill.students.guidance_input import (
+    check_guidance_lr_scale,
+    check_guidance_range,
+    guidance_groups,
+    with_guidance_input,
+)
 from distill.teachers import Teacher
 
 
@@ -156,6 +163,32 @@ def test_a_student_trained_over_w_matches_the_guided_teacher_across_w_better_tha
     assert sum(ranged) < 0.75 * sum(single)
     assert ranged[0] < 0.6 * single[0] and ranged[2] < 0.8 * single[2]  # scales the one-w student never saw
     assert ranged[1] < 1.5 * single[1]  # and about as good at the one-w student's own scale
+
+
+def test_the_students_optimizer_gives_the_guidance_embedding_its_own_lr():
+    teacher = class_ring_teacher()
+    student = with_guidance_input(VelocityModel(TimeMLP((2,), width=16, depth=1, num_classes=2)), default_guidance=2.0)
+    method = ProgressiveDistillation(start_steps=4, final_steps=1, steps_per_round=2)
+    module = DistillModule(teacher, student, method, lambda p: torch.optim.Adam(p, lr=1e-3), guidance_lr_scale=10.0)
+    (opt,) = module.configure_optimizers()
+    embedding = {id(p) for p in student.net.guidance_embed.parameters()}
+    groups = [(g["lr"], {id(p) for p in g["params"]}) for g in opt.param_groups]
+    assert groups == [(1e-3, {id(p) for p in student.parameters()} - embedding), (pytest.approx(1e-2), embedding)]
+    assert module.base_lrs["student"] == [1e-3, pytest.approx(1e-2)]  # lr schedules scale both alike
+    # Groups a method already made (ArcFlow's rate head) are split in two, their options kept.
+    others = [p for p in student.parameters() if id(p) not in embedding]
+    groups = guidance_groups(
+        [{"params": others[:2]}, {"params": [*others[2:], *student.net.guidance_embed.parameters()], "lr": 5.0}],
+        student,
+    )
+    assert [(len(g["params"]), g.get("lr"), g.get("guidance", False)) for g in groups] == [
+        (2, None, False),
+        (len(others) - 2, 5.0, False),
+        (len(embedding), 5.0, True),
+    ]
+    for bad in (0, -1, "fast"):
+        with pytest.raises(ConfigError, match="student.guidance_lr_scale"):
+            check_guidance_lr_scale(bad)
 
 
 def test_evaluation_at_a_guidance_reaches_the_copies_a_method_samples_with():
