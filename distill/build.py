@@ -383,19 +383,8 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
         max_bad_steps=cfg.train.get("max_bad_steps", 10),
         micro_batches=micro_batches,
         guidance_range=guidance_range,
-        guidance_lr_scale=guidance_lr_scale_for(cfg, guidance_range),
+        guidance_lr_scale=check_guidance_lr_scale(cfg.student.get("guidance_lr_scale", 1.0)),
     )
-
-
-def guidance_lr_scale_for(cfg: DictConfig, guidance_range: tuple[float, float] | None) -> float:
-    """``student.guidance_lr_scale``, refused (not ignored) without a guidance input to scale."""
-    scale = check_guidance_lr_scale(cfg.student.get("guidance_lr_scale", 1.0))
-    if scale != 1 and guidance_range is None:
-        raise ConfigError(
-            f"student.guidance_lr_scale={scale:g} scales a guidance input's lr, and this student has none: "
-            "set student.guidance_range=[low,high] too, or drop student.guidance_lr_scale"
-        )
-    return scale
 
 
 def guidance_range_for(cfg: DictConfig, method: Method, teacher: Teacher) -> tuple[float, float] | None:

@@ -66,6 +66,13 @@ def run(cmd: list[str], log: Path, what: str) -> None:
     print(f"{what}: done in {hms(time.time() - start)}", flush=True)
 
 
+def train_anew(cmd: list[str], at: Path, log: Path, what: str) -> None:
+    """Run the training ``cmd`` into the empty run folder ``at``: distill-train would resume the
+    checkpoint an earlier invocation left there."""
+    shutil.rmtree(at, ignore_errors=True)
+    run(cmd, log, what)
+
+
 def rows_at(results: Path) -> dict[tuple[str, int], dict[str, float]]:
     """``(model, nfe) -> {metric: value}`` of one distill-eval results.json."""
     table: dict[tuple[str, int], dict[str, float]] = {}
@@ -170,7 +177,7 @@ def main(argv: list[str]) -> None:
         *overrides,
     )
     print(f"training {method} over w in [{low:g}, {high:g}] ({profile.images:,} images)", flush=True)
-    run(train, runs / "train.log", f"{method} student")
+    train_anew(train, student, runs / "train.log", f"{method} student")
     by_w, teacher_from = {}, set()
     for w in scales:
         rows, when = teacher_rows(

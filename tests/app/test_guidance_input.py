@@ -68,8 +68,8 @@ def test_guidance_needs_a_guidance_input_method_and_a_conditional_teacher(
     cfg = compose_train("method=consistency", "student.guidance_range=[1,4]")  # the cached digits teacher
     with pytest.raises(ConfigError, match="needs a class-conditional teacher"):
         build_module(cfg, build_teacher(cfg, build_datamodule(cfg)))
-    cfg = compose_train("method=consistency", "student.guidance_lr_scale=10")
-    with pytest.raises(ConfigError, match="guidance_lr_scale=10 .* set student.guidance_range"):
+    cfg = compose_train("method=consistency", "student.guidance_lr_scale=0")
+    with pytest.raises(ConfigError, match="student.guidance_lr_scale=0"):
         build_module(cfg, build_teacher(cfg, build_datamodule(cfg)))
     plain = run(tmp_path / "plain", "method=progressive", f"teacher.path={conditional_teacher}")
     with pytest.raises(ConfigError, match="has no guidance input"):

@@ -50,3 +50,14 @@ def test_teacher_rows_are_kept_under_resume_only_for_the_same_settings(tmp_path,
     assert other[("teacher", 15)]["fd_fmnist"] == 10.0 and len(calls) == 2  # other settings: scored anew
     script.teacher_rows(at, 2.0, ["teacher.path=/t", "eval.teacher_nfes=[8]"], resume=False)
     assert len(calls) == 3  # without resume every row comes from this invocation
+
+
+def test_the_student_is_trained_anew_not_resumed_from_an_earlier_invocation(tmp_path, monkeypatch):
+    script = load_script()
+    stale = tmp_path / "student" / "checkpoints" / "last.ckpt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an earlier invocation's student")
+    seen = []
+    monkeypatch.setattr(script, "run", lambda cmd, log, what: seen.append(stale.exists()))
+    script.train_anew(["distill.train"], tmp_path / "student", tmp_path / "train.log", "student")
+    assert seen == [False]
