@@ -107,9 +107,14 @@ PROFILES = {
         # 150 steps instead of the digits rows' 1,500.
         # SiD's lr: the paper's 1e-5 is set for 10^5 steps; at 150 the validation split chose 1e-4 of
         # 1e-5, 1e-4 and 1e-3 (experiments/tune_fmnist.py; results/fashion_mnist_tuning/sid_lr/tune.md).
+        # SiDA, SiD's generator and fake score with the same paper lr plus a GAN, takes that choice.
         method_overrides={
             "sid": ("method.optimizer.lr=1e-4",),
-            "sida": ("method.objective.generator_start_step=39", "method.objective.gan_start_step=78"),
+            "sida": (
+                "method.objective.generator_start_step=39",
+                "method.objective.gan_start_step=78",
+                "method.optimizer.lr=1e-4",
+            ),
             "bezier": ("method.objective.num_pairs=1024",),
             "bezier_single": ("method.objective.num_pairs=1024",),
             "reflow": ("method.objective.pairs_per_round=1024",),
