@@ -12,7 +12,6 @@ last layer is zero, so a teacher copy starts as the teacher's conditional veloci
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from fnmatch import fnmatch
 
 from torch import nn
@@ -57,7 +56,7 @@ def check_guidance_lr_scale(scale: object) -> float:
     return value
 
 
-def guidance_groups(params: Iterable[nn.Parameter] | list[dict], student: nn.Module) -> list[dict]:
+def guidance_groups(params: list[nn.Parameter] | list[dict], student: nn.Module) -> list[dict]:
     """Optimizer groups with the guidance embedding's parameters apart, marked ``"guidance": True``
     (each group split in two, its options kept), so that their lr can be raised: a zero-initialised
     embedding learns at Adam's rate of about lr per step, far too slowly for a short distillation.
@@ -67,8 +66,7 @@ def guidance_groups(params: Iterable[nn.Parameter] | list[dict], student: nn.Mod
         student: the module whose named parameters tell which ones are the guidance embedding's.
     """
     guidance = {id(p) for name, p in student.named_parameters() if fnmatch(name, GUIDANCE_PARAMETERS)}
-    groups = [dict(g) for g in params] if isinstance(params, list) and params and isinstance(params[0], dict) else None
-    groups = groups if groups is not None else [{"params": list(params)}]
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
     split = []
     for group in groups:
         members = list(group["params"])
