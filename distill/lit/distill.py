@@ -147,7 +147,19 @@ class DistillModule(L.LightningModule):
                 group["lr"] *= self.guidance_lr_scale if group.get("guidance") else 1.0
             self.base_lrs[name] = [g["lr"] for g in opt.param_groups]
             opts.append(opt)
+        self.check_resumed_groups([len(opt.param_groups) for opt in opts])
         return opts
+
+    def check_resumed_groups(self, groups: list[int]) -> None:
+        """Refuse, with the likely cause, optimizers whose parameter groups differ from the checkpoint's
+        being resumed (torch would say only "a different number of parameter groups")."""
+        saved = getattr(self, "checkpoint_groups", None)
+        if saved and saved != groups:
+            raise CheckpointError(
+                f"the checkpoint being resumed has optimizer parameter groups {saved}, this run's config builds "
+                f"{groups}: resume with the settings it was trained with (a run from before "
+                "student.guidance_lr_scale existed resumes with student.guidance_lr_scale=1)"
+            )
 
     def _optimizers_by_name(self) -> dict[str, torch.optim.Optimizer]:
         opts = self.optimizers()
@@ -271,6 +283,8 @@ class DistillModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "bad_steps" in checkpoint:
             self.bad_steps.load_state_dict(checkpoint["bad_steps"])
+        # Lightning restores the optimizers after configure_optimizers: it checks their groups against these.
+        self.checkpoint_groups = [len(state["param_groups"]) for state in checkpoint.get("optimizer_states", [])]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> int | None:
         if self.finished:

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from distill.build import build_datamodule, build_module, build_teacher
-from distill.errors import ConfigError
+from distill.errors import CheckpointError, ConfigError
 from distill.export import SAMPLER_NAME, export_run
 from distill.sample import sample_export, sample_run
 from distill.students.guidance_input import GUIDANCE_INPUT_METHODS
-from tests.conftest import TINY_UNET, train_tiny_teacher
-from tests.helpers.runs import run
+from distill.train import train
+from tests.conftest import TINY_UNET, compose_config, train_tiny_teacher
+from tests.helpers.runs import TINY_RUN, run
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,13 @@ def test_the_listed_guidance_input_methods_are_what_the_method_configs_build(com
     names = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "method").glob("*.yaml"))
     takes = [name for name in names if build_method(compose_train(f"method={name}")).guidance_input]
     assert takes == sorted(GUIDANCE_INPUT_METHODS)
+
+
+def test_resuming_with_other_optimizer_groups_names_the_setting(conditional_teacher, tmp_path):
+    """A guidance run trained with the embedding at the student's lr (one optimizer group) cannot
+    resume with it apart (two groups): the error says which setting to restore."""
+    settings = [f"teacher.path={conditional_teacher}", "method=consistency", "student.guidance_range=[1,4]"]
+    first = run(tmp_path / "run", *settings, "student.guidance_lr_scale=1")
+    longer = [*TINY_RUN, *settings, "train.max_steps=4", "student.guidance_lr_scale=30"]
+    with pytest.raises(CheckpointError, match="student.guidance_lr_scale=1"):
+        train(compose_config("train", longer, first))
