@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from distill.callbacks.progress import StepProgressBar
@@ -357,6 +357,7 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
     method.set_budget(cfg.train.max_steps)
     method.set_batch(cfg.train.get("global_batch_size") or cfg.train.batch_size * world_size(cfg.hardware))
     guidance_range = guidance_range_for(cfg, method, teacher)
+    guidance_lr_scale = check_guidance_lr_scale(cfg.student.get("guidance_lr_scale", 1.0))
     student = build_student(cfg, teacher)
 
     def prepare(plain: nn.Module) -> nn.Module:  # so a LoRA run can start from a LoRA run's weights too
@@ -383,7 +384,7 @@ def build_module(cfg: DictConfig, teacher: Teacher, init: bool = True, micro_bat
         max_bad_steps=cfg.train.get("max_bad_steps", 10),
         micro_batches=micro_batches,
         guidance_range=guidance_range,
-        guidance_lr_scale=check_guidance_lr_scale(cfg.student.get("guidance_lr_scale", 1.0)),
+        guidance_lr_scale=1.0 if guidance_range is None else guidance_lr_scale,  # nothing to scale without one
     )
 
 
@@ -405,9 +406,11 @@ def guidance_range_for(cfg: DictConfig, method: Method, teacher: Teacher) -> tup
     return guidance_range
 
 
-def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True) -> Scorer:
+def build_scorer(cfg: DictConfig, dm: DataModule, progress: bool = True, reference: Tensor | None = None) -> Scorer:
+    """The evaluation scorer, against ``dm``'s reference split, or ``reference`` images where given."""
     metric = cfg.eval.metric or metric_for(dm.kind, dm.name)
-    reference = None if cfg.eval.reference_stats else dm.reference_samples(cfg.eval.num_reference, seed=12345)
+    if reference is None and not cfg.eval.reference_stats:
+        reference = dm.reference_samples(cfg.eval.num_reference, seed=12345)
     data_root = dm.fashion_mnist_root if dm.name == "fashion_mnist" else None  # fd_fmnist's classifier trains there
     return Scorer(
         metric,

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf, open_dict
 from distill.build import build_datamodule, build_eval_spec, build_scorer
 from distill.core.errors import ConfigError
 from distill.evaluation.runner import evaluate_student
-from distill.evaluation.scorer import Scorer, metric_for
+from distill.evaluation.scorer import Scorer
 from distill.runs import load_run_module
 
 KEYS = {"run_dir", "nfe", "shifts", "split", "cache"}
@@ -47,12 +47,7 @@ def scorer_for(cfg, split: str) -> Scorer:
         with open_dict(cfg):
             cfg.dataset.reference_split = "validation"
     dm = build_datamodule(cfg)
-    if split != "train":
-        return build_scorer(cfg, dm, progress=False)
-    data_root = dm.fashion_mnist_root if dm.name == "fashion_mnist" else None  # as build_scorer's
-    return Scorer(
-        cfg.eval.metric or metric_for(dm.kind, dm.name), dm.train_tensor(), cfg.paths.cache, data_root=data_root
-    )
+    return build_scorer(cfg, dm, progress=False, reference=dm.train_tensor() if split == "train" else None)
 
 
 def main(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from distill.core.conditioning import GUIDANCE, LABELS, conditioned, draw_guidan
 from distill.core.prediction import fm_noise
 from distill.data import DataModule
 from distill.students.flow_map import student_from_teacher
-from distill.students.guidance_input import guidance_groups, with_guidance_input
+from distill.students.guidance_input import guidance_groups, raise_guidance_lr, with_guidance_input
 from distill.teachers import Teacher
 from distill.teachers.checkpoint import load_teacher
 
@@ -50,8 +50,7 @@ def train(
     """The teacher's copy with a w input, after ``steps`` of guided-velocity regression."""
     student = with_guidance_input(student_from_teacher(teacher.model), default_guidance=2.0)
     opt = torch.optim.Adam(guidance_groups(list(student.parameters()), student), lr=lr)
-    for group in opt.param_groups:  # as DistillModule.configure_optimizers does
-        group["lr"] *= scale if group.get("guidance") else 1.0
+    raise_guidance_lr(opt, scale)  # as DistillModule.configure_optimizers does
     for _ in range(steps):
         rows = torch.randint(0, len(images), (batch,))
         x0, s = images[rows], torch.rand(batch)

@@ -31,7 +31,7 @@ from distill.lit.nan_guard import (
 )
 from distill.lit.sharding import FullyShardedStrategy, is_sharded
 from distill.methods.base import Method, label_condition, label_count
-from distill.students.guidance_input import guidance_groups
+from distill.students.guidance_input import guidance_groups, raise_guidance_lr
 
 TEACHER_PREFIX = "teacher."
 
@@ -92,6 +92,7 @@ class DistillModule(L.LightningModule):
         self.lr_schedule = dict(schedule=lr_schedule, warmup_steps=lr_warmup_steps, decay_steps=lr_decay_steps)
         lr_factor(0, **self.lr_schedule)  # a bad schedule fails here, not at the first step
         self.guidance_range, self.guidance_lr_scale = guidance_range, guidance_lr_scale
+        self.checkpoint_groups: list[int] = []  # a resumed checkpoint's optimizer group counts (on_load_checkpoint)
 
     # --- checkpoints never carry the teacher ---------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -143,8 +144,7 @@ class DistillModule(L.LightningModule):
             if self.guidance_lr_scale != 1:
                 params = guidance_groups(params, self.student)
             opt = self.optimizer_factory(params)
-            for group in opt.param_groups:
-                group["lr"] *= self.guidance_lr_scale if group.get("guidance") else 1.0
+            raise_guidance_lr(opt, self.guidance_lr_scale)
             self.base_lrs[name] = [g["lr"] for g in opt.param_groups]
             opts.append(opt)
         self.check_resumed_groups([len(opt.param_groups) for opt in opts])
@@ -153,7 +153,7 @@ class DistillModule(L.LightningModule):
     def check_resumed_groups(self, groups: list[int]) -> None:
         """Refuse, with the likely cause, optimizers whose parameter groups differ from the checkpoint's
         being resumed (torch would say only "a different number of parameter groups")."""
-        saved = getattr(self, "checkpoint_groups", None)
+        saved = self.checkpoint_groups
         if saved and saved != groups:
             raise CheckpointError(
                 f"the checkpoint being resumed has optimizer parameter groups {saved}, this run's config builds "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatch
 
+import torch
 from torch import nn
 
 from distill.core.errors import ConfigError
@@ -75,6 +76,13 @@ def guidance_groups(params: list[nn.Parameter] | list[dict], student: nn.Module)
         embedding = [p for p in members if id(p) in guidance]
         split += [{**group, "params": embedding, "guidance": True}] if embedding else []
     return split
+
+
+def raise_guidance_lr(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """Multiply the lr of ``optimizer``'s groups that ``guidance_groups`` marked by ``scale``."""
+    for group in optimizer.param_groups:
+        if group.get("guidance"):
+            group["lr"] *= scale
 
 
 def with_guidance_input(student: nn.Module, default_guidance: float) -> nn.Module:
